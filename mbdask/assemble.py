@@ -1,0 +1,100 @@
+"""Assembly: cluster increments, n-body levels and the final ``ManyBodyResult``.
+
+The final result is QCManyBody's own ``ManyBodyCore.analyze`` plus ``get_results`` over the
+fragment numbers, so it is the number a sequential QCManyBody run gives, digit for digit.
+Increments and levels are computed alongside for what QCManyBody cannot show (which
+cluster contributes what, and the n-body energies while higher orders still run); they
+must sum to QCManyBody's n-body energies, which the tests check.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from qcmanybody.models.v2 import ManyBodyResult
+from qcmanybody.utils import delabeler
+from qcmanybody.v2 import ManyBodyComputer
+
+
+def increment_energy(signs: list[int], *outputs: dict) -> float:
+    """Signed sum of the subsystem energies of one cluster (nocp, cp or vmfc by the terms)."""
+    return float(sum(sign * out["values"]["energy"] for sign, out in zip(signs, outputs)))
+
+
+def level_sum(
+    bsse: str,
+    nbody: Union[int, str],
+    model: str,
+    clusters: list[list[int]],
+    previous: Optional[dict],
+    *increments: float,
+) -> dict:
+    """Contribution of one n-body order and the energy through it (previous order chained in)."""
+    contribution = float(sum(increments))
+    through = contribution + (previous["through"] if previous else 0.0)
+    return {
+        "bsse": bsse,
+        "nbody": nbody,
+        "model": model,
+        "contribution": contribution,
+        "through": through,
+        "increments": [{"fragments": c, "energy": e} for c, e in zip(clusters, increments)],
+    }
+
+
+def _timings(outputs: tuple[dict, ...]) -> dict[str, Any]:
+    per_fragment = []
+    for out in outputs:
+        model, real, basis = delabeler(out["label"])
+        per_fragment.append(
+            {
+                "model": model,
+                "real": list(real),
+                "basis": list(basis),
+                "seconds": out["stop"] - out["start"],
+                "start": out["start"],
+                "worker": out["worker"],
+                "ncores": out["ncores"],
+            }
+        )
+    starts = [o["start"] for o in outputs]
+    stops = [o["stop"] for o in outputs]
+    return {
+        "fragments": per_fragment,
+        "sum_task_seconds": sum(f["seconds"] for f in per_fragment),
+        "span_seconds": (max(stops) - min(starts)) if outputs else 0.0,
+        "workers": sorted({o["worker"] for o in outputs}),
+    }
+
+
+def assemble_result(ctx: Any, levels: list[dict], *outputs: dict) -> ManyBodyResult:
+    """QCManyBody's analysis of all fragment results, with mbdask's extras attached."""
+    computer = ManyBodyComputer.from_manybodyinput(ctx.input, build_tasks=False)
+    component_properties = {out["label"]: out["values"] for out in outputs}
+    analyzed = computer.qcmb_core.analyze(component_properties)
+    analyzed["nbody_number"] = len(component_properties)
+    cluster_results = {out["label"]: out["result"] for out in outputs if "result" in out}
+    result = computer.get_results(external_results=analyzed, component_results=cluster_results)
+
+    from . import __version__
+
+    increments: dict[str, list[dict]] = {}
+    level_table: dict[str, dict[str, dict]] = {}
+    for level in levels:
+        rows = increments.setdefault(level["bsse"], [])
+        rows.extend({**row, "nbody": level["nbody"], "model": level["model"]} for row in level["increments"])
+        level_table.setdefault(level["bsse"], {})[str(level["nbody"])] = {
+            "model": level["model"],
+            "contribution": level["contribution"],
+            "through": level["through"],
+            "nclusters": len(level["increments"]),
+        }
+    extras = dict(result.extras)
+    extras["mbdask"] = {
+        "version": __version__,
+        "increments": increments,
+        "levels": level_table,
+        "nfragment_calculations": len(outputs),
+        "timing": _timings(outputs),
+    }
+    return result.model_copy(update={"extras": extras})

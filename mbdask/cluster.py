@@ -1,0 +1,143 @@
+"""Where the graph runs: the user's Client, a scheduler address, or a LocalCluster we start.
+
+A LocalCluster started by mbdask is sized from the machine with psutil: one single-threaded
+worker process per usable core, each declaring its resources (``cores``, ``memory``) so
+fragment tasks can reserve exactly what they hand to QCEngine. Everything it opens listens
+on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import weakref
+from dataclasses import dataclass
+from typing import Iterator, Optional, Union
+
+import psutil
+from distributed import Client, LocalCluster
+
+ClientLike = Union[Client, str, None]
+
+#: Fraction of the machine's memory that an automatic LocalCluster hands to its workers.
+MEMORY_FRACTION = 0.9
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity and cgroup-limited containers included)."""
+    try:
+        n = len(psutil.Process().cpu_affinity())
+    except (AttributeError, psutil.Error):
+        n = psutil.cpu_count(logical=True) or 1
+    return max(1, n)
+
+
+@dataclass
+class ClusterSize:
+    """Workers, threads per worker and memory per worker of a LocalCluster."""
+
+    n_workers: int
+    threads_per_worker: int
+    memory_limit: int  # bytes per worker
+
+    @classmethod
+    def from_machine(
+        cls,
+        n_workers: Optional[int] = None,
+        threads_per_worker: Optional[int] = None,
+        memory_limit: Union[str, int, float, None] = None,
+    ) -> "ClusterSize":
+        from dask.utils import parse_bytes
+
+        cores = usable_cores()
+        threads = threads_per_worker or 1
+        workers = n_workers or max(1, cores // threads)
+        if memory_limit is None:
+            memory = int(psutil.virtual_memory().total * MEMORY_FRACTION / workers)
+        else:
+            memory = int(parse_bytes(memory_limit) if isinstance(memory_limit, str) else memory_limit)
+        return cls(workers, threads, memory)
+
+
+def start_local_cluster(size: ClusterSize, **kwargs) -> LocalCluster:
+    """A process-based LocalCluster on loopback, workers declaring ``cores`` and ``memory``."""
+    options = dict(
+        n_workers=size.n_workers,
+        threads_per_worker=size.threads_per_worker,
+        memory_limit=size.memory_limit,
+        resources={"cores": size.threads_per_worker, "memory": size.memory_limit},
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:8787",
+        processes=True,
+    )
+    options.update(kwargs)
+    return LocalCluster(**options)
+
+
+@dataclass
+class Connection:
+    """A client to run on, and whatever mbdask started for it (to close when done)."""
+
+    client: Client
+    cluster: Optional[LocalCluster] = None
+    owns_client: bool = False
+
+    def close(self) -> None:
+        if self.owns_client:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def keep_alive_with(self, obj: object) -> None:
+        """Close what we started once ``obj`` (the user's Future) is garbage-collected."""
+        if self.owns_client or self.cluster is not None:
+            weakref.finalize(obj, Connection.close, self)
+
+
+def connect(
+    client: ClientLike = None,
+    *,
+    n_workers: Optional[int] = None,
+    threads_per_worker: Optional[int] = None,
+    memory_limit: Union[str, int, float, None] = None,
+    security=None,
+) -> Connection:
+    """Resolve ``client``: a Client is used as is, a string is a scheduler address, None
+    means the default client if there is one, otherwise a new LocalCluster sized from the machine."""
+    if isinstance(client, Client):
+        return Connection(client)
+    if isinstance(client, (str, os.PathLike)):
+        return Connection(Client(str(client), set_as_default=False, security=security), owns_client=True)
+    if client is not None:
+        raise TypeError(f"client must be a distributed.Client, a scheduler address or None, not {type(client).__name__}")
+    if n_workers is None and threads_per_worker is None and memory_limit is None:
+        with contextlib.suppress(ValueError):
+            from distributed import default_client
+
+            return Connection(default_client())
+    cluster = start_local_cluster(ClusterSize.from_machine(n_workers, threads_per_worker, memory_limit))
+    return Connection(Client(cluster, set_as_default=False), cluster=cluster, owns_client=True)
+
+
+def worker_resources(client: Client) -> list[dict]:
+    """Per worker: threads, memory limit and declared resources, from the scheduler."""
+    info = client.scheduler_info()
+    return [
+        {
+            "address": addr,
+            "nthreads": w.get("nthreads", 1),
+            "memory_limit": w.get("memory_limit") or 0,
+            "resources": dict(w.get("resources") or {}),
+        }
+        for addr, w in info.get("workers", {}).items()
+    ]
+
+
+@contextlib.contextmanager
+def connected(client: ClientLike = None, **options) -> Iterator[Connection]:
+    """``connect`` as a context manager that closes what it started."""
+    conn = connect(client, **options)
+    try:
+        yield conn
+    finally:
+        conn.close()

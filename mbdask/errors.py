@@ -1,0 +1,45 @@
+"""Exceptions with a meaning for users: each maps to one CLI exit code.
+
+``InputError`` (exit 2) is raised before anything is submitted; ``FragmentFailedError``
+(exit 1) is raised on a worker when a QC program fails on one fragment. Both carry a
+one-line message, because that is what a chemist sees at the terminal.
+"""
+
+from __future__ import annotations
+
+
+class MbdaskError(Exception):
+    """Base class of mbdask's own errors."""
+
+    exit_code = 1
+
+
+class InputError(MbdaskError, ValueError):
+    """The input cannot be run as given (bad file, impossible option, missing program)."""
+
+    exit_code = 2
+
+
+class FragmentFailedError(MbdaskError, RuntimeError):
+    """A QC program failed on one fragment calculation.
+
+    Pickles by its constructor arguments so that Dask can carry it from worker to client.
+    """
+
+    exit_code = 1
+
+    def __init__(self, model: str, real: tuple, basis: tuple, program: str, error_type: str, message: str):
+        super().__init__(model, tuple(real), tuple(basis), program, error_type, message)
+        self.model = model
+        self.real = tuple(real)
+        self.basis = tuple(basis)
+        self.program = program
+        self.error_type = error_type
+        self.message = message
+
+    def __str__(self) -> str:
+        ghosts = sorted(set(self.basis) - set(self.real))
+        where = f"fragments {list(self.real)}" + (f" with ghosts {ghosts}" if ghosts else "")
+        first_line = (self.message or "").strip().splitlines()
+        detail = first_line[-1] if first_line else "no message"
+        return f"{self.program} failed on model '{self.model}', {where}: {self.error_type}: {detail}"

@@ -1,0 +1,137 @@
+"""What a worker runs for one fragment: one QCEngine call with pinned threads and memory.
+
+The function returns a small dict (energy, gradient, Hessian, timings) rather than the
+whole ``AtomicResult``: what travels per task matters as much as the order. The full
+result rides along only when the input's protocol asks for ``cluster_results: all``.
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Optional
+
+import numpy as np
+import qcengine
+from qcelemental.models.v2 import AtomicInput
+from qcmanybody.models.v2 import ManyBodyInput
+from threadpoolctl import threadpool_limits
+
+from .errors import FragmentFailedError
+from .fragments import FragmentFactory
+from .plan import FragmentJob
+
+_warm_lock = threading.Lock()
+_warm = False
+
+
+def warm_up() -> None:
+    """Fill QCEngine's process-global machine information once, under a lock.
+
+    QCEngine fills it lazily and not thread-safely: two threads making their first
+    ``qcengine.compute`` at the same moment can raise ``KeyError('cpu_brand')``.
+    """
+    global _warm
+    if _warm:
+        return
+    with _warm_lock:
+        if not _warm:
+            from .programs import register_programs
+
+            register_programs()
+            qcengine.get_config()
+            qcengine.config.get_provenance_augments()
+            _warm = True
+
+
+@dataclass
+class ExpansionContext:
+    """What every fragment task needs besides its own indices; one graph node, sent once per worker."""
+
+    input: ManyBodyInput
+    specifications: dict[str, dict]
+    keep_cluster_results: bool
+
+    @cached_property
+    def factory(self) -> FragmentFactory:
+        return FragmentFactory(self.input.molecule)
+
+    @property
+    def driver(self) -> str:
+        return self.input.specification.driver.value
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("factory", None)
+        return state
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except ValueError:
+        return socket.gethostname()
+
+
+def extract_properties(result: Any, driver: str) -> dict[str, Any]:
+    """Energy/gradient/Hessian of an ``AtomicResult``, the way QCManyBody reads them.
+
+    Some harnesses (xtb) leave ``properties.return_gradient`` empty and put the driver's
+    quantity only in ``return_result``; take it from there when the property is missing.
+    """
+    values: dict[str, Any] = {}
+    for prop in ("energy", "gradient", "hessian"):
+        value = getattr(result.properties, f"return_{prop}", None)
+        if value is None and prop == driver:
+            value = result.return_result
+        if value is not None:
+            values[prop] = float(value) if prop == "energy" else np.asarray(value, dtype=float)
+    return values
+
+
+def run_fragment(ctx: ExpansionContext, job: FragmentJob, ncores: int = 1, memory_gib: Optional[float] = None) -> dict:
+    """Run one fragment calculation and return its numbers; raise ``FragmentFailedError`` on failure.
+
+    BLAS/OpenMP thread pools are limited to ``ncores`` for the duration of the call, and the
+    same ``ncores``/``memory`` go to QCEngine's ``task_config``, so the program uses exactly
+    what the task's resource annotation reserved.
+    """
+    warm_up()
+    spec = ctx.specifications[job.model]
+    program = spec["program"]
+    molecule = ctx.factory.molecule(job.real, job.basis)
+    atomic_input = AtomicInput(molecule=molecule, specification=copy.deepcopy(spec["specification"]))
+    task_config: dict[str, Any] = {"ncores": int(ncores), "retries": 0}
+    if memory_gib:
+        task_config["memory"] = float(memory_gib)
+    start = time.time()
+    with threadpool_limits(limits=int(ncores)):
+        result = qcengine.compute(atomic_input, program, raise_error=False, task_config=task_config)
+    stop = time.time()
+    if not getattr(result, "success", False):
+        error = getattr(result, "error", None)
+        raise FragmentFailedError(
+            job.model,
+            job.real,
+            job.basis,
+            program,
+            getattr(error, "error_type", "unknown_error"),
+            getattr(error, "error_message", str(result)),
+        )
+    output = {
+        "label": job.label,
+        "values": extract_properties(result, ctx.driver),
+        "start": start,
+        "stop": stop,
+        "worker": _worker_name(),
+        "ncores": int(ncores),
+    }
+    if ctx.keep_cluster_results:
+        output["result"] = result
+    return output
