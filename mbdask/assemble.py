@@ -12,8 +12,18 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 from qcmanybody.models.v2 import ManyBodyResult
-from qcmanybody.utils import delabeler
+from qcmanybody.utils import delabeler, labeler
 from qcmanybody.v2 import ManyBodyComputer
+
+
+def qcmanybody_order(core: Any) -> list[str]:
+    """Labels in the order QCManyBody's ``iterate_molecules`` yields them (no molecules built)."""
+    seen: dict[str, None] = {}
+    for model, compute_dict in core.compute_map.items():
+        for compute_list in compute_dict["all"].values():
+            for real, basis in compute_list:
+                seen.setdefault(labeler(model, real, basis))
+    return list(seen)
 
 
 def increment_energy(signs: list[int], *outputs: dict) -> float:
@@ -70,10 +80,13 @@ def _timings(outputs: tuple[dict, ...]) -> dict[str, Any]:
 def assemble_result(ctx: Any, levels: list[dict], *outputs: dict) -> ManyBodyResult:
     """QCManyBody's analysis of all fragment results, with mbdask's extras attached."""
     computer = ManyBodyComputer.from_manybodyinput(ctx.input, build_tasks=False)
-    component_properties = {out["label"]: out["values"] for out in outputs}
+    by_label = {out["label"]: out for out in outputs}
+    # QCManyBody's order, so that its sums are carried out in the same order, bit for bit.
+    order = qcmanybody_order(computer.qcmb_core)
+    component_properties = {label: by_label[label]["values"] for label in order}
     analyzed = computer.qcmb_core.analyze(component_properties)
     analyzed["nbody_number"] = len(component_properties)
-    cluster_results = {out["label"]: out["result"] for out in outputs if "result" in out}
+    cluster_results = {label: by_label[label]["result"] for label in order if "result" in by_label[label]}
     result = computer.get_results(external_results=analyzed, component_results=cluster_results)
 
     from . import __version__

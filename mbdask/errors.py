@@ -7,6 +7,8 @@ one-line message, because that is what a chemist sees at the terminal.
 
 from __future__ import annotations
 
+import re
+
 
 class MbdaskError(Exception):
     """Base class of mbdask's own errors."""
@@ -40,6 +42,12 @@ class FragmentFailedError(MbdaskError, RuntimeError):
     def __str__(self) -> str:
         ghosts = sorted(set(self.basis) - set(self.real))
         where = f"fragments {list(self.real)}" + (f" with ghosts {ghosts}" if ghosts else "")
-        first_line = (self.message or "").strip().splitlines()
-        detail = first_line[-1] if first_line else "no message"
-        return f"{self.program} failed on model '{self.model}', {where}: {self.error_type}: {detail}"
+        return f"{self.program} failed on model '{self.model}', {where}: {self.error_type}: {self.summary}"
+
+    @property
+    def summary(self) -> str:
+        """The informative line of a program's message (often the last of a traceback)."""
+        lines = [ln.strip() for ln in (self.message or "").splitlines() if ln.strip()]
+        lines = [ln for ln in lines if not ln.startswith("For further information")]
+        errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b", ln)]
+        return (errors or lines or ["no message"])[-1]

@@ -7,13 +7,15 @@ result rides along only when the input's protocol asks for ``cluster_results: al
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import qcengine
@@ -46,6 +48,30 @@ def warm_up() -> None:
             qcengine.get_config()
             qcengine.config.get_provenance_augments()
             _warm = True
+
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def pinned_threads(ncores: int) -> Iterator[None]:
+    """Limit BLAS/OpenMP pools to ``ncores`` for the duration of one calculation.
+
+    threadpoolctl limits the libraries already loaded; the environment variables cover
+    libraries a program loads during its first call (they read them at load time).
+    """
+    value = str(int(ncores))
+    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+    os.environ.update({name: value for name in _THREAD_VARIABLES})
+    try:
+        with threadpool_limits(limits=int(ncores)):
+            yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
 
 
 @dataclass
@@ -111,7 +137,7 @@ def run_fragment(ctx: ExpansionContext, job: FragmentJob, ncores: int = 1, memor
     if memory_gib:
         task_config["memory"] = float(memory_gib)
     start = time.time()
-    with threadpool_limits(limits=int(ncores)):
+    with pinned_threads(int(ncores)):
         result = qcengine.compute(atomic_input, program, raise_error=False, task_config=task_config)
     stop = time.time()
     if not getattr(result, "success", False):

@@ -1,0 +1,82 @@
+"""Shared fixtures: real Dask schedulers and workers (LocalCluster), and test inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from doubles import register_doubles
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+DATA = ROOT / "benchmarks" / "data"
+
+HAVE_XTB = True
+try:
+    import xtb.interface  # noqa: F401
+except Exception:  # pragma: no cover - depends on the machine
+    HAVE_XTB = False
+
+needs_xtb = pytest.mark.skipif(not HAVE_XTB, reason="xtb-python is not installed (pip install xtb)")
+
+
+@pytest.fixture(scope="session")
+def inprocess_client():
+    """A real scheduler with two single-thread workers in this process (sees test doubles)."""
+    register_doubles()
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, resources={"cores": 1}, protocol="tcp",
+        host="127.0.0.1", dashboard_address=None,
+    ) as cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def process_client():
+    """A real scheduler with two worker processes, as mbdask would start them."""
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, resources={"cores": 1, "memory": 2 * 2**30},
+        memory_limit="2GiB", host="127.0.0.1", dashboard_address=None,
+    ) as cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def xtb_input(xyz: str, *, driver: str = "energy", bsse=("nocp",), levels=None, max_nbody: int = 3) -> dict:
+    """A ManyBodyInput dict for a water cluster from benchmarks/data with GFN2-xTB (and GFN1)."""
+    from mbdask.xyz import molecule_from_xyz
+
+    specs = {
+        "gfn2": {"program": "xtb", "model": {"method": "gfn2-xtb"}, "keywords": {"accuracy": 0.01}},
+        "gfn1": {"program": "xtb", "model": {"method": "gfn1-xtb"}, "keywords": {"accuracy": 0.01}},
+    }
+    levels = levels or {max_nbody: "gfn2"}
+    used = set(levels.values())
+    return {
+        "specification": {
+            "driver": driver,
+            "keywords": {"bsse_type": list(bsse), "levels": levels},
+            "specification": {k: v for k, v in specs.items() if k in used},
+        },
+        "molecule": molecule_from_xyz(DATA / xyz),
+    }
+
+
+@pytest.fixture
+def water6_example(tmp_path) -> Path:
+    dest = tmp_path / "water6-gfn2.json"
+    shutil.copy(EXAMPLES / "water6-gfn2.json", dest)
+    return dest
+
+
+def write_json(path: Path, data) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def assert_close(a, b, atol=1e-10):
+    np.testing.assert_allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=0, atol=atol)

@@ -1,0 +1,110 @@
+"""Test doubles: QCEngine programs that are NOT chemistry, for testing the scheduler only.
+
+* ``replay``: returns QCManyBody's stored component data (``qcmanybody/tests/component_data``)
+  for the fragment it is asked about, so graph and assembly can be checked against
+  QCManyBody's expected values without a QC program.
+* ``sleep``: sleeps ``keywords["seconds"][str(nbody)]`` seconds and returns a made-up
+  energy; used to test ordering and streaming.
+
+Both read the fragment's indices from the molecule name that QCManyBody's fragment
+builder writes (``"<parent> ([real0...],[ghost0...])"``). They are registered in the test
+process only, so tests using them run workers in-process (``processes=False``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import time
+from typing import Any, ClassVar, Dict
+
+import numpy as np
+import qcengine
+from qcelemental.models.v2 import AtomicResult
+from qcengine.programs.base import programs
+from qcengine.programs.model import ProgramHarness
+from qcmanybody.utils import labeler
+
+_NAME = re.compile(r"\((\[[^\]]*\]),(\[[^\]]*\])\)$")
+
+
+def fragment_indices(molecule) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """1-based real and basis fragments of a fragment molecule built by mbdask or QCManyBody."""
+    match = _NAME.search(molecule.name or "")
+    if not match:
+        raise ValueError(f"molecule name {molecule.name!r} does not carry fragment indices")
+    real = tuple(i + 1 for i in json.loads(match.group(1)))
+    ghost = tuple(i + 1 for i in json.loads(match.group(2)))
+    return real, tuple(sorted(set(real) | set(ghost)))
+
+
+@functools.lru_cache(maxsize=None)
+def component_data(name: str) -> dict:
+    from qcmanybody.tests.utils import load_component_data
+
+    return load_component_data(name)
+
+
+def _result(input_data, values: Dict[str, Any], creator: str) -> AtomicResult:
+    driver = input_data.specification.driver.value
+    props = {f"return_{k}": v for k, v in values.items()}
+    props["calcinfo_natom"] = len(input_data.molecule.symbols)
+    return AtomicResult(
+        input_data=input_data,
+        molecule=input_data.molecule,
+        properties=props,
+        return_result=values[driver],
+        success=True,
+        provenance={"creator": creator, "version": "0", "routine": f"tests.doubles.{creator}"},
+    )
+
+
+class ReplayHarness(ProgramHarness):
+    """Replays stored QCManyBody component data (test double, not chemistry)."""
+
+    _defaults: ClassVar[Dict[str, Any]] = {
+        "name": "replay", "scratch": False, "thread_safe": True, "thread_parallel": False,
+        "node_parallel": False, "managed_memory": False,
+    }
+
+    @staticmethod
+    def found(raise_error: bool = False) -> bool:
+        return True
+
+    def compute(self, input_data, config):
+        real, basis = fragment_indices(input_data.molecule)
+        spec = input_data.specification
+        label = labeler(spec.model.method, real, basis)
+        stored = component_data(spec.keywords["component_data"])[label]
+        values = {k: (float(v) if k == "energy" else np.asarray(v)) for k, v in stored.items()}
+        return _result(input_data, values, "replay")
+
+
+class SleepHarness(ProgramHarness):
+    """Sleeps for a given time per n-body order (test double, not chemistry)."""
+
+    _defaults: ClassVar[Dict[str, Any]] = {
+        "name": "sleep", "scratch": False, "thread_safe": True, "thread_parallel": False,
+        "node_parallel": False, "managed_memory": False,
+    }
+
+    @staticmethod
+    def found(raise_error: bool = False) -> bool:
+        return True
+
+    def compute(self, input_data, config):
+        real, basis = fragment_indices(input_data.molecule)
+        seconds = input_data.specification.keywords.get("seconds", {}).get(str(len(real)), 0.0)
+        time.sleep(seconds)
+        natom = len(input_data.molecule.symbols)
+        values = {"energy": -1.0 * len(real) - 0.01 * sum(real) ** 2, "gradient": np.zeros((natom, 3))}
+        if input_data.specification.driver.value == "energy":
+            values.pop("gradient")
+        return _result(input_data, values, "sleep")
+
+
+def register_doubles() -> None:
+    for harness in (ReplayHarness, SleepHarness):
+        if harness._defaults["name"] not in programs:
+            qcengine.register_program(harness())
