@@ -16,7 +16,7 @@ from qcmanybody.models.v2 import ManyBodyResult
 
 from .cluster import ClientLike, Connection, connect, worker_resources
 from .errors import InputError
-from .graph import ExpansionGraph, FragmentResources, build_graph
+from .graph import ORDERS, ExpansionGraph, FragmentResources, build_graph
 from .inputs import InputLike
 from .plan import Plan, make_plan
 
@@ -37,7 +37,7 @@ class Submission:
 
     def as_completed_levels(self) -> Iterator[dict]:
         """Yield each n-body level's dict (bsse, nbody, contribution, through, increments) as it resolves."""
-        for future in as_completed(list(self.levels.values())):
+        for future in as_completed(list(self.levels.values()), loop=self.client.loop):
             yield future.result()
 
 
@@ -78,6 +78,7 @@ def start(
     cores_per_fragment: int = 1,
     memory_per_fragment: Optional[float] = None,
     retries: int = 0,
+    order: str = "levels",
     n_workers: Optional[int] = None,
     threads_per_worker: Optional[int] = None,
     memory_limit: Union[str, int, float, None] = None,
@@ -88,10 +89,13 @@ def start(
 
     Options: ``cores_per_fragment`` threads each QC call may use (and reserves);
     ``memory_per_fragment`` in GiB (default: the worker's memory per thread times cores);
-    ``retries`` per fragment; ``n_workers``/``threads_per_worker``/``memory_limit`` size a
+    ``retries`` per fragment; ``order`` "levels" (n-body orders complete one after another,
+    longest first within each) or "cost" (longest first overall); ``n_workers``/``threads_per_worker``/``memory_limit`` size a
     LocalCluster when mbdask starts one.
     """
     the_plan = make_plan(inp, check_installed=check_installed)
+    if order not in ORDERS:
+        raise InputError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
     if cores_per_fragment < 1:
         raise InputError(f"cores_per_fragment must be at least 1, got {cores_per_fragment}")
     if memory_per_fragment is not None and memory_per_fragment <= 0:
@@ -99,7 +103,7 @@ def start(
     conn = connect(client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security)
     try:
         resources = _fragment_resources(conn.client, cores_per_fragment, memory_per_fragment)
-        graph = build_graph(the_plan, uuid.uuid4().hex[:12], resources=resources, retries=retries)
+        graph = build_graph(the_plan, uuid.uuid4().hex[:12], resources=resources, retries=retries, order=order)
         keys = [graph.result, *graph.levels.values()]
         futures = conn.client.get(graph.graph, keys, sync=False)
     except BaseException:

@@ -99,6 +99,27 @@ def _level_order(nbody: Union[int, str]) -> float:
     return float("inf") if nbody == "supersystem" else float(nbody)
 
 
+ORDERS = ("levels", "cost")
+
+
+def _apply_order(priorities: dict[Key, float], frag_keys: dict[FragmentJob, Key], order: str) -> None:
+    """Turn predicted costs into Dask priorities (higher runs first).
+
+    ``"cost"``: longest first, whatever the order. ``"levels"`` (default): lower n-body
+    orders first and longest first within an order, so each n-body level completes (and
+    streams to the user) as early as possible while the largest tasks of the last order
+    still start before the small ones.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, not {order!r}")
+    if order == "cost" or not priorities:
+        return
+    top = max(priorities.values()) or 1.0
+    max_nbody = max(job.nbody for job in frag_keys)
+    for job, key in frag_keys.items():
+        priorities[key] = (max_nbody - job.nbody) * 2.0 + priorities[key] / top
+
+
 def build_graph(
     plan: Plan,
     token: str,
@@ -106,6 +127,7 @@ def build_graph(
     resources: FragmentResources,
     retries: int = 0,
     keep_cluster_results: Optional[bool] = None,
+    order: str = "levels",
 ) -> ExpansionGraph:
     """Translate a plan into a HighLevelGraph with per-task annotations."""
     if keep_cluster_results is None:
@@ -122,6 +144,7 @@ def build_graph(
         frag_tasks[key] = (run_fragment, ctx_key, job, resources.cores, resources.memory_gib)
         method = plan.specifications[job.model]["specification"]["model"].get("method", "")
         priorities[key] = relative_cost(plan.natoms(job), method, plan.driver)
+    _apply_order(priorities, frag_keys, order)
 
     inc_tasks: dict[Key, Any] = {}
     inc_keys: dict[Key, Increment] = {}

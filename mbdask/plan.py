@@ -258,6 +258,24 @@ def _check_programs(plan_jobs: list[FragmentJob], specs: dict[str, dict], check_
             )
 
 
+def _check_levels(levels: Optional[dict], nfragments: int) -> None:
+    """Clear messages for the level errors QCManyBody reports obscurely or not at all."""
+    if not levels:
+        return
+    orders: dict[str, list] = {}
+    for nbody, model in levels.items():
+        orders.setdefault(model, []).append(nbody)
+    for model, nbodies in orders.items():
+        if len(nbodies) > 1:
+            raise InputError(
+                f"levels give model chemistry '{model}' to n-body orders {nbodies} separately; each model chemistry "
+                "covers one contiguous range of orders (keys are the highest order of each)"
+            )
+    numeric = [nb for nb in levels if nb != "supersystem"]
+    if numeric and max(numeric) > nfragments:
+        raise InputError(f"levels go up to {max(numeric)}-body but the molecule has only {nfragments} fragments")
+
+
 def make_plan(inp: InputLike, *, check_installed: bool = True) -> Plan:
     """Validate an input and list its calculations; raises ``InputError`` for bad input."""
     model = load_input(inp)
@@ -267,6 +285,7 @@ def make_plan(inp: InputLike, *, check_installed: bool = True) -> Plan:
     driver = model.specification.driver.value
     if driver not in SUPPORTED_DRIVERS:
         raise InputError(f"driver '{driver}' is not supported; use one of {', '.join(SUPPORTED_DRIVERS)}")
+    _check_levels(keywords.levels, len(model.molecule.fragments))
     computer = _build_computer(model)
     core = computer.qcmb_core
     specs = _specifications(model, computer)

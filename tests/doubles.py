@@ -46,7 +46,7 @@ def component_data(name: str) -> dict:
     return load_component_data(name)
 
 
-def _result(input_data, values: Dict[str, Any], creator: str) -> AtomicResult:
+def _result(input_data, values: Dict[str, Any], creator: str, extras: Dict[str, Any] | None = None) -> AtomicResult:
     driver = input_data.specification.driver.value
     props = {f"return_{k}": v for k, v in values.items()}
     props["calcinfo_natom"] = len(input_data.molecule.symbols)
@@ -56,6 +56,7 @@ def _result(input_data, values: Dict[str, Any], creator: str) -> AtomicResult:
         properties=props,
         return_result=values[driver],
         success=True,
+        extras=extras or {},
         provenance={"creator": creator, "version": "0", "routine": f"tests.doubles.{creator}"},
     )
 
@@ -101,7 +102,7 @@ class SleepHarness(ProgramHarness):
         values = {"energy": -1.0 * len(real) - 0.01 * sum(real) ** 2, "gradient": np.zeros((natom, 3))}
         if input_data.specification.driver.value == "energy":
             values.pop("gradient")
-        return _result(input_data, values, "sleep")
+        return _result(input_data, values, "sleep", {"ncores": config.ncores, "memory": config.memory})
 
 
 def register_doubles() -> None:

@@ -1,0 +1,107 @@
+"""The graph's shape: increments depend on exactly their subsystems; levels stream early."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+from distributed import wait
+
+import mbdask
+from mbdask.graph import FragmentResources, build_graph, fragment_key
+from test_parity_component_data import replay_input
+
+
+def sleep_input(nfrag_xyz: str = "water6-prism.xyz", seconds=None, bsse=("nocp",), driver="energy") -> dict:
+    from conftest import DATA
+
+    from mbdask.xyz import molecule_from_xyz
+
+    return {
+        "specification": {
+            "driver": driver,
+            "keywords": {"bsse_type": list(bsse), "levels": {3: "sleepy"}},
+            "specification": {
+                "sleepy": {"program": "sleep", "model": {"method": "sleep"}, "keywords": {"seconds": seconds or {}}},
+            },
+        },
+        "molecule": molecule_from_xyz(DATA / nfrag_xyz),
+    }
+
+
+@pytest.mark.parametrize("bsse", ["nocp", "cp", "vmfc"])
+def test_increment_depends_on_exactly_its_subsystems(bsse):
+    plan = mbdask.plan(replay_input({1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", bsse=(bsse,)), check_installed=False)
+    graph = build_graph(plan, "t", resources=FragmentResources())
+    full = (1, 2, 3)
+    checked = 0
+    for key, inc in graph.increments.items():
+        if inc.bsse != bsse:
+            continue
+        cluster = inc.cluster
+        expected = set()
+        for k in range(1, len(cluster) + 1):
+            for sub in itertools.combinations(cluster, k):
+                basis = {"nocp": sub, "cp": sub if len(cluster) == 1 else full, "vmfc": cluster}[bsse]
+                expected.add(("e_scf", sub, basis))
+        deps = graph.dependencies(key)
+        assert {(j.model, j.real, j.basis) for j in (graph.fragments[d] for d in deps)} == expected
+        checked += 1
+    assert checked == 7
+
+
+def test_keys_are_readable_and_group_by_model_and_order():
+    from dask.utils import key_split
+
+    plan = mbdask.plan(sleep_input(), check_installed=False)
+    graph = build_graph(plan, "t", resources=FragmentResources())
+    prefixes = {key_split(k) for k in graph.fragments}
+    assert prefixes == {"frag sleepy 1-body", "frag sleepy 2-body", "frag sleepy 3-body"}
+    job = plan.jobs[-1]
+    assert fragment_key(job, "t")[2] == "(4,5,6)@(4,5,6)"
+
+
+def test_fragment_nodes_carry_resource_and_priority_annotations():
+    plan = mbdask.plan(sleep_input(), check_installed=False)
+    graph = build_graph(plan, "t", resources=FragmentResources(cores=2, memory_gib=1.5, annotate_memory=True), retries=3)
+    layer = graph.graph.layers["fragments"]
+    assert layer.annotations["resources"] == {"cores": 2, "memory": 1.5 * 2**30}
+    assert layer.annotations["retries"] == 3
+    trimer = next(k for k, j in graph.fragments.items() if j.nbody == 3)
+    monomer = next(k for k, j in graph.fragments.items() if j.nbody == 1)
+    assert layer.annotations["priority"](trimer) < layer.annotations["priority"](monomer)  # levels first
+    by_cost = build_graph(plan, "t", resources=FragmentResources(), order="cost").graph.layers["fragments"]
+    assert by_cost.annotations["priority"](trimer) > by_cost.annotations["priority"](monomer)
+
+
+def test_two_body_level_resolves_before_trimers_finish(inprocess_client):
+    # trimers sleep 0.3 s each, 20 of them on 2 workers: about 3 s after the 2-body level
+    sub = mbdask.start(sleep_input(seconds={"1": 0.0, "2": 0.0, "3": 0.3}), inprocess_client)
+    level2 = sub.levels[("nocp", 2)].result()
+    level2_time = time.time()
+    result = sub.result.result()
+    trimer_stops = [f["start"] + f["seconds"] for f in result.extras["mbdask"]["timing"]["fragments"] if len(f["real"]) == 3]
+    assert level2_time < max(trimer_stops) - 1.0
+    assert level2["nbody"] == 2 and len(level2["increments"]) == 15
+    streamed = list(sub.as_completed_levels())
+    assert {(lv["bsse"], lv["nbody"]) for lv in streamed} == {("nocp", 1), ("nocp", 2), ("nocp", 3)}
+
+
+def test_fragment_failure_names_the_fragment(inprocess_client):
+    inp = sleep_input(seconds={"1": "not a number"})
+    with pytest.raises(mbdask.FragmentFailedError, match=r"sleep failed on model 'sleepy', fragments \[\d\]"):
+        mbdask.compute(inp, inprocess_client)
+
+
+def test_program_gets_the_cores_and_memory_the_task_reserved(inprocess_client):
+    inp = sleep_input()
+    inp["specification"]["protocols"] = {"cluster_results": "all"}
+    result = mbdask.compute(inp, inprocess_client, memory_per_fragment=0.75)
+    configs = {(r.extras["ncores"], r.extras["memory"]) for r in result.cluster_results.values()}
+    assert configs == {(1, 0.75)}
+
+
+def test_fragment_larger_than_any_worker_is_refused_before_submission(inprocess_client):
+    with pytest.raises(mbdask.InputError, match="asks for 4 cores but no worker has more than 1"):
+        mbdask.start(sleep_input(), inprocess_client, cores_per_fragment=4)

@@ -1,0 +1,88 @@
+"""Input reading, and the charge/multiplicity fill that avoids QCElemental's exponential search."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import qcelemental
+from qcelemental.molparse.chgmult import validate_and_fill_chgmult
+
+import mbdask
+from conftest import DATA, write_json, xtb_input
+from mbdask.inputs import QCEL_SEARCH_MAX_FRAGMENTS, fill_charges_and_multiplicities
+from mbdask.xyz import molecule_from_xyz
+
+
+def _qcel_reference(mol: dict) -> dict:
+    zeff = np.array([qcelemental.periodictable.to_Z(s) for s in mol["symbols"]], dtype=float)
+    seps = np.cumsum([len(f) for f in mol["fragments"]])[:-1]
+    nfr = len(mol["fragments"])
+    return validate_and_fill_chgmult(
+        zeff, seps, mol.get("molecular_charge"), mol.get("fragment_charges") or [None] * nfr,
+        mol.get("molecular_multiplicity"), mol.get("fragment_multiplicities") or [None] * nfr,
+    )
+
+
+@pytest.mark.parametrize(
+    "xyz, extra",
+    [
+        ("water3-uud.xyz", {}),
+        ("water6-prism.xyz", {}),
+        ("water8-s4.xyz", {"molecular_multiplicity": 1}),
+        ("water6-prism.xyz", {"molecular_charge": 0.0}),
+        ("hydronium-water6.xyz", {"fragment_charges": [0, 1, 0, 0, 0, 0, 0]}),
+        ("hydroxide-water6.xyz", {"fragment_charges": [0, 0, 0, 0, -1, 0, 0], "molecular_charge": -1}),
+    ],
+)
+def test_fill_matches_qcelemental_search(xyz, extra):
+    mol = molecule_from_xyz(DATA / xyz)
+    mol.pop("molecular_multiplicity", None)
+    mol.update(extra)
+    if "fragment_charges" in extra:  # find the ion's position from the fragment sizes
+        sizes = [len(f) for f in mol["fragments"]]
+        odd = next(i for i, n in enumerate(sizes) if n != 3)
+        charge = sum(c for c in extra["fragment_charges"] if c)
+        mol["fragment_charges"] = [charge if i == odd else 0 for i in range(len(sizes))]
+        mol["molecular_charge"] = charge
+    filled = fill_charges_and_multiplicities(mol)
+    ref = _qcel_reference(mol)
+    assert filled["fragment_charges"] == ref["fragment_charges"]
+    assert filled["fragment_multiplicities"] == ref["fragment_multiplicities"]
+
+
+def test_large_cluster_plans_without_exponential_search():
+    # 20 waters: QCElemental's own search would take 4**20 candidates
+    plan = mbdask.plan(xtb_input("water20-dodecahedron.xyz", max_nbody=2))
+    assert plan.counts == {"gfn2": {1: 20, 2: 190}}
+
+
+def test_ambiguous_charges_on_many_fragments_are_refused():
+    mol = molecule_from_xyz(DATA / "water16-4444a.xyz")
+    mol["molecular_charge"] = 1.0
+    assert len(mol["fragments"]) > QCEL_SEARCH_MAX_FRAGMENTS
+    with pytest.raises(mbdask.InputError, match="give both explicitly"):
+        fill_charges_and_multiplicities(mol)
+
+
+def test_small_ion_cluster_left_to_qcelemental():
+    inp = xtb_input("hydronium-water6.xyz", max_nbody=2)
+    plan = mbdask.plan(inp)
+    assert sum(plan.core.molecule.fragment_charges) == 1.0
+
+
+def test_yaml_and_json_files_give_the_same_input(tmp_path):
+    import yaml
+
+    inp = xtb_input("water3-uud.xyz")
+    js = write_json(tmp_path / "in.json", inp)
+    ym = tmp_path / "in.yaml"
+    ym.write_text(yaml.safe_dump(json.loads(json.dumps(inp))))
+    assert mbdask.load_input(js) == mbdask.load_input(ym)
+
+
+def test_atomic_specification_may_omit_the_driver():
+    inp = xtb_input("water3-uud.xyz", driver="gradient")
+    model = mbdask.load_input(inp)
+    assert model.specification.specification["gfn2"].driver.value == "gradient"
