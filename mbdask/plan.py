@@ -260,6 +260,8 @@ def _check_programs(plan_jobs: list[FragmentJob], specs: dict[str, dict], check_
 
 def _check_levels(levels: Optional[dict], nfragments: int) -> None:
     """Clear messages for the level errors QCManyBody reports obscurely or not at all."""
+    if nfragments < 2:
+        raise InputError("molecule has no fragmentation: give 'fragments' (lists of atom indices, one per subsystem)")
     if not levels:
         return
     orders: dict[str, list] = {}

@@ -1,0 +1,23 @@
+"""The notebooks run top to bottom (executed with nbclient, as a user would run them)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import ROOT, needs_xtb
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+
+@needs_xtb
+def test_quickstart_notebook_executes():
+    nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client.execute()
+    outputs = "".join(
+        out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+    )
+    assert "Dashboard: http://127.0.0.1:" in outputs
+    assert "nocp 2-body" in outputs
+    assert "interaction energy through 3-body" in outputs
