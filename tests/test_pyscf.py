@@ -153,12 +153,12 @@ def test_gpu_request_falls_back_to_cpu_with_warning():
         assert _to_gpu(mf) is mf
 
 
-def _pyscf_input(molecule: dict, bsse, driver="energy", method="hf", basis="6-31g", max_nbody=2) -> dict:
+def _pyscf_input(molecule: dict, bsse, driver="energy", method="hf", basis="6-31g", max_nbody=2, **keywords) -> dict:
     return {
         "specification": {
             "driver": driver,
             "keywords": {"bsse_type": list(bsse), "levels": {max_nbody: "hf"}, "return_total_data": True},
-            "specification": {"hf": {"program": "pyscf", "model": {"method": method, "basis": basis}}},
+            "specification": {"hf": {"program": "pyscf", "model": {"method": method, "basis": basis}, "keywords": keywords}},
         },
         "molecule": molecule,
     }
@@ -196,7 +196,7 @@ def test_mbe_gradient_matches_finite_difference_of_mbe_energy(process_client):
     from mbdask.xyz import molecule_from_xyz
 
     mol = molecule_from_xyz(DATA / "water3-uud.xyz")
-    grad = mbdask.compute(_pyscf_input(mol, ["cp"], driver="gradient", basis="sto-3g"), process_client).return_result
+    grad = mbdask.compute(_pyscf_input(mol, ["cp"], driver="gradient", basis="sto-3g", conv_tol=1e-12), process_client).return_result
     step = 1e-3
     geometry = np.array(mol["geometry"], dtype=float)
     fd = np.zeros_like(geometry)
@@ -206,6 +206,6 @@ def test_mbe_gradient_matches_finite_difference_of_mbe_energy(process_client):
             displaced = geometry.copy()
             displaced[i] += sign * step
             moved = {**mol, "geometry": displaced.tolist()}
-            energies.append(mbdask.compute(_pyscf_input(moved, ["cp"], basis="sto-3g"), process_client).return_result)
+            energies.append(mbdask.compute(_pyscf_input(moved, ["cp"], basis="sto-3g", conv_tol=1e-12), process_client).return_result)
         fd[i] = (energies[0] - energies[1]) / (2 * step)
     np.testing.assert_allclose(np.asarray(grad).ravel(), fd, atol=1e-6, rtol=0)

@@ -1,0 +1,84 @@
+"""mbdask versus QCManyBody run sequentially and versus a plain process pool, side by side.
+
+Each executor runs the same expansion in the same process tree, one after another, and the
+ratios printed are wall-time ratios from this one run (these machines are shared and noisy).
+
+* ``qcmanybody``: ``ManyBodyComputer.from_manybodyinput`` as a user runs it today
+  (``pinned``: with BLAS/OpenMP limited to 1 thread; ``default``: as installed).
+* ``pool``: ``concurrent.futures.ProcessPoolExecutor`` over QCManyBody's fragment molecules,
+  one task per fragment, then ``ManyBodyCore.analyze``.
+* ``mbdask``: ``mbdask.compute`` on a LocalCluster it starts itself (start-up included).
+
+Infrastructure overhead of mbdask = 1 - (sum of fragment compute times / cores) / wall time.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import time
+
+import qcengine
+from qcelemental.models.v2 import AtomicInput
+from qcmanybody.v2 import ManyBodyComputer
+from threadpoolctl import threadpool_limits
+
+import mbdask
+from mbdask.cluster import usable_cores
+from mbdask.execute import extract_properties, pinned_threads
+
+
+def run_qcmanybody(inp, pinned: bool) -> tuple[float, float]:
+    model = mbdask.load_input(inp)
+    start = time.perf_counter()
+    if pinned:
+        with pinned_threads(1):
+            result = ManyBodyComputer.from_manybodyinput(model)
+    else:
+        result = ManyBodyComputer.from_manybodyinput(model)
+    return time.perf_counter() - start, float(result.properties.return_energy)
+
+
+def _pool_task(program: str, atomic: AtomicInput, driver: str):
+    with pinned_threads(1):
+        res = qcengine.compute(atomic, program, raise_error=True, task_config={"ncores": 1})
+    return extract_properties(res, driver)
+
+
+def run_pool(inp, workers: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    model = mbdask.load_input(inp)
+    computer = ManyBodyComputer.from_manybodyinput(model, build_tasks=False)
+    specs = mbdask.plan(model).specifications
+    with concurrent.futures.ProcessPoolExecutor(workers, initializer=mbdask.register_programs) as pool:
+        futures = {}
+        for mc, label, mol in computer.qcmb_core.iterate_molecules():
+            atomic = AtomicInput(molecule=mol, specification=copy.deepcopy(specs[mc]["specification"]))
+            futures[label] = pool.submit(_pool_task, specs[mc]["program"], atomic, model.specification.driver.value)
+        components = {label: f.result() for label, f in futures.items()}
+    analyzed = computer.qcmb_core.analyze(components)
+    return time.perf_counter() - start, float(analyzed["ret_energy"])
+
+
+def run_mbdask(inp, workers: int) -> tuple[float, float, float]:
+    start = time.perf_counter()
+    result = mbdask.compute(inp, n_workers=workers)
+    wall = time.perf_counter() - start
+    busy = result.extras["mbdask"]["timing"]["sum_task_seconds"]
+    return wall, float(result.properties.return_energy), busy
+
+
+def compare(name: str, inp, workers: int | None = None, include_default: bool = True) -> dict:
+    workers = workers or usable_cores()
+    row: dict = {"case": name, "workers": workers}
+    row["mbdask_s"], e_mbdask, busy = run_mbdask(inp, workers)
+    row["overhead"] = 1 - (busy / workers) / row["mbdask_s"]
+    row["pool_s"], e_pool = run_pool(inp, workers)
+    row["qcmb_pinned_s"], e_pinned = run_qcmanybody(inp, pinned=True)
+    if include_default:
+        row["qcmb_default_s"], _ = run_qcmanybody(inp, pinned=False)
+    best_seq = min(row["qcmb_pinned_s"], row.get("qcmb_default_s", float("inf")))
+    row["speedup_vs_qcmb"] = best_seq / row["mbdask_s"]
+    row["speedup_vs_pool"] = row["pool_s"] / row["mbdask_s"]
+    row["max_energy_diff"] = max(abs(e_mbdask - e_pinned), abs(e_pool - e_pinned))
+    return row
