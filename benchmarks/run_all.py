@@ -70,7 +70,11 @@ def main() -> None:
         )
     lines += [
         "",
-        "mbdask times include starting its LocalCluster. Overhead = 1 - (sum of fragment compute times / cores) / wall time.",
+        "mbdask times include starting its LocalCluster (worker processes, then each worker's first import",
+        "of the QC program). Overhead = 1 - (sum of fragment compute times / cores) / wall time.",
+        "\"QCManyBody pinned\" limits BLAS/OpenMP to one thread around QCManyBody's sequential run; QCEngine",
+        "still hands each call all cores in `task_config`, and harnesses that set their own threads from it",
+        "(PySCF) use both cores there. mbdask runs one single-core fragment per worker.",
         "",
         "## Planning and graph building at scale",
         "",

@@ -72,7 +72,7 @@ def plan(inp: InputLike, *, check_installed: bool = True) -> Plan:
 
 
 def start(
-    inp: InputLike,
+    inp: Union[InputLike, Plan],
     client: ClientLike = None,
     *,
     cores_per_fragment: int = 1,
@@ -85,7 +85,7 @@ def start(
     check_installed: bool = True,
     security: Any = None,
 ) -> Submission:
-    """Plan ``inp``, build its graph and send it to the scheduler; returns at once.
+    """Plan ``inp`` (or take a :class:`Plan`), build its graph and send it to the scheduler; returns at once.
 
     Options: ``cores_per_fragment`` threads each QC call may use (and reserves);
     ``memory_per_fragment`` in GiB (default: the worker's memory per thread times cores);
@@ -93,7 +93,7 @@ def start(
     longest first within each) or "cost" (longest first overall); ``n_workers``/``threads_per_worker``/``memory_limit`` size a
     LocalCluster when mbdask starts one.
     """
-    the_plan = make_plan(inp, check_installed=check_installed)
+    the_plan = inp if isinstance(inp, Plan) else make_plan(inp, check_installed=check_installed)
     if order not in ORDERS:
         raise InputError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
     if cores_per_fragment < 1:

@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"--retries must be 0 or more, got {args.retries}")
     if args.output:
         check_writable(args.output)
-    api.plan(args.input)  # all input errors surface before a cluster starts
+    plan = api.plan(args.input)  # all input errors surface before a cluster starts
 
     wall_start = time.perf_counter()
     conn = connect(
@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         if link:
             print(f"mbdask: dashboard at {link}", file=sys.stderr)
         sub = api.start(
-            args.input,
+            plan,
             conn.client,
             cores_per_fragment=args.cores_per_fragment,
             memory_per_fragment=args.memory_per_fragment,

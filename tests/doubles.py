@@ -61,17 +61,23 @@ def _result(input_data, values: Dict[str, Any], creator: str, extras: Dict[str, 
     )
 
 
-class ReplayHarness(ProgramHarness):
-    """Replays stored QCManyBody component data (test double, not chemistry)."""
+class _DoubleHarness(ProgramHarness):
+    """Common settings of the test doubles: always found, thread safe, no scratch."""
 
     _defaults: ClassVar[Dict[str, Any]] = {
-        "name": "replay", "scratch": False, "thread_safe": True, "thread_parallel": False,
+        "name": "double", "scratch": False, "thread_safe": True, "thread_parallel": False,
         "node_parallel": False, "managed_memory": False,
     }
 
     @staticmethod
     def found(raise_error: bool = False) -> bool:
         return True
+
+
+class ReplayHarness(_DoubleHarness):
+    """Replays stored QCManyBody component data (test double, not chemistry)."""
+
+    _defaults: ClassVar[Dict[str, Any]] = {**_DoubleHarness._defaults, "name": "replay"}
 
     def compute(self, input_data, config):
         real, basis = fragment_indices(input_data.molecule)
@@ -82,17 +88,10 @@ class ReplayHarness(ProgramHarness):
         return _result(input_data, values, "replay")
 
 
-class SleepHarness(ProgramHarness):
+class SleepHarness(_DoubleHarness):
     """Sleeps for a given time per n-body order (test double, not chemistry)."""
 
-    _defaults: ClassVar[Dict[str, Any]] = {
-        "name": "sleep", "scratch": False, "thread_safe": True, "thread_parallel": False,
-        "node_parallel": False, "managed_memory": False,
-    }
-
-    @staticmethod
-    def found(raise_error: bool = False) -> bool:
-        return True
+    _defaults: ClassVar[Dict[str, Any]] = {**_DoubleHarness._defaults, "name": "sleep"}
 
     def compute(self, input_data, config):
         real, basis = fragment_indices(input_data.molecule)

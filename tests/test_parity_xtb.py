@@ -73,3 +73,15 @@ def test_multilevel_energy_matches_manybodycomputer(process_client):
     ref = sequential_computer(inp)
     assert abs(ours.return_result - ref.return_result) < 1e-10
     assert ours.properties.calcinfo_nmbe == ref.properties.calcinfo_nmbe
+
+
+def test_submit_without_client_starts_a_cluster_and_closes_it_with_the_future():
+    import gc
+
+    future = mbdask.submit(xtb_input("water3-uud.xyz", max_nbody=2), n_workers=1)
+    assert isinstance(future.result(), ManyBodyResult)
+    cluster = future.client.cluster
+    assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+    del future
+    gc.collect()
+    assert cluster.status.name == "closed"
