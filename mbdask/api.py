@@ -7,6 +7,7 @@ the 2-body result while trimers still run.
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Union
@@ -56,7 +57,8 @@ def _fragment_resources(client: Client, cores: int, memory_gib: Optional[float])
     annotate_memory = all("memory" in w["resources"] for w in workers)
     if memory_gib is None:
         shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in workers if w["memory_limit"]]
-        memory_gib = round(min(shares) * cores / 2**30, 3) if shares else None
+        # rounded down, so that the reservation never exceeds what the worker declares
+        memory_gib = math.floor(min(shares) * cores / 2**30 * 1000) / 1000 if shares else None
     if annotate_cores and not any(w["resources"]["cores"] >= cores for w in workers):
         most = max(w["resources"]["cores"] for w in workers)
         raise InputError(f"each fragment asks for {cores} cores but no worker has more than {most}")
