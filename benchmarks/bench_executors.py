@@ -21,7 +21,6 @@ import time
 import qcengine
 from qcelemental.models.v2 import AtomicInput
 from qcmanybody.v2 import ManyBodyComputer
-from threadpoolctl import threadpool_limits
 
 import mbdask
 from mbdask.cluster import usable_cores

@@ -119,8 +119,11 @@ class Plan:
     def graph_size(self) -> dict[str, int]:
         """Nodes and edges of the Dask graph ``graph.build_graph`` makes from this plan."""
         levels = {(inc.bsse, inc.nbody) for inc in self.increments}
-        edges = len(self.jobs) + sum(len(inc.terms) for inc in self.increments)
-        edges += len(self.increments) + len(levels) + len(self.jobs)
+        chains = len({bsse for bsse, _ in levels})
+        edges = len(self.jobs)  # context -> fragment
+        edges += sum(len(inc.terms) for inc in self.increments)  # fragment -> increment
+        edges += len(self.increments) + len(levels) - chains  # increment -> level, level -> next level
+        edges += 1 + len(self.jobs) + len(levels)  # context, fragments and levels -> result
         nodes = 1 + len(self.jobs) + len(self.increments) + len(levels) + 1
         return {"nodes": nodes, "edges": edges, "fragments": len(self.jobs), "increments": len(self.increments), "levels": len(levels)}
 

@@ -6,7 +6,7 @@ import itertools
 import time
 
 import pytest
-from distributed import wait
+
 
 import mbdask
 from mbdask.graph import FragmentResources, build_graph, fragment_key
@@ -105,3 +105,11 @@ def test_program_gets_the_cores_and_memory_the_task_reserved(inprocess_client):
 def test_fragment_larger_than_any_worker_is_refused_before_submission(inprocess_client):
     with pytest.raises(mbdask.InputError, match="asks for 4 cores but no worker has more than 1"):
         mbdask.start(sleep_input(), inprocess_client, cores_per_fragment=4)
+
+
+@pytest.mark.parametrize("bsse", [("nocp",), ("cp", "nocp", "vmfc")])
+def test_plan_reports_the_size_of_the_graph_it_builds(bsse):
+    plan = mbdask.plan(replay_input({1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", bsse=bsse), check_installed=False)
+    deps = build_graph(plan, "t", resources=FragmentResources()).graph.get_all_dependencies()
+    assert plan.graph_size["nodes"] == len(deps)
+    assert plan.graph_size["edges"] == sum(len(d) for d in deps.values())

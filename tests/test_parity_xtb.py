@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
 from distributed import Future
 from qcmanybody.models.v2 import ManyBodyResult
 

@@ -23,7 +23,7 @@ import warnings
 from typing import Any, ClassVar, Dict, Optional
 
 import numpy as np
-from qcengine.exceptions import ConvergenceError, InputError, UnknownError
+from qcengine.exceptions import ConvergenceError, InputError
 from qcengine.programs.model import ProgramHarness
 from qcelemental.util import which_import
 
