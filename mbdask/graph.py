@@ -19,6 +19,7 @@ dashboard's progress bars show one row per model chemistry and n-body order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Hashable, Optional, Union
 
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
@@ -92,7 +93,11 @@ class ExpansionGraph:
 
     def dependencies(self, key: Key) -> set[Hashable]:
         """Keys a node depends on (used by tests to check the graph's shape)."""
-        return set(self.graph.get_all_dependencies()[key])
+        return set(self._all_dependencies[key])
+
+    @cached_property
+    def _all_dependencies(self) -> dict:
+        return self.graph.get_all_dependencies()
 
 
 def _level_order(nbody: Union[int, str]) -> float:
