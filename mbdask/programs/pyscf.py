@@ -234,8 +234,7 @@ class PySCFHarness(ProgramHarness):
             if not post.converged:
                 raise ConvergenceError("pyscf: CCSD amplitudes did not converge")
             energy = float(post.e_tot)
-            props.update(ccsd_correlation_energy=float(post.e_corr), ccsd_total_energy=energy, ccsd_iterations=None)
-            props.pop("ccsd_iterations")
+            props.update(ccsd_correlation_energy=float(post.e_corr), ccsd_total_energy=energy)
             if method == "ccsd(t)":
                 e_t = float(post.ccsd_t())
                 energy = float(post.e_tot + e_t)
