@@ -8,18 +8,28 @@ the 2-body result while trimers still run.
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Union
 
-from distributed import Client, Future, as_completed
+from distributed import Client, Future, as_completed, wait
 from qcmanybody.models.v2 import ManyBodyResult
 
+from .assemble import assemble_result
+from .batching import Unit, make_units
 from .cluster import ClientLike, Connection, connect, worker_resources
-from .errors import InputError
+from .cost import CostModel
+from .errors import FragmentFailedError, InputError
+from .execute import ExpansionContext
 from .graph import ORDERS, ExpansionGraph, FragmentResources, build_graph
 from .inputs import InputLike
-from .plan import Plan, make_plan
+from .plan import Plan, make_plan, truncated_input
+from .store import FragmentStore
+
+StoreLike = Union[str, os.PathLike, FragmentStore, None]
+#: Fragments loaded from a store travel in units of at most this many (they cost nothing to run).
+KNOWN_PER_UNIT = 2000
 
 
 @dataclass
@@ -31,6 +41,9 @@ class Submission:
     result: Future
     levels: dict[tuple[str, Union[int, str]], Future]
     connection: Connection = field(repr=False)
+    units: dict[Any, Future] = field(default_factory=dict, repr=False)
+    store: Optional[FragmentStore] = None
+    from_store: int = 0
 
     @property
     def client(self) -> Client:
@@ -41,31 +54,94 @@ class Submission:
         for future in as_completed(list(self.levels.values()), loop=self.client.loop):
             yield future.result()
 
+    def partial_result(self) -> Optional[ManyBodyResult]:
+        """After a failure: the result through the highest n-body order that completed, or None.
 
-def _fragment_resources(client: Client, cores: int, memory_gib: Optional[float]) -> FragmentResources:
+        Needs the unit futures, which ``start(..., keep_going=True)`` holds. The result is
+        QCManyBody's analysis of the expansion truncated at that order, with
+        ``extras["mbdask"]["partial"]`` saying what was asked for and what failed.
+        """
+        if not self.units:
+            raise ValueError("partial results need start(..., keep_going=True)")
+        wait([*self.levels.values(), *self.units.values()])
+        complete = 0
+        numeric = sorted({nb for _, nb in self.levels if nb != "supersystem"})
+        for nbody in numeric:
+            if all(f.status == "finished" for (b, nb), f in self.levels.items() if nb == nbody):
+                complete = nbody
+            else:
+                break
+        if complete == 0:
+            return None
+        outputs = [f.result() for f in self.units.values() if f.status == "finished"]
+        levels = [f.result() for (b, nb), f in self.levels.items() if nb != "supersystem" and nb <= complete]
+        failed = next((f.exception() for f in self.units.values() if f.status == "error"), None)
+        ctx = ExpansionContext(truncated_input(self.plan.input, complete), self.plan.specifications, False)
+        partial = {"complete_nbody": complete, "requested_nbody": numeric[-1] if numeric else None, "error": str(failed)}
+        return assemble_result(ctx, levels, *outputs, partial=partial)
+
+
+def _fragment_resources(client: Client, cores: int, memory_gib: Optional[float], *, auto_cores: bool = False) -> FragmentResources:
     """Decide what each fragment reserves, from what the workers declare.
 
-    Workers that declare ``cores`` (and ``memory``) get resource-restricted tasks; a
-    fragment that no worker could ever hold is refused now rather than left waiting.
-    Workers without declared resources run fragments on their threads, with BLAS/OpenMP
-    still pinned to ``cores``.
+    Cores become a resource restriction only where a worker thread is not already one
+    core's worth of work (more than one core per fragment, cost-based cores, or workers
+    with more threads than declared cores); otherwise the thread limit does the same job
+    and the scheduler's queue keeps handing out work in priority order. Memory is a
+    restriction when the caller sets it and the workers declare it. A fragment that no
+    worker could ever hold is refused now rather than left waiting.
     """
     workers = worker_resources(client)
     if not workers:
         raise InputError("the Dask cluster has no workers")
-    annotate_cores = all("cores" in w["resources"] for w in workers)
-    annotate_memory = all("memory" in w["resources"] for w in workers)
+    declared_cores = all("cores" in w["resources"] for w in workers)
+    declared_memory = all("memory" in w["resources"] for w in workers)
+    one_thread_one_core = all(w["nthreads"] <= w["resources"].get("cores", 0) for w in workers)
+    annotate_cores = declared_cores and (cores > 1 or auto_cores or not one_thread_one_core)
+    annotate_memory = declared_memory and memory_gib is not None
     if memory_gib is None:
         shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in workers if w["memory_limit"]]
         # rounded down, so that the reservation never exceeds what the worker declares
         memory_gib = math.floor(min(shares) * cores / 2**30 * 1000) / 1000 if shares else None
-    if annotate_cores and not any(w["resources"]["cores"] >= cores for w in workers):
+    if declared_cores and not any(w["resources"]["cores"] >= cores for w in workers):
         most = max(w["resources"]["cores"] for w in workers)
         raise InputError(f"each fragment asks for {cores} cores but no worker has more than {most}")
-    if annotate_memory and memory_gib and not any(w["resources"]["memory"] >= memory_gib * 2**30 for w in workers):
+    if declared_memory and memory_gib and not any(w["resources"]["memory"] >= memory_gib * 2**30 for w in workers):
         most = max(w["resources"]["memory"] for w in workers) / 2**30
         raise InputError(f"each fragment asks for {memory_gib:.2f} GiB but no worker has more than {most:.2f} GiB")
     return FragmentResources(cores, memory_gib, annotate_cores, annotate_memory)
+
+
+def _open_store(store: StoreLike) -> Optional[FragmentStore]:
+    if store is None or isinstance(store, FragmentStore):
+        return store
+    return FragmentStore.open(store)
+
+
+def _from_store(plan: Plan, store: Optional[FragmentStore]) -> dict[str, dict]:
+    """Outputs of the plan's calculations already in the store, by label."""
+    if store is None:
+        return {}
+    ctx = ExpansionContext(plan.input, plan.specifications, False)
+    keys = {ctx.store_key(job): job for job in plan.jobs}
+    found = store.get_many(keys)
+    return {keys[k].label: {**out, "label": keys[k].label, "stored": True} for k, out in found.items()}
+
+
+def _units(plan: Plan, known: dict[str, dict], client: Client, resources: FragmentResources, *, batch: bool, auto_cores: bool) -> list[Unit]:
+    """Units to run (batched by predicted cost) plus units carrying what the store had."""
+    cost = CostModel.for_plan(plan)
+    by_label = {job.label: job for job in plan.jobs}
+    cost.calibrate((by_label[l].model, by_label[l].basis, o["stop"] - o["start"]) for l, o in known.items() if "stop" in o)
+    workers = worker_resources(client)
+    slots = sum(w["resources"].get("cores", w["nthreads"]) for w in workers) // max(1, resources.cores)
+    max_cores = max(w["resources"].get("cores", w["nthreads"]) for w in workers)
+    todo = [job for job in plan.jobs if job.label not in known]
+    units = make_units(todo, cost, workers=slots, batch=batch, cores=resources.cores, auto_cores=auto_cores, max_cores=max_cores)
+    done = [job for job in plan.jobs if job.label in known]
+    for i in range(0, len(done), KNOWN_PER_UNIT):
+        units.append(Unit(tuple(done[i : i + KNOWN_PER_UNIT]), 0.0, resources.cores))
+    return units
 
 
 def plan(inp: InputLike, *, check_installed: bool = True) -> Plan:
@@ -77,10 +153,13 @@ def start(
     inp: Union[InputLike, Plan],
     client: ClientLike = None,
     *,
-    cores_per_fragment: int = 1,
+    cores_per_fragment: Union[int, str] = 1,
     memory_per_fragment: Optional[float] = None,
     retries: int = 0,
     order: str = "levels",
+    batch: bool = True,
+    store: StoreLike = None,
+    keep_going: bool = False,
     n_workers: Optional[int] = None,
     threads_per_worker: Optional[int] = None,
     memory_limit: Union[str, int, float, None] = None,
@@ -89,31 +168,52 @@ def start(
 ) -> Submission:
     """Plan ``inp`` (or take a :class:`Plan`), build its graph and send it to the scheduler; returns at once.
 
-    Options: ``cores_per_fragment`` threads each QC call may use (and reserves);
-    ``memory_per_fragment`` in GiB (default: the worker's memory per thread times cores);
-    ``retries`` per fragment; ``order`` "levels" (n-body orders complete one after another,
-    longest first within each) or "cost" (longest first overall); ``n_workers``/``threads_per_worker``/``memory_limit`` size a
-    LocalCluster when mbdask starts one.
+    Options:
+
+    * ``cores_per_fragment``: threads each QC call may use (and reserves); ``"auto"`` gives
+      1 core to most fragments and more to those predicted to finish the run alone.
+    * ``memory_per_fragment`` in GiB (default: the worker's memory per thread times cores).
+    * ``retries`` per fragment (Dask retries) before the run fails.
+    * ``order``: "levels" (n-body orders complete one after another, longest first within
+      each) or "cost" (longest first overall).
+    * ``batch``: group cheap fragments into tasks of ~0.05-0.5 s predicted (default on).
+    * ``store``: path of a checkpoint store (:mod:`mbdask.store`); fragments found there are
+      not recomputed and every finished fragment is written to it at once.
+    * ``keep_going``: hold every unit's future so that :meth:`Submission.partial_result`
+      can return the highest complete n-body order after a failure.
+    * ``n_workers``/``threads_per_worker``/``memory_limit``/``security``: for the
+      LocalCluster mbdask starts, or the scheduler it connects to.
     """
     the_plan = inp if isinstance(inp, Plan) else make_plan(inp, check_installed=check_installed)
     if order not in ORDERS:
         raise InputError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
-    if cores_per_fragment < 1:
-        raise InputError(f"cores_per_fragment must be at least 1, got {cores_per_fragment}")
+    auto_cores = cores_per_fragment == "auto"
+    cores = 1 if auto_cores else cores_per_fragment
+    if not isinstance(cores, int) or cores < 1:
+        raise InputError(f"cores_per_fragment must be a whole number of at least 1 or 'auto', got {cores_per_fragment!r}")
     if memory_per_fragment is not None and memory_per_fragment <= 0:
         raise InputError(f"memory_per_fragment must be positive (GiB), got {memory_per_fragment}")
+    if retries < 0:
+        raise InputError(f"retries must be 0 or more, got {retries}")
+    fragment_store = _open_store(store)
+    known = _from_store(the_plan, fragment_store)
     conn = connect(client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security)
     try:
-        resources = _fragment_resources(conn.client, cores_per_fragment, memory_per_fragment)
-        graph = build_graph(the_plan, uuid.uuid4().hex[:12], resources=resources, retries=retries, order=order)
-        keys = [graph.result, *graph.levels.values()]
+        resources = _fragment_resources(conn.client, cores, memory_per_fragment, auto_cores=auto_cores)
+        units = _units(the_plan, known, conn.client, resources, batch=batch, auto_cores=auto_cores)
+        graph = build_graph(
+            the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known,
+            retries=retries, order=order, store=fragment_store,
+        )
+        keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going else ())]
         futures = conn.client.get(graph.graph, keys, sync=False)
     except BaseException:
         conn.close()
         raise
     by_key = dict(zip(keys, futures))
     levels = {name: by_key[key] for name, key in graph.levels.items()}
-    return Submission(the_plan, graph, by_key[graph.result], levels, conn)
+    held = {key: by_key[key] for key in graph.units} if keep_going else {}
+    return Submission(the_plan, graph, by_key[graph.result], levels, conn, held, fragment_store, len(known))
 
 
 def submit(inp: InputLike, client: ClientLike = None, **options: Any) -> Future:
@@ -128,9 +228,25 @@ def submit(inp: InputLike, client: ClientLike = None, **options: Any) -> Future:
 
 
 def compute(inp: InputLike, client: ClientLike = None, **options: Any) -> ManyBodyResult:
-    """Run the expansion and wait for it; returns QCManyBody's ``ManyBodyResult``."""
+    """Run the expansion and wait for it; returns QCManyBody's ``ManyBodyResult``.
+
+    With ``keep_going=True``, a failed fragment above the lowest order gives the result
+    through the highest complete order (``extras["mbdask"]["partial"]``) instead of raising.
+    """
     sub = start(inp, client, **options)
     try:
-        return sub.result.result()
+        return result_of(sub, keep_going=options.get("keep_going", False))
     finally:
         sub.connection.close()
+
+
+def result_of(sub: Submission, *, keep_going: bool = False) -> ManyBodyResult:
+    """Wait for ``sub``; on a fragment failure with ``keep_going``, its partial result if any."""
+    try:
+        return sub.result.result()
+    except FragmentFailedError:
+        if keep_going:
+            partial = sub.partial_result()
+            if partial is not None:
+                return partial
+        raise

@@ -26,9 +26,18 @@ def qcmanybody_order(core: Any) -> list[str]:
     return list(seen)
 
 
-def increment_energy(signs: list[int], *outputs: dict) -> float:
-    """Signed sum of the subsystem energies of one cluster (nocp, cp or vmfc by the terms)."""
-    return float(sum(sign * out["values"]["energy"] for sign, out in zip(signs, outputs)))
+def merge_units(units: tuple[dict[str, dict], ...]) -> dict[str, dict]:
+    """Fragment outputs by label, from the outputs of several units."""
+    merged: dict[str, dict] = {}
+    for outputs in units:
+        merged.update(outputs)
+    return merged
+
+
+def increment_energies(terms: list[list[tuple[str, int]]], *units: dict[str, dict]) -> list[float]:
+    """Per cluster, the signed sum of its subsystem energies (nocp, cp or vmfc by the terms)."""
+    by_label = merge_units(units)
+    return [float(sum(sign * by_label[label]["values"]["energy"] for label, sign in cluster)) for cluster in terms]
 
 
 def level_sum(
@@ -37,9 +46,10 @@ def level_sum(
     model: str,
     clusters: list[list[int]],
     previous: Optional[dict],
-    *increments: float,
+    *groups: list[float],
 ) -> dict:
     """Contribution of one n-body order and the energy through it (previous order chained in)."""
+    increments = [energy for group in groups for energy in group]
     contribution = float(sum(increments))
     through = contribution + (previous["through"] if previous else 0.0)
     return {
@@ -52,7 +62,9 @@ def level_sum(
     }
 
 
-def _timings(outputs: tuple[dict, ...]) -> dict[str, Any]:
+def _timings(all_outputs: list[dict]) -> dict[str, Any]:
+    """Per computed fragment: when, where, how long; outputs loaded from a store are only counted."""
+    outputs = [out for out in all_outputs if not out.get("stored")]
     per_fragment = []
     for out in outputs:
         model, real, basis = delabeler(out["label"])
@@ -74,13 +86,17 @@ def _timings(outputs: tuple[dict, ...]) -> dict[str, Any]:
         "sum_task_seconds": sum(f["seconds"] for f in per_fragment),
         "span_seconds": (max(stops) - min(starts)) if outputs else 0.0,
         "workers": sorted({o["worker"] for o in outputs}),
+        "from_store": len(all_outputs) - len(outputs),
     }
 
 
-def assemble_result(ctx: Any, levels: list[dict], *outputs: dict) -> ManyBodyResult:
-    """QCManyBody's analysis of all fragment results, with mbdask's extras attached."""
+def assemble_result(ctx: Any, levels: list[dict], *units: dict[str, dict], partial: Optional[dict] = None) -> ManyBodyResult:
+    """QCManyBody's analysis of all fragment results, with mbdask's extras attached.
+
+    ``partial`` (set by ``keep_going`` when a higher order failed) is recorded in the extras.
+    """
     computer = ManyBodyComputer.from_manybodyinput(ctx.input, build_tasks=False)
-    by_label = {out["label"]: out for out in outputs}
+    by_label = merge_units(units)
     # QCManyBody's order, so that its sums are carried out in the same order, bit for bit.
     order = qcmanybody_order(computer.qcmb_core)
     component_properties = {label: by_label[label]["values"] for label in order}
@@ -107,7 +123,9 @@ def assemble_result(ctx: Any, levels: list[dict], *outputs: dict) -> ManyBodyRes
         "version": __version__,
         "increments": increments,
         "levels": level_table,
-        "nfragment_calculations": len(outputs),
-        "timing": _timings(outputs),
+        "nfragment_calculations": len(order),
+        "timing": _timings([by_label[label] for label in order]),
     }
+    if partial:
+        extras["mbdask"]["partial"] = partial
     return result.model_copy(update={"extras": extras})

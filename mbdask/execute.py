@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import qcengine
@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 from .errors import FragmentFailedError
 from .fragments import FragmentFactory
 from .plan import FragmentJob
+from .store import GEOMETRY_DECIMALS, FragmentStore, fragment_identity
 
 _warm_lock = threading.Lock()
 _warm = False
@@ -81,10 +82,17 @@ class ExpansionContext:
     input: ManyBodyInput
     specifications: dict[str, dict]
     keep_cluster_results: bool
+    store: Optional[FragmentStore] = None
 
     @cached_property
     def factory(self) -> FragmentFactory:
         return FragmentFactory(self.input.molecule)
+
+    def store_key(self, job: FragmentJob) -> str:
+        """The checkpoint-store key of ``job`` (see :mod:`mbdask.store`)."""
+        spec = self.specifications[job.model]
+        molecule = self.factory.identity(job.real, job.basis, GEOMETRY_DECIMALS)
+        return fragment_identity(spec["program"], spec["specification"], molecule)
 
     @property
     def driver(self) -> str:
@@ -161,3 +169,35 @@ def run_fragment(ctx: ExpansionContext, job: FragmentJob, ncores: int = 1, memor
     if ctx.keep_cluster_results:
         output["result"] = result
     return output
+
+
+def run_unit(
+    ctx: ExpansionContext,
+    jobs: Sequence[FragmentJob],
+    ncores: int = 1,
+    memory_gib: Optional[float] = None,
+    known: Optional[dict[str, dict]] = None,
+) -> dict[str, dict]:
+    """Run a batch of fragments one after another; returns their outputs by label.
+
+    Cheap fragments travel in batches so that Dask's per-task cost stays small beside the
+    work. Outputs already known (found in the store when the graph was built) are passed
+    through; with a store, each finished fragment is written at once, and a fragment found
+    there is not recomputed (this is what a task rerun after a lost worker finds).
+    """
+    outputs: dict[str, dict] = {}
+    known = known or {}
+    for job in jobs:
+        if job.label in known:
+            outputs[job.label] = known[job.label]
+            continue
+        key = ctx.store_key(job) if ctx.store is not None else None
+        stored = ctx.store.get(key) if key is not None else None
+        if stored is not None:
+            outputs[job.label] = {**stored, "label": job.label, "stored": True}
+            continue
+        output = run_fragment(ctx, job, ncores, memory_gib)
+        if key is not None:
+            ctx.store.put(key, job.label, output)
+        outputs[job.label] = output
+    return outputs

@@ -41,6 +41,25 @@ class FragmentFactory:
             )
         return self._arrays
 
+    def identity(self, real: tuple[int, ...], basis: tuple[int, ...], decimals: int) -> dict:
+        """What determines the fragment molecule, as plain data (the checkpoint store's key).
+
+        The same content ``molecule`` builds from, with the geometry rounded to ``decimals``
+        (bohr), without the name or the fragments' indices in the parent.
+        """
+        geometry, symbols, _, at2fr, _, fcharges, fmults = self._parent_arrays()
+        real_set = {x - 1 for x in real}
+        used = {x - 1 for x in basis} | real_set
+        atoms = [i for i in range(len(symbols)) if at2fr[i] in used]
+        return {
+            "symbols": [symbols[i] for i in atoms],
+            "geometry": [f"{v:.{decimals}f}" for v in (np.round(geometry[atoms], decimals) + 0.0).ravel().tolist()],
+            "real": [bool(at2fr[i] in real_set) for i in atoms],
+            "fragment_charges": [fcharges[i] for i in sorted(real_set)],
+            "fragment_multiplicities": [fmults[i] for i in sorted(real_set)],
+            "fix_symmetry": self.parent.fix_symmetry,
+        }
+
     def molecule(self, real: tuple[int, ...], basis: tuple[int, ...]) -> Molecule:
         """The molecule of ``real`` fragments with ghosts of ``basis`` (1-based, as in labels)."""
         geometry, symbols, masses, at2fr, fragments, fcharges, fmults = self._parent_arrays()

@@ -3,11 +3,14 @@
 Shape (see docs/design.md):
 
 * one *context* node holding the input, sent once to each worker that needs it;
-* one *fragment* node per unique calculation, annotated with the cores and memory it may
-  use, a priority from its predicted cost, and retries;
-* one *increment* node per cluster and BSSE treatment, depending on exactly the fragment
-  nodes of that cluster's subsystems, so a trimer's increment is ready when its seven
-  subsystems are, while other trimers still run;
+* one *fragment* node per unit (:mod:`mbdask.batching`): one expensive calculation, or a
+  batch of cheap ones of the same model chemistry and order, annotated with a priority
+  from its predicted cost, retries, and the cores and memory it may use when they are
+  resources;
+* one *increment* node per cluster and BSSE treatment (per batch of clusters when the
+  fragments are batched), depending on exactly the fragment nodes of that cluster's
+  subsystems, so a trimer's increment is ready when its seven subsystems are, while other
+  trimers still run;
 * one *level* node per BSSE treatment and n-body order (sum of that order's increments,
   chained to the previous order so it carries the cumulative result);
 * one *result* node that runs QCManyBody's ``analyze`` over all fragment results.
@@ -24,9 +27,10 @@ from typing import Any, Hashable, Optional, Union
 
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from .assemble import assemble_result, increment_energy, level_sum
-from .cost import relative_cost
-from .execute import ExpansionContext, run_fragment
+from .assemble import assemble_result, increment_energies, level_sum
+from .batching import Unit, make_units
+from .cost import CostModel
+from .execute import ExpansionContext, run_unit
 from .plan import FragmentJob, Increment, Plan
 
 Key = tuple
@@ -41,18 +45,33 @@ def _indices(indices: tuple[int, ...]) -> str:
     return "(" + ",".join(map(str, indices)) + ")"
 
 
+def _order(nbody: Union[int, str]) -> str:
+    return "supersystem" if nbody == "supersystem" else f"{nbody}-body"
+
+
+def _job_name(job: FragmentJob) -> str:
+    return f"{_indices(job.real)}@{_indices(job.basis)}"
+
+
 def fragment_key(job: FragmentJob, token: str) -> Key:
-    return (f"frag {_safe(job.model)} {job.nbody}-body", token, f"{_indices(job.real)}@{_indices(job.basis)}")
+    """Key of a unit holding the one calculation ``job``."""
+    return (f"frag {_safe(job.model)} {job.nbody}-body", token, _job_name(job))
 
 
-def increment_key(inc: Increment, token: str) -> Key:
-    order = "supersystem" if inc.nbody == "supersystem" else f"{inc.nbody}-body"
-    return (f"incr {inc.bsse} {order}", token, _indices(inc.cluster))
+def unit_key(unit: Unit, index: int, token: str) -> Key:
+    if len(unit.jobs) == 1:
+        return fragment_key(unit.jobs[0], token)
+    return (f"frag {_safe(unit.model)} {unit.nbody}-body", token, f"batch {index} {_job_name(unit.jobs[0])}+{len(unit.jobs) - 1}")
+
+
+def increment_key(inc: Increment, token: str, batch: Optional[Key] = None) -> Key:
+    """Key of the increment of ``inc``'s cluster, or of all increments anchored in the unit ``batch``."""
+    name = _indices(inc.cluster) if batch is None else f"batch {batch[2]}"
+    return (f"incr {inc.bsse} {_order(inc.nbody)}", token, name)
 
 
 def level_key(bsse: str, nbody: Union[int, str], token: str) -> Key:
-    order = "supersystem" if nbody == "supersystem" else f"{nbody}-body"
-    return (f"level {bsse} {order}", token)
+    return (f"level {bsse} {_order(nbody)}", token)
 
 
 def context_key(token: str) -> Key:
@@ -65,17 +84,24 @@ def result_key(token: str) -> Key:
 
 @dataclass
 class FragmentResources:
-    """What one fragment may use: cores for its threads, memory in GiB for the program."""
+    """What one fragment may use: cores for its threads, memory in GiB for the program.
+
+    ``annotate_cores``/``annotate_memory`` say whether tasks carry them as Dask resource
+    restrictions. Cores are annotated only where a thread slot is not already a core
+    (fragments with more than one core, or workers with more threads than cores): a
+    restricted task bypasses the scheduler's queue, which otherwise hands out work in
+    priority order as threads free up (the shortest makespan in benchmarks/bench_makespan.py).
+    """
 
     cores: int = 1
     memory_gib: Optional[float] = None
     annotate_cores: bool = True
     annotate_memory: bool = False
 
-    def annotation(self) -> dict[str, float]:
+    def annotation(self, cores: Optional[int] = None) -> dict[str, float]:
         res: dict[str, float] = {}
         if self.annotate_cores:
-            res["cores"] = self.cores
+            res["cores"] = cores or self.cores
         if self.annotate_memory and self.memory_gib:
             res["memory"] = self.memory_gib * 2**30
         return res
@@ -88,8 +114,8 @@ class ExpansionGraph:
     graph: HighLevelGraph
     result: Key
     levels: dict[tuple[str, Union[int, str]], Key]
-    fragments: dict[Key, FragmentJob]
-    increments: dict[Key, Increment] = field(repr=False)
+    units: dict[Key, Unit]
+    increments: dict[Key, list[Increment]] = field(repr=False)
 
     def dependencies(self, key: Key) -> set[Hashable]:
         """Keys a node depends on (used by tests to check the graph's shape)."""
@@ -107,8 +133,8 @@ def _level_order(nbody: Union[int, str]) -> float:
 ORDERS = ("levels", "cost")
 
 
-def _apply_order(priorities: dict[Key, float], frag_keys: dict[FragmentJob, Key], order: str) -> None:
-    """Turn predicted costs into Dask priorities (higher runs first).
+def _priorities(units: dict[Key, Unit], order: str) -> dict[Key, float]:
+    """Dask priorities (higher runs first) from predicted durations.
 
     ``"cost"``: longest first, whatever the order. ``"levels"`` (default): lower n-body
     orders first and longest first within an order, so each n-body level completes (and
@@ -117,12 +143,17 @@ def _apply_order(priorities: dict[Key, float], frag_keys: dict[FragmentJob, Key]
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, not {order!r}")
+    priorities = {key: unit.seconds for key, unit in units.items()}
     if order == "cost" or not priorities:
-        return
+        return priorities
     top = max(priorities.values()) or 1.0
-    max_nbody = max(job.nbody for job in frag_keys)
-    for job, key in frag_keys.items():
-        priorities[key] = (max_nbody - job.nbody) * 2.0 + priorities[key] / top
+    max_nbody = max(unit.nbody for unit in units.values())
+    return {key: (max_nbody - unit.nbody) * 2.0 + priorities[key] / top for key, unit in units.items()}
+
+
+def _anchor(inc: Increment) -> FragmentJob:
+    """The calculation that defines an increment's cluster: its largest term."""
+    return max((job for job, _ in inc.terms), key=lambda j: (j.nbody, len(j.basis)))
 
 
 def build_graph(
@@ -130,36 +161,52 @@ def build_graph(
     token: str,
     *,
     resources: FragmentResources,
+    units: Optional[list[Unit]] = None,
+    known: Optional[dict[str, dict]] = None,
     retries: int = 0,
     keep_cluster_results: Optional[bool] = None,
     order: str = "levels",
+    store: Any = None,
 ) -> ExpansionGraph:
-    """Translate a plan into a HighLevelGraph with per-task annotations."""
+    """Translate a plan into a HighLevelGraph with per-task annotations.
+
+    ``units`` default to one per calculation, costed by :class:`CostModel`; ``known`` are outputs by label already at
+    hand (from a checkpoint store), passed to their units instead of being recomputed.
+    """
     if keep_cluster_results is None:
         keep_cluster_results = plan.input.specification.protocols.cluster_results.value == "all"
-    ctx = ExpansionContext(plan.input, plan.specifications, keep_cluster_results)
+    ctx = ExpansionContext(plan.input, plan.specifications, keep_cluster_results, store)
     ctx_key = context_key(token)
+    known = known or {}
+    if units is None:
+        units = make_units(plan.jobs, CostModel.for_plan(plan), workers=1, batch=False, cores=resources.cores)
 
-    frag_tasks: dict[Key, Any] = {}
-    frag_keys: dict[FragmentJob, Key] = {}
-    priorities: dict[Key, float] = {}
-    for job in plan.jobs:
-        key = fragment_key(job, token)
-        frag_keys[job] = key
-        frag_tasks[key] = (run_fragment, ctx_key, job, resources.cores, resources.memory_gib)
-        method = plan.specifications[job.model]["specification"]["model"].get("method", "")
-        priorities[key] = relative_cost(plan.natoms(job), method, plan.driver)
-    _apply_order(priorities, frag_keys, order)
+    unit_tasks: dict[Key, Any] = {}
+    unit_keys: dict[Key, Unit] = {}
+    key_of_job: dict[FragmentJob, Key] = {}
+    for index, unit in enumerate(units):
+        key = unit_key(unit, index, token)
+        unit_keys[key] = unit
+        have = {job.label: known[job.label] for job in unit.jobs if job.label in known}
+        unit_tasks[key] = (run_unit, ctx_key, list(unit.jobs), unit.cores, resources.memory_gib, have or None)
+        for job in unit.jobs:
+            key_of_job[job] = key
+    priorities = _priorities(unit_keys, order)
+    batched = any(len(u.jobs) > 1 for u in units)
 
-    inc_tasks: dict[Key, Any] = {}
-    inc_keys: dict[Key, Increment] = {}
-    by_level: dict[tuple[str, Union[int, str]], list[tuple[Key, Increment]]] = {}
+    # increments: one node per cluster, or per unit of anchor calculations when batched
+    groups: dict[Key, list[Increment]] = {}
     for inc in plan.increments:
-        key = increment_key(inc, token)
-        signs = [sign for _, sign in inc.terms]
-        inc_tasks[key] = (increment_energy, signs) + tuple(frag_keys[job] for job, _ in inc.terms)
-        inc_keys[key] = inc
-        by_level.setdefault((inc.bsse, inc.nbody), []).append((key, inc))
+        anchor_unit = key_of_job[_anchor(inc)]
+        group = increment_key(inc, token, anchor_unit if batched and len(unit_keys[anchor_unit].jobs) > 1 else None)
+        groups.setdefault(group, []).append(inc)
+    inc_tasks: dict[Key, Any] = {}
+    by_level: dict[tuple[str, Union[int, str]], list[tuple[Key, list[Increment]]]] = {}
+    for key, incs in groups.items():
+        deps = list(dict.fromkeys(key_of_job[job] for inc in incs for job, _ in inc.terms))
+        terms = [[(job.label, sign) for job, sign in inc.terms] for inc in incs]
+        inc_tasks[key] = (increment_energies, terms) + tuple(deps)
+        by_level.setdefault((incs[0].bsse, incs[0].nbody), []).append((key, incs))
 
     level_tasks: dict[Key, Any] = {}
     level_keys: dict[tuple[str, Union[int, str]], Key] = {}
@@ -168,26 +215,28 @@ def build_graph(
         for nbody in sorted((nb for b, nb in by_level if b == bsse), key=_level_order):
             members = by_level[(bsse, nbody)]
             key = level_key(bsse, nbody, token)
-            meta = [list(inc.cluster) for _, inc in members]
-            level_tasks[key] = (level_sum, bsse, nbody, members[0][1].model, meta, previous) + tuple(k for k, _ in members)
+            meta = [list(inc.cluster) for _, incs in members for inc in incs]
+            level_tasks[key] = (level_sum, bsse, nbody, members[0][1][0].model, meta, previous) + tuple(k for k, _ in members)
             level_keys[(bsse, nbody)] = key
             previous = key
 
     res_key = result_key(token)
-    result_task = {res_key: (assemble_result, ctx_key, list(level_keys.values())) + tuple(frag_keys[j] for j in plan.jobs)}
+    result_task = {res_key: (assemble_result, ctx_key, list(level_keys.values())) + tuple(unit_keys)}
 
     # Annotations are evaluated per key when the graph is sent; a dict lookup is all they do.
     frag_annotations: dict[str, Any] = {"priority": priorities.__getitem__}
-    resource_annotation = resources.annotation()
-    if resource_annotation:
-        frag_annotations["resources"] = resource_annotation
+    if resources.annotation():
+        if len({u.cores for u in units}) == 1:
+            frag_annotations["resources"] = resources.annotation(units[0].cores)
+        else:
+            frag_annotations["resources"] = lambda key: resources.annotation(unit_keys[key].cores)
     if retries:
         frag_annotations["retries"] = int(retries)
     # Cheap bookkeeping nodes go ahead of any fragment so results stream as soon as possible.
     top = {"priority": 1e300}
     layers = {
         "context": MaterializedLayer({ctx_key: ctx}),
-        "fragments": MaterializedLayer(frag_tasks, annotations=frag_annotations),
+        "fragments": MaterializedLayer(unit_tasks, annotations=frag_annotations),
         "increments": MaterializedLayer(inc_tasks, annotations=dict(top)),
         "levels": MaterializedLayer(level_tasks, annotations=dict(top)),
         "result": MaterializedLayer(result_task, annotations=dict(top)),
@@ -200,4 +249,4 @@ def build_graph(
         "result": {"context", "fragments", "levels"},
     }
     graph = HighLevelGraph(layers, deps)
-    return ExpansionGraph(graph, res_key, level_keys, {k: j for j, k in frag_keys.items()}, inc_keys)
+    return ExpansionGraph(graph, res_key, level_keys, unit_keys, groups)

@@ -320,3 +320,24 @@ def make_plan(inp: InputLike, *, check_installed: bool = True) -> Plan:
 def plan(inp: InputLike, *, check_installed: bool = True) -> Plan:
     """Public entry: validate ``inp`` and return its :class:`Plan` (nothing is computed)."""
     return make_plan(inp, check_installed=check_installed)
+
+
+def truncated_input(model: ManyBodyInput, nbody: int) -> ManyBodyInput:
+    """The same expansion stopped at ``nbody`` (levels cut there, no supersystem).
+
+    What a run that completed only through ``nbody`` can still answer exactly
+    (``keep_going``): each model chemistry keeps the orders it had up to ``nbody``.
+    """
+    keywords = model.specification.keywords
+    levels = keywords.levels
+    new_levels = None
+    if levels:
+        new_levels, previous = {}, 0
+        for top in sorted(nb for nb in levels if nb != "supersystem"):
+            if previous >= nbody:
+                break
+            new_levels[min(top, nbody)] = levels[top]
+            previous = top
+    new_keywords = keywords.model_copy(update={"levels": new_levels, "max_nbody": nbody})
+    spec = model.specification.model_copy(update={"keywords": new_keywords})
+    return model.model_copy(update={"specification": spec})

@@ -36,7 +36,7 @@ def test_increment_depends_on_exactly_its_subsystems(bsse):
     graph = build_graph(plan, "t", resources=FragmentResources())
     full = (1, 2, 3)
     checked = 0
-    for key, inc in graph.increments.items():
+    for key, (inc,) in graph.increments.items():
         if inc.bsse != bsse:
             continue
         cluster = inc.cluster
@@ -46,7 +46,8 @@ def test_increment_depends_on_exactly_its_subsystems(bsse):
                 basis = {"nocp": sub, "cp": sub if len(cluster) == 1 else full, "vmfc": cluster}[bsse]
                 expected.add(("e_scf", sub, basis))
         deps = graph.dependencies(key)
-        assert {(j.model, j.real, j.basis) for j in (graph.fragments[d] for d in deps)} == expected
+        assert {(j.model, j.real, j.basis) for d in deps for j in graph.units[d].jobs} == expected
+        assert all(len(graph.units[d].jobs) == 1 for d in deps)
         checked += 1
     assert checked == 7
 
@@ -56,7 +57,7 @@ def test_keys_are_readable_and_group_by_model_and_order():
 
     plan = mbdask.plan(sleep_input(), check_installed=False)
     graph = build_graph(plan, "t", resources=FragmentResources())
-    prefixes = {key_split(k) for k in graph.fragments}
+    prefixes = {key_split(k) for k in graph.units}
     assert prefixes == {"frag sleepy 1-body", "frag sleepy 2-body", "frag sleepy 3-body"}
     job = plan.jobs[-1]
     assert fragment_key(job, "t")[2] == "(4,5,6)@(4,5,6)"
@@ -68,8 +69,8 @@ def test_fragment_nodes_carry_resource_and_priority_annotations():
     layer = graph.graph.layers["fragments"]
     assert layer.annotations["resources"] == {"cores": 2, "memory": 1.5 * 2**30}
     assert layer.annotations["retries"] == 3
-    trimer = next(k for k, j in graph.fragments.items() if j.nbody == 3)
-    monomer = next(k for k, j in graph.fragments.items() if j.nbody == 1)
+    trimer = next(k for k, u in graph.units.items() if u.nbody == 3)
+    monomer = next(k for k, u in graph.units.items() if u.nbody == 1)
     assert layer.annotations["priority"](trimer) < layer.annotations["priority"](monomer)  # levels first
     by_cost = build_graph(plan, "t", resources=FragmentResources(), order="cost").graph.layers["fragments"]
     assert by_cost.annotations["priority"](trimer) > by_cost.annotations["priority"](monomer)
@@ -113,3 +114,27 @@ def test_plan_reports_the_size_of_the_graph_it_builds(bsse):
     deps = build_graph(plan, "t", resources=FragmentResources()).graph.get_all_dependencies()
     assert plan.graph_size["nodes"] == len(deps)
     assert plan.graph_size["edges"] == sum(len(d) for d in deps.values())
+
+
+def test_cheap_fragments_are_batched_and_increments_follow_their_units():
+    from mbdask.batching import make_units
+    from mbdask.cost import CostModel
+
+    plan = mbdask.plan(sleep_input("water10-pp1.xyz"), check_installed=False)
+    units = make_units(plan.jobs, CostModel.for_plan(plan), workers=2)
+    graph = build_graph(plan, "t", resources=FragmentResources(), units=units)
+    assert len(graph.units) < len(plan.jobs) / 5  # 175 calculations of ~5 ms in a few dozen tasks
+    assert sorted(j.label for u in graph.units.values() for j in u.jobs) == sorted(j.label for j in plan.jobs)
+    for key, incs in graph.increments.items():
+        needed = {job for inc in incs for job, _ in inc.terms}
+        deps = graph.dependencies(key)
+        assert needed <= {j for d in deps for j in graph.units[d].jobs}
+        assert all(needed & set(graph.units[d].jobs) for d in deps)  # no unit it does not need
+
+
+def test_batched_run_gives_the_same_result(inprocess_client):
+    inp = sleep_input("water10-pp1.xyz")
+    batched = mbdask.compute(inp, inprocess_client)
+    single = mbdask.compute(inp, inprocess_client, batch=False)
+    assert batched.properties.return_energy == single.properties.return_energy
+    assert batched.extras["mbdask"]["levels"] == single.extras["mbdask"]["levels"]

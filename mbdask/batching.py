@@ -1,0 +1,88 @@
+"""Grouping fragment calculations into Dask tasks ("units"), and the cores each unit gets.
+
+Dask costs about a millisecond of scheduler and worker time per task; an xtb fragment
+takes five. Cheap fragments of one model chemistry and n-body order therefore travel in
+batches of about ``target`` predicted seconds, while expensive fragments stay one per
+task so that the scheduler can balance them. The target is small enough that every
+worker gets several units per order (load balance at the end of the run) and large
+enough that per-task cost stays a few percent of the work.
+
+Hybrid parallelism: with ``auto_cores``, a fragment predicted to take longer than an
+even share of the whole run per core (it would finish the run alone) gets more cores,
+up to the most any worker has, so that it finishes sooner.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Sequence
+
+from .cost import CostModel
+from .plan import FragmentJob
+
+#: Bounds of a batch's predicted duration, in seconds.
+MIN_BATCH_SECONDS = 0.05
+MAX_BATCH_SECONDS = 0.5
+#: Units per worker and n-body order that batching aims to leave, for load balance.
+UNITS_PER_WORKER = 8
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One Dask task: fragment calculations run one after another with ``cores`` cores each."""
+
+    jobs: tuple[FragmentJob, ...]
+    seconds: float  # predicted, on ``cores`` cores
+    cores: int = 1
+
+    @property
+    def model(self) -> str:
+        return self.jobs[0].model
+
+    @property
+    def nbody(self) -> int:
+        return self.jobs[0].nbody
+
+
+def batch_target(total_seconds: float, workers: int) -> float:
+    """Predicted seconds per batch for a group of fragments worth ``total_seconds``."""
+    return min(MAX_BATCH_SECONDS, max(MIN_BATCH_SECONDS, total_seconds / (UNITS_PER_WORKER * max(1, workers))))
+
+
+def make_units(
+    jobs: Sequence[FragmentJob],
+    cost: CostModel,
+    *,
+    workers: int,
+    batch: bool = True,
+    cores: int = 1,
+    auto_cores: bool = False,
+    max_cores: int = 1,
+) -> list[Unit]:
+    """Units over ``jobs`` (kept in the plan's order, so a batch holds neighbouring clusters)."""
+    seconds = {job: cost.seconds(job) for job in jobs}
+    share = math.fsum(seconds.values()) / max(1, workers * max(cores, 1))
+    units: list[Unit] = []
+    for _, group in groupby(jobs, key=lambda j: (j.model, j.nbody)):
+        group = list(group)
+        target = batch_target(math.fsum(seconds[j] for j in group), workers) if batch else 0.0
+        pending: list[FragmentJob] = []
+        pending_seconds = 0.0
+        for job in group:
+            t = seconds[job]
+            if not batch or t >= target:
+                n = cores
+                if auto_cores and t > share:
+                    n = max(cores, min(max_cores, math.ceil(t / share)))
+                units.append(Unit((job,), t / n, n))
+                continue
+            pending.append(job)
+            pending_seconds += t
+            if pending_seconds >= target:
+                units.append(Unit(tuple(pending), pending_seconds, cores))
+                pending, pending_seconds = [], 0.0
+        if pending:
+            units.append(Unit(tuple(pending), pending_seconds, cores))
+    return units
