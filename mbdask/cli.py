@@ -13,6 +13,7 @@ import time
 from typing import Optional, Sequence
 
 from .errors import FragmentFailedError, InputError, MbdaskError
+from .store import FragmentStore
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -40,12 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml)")
     run.add_argument("-o", "--output", metavar="FILE", help="write the ManyBodyResult JSON here (atomically)")
     run.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler (default: start a LocalCluster)")
+    run.add_argument("--tls-ca-file", metavar="PEM", help="with --scheduler tls://...: CA certificate that signed the scheduler's")
+    run.add_argument("--tls-cert", metavar="PEM", help="client certificate for TLS (with --tls-key)")
+    run.add_argument("--tls-key", metavar="PEM", help="client private key for TLS")
     run.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: one per core)")
     run.add_argument("--threads-per-worker", type=int, metavar="N", help="LocalCluster threads (cores) per worker (default 1)")
     run.add_argument("--memory-limit", metavar="SIZE", help="LocalCluster memory per worker, e.g. 4GiB (default: 90%% of RAM / workers)")
-    run.add_argument("--cores-per-fragment", type=int, default=1, metavar="N", help="cores each QC calculation uses and reserves (default 1)")
+    run.add_argument(
+        "--cores-per-fragment", type=_cores, default=1, metavar="N|auto",
+        help="cores each QC calculation uses and reserves (default 1); 'auto': more cores for fragments predicted to finish the run alone",
+    )
     run.add_argument("--memory-per-fragment", type=float, metavar="GIB", help="memory in GiB per QC calculation (default: worker share)")
     run.add_argument("--retries", type=int, default=0, metavar="N", help="retries of a failed fragment before giving up (default 0)")
+    run.add_argument("--store", metavar="PATH", help="checkpoint store (SQLite file, created if missing): reuse fragments found there, save each finished one")
+    run.add_argument("--keep-going", action="store_true", help="if a fragment fails, still write the result through the highest complete n-body order, marked partial (exit code 1)")
+    run.add_argument("--order", choices=("levels", "cost"), default="levels", help="levels: n-body orders finish one after another (default); cost: longest first overall")
+    run.add_argument("--no-batch", action="store_true", help="one Dask task per fragment even for cheap fragments")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal)")
 
     plan = sub.add_parser(
@@ -57,9 +68,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cores(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+
+
 def _positive(name: str, value: Optional[int]) -> None:
     if value is not None and value < 1:
         raise InputError(f"{name} must be at least 1, got {value}")
+
+
+def _security(args: argparse.Namespace):
+    """A Dask ``Security`` from the --tls-* options (None without them: Dask's config applies)."""
+    files = {"--tls-ca-file": args.tls_ca_file, "--tls-cert": args.tls_cert, "--tls-key": args.tls_key}
+    if not any(files.values()):
+        return None
+    missing = [name for name, value in files.items() if not value]
+    if missing:
+        raise InputError(f"TLS needs --tls-ca-file, --tls-cert and --tls-key; missing {', '.join(missing)}")
+    for name, value in files.items():
+        if not os.path.isfile(value):
+            raise InputError(f"{name} {value}: no such file")
+    if not args.scheduler:
+        raise InputError("--tls-* options need --scheduler tls://HOST:PORT (a LocalCluster started here listens on 127.0.0.1 only)")
+    from distributed.security import Security
+
+    return Security(tls_ca_file=args.tls_ca_file, tls_client_cert=args.tls_cert, tls_client_key=args.tls_key, require_encryption=True)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -69,12 +107,17 @@ def _run(args: argparse.Namespace) -> int:
 
     _positive("--workers", args.workers)
     _positive("--threads-per-worker", args.threads_per_worker)
-    _positive("--cores-per-fragment", args.cores_per_fragment)
+    if args.cores_per_fragment != "auto":
+        _positive("--cores-per-fragment", args.cores_per_fragment)
     if args.retries < 0:
         raise InputError(f"--retries must be 0 or more, got {args.retries}")
+    if args.memory_per_fragment is not None and args.memory_per_fragment <= 0:
+        raise InputError(f"--memory-per-fragment must be positive (GiB), got {args.memory_per_fragment}")
     if args.output:
         check_writable(args.output)
+    security = _security(args)
     plan = api.plan(args.input)  # all input errors surface before a cluster starts
+    store = FragmentStore.open(args.store) if args.store else None
 
     wall_start = time.perf_counter()
     conn = connect(
@@ -82,6 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         n_workers=args.workers,
         threads_per_worker=args.threads_per_worker,
         memory_limit=args.memory_limit,
+        security=security,
     )
     try:
         link = getattr(conn.client, "dashboard_link", None)
@@ -93,13 +137,21 @@ def _run(args: argparse.Namespace) -> int:
             cores_per_fragment=args.cores_per_fragment,
             memory_per_fragment=args.memory_per_fragment,
             retries=args.retries,
+            order=args.order,
+            batch=not args.no_batch,
+            store=store,
+            keep_going=args.keep_going,
         )
+        if sub.from_store:
+            print(f"mbdask: {sub.from_store} of {len(plan.jobs)} fragment calculations found in {args.store}", file=sys.stderr)
+        if store is not None and store.corrupted:
+            print(f"mbdask: {len(store.corrupted)} corrupted store entries ignored; they are recomputed", file=sys.stderr)
         if not args.no_progress and sys.stderr.isatty():
             from distributed import progress
 
             progress(sub.result)
             print(file=sys.stderr)
-        result = sub.result.result()
+        result = api.result_of(sub, keep_going=args.keep_going)
         nworkers = len(conn.client.scheduler_info().get("workers", {}))
     finally:
         conn.close()
@@ -115,6 +167,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.output:
         write_atomic(args.output, result.model_dump_json(indent=1))
         print(f"mbdask: result written to {args.output}")
+    partial = result.extras["mbdask"].get("partial")
+    if partial:
+        print(
+            f"mbdask: PARTIAL result, complete through {partial['complete_nbody']}-body of {partial['requested_nbody']}: "
+            f"{partial['error']}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -136,6 +136,12 @@ def run_fragment(ctx: ExpansionContext, job: FragmentJob, ncores: int = 1, memor
     same ``ncores``/``memory`` go to QCEngine's ``task_config``, so the program uses exactly
     what the task's resource annotation reserved.
     """
+    with pinned_threads(int(ncores)):
+        return _run_pinned(ctx, job, ncores, memory_gib)
+
+
+def _run_pinned(ctx: ExpansionContext, job: FragmentJob, ncores: int, memory_gib: Optional[float]) -> dict:
+    """``run_fragment`` inside an already pinned thread pool (pinning costs ~1.5 ms per call)."""
     warm_up()
     spec = ctx.specifications[job.model]
     program = spec["program"]
@@ -145,8 +151,7 @@ def run_fragment(ctx: ExpansionContext, job: FragmentJob, ncores: int = 1, memor
     if memory_gib:
         task_config["memory"] = float(memory_gib)
     start = time.time()
-    with pinned_threads(int(ncores)):
-        result = qcengine.compute(atomic_input, program, raise_error=False, task_config=task_config)
+    result = qcengine.compute(atomic_input, program, raise_error=False, task_config=task_config)
     stop = time.time()
     if not getattr(result, "success", False):
         error = getattr(result, "error", None)
@@ -185,8 +190,12 @@ def run_unit(
     through; with a store, each finished fragment is written at once, and a fragment found
     there is not recomputed (this is what a task rerun after a lost worker finds).
     """
+    with pinned_threads(int(ncores)):
+        return _run_unit_pinned(ctx, jobs, ncores, memory_gib, known or {})
+
+
+def _run_unit_pinned(ctx: ExpansionContext, jobs: Sequence[FragmentJob], ncores: int, memory_gib: Optional[float], known: dict) -> dict[str, dict]:
     outputs: dict[str, dict] = {}
-    known = known or {}
     for job in jobs:
         if job.label in known:
             outputs[job.label] = known[job.label]
@@ -196,7 +205,7 @@ def run_unit(
         if stored is not None:
             outputs[job.label] = {**stored, "label": job.label, "stored": True}
             continue
-        output = run_fragment(ctx, job, ncores, memory_gib)
+        output = _run_pinned(ctx, job, ncores, memory_gib)
         if key is not None:
             ctx.store.put(key, job.label, output)
         outputs[job.label] = output

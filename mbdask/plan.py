@@ -235,7 +235,7 @@ def _increments(core: ManyBodyCore, jobs: list[FragmentJob]) -> list[Increment]:
     return increments
 
 
-def _check_programs(plan_jobs: list[FragmentJob], specs: dict[str, dict], check_installed: bool) -> None:
+def _check_programs(plan_jobs: list[FragmentJob], specs: dict[str, dict], check_installed: bool, symbols: list[str]) -> None:
     """Refuse what cannot give a right number: missing programs, ghosts for ghost-less programs."""
     if check_installed:
         import qcengine
@@ -251,6 +251,13 @@ def _check_programs(plan_jobs: list[FragmentJob], specs: dict[str, dict], check_
                 raise InputError(
                     f"model '{model}': program '{spec['program']}' {reason} (available: {', '.join(sorted(available)) or 'none'})"
                 )
+    from .programs import check_specification
+
+    for model, spec in specs.items():
+        try:
+            check_specification(spec["program"], spec["specification"], symbols)
+        except ValueError as exc:
+            raise InputError(f"model '{model}': {exc}") from None
     ghosted = {job.model for job in plan_jobs if job.basis != job.real}
     for model in sorted(ghosted):
         program = specs[model]["program"]
@@ -264,7 +271,9 @@ def _check_programs(plan_jobs: list[FragmentJob], specs: dict[str, dict], check_
 def _check_levels(levels: Optional[dict], nfragments: int) -> None:
     """Clear messages for the level errors QCManyBody reports obscurely or not at all."""
     if nfragments < 2:
-        raise InputError("molecule has no fragmentation: give 'fragments' (lists of atom indices, one per subsystem)")
+        raise InputError(
+            "molecule has only one fragment; an expansion needs at least two: give 'fragments' (lists of atom indices, one per subsystem)"
+        )
     if not levels:
         return
     orders: dict[str, list] = {}
@@ -305,7 +314,7 @@ def make_plan(inp: InputLike, *, check_installed: bool = True) -> Plan:
             f"(defined: {sorted(specs)}){hint}"
         )
     jobs = _jobs(core)
-    _check_programs(jobs, specs, check_installed)
+    _check_programs(jobs, specs, check_installed, list(model.molecule.symbols))
     sizes = {i + 1: len(frag) for i, frag in enumerate(core.molecule.fragments)}
     return Plan(
         input=model,

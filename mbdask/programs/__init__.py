@@ -9,9 +9,30 @@ from __future__ import annotations
 
 import qcengine
 
-from .pyscf import PySCFHarness
+from .pyscf import PySCFHarness, check_specification as check_pyscf
 
 SHIPPED_HARNESSES = (PySCFHarness,)
+
+#: Drivers of programs whose QCEngine harness supports fewer than energy/gradient/hessian.
+PROGRAM_DRIVERS = {"xtb": ("energy", "gradient")}
+
+
+def check_specification(program: str, specification: dict, symbols: list[str]) -> None:
+    """Raise (one line) if ``program`` cannot run ``specification`` on these elements.
+
+    Checked while planning, so an unknown basis or an unsupported driver is refused before
+    anything is submitted rather than on every worker.
+    """
+    driver = specification["driver"]
+    allowed = PROGRAM_DRIVERS.get(program)
+    if allowed and driver not in allowed:
+        raise ValueError(f"{program} does not support driver '{driver}' (supported: {', '.join(allowed)})")
+    if program == "pyscf":
+        model = specification["model"]
+        try:
+            check_pyscf(model.get("method", ""), model.get("basis"), driver, specification.get("keywords") or {}, symbols)
+        except Exception as exc:
+            raise ValueError(str(exc).removeprefix("pyscf: ")) from None
 
 
 def register_programs() -> None:
@@ -24,4 +45,4 @@ def register_programs() -> None:
             qcengine.register_program(harness())
 
 
-__all__ = ["PySCFHarness", "register_programs"]
+__all__ = ["PROGRAM_DRIVERS", "PySCFHarness", "check_specification", "register_programs"]

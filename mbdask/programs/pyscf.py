@@ -20,7 +20,7 @@ its ``max_memory``.
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar, Dict, Iterable, Optional
 
 import numpy as np
 from qcengine.exceptions import ConvergenceError, InputError
@@ -36,6 +36,30 @@ _KNOWN_KEYWORDS = {
     "reference", "conv_tol", "conv_tol_grad", "max_cycle", "level_shift", "diis_space", "density_fit",
     "auxbasis", "grids_level", "nlc_grids_level", "frozen_core", "gpu", "verbose",
 }
+
+
+def check_specification(method: str, basis: Optional[str], driver: str, keywords: dict, symbols: Iterable[str] = ()) -> None:
+    """Refuse what this harness cannot run, with one line; used by the harness and by ``mbdask plan``."""
+    method = method.lower()
+    unknown = set(keywords) - _KNOWN_KEYWORDS
+    if unknown:
+        raise InputError(f"pyscf: unknown keywords {sorted(unknown)} (known: {sorted(_KNOWN_KEYWORDS)})")
+    if not basis:
+        raise InputError("pyscf: a basis set is required")
+    is_dft = method not in _HF | _MP2 | _CC
+    if is_dft and not _is_functional(method):
+        raise InputError(f"pyscf: method '{method}' is neither hf, mp2, ccsd, ccsd(t) nor a functional libxc knows")
+    if driver == "gradient" and method in _CC:
+        raise InputError(f"pyscf: gradient is not supported for {method} (supported for {_GRADIENTS})")
+    if driver == "hessian" and (method in _MP2 | _CC):
+        raise InputError(f"pyscf: hessian is not supported for {method} (supported for {_HESSIANS})")
+    if driver not in ("energy", "gradient", "hessian"):
+        raise InputError(f"pyscf: driver '{driver}' is not supported")
+    from ..cost import basis_functions
+
+    for symbol in sorted(set(symbols)):
+        if basis_functions(symbol.capitalize(), basis) is None:
+            raise InputError(f"pyscf: basis '{basis}' is not available for element {symbol}")
 
 
 def _is_functional(method: str) -> bool:
@@ -159,20 +183,7 @@ class PySCFHarness(ProgramHarness):
         basis = spec.model.basis
         driver = spec.driver.value
         keywords = dict(spec.keywords or {})
-        unknown = set(keywords) - _KNOWN_KEYWORDS
-        if unknown:
-            raise InputError(f"pyscf: unknown keywords {sorted(unknown)} (known: {sorted(_KNOWN_KEYWORDS)})")
-        if not basis:
-            raise InputError("pyscf: a basis set is required")
-        is_dft = method not in _HF | _MP2 | _CC
-        if is_dft and not _is_functional(method):
-            raise InputError(f"pyscf: method '{method}' is neither hf, mp2, ccsd, ccsd(t) nor a functional libxc knows")
-        if driver == "gradient" and method in _CC:
-            raise InputError(f"pyscf: gradient is not supported for {method} (supported for {_GRADIENTS})")
-        if driver == "hessian" and (method in _MP2 | _CC):
-            raise InputError(f"pyscf: hessian is not supported for {method} (supported for {_HESSIANS})")
-        if driver not in ("energy", "gradient", "hessian"):
-            raise InputError(f"pyscf: driver '{driver}' is not supported")
+        check_specification(method, basis, driver, keywords)
 
         memory_mb = float(config.memory) * 1024 if config.memory else None
         try:
