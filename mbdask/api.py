@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Union
 
-from distributed import Client, Future, as_completed, wait
+from distributed import Client, Future, as_completed
 from qcmanybody.models.v2 import ManyBodyResult
 
 from .assemble import assemble_result
@@ -63,7 +63,8 @@ class Submission:
         """
         if not self.units:
             raise ValueError("partial results need start(..., keep_going=True)")
-        wait([*self.levels.values(), *self.units.values()])
+        for future in [*self.levels.values(), *self.units.values()]:
+            future.exception()  # waits for it, whether it finishes or fails
         complete = 0
         numeric = sorted({nb for _, nb in self.levels if nb != "supersystem"})
         for nbody in numeric:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -58,7 +59,9 @@ def basis_functions(symbol: str, basis: str) -> Optional[int]:
         from pyscf import gto
         from pyscf.data.elements import charge
 
-        mol = gto.M(atom=f"{symbol} 0 0 0", basis=basis, spin=charge(symbol) % 2, verbose=0)
+        with warnings.catch_warnings():  # PySCF suggests installing basis-set-exchange for unknown names
+            warnings.simplefilter("ignore")
+            mol = gto.M(atom=f"{symbol} 0 0 0", basis=basis, spin=charge(symbol) % 2, verbose=0)
         return int(mol.nao)
     except Exception:  # no PySCF, unknown basis or element: fall back to counting atoms
         return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union
@@ -135,6 +136,7 @@ def describe_validation_error(exc: Exception) -> str:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
     text = str(getattr(exc, "message", None) or exc).strip()
+    text = re.sub(r"np\.\w+\(([^()]*)\)", r"\1", text)  # "np.int64(1)" -> "1"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[0] if lines else type(exc).__name__
 

@@ -4,11 +4,15 @@
   for the fragment it is asked about, so graph and assembly can be checked against
   QCManyBody's expected values without a QC program.
 * ``sleep``: sleeps ``keywords["seconds"][str(nbody)]`` seconds and returns a made-up
-  energy; used to test ordering and streaming.
+  energy; used to test ordering, streaming and failures. Optional keywords: ``log`` (a
+  file to which each call appends its fragment label, to count calls across processes),
+  ``fail`` (n-body orders that always fail) and ``flaky`` (a directory: the first call of
+  each fragment fails, later ones succeed).
 
 Both read the fragment's indices from the molecule name that QCManyBody's fragment
 builder writes (``"<parent> ([real0...],[ghost0...])"``). They are registered in the test
-process only, so tests using them run workers in-process (``processes=False``).
+process; worker processes get them with Dask's preload (``preload=["doubles"]``, which
+calls :func:`dask_setup`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import functools
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any, ClassVar, Dict
 
 import numpy as np
@@ -95,7 +100,19 @@ class SleepHarness(_DoubleHarness):
 
     def compute(self, input_data, config):
         real, basis = fragment_indices(input_data.molecule)
-        seconds = input_data.specification.keywords.get("seconds", {}).get(str(len(real)), 0.0)
+        keywords = input_data.specification.keywords
+        name = f"{list(real)}@{list(basis)}"
+        if keywords.get("log"):
+            with open(keywords["log"], "a") as log:
+                log.write(name + "\n")
+        if str(len(real)) in keywords.get("fail", []):
+            raise RuntimeError(f"sleep double: told to fail on {len(real)}-body fragments")
+        if keywords.get("flaky"):
+            marker = Path(keywords["flaky"]) / name
+            if not marker.exists():
+                marker.touch()
+                raise RuntimeError(f"sleep double: first attempt at {name} fails")
+        seconds = keywords.get("seconds", {}).get(str(len(real)), 0.0)
         time.sleep(seconds)
         natom = len(input_data.molecule.symbols)
         values = {"energy": -1.0 * len(real) - 0.01 * sum(real) ** 2, "gradient": np.zeros((natom, 3))}
@@ -108,3 +125,8 @@ def register_doubles() -> None:
     for harness in (ReplayHarness, SleepHarness):
         if harness._defaults["name"] not in programs:
             qcengine.register_program(harness())
+
+
+def dask_setup(worker=None) -> None:
+    """Dask preload hook: register the doubles in a worker process."""
+    register_doubles()

@@ -35,6 +35,15 @@ BAD_INPUTS = {
     "bad_driver": lambda tmp: _bad(tmp, "bd", lambda d: d["specification"].update(driver="properties")),
     "bad_element": lambda tmp: _bad(tmp, "be", lambda d: d["molecule"]["symbols"].__setitem__(0, "Xx")),
     "undefined_model_in_levels": lambda tmp: _bad(tmp, "um", lambda d: d["specification"]["keywords"].update(levels={3: "mp2"})),
+    "one_fragment_only": lambda tmp: _bad(tmp, "one", lambda d: d["molecule"].update(fragments=[list(range(9))])),
+    "overlapping_atoms": lambda tmp: _bad(tmp, "ov", lambda d: d["molecule"]["geometry"].__setitem__(slice(3, 6), d["molecule"]["geometry"][0:3])),
+    "absurd_charge": lambda tmp: _bad(tmp, "chg", lambda d: d["molecule"].update(fragment_charges=[50, 0, 0], molecular_charge=50)),
+    "absurd_multiplicity": lambda tmp: _bad(tmp, "mult", lambda d: d["molecule"].update(fragment_multiplicities=[2, 1, 1])),
+    "hessian_with_xtb": lambda tmp: _bad(tmp, "hx", lambda d: d["specification"].update(driver="hessian")),
+    "unknown_basis": lambda tmp: _bad(tmp, "ub", lambda d: d["specification"]["specification"]["gfn2"].update(program="pyscf", model={"method": "hf", "basis": "cc-pvbogus"}, keywords={})),
+    "unknown_pyscf_keyword": lambda tmp: _bad(tmp, "uk", lambda d: d["specification"]["specification"]["gfn2"].update(program="pyscf", model={"method": "hf", "basis": "sto-3g"}, keywords={"scf_typo": 1})),
+    "ccsd_gradient_with_pyscf": lambda tmp: _bad(tmp, "ccg", lambda d: d["specification"].update(driver="gradient") or d["specification"]["specification"]["gfn2"].update(program="pyscf", model={"method": "ccsd", "basis": "sto-3g"}, keywords={})),
+    "input_is_a_directory": lambda tmp: (tmp / "adir").mkdir() or tmp / "adir",
     "embedding_charges": lambda tmp: _bad(tmp, "ec", lambda d: d["specification"]["keywords"].update(embedding_charges={1: [0, 0, 0], 2: [0, 0, 0], 3: [0, 0, 0]}, return_total_data=True)),
 }
 
@@ -54,9 +63,15 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ca
 
 @pytest.mark.parametrize(
     "args",
-    [["--workers", "0"], ["--cores-per-fragment", "0"], ["--retries", "-1"], ["-o", "/nonexistent/dir/r.json"], ["--bogus"]],
+    [
+        ["--workers", "0"], ["--cores-per-fragment", "0"], ["--cores-per-fragment", "many"], ["--retries", "-1"],
+        ["-o", "/nonexistent/dir/r.json"], ["--bogus"], ["--memory-per-fragment", "0"], ["--memory-per-fragment", "-2"],
+        ["--store", "/nonexistent/dir/store.sqlite"], ["--store", "{tmp}/notes.txt"], ["--tls-ca-file", "ca.pem"],
+    ],
 )
 def test_bad_options_exit_2(tmp_path, capsys, args):
+    (tmp_path / "notes.txt").write_text("not a database " * 100)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     code = None
     try:
         code = main(["run", str(EXAMPLES / "water6-gfn2.json"), "--no-progress", *args])

@@ -23,7 +23,7 @@ def check_specification(program: str, specification: dict, symbols: list[str]) -
     Checked while planning, so an unknown basis or an unsupported driver is refused before
     anything is submitted rather than on every worker.
     """
-    driver = specification["driver"]
+    driver = getattr(specification["driver"], "value", specification["driver"])
     allowed = PROGRAM_DRIVERS.get(program)
     if allowed and driver not in allowed:
         raise ValueError(f"{program} does not support driver '{driver}' (supported: {', '.join(allowed)})")
