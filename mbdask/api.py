@@ -113,6 +113,25 @@ def _fragment_resources(client: Client, cores: int, memory_gib: Optional[float],
     return FragmentResources(cores, memory_gib, annotate_cores, annotate_memory)
 
 
+def _available_programs() -> list[str]:
+    """Run on each worker: QCEngine programs it can run (mbdask's harnesses registered)."""
+    import qcengine
+
+    from .programs import register_programs
+
+    register_programs()
+    return sorted(qcengine.list_available_programs())
+
+
+def _check_workers_have_programs(client: Client, plan: Plan) -> None:
+    """Refuse before submission if some worker lacks a program (a remote cluster's environment may differ)."""
+    needed = {plan.program(m) for m in plan.models}
+    for address, available in client.run(_available_programs).items():
+        missing = sorted(needed - set(available))
+        if missing:
+            raise InputError(f"worker {address} cannot run {', '.join(missing)} (not installed in its environment)")
+
+
 def _open_store(store: StoreLike) -> Optional[FragmentStore]:
     if store is None or isinstance(store, FragmentStore):
         return store
@@ -200,6 +219,8 @@ def start(
     known = _from_store(the_plan, fragment_store)
     conn = connect(client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security)
     try:
+        if check_installed:
+            _check_workers_have_programs(conn.client, the_plan)
         resources = _fragment_resources(conn.client, cores, memory_per_fragment, auto_cores=auto_cores)
         units = _units(the_plan, known, conn.client, resources, batch=batch, auto_cores=auto_cores)
         graph = build_graph(

@@ -169,3 +169,11 @@ def test_tls_scheduler_with_self_signed_certificates(tmp_path):
         assert result.extras["mbdask"]["nfragment_calculations"] == 41
         with pytest.raises(Exception):  # no certificate, no connection
             Client(cluster.scheduler_address, timeout="2s", set_as_default=False)
+
+
+def test_program_missing_on_a_worker_is_refused_before_submission(inprocess_client, monkeypatch):
+    from mbdask import api
+
+    monkeypatch.setattr(api, "_available_programs", lambda: ["psi4"])  # in-process workers see the patch
+    with pytest.raises(mbdask.InputError, match=r"worker tcp://127\.0\.0\.1:\d+ cannot run sleep"):
+        mbdask.start(sleep_input(), inprocess_client)
