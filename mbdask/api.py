@@ -17,7 +17,7 @@ from distributed import Client, Future, as_completed
 from qcmanybody.models.v2 import ManyBodyResult
 
 from .assemble import assemble_result
-from .batching import Unit, make_units
+from .batching import UNITS_PER_WORKER, Unit, make_units
 from .cluster import ClientLike, Connection, connect, worker_resources
 from .cost import CostModel
 from .errors import FragmentFailedError, InputError
@@ -132,6 +132,11 @@ def _check_workers_have_programs(client: Client, plan: Plan) -> None:
             raise InputError(f"worker {address} cannot run {', '.join(missing)} (not installed in its environment)")
 
 
+def increment_tasks(client: Client) -> int:
+    """Increment nodes per n-body level: a few per core, enough to stream, few enough to cost nothing."""
+    return UNITS_PER_WORKER * sum(w["nthreads"] for w in worker_resources(client))
+
+
 def _open_store(store: StoreLike) -> Optional[FragmentStore]:
     if store is None or isinstance(store, FragmentStore):
         return store
@@ -225,7 +230,7 @@ def start(
         units = _units(the_plan, known, conn.client, resources, batch=batch, auto_cores=auto_cores)
         graph = build_graph(
             the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known,
-            retries=retries, order=order, store=fragment_store,
+            retries=retries, order=order, store=fragment_store, increment_tasks=increment_tasks(conn.client),
         )
         keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going else ())]
         futures = conn.client.get(graph.graph, keys, sync=False)

@@ -21,6 +21,7 @@ dashboard's progress bars show one row per model chemistry and n-body order.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Hashable, Optional, Union
@@ -167,11 +168,14 @@ def build_graph(
     keep_cluster_results: Optional[bool] = None,
     order: str = "levels",
     store: Any = None,
+    increment_tasks: Optional[int] = None,
 ) -> ExpansionGraph:
     """Translate a plan into a HighLevelGraph with per-task annotations.
 
     ``units`` default to one per calculation, costed by :class:`CostModel`; ``known`` are outputs by label already at
     hand (from a checkpoint store), passed to their units instead of being recomputed.
+    ``increment_tasks`` caps the increment nodes per n-body level (neighbouring clusters
+    share a node), so that bookkeeping tasks do not outnumber the work.
     """
     if keep_cluster_results is None:
         keep_cluster_results = plan.input.specification.protocols.cluster_results.value == "all"
@@ -194,12 +198,22 @@ def build_graph(
     priorities = _priorities(unit_keys, order)
     batched = any(len(u.jobs) > 1 for u in units)
 
-    # increments: one node per cluster, or per unit of anchor calculations when batched
-    groups: dict[Key, list[Increment]] = {}
+    # increments: one node per cluster, or per unit of anchor calculations when batched;
+    # consecutive nodes of one level merged so that a level has at most increment_tasks
+    anchored: dict[Key, list[Increment]] = {}
     for inc in plan.increments:
         anchor_unit = key_of_job[_anchor(inc)]
         group = increment_key(inc, token, anchor_unit if batched and len(unit_keys[anchor_unit].jobs) > 1 else None)
-        groups.setdefault(group, []).append(inc)
+        anchored.setdefault(group, []).append(inc)
+    groups: dict[Key, list[Increment]] = {}
+    per_level: dict[tuple[str, Union[int, str]], list[Key]] = {}
+    for key, incs in anchored.items():
+        per_level.setdefault((incs[0].bsse, incs[0].nbody), []).append(key)
+    for keys in per_level.values():
+        size = math.ceil(len(keys) / increment_tasks) if increment_tasks else 1
+        for i in range(0, len(keys), size):
+            chunk = keys[i : i + size]
+            groups[chunk[0]] = [inc for key in chunk for inc in anchored[key]]
     inc_tasks: dict[Key, Any] = {}
     by_level: dict[tuple[str, Union[int, str]], list[tuple[Key, list[Increment]]]] = {}
     for key, incs in groups.items():

@@ -38,9 +38,9 @@ class FragmentJob:
     real: tuple[int, ...]
     basis: tuple[int, ...]
 
-    @property
+    @cached_property
     def label(self) -> str:
-        """QCManyBody's label, the key of ``cluster_properties``."""
+        """QCManyBody's label, the key of ``cluster_properties`` (computed once: graphs use it per term)."""
         return labeler(self.model, self.real, self.basis)
 
     @property
@@ -202,21 +202,23 @@ def _increments(core: ManyBodyCore, jobs: list[FragmentJob]) -> list[Increment]:
     for bsse in (b.value for b in core.bsse_type):
         for nbody in range(1, core.max_nbody + 1):
             model = model_of[nbody]
+            # sub-cluster positions and signs are the same for every cluster of this order
+            shape = [(sub, (-1) ** (nbody - k)) for k in range(1, nbody + 1) for sub in itertools.combinations(range(nbody), k)]
             for cluster in itertools.combinations(range(1, nfr + 1), nbody):
-                terms = []
-                for k in range(1, nbody + 1):
-                    for sub in itertools.combinations(cluster, k):
+                try:
+                    terms = []
+                    for positions, sign in shape:
+                        sub = tuple(cluster[p] for p in positions)
                         if bsse == "nocp" or (bsse == "cp" and nbody == 1):
                             basis = sub
                         elif bsse == "cp":
                             basis = full
                         else:
                             basis = cluster
-                        terms.append(((model, sub, basis), (-1) ** (nbody - k)))
-                if all(key in have for key, _ in terms):
-                    increments.append(
-                        Increment(bsse, model, cluster, nbody, tuple((have[key], sign) for key, sign in terms))
-                    )
+                        terms.append((have[(model, sub, basis)], sign))
+                except KeyError:  # some term not computed (e.g. supersystem_ie_only): no increment
+                    continue
+                increments.append(Increment(bsse, model, cluster, nbody, tuple(terms)))
     if core.has_supersystem:
         model = core.levels["supersystem"]
         terms = [((model, full, full), 1)]
