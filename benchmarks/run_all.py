@@ -82,7 +82,7 @@ def main() -> None:
         "| cluster | fragments | graph nodes | plan s | graph s | peak RSS MB |",
         "|---|---|---|---|---|---|",
     ]
-    for row in run_plan([(32, 3), (64, 3)] if args.quick else [(32, 3), (64, 3), (32, 4)]):
+    for row in run_plan([(32, 3), (64, 3)] if args.quick else [(32, 3), (64, 3), (32, 4), (64, 4)]):
         print(row, flush=True)
         lines.append(
             f"| (H2O){row['waters']} {row['nbody']}-body | {row['fragments']} | {row['nodes']} | "

@@ -38,7 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an expansion and print QCManyBody's n-body table",
         description="Run the expansion in INPUT (ManyBodyInput as JSON or YAML) on Dask.",
     )
-    run.add_argument("input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml)")
+    run.add_argument("input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below")
+    xyz = run.add_argument_group("XYZ input", "fragments found from connectivity (covalent radii); the model chemistry from these options")
+    xyz.add_argument("--program", default="xtb", help="QCEngine program (default xtb)")
+    xyz.add_argument("--method", help="e.g. gfn2-xtb, hf, b3lyp, mp2 (default gfn2-xtb for xtb)")
+    xyz.add_argument("--basis", help="basis set (not for xtb)")
+    xyz.add_argument("--bsse", default="nocp", help="comma-separated: nocp, cp, vmfc (default nocp)")
+    xyz.add_argument("--max-nbody", type=int, default=2, metavar="N", help="highest n-body order (default 2)")
+    xyz.add_argument("--driver", default="energy", choices=("energy", "gradient", "hessian"), help="default energy")
+    xyz.add_argument("--fragment-charges", metavar="Q,Q,...", help="charge of each fragment (default: 0, or the charge of common ions such as H3O+ and OH-)")
+    xyz.add_argument("--fragments", metavar="GROUPS", help="override the fragments: 0-based atoms, e.g. '0-2;3-5;6,7,8'")
     run.add_argument("-o", "--output", metavar="FILE", help="write the ManyBodyResult JSON here (atomically)")
     run.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler (default: start a LocalCluster)")
     run.add_argument("--tls-ca-file", metavar="PEM", help="with --scheduler tls://...: CA certificate that signed the scheduler's")
@@ -100,6 +109,38 @@ def _security(args: argparse.Namespace):
     return Security(tls_ca_file=args.tls_ca_file, tls_client_cert=args.tls_cert, tls_client_key=args.tls_key, require_encryption=True)
 
 
+def _xyz_input(args: argparse.Namespace) -> dict:
+    """A ManyBodyInput dict from an XYZ file and the --program/--method/... options; prints the fragments."""
+    from .xyz import formula, molecule_from_xyz, parse_fragments, read_xyz
+
+    charges = None
+    if args.fragment_charges:
+        try:
+            charges = [float(q) for q in args.fragment_charges.split(",")]
+        except ValueError:
+            raise InputError(f"--fragment-charges {args.fragment_charges!r}: expected numbers separated by commas") from None
+    fragments = parse_fragments(args.fragments, len(read_xyz(args.input)[0])) if args.fragments else None
+    molecule = molecule_from_xyz(args.input, charges, fragments, guess_ions=True)
+    _positive("--max-nbody", args.max_nbody)
+    method = args.method or ("gfn2-xtb" if args.program == "xtb" else None)
+    if not method:
+        raise InputError("XYZ input needs --method (and --basis for ab initio programs)")
+    model = {"method": method, **({"basis": args.basis} if args.basis else {})}
+    label = f"{method}/{args.basis}" if args.basis else method
+    frag_charges = molecule.get("fragment_charges") or [0.0] * len(molecule["fragments"])
+    print(f"mbdask: {len(molecule['fragments'])} fragments in {args.input}:", file=sys.stderr)
+    for i, (atoms, q) in enumerate(zip(molecule["fragments"], frag_charges), start=1):
+        print(f"  {i:4d}  {formula([molecule['symbols'][a] for a in atoms]):8s} charge {q:+.0f}", file=sys.stderr)
+    return {
+        "specification": {
+            "driver": args.driver,
+            "keywords": {"bsse_type": [b.strip() for b in args.bsse.split(",")], "levels": {args.max_nbody: label}},
+            "specification": {label: {"program": args.program, "model": model}},
+        },
+        "molecule": molecule,
+    }
+
+
 def _run(args: argparse.Namespace) -> int:
     from . import api
     from .cluster import connect
@@ -116,7 +157,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.output:
         check_writable(args.output)
     security = _security(args)
-    plan = api.plan(args.input)  # all input errors surface before a cluster starts
+    inp = _xyz_input(args) if str(args.input).lower().endswith(".xyz") else args.input
+    plan = api.plan(inp)  # all input errors surface before a cluster starts
     store = FragmentStore.open(args.store) if args.store else None
 
     wall_start = time.perf_counter()

@@ -109,3 +109,36 @@ def test_help_documents_the_commands():
     assert proc.returncode == 0
     for option in ("--scheduler", "--workers", "--threads-per-worker", "--memory-limit", "--no-progress", "-o"):
         assert option in proc.stdout
+
+
+def test_xyz_input_finds_fragments_and_ion_charges():
+    from conftest import DATA
+    from mbdask.xyz import formula, molecule_from_xyz
+
+    mol = molecule_from_xyz(DATA / "hydronium-water6.xyz", guess_ions=True)
+    formulas = [formula([mol["symbols"][a] for a in frag]) for frag in mol["fragments"]]
+    assert sorted(formulas) == ["H2O"] * 6 + ["H3O"]
+    assert mol["fragment_charges"][formulas.index("H3O")] == 1.0 and mol["molecular_charge"] == 1.0
+    mol = molecule_from_xyz(DATA / "hydroxide-water6.xyz", guess_ions=True)
+    assert mol["molecular_charge"] == -1.0
+
+
+@needs_xtb
+def test_run_xyz_file_with_model_options(tmp_path, capsys):
+    from conftest import DATA
+
+    out = tmp_path / "r.json"
+    code = main(["run", str(DATA / "water3-uud.xyz"), "--method", "gfn2-xtb", "--max-nbody", "2", "--workers", "1", "-o", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "3 fragments in" in captured.err and "H2O" in captured.err
+    assert json.loads(out.read_text())["extras"]["mbdask"]["nfragment_calculations"] == 6
+
+
+@pytest.mark.parametrize("args", [["--fragments", "0-2;3-5"], ["--fragment-charges", "1,x"], ["--program", "pyscf"]])
+def test_bad_xyz_options_exit_2(args, capsys):
+    from conftest import DATA
+
+    code = main(["run", str(DATA / "water3-uud.xyz"), "--no-progress", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("mbdask: error:"), err
