@@ -17,6 +17,7 @@ from .cluster import ClusterSize, connect, start_local_cluster
 from .errors import FragmentFailedError, InputError, MbdaskError
 from .inputs import load_input
 from .plan import FragmentJob, Increment, Plan
+from .store import FragmentStore
 from .programs import register_programs
 
 register_programs()
@@ -25,6 +26,7 @@ __all__ = [
     "ClusterSize",
     "FragmentFailedError",
     "FragmentJob",
+    "FragmentStore",
     "Increment",
     "InputError",
     "MbdaskError",

@@ -157,7 +157,7 @@ def _units(plan: Plan, known: dict[str, dict], client: Client, resources: Fragme
     """Units to run (batched by predicted cost) plus units carrying what the store had."""
     cost = CostModel.for_plan(plan)
     by_label = {job.label: job for job in plan.jobs}
-    cost.calibrate((by_label[l].model, by_label[l].basis, o["stop"] - o["start"]) for l, o in known.items() if "stop" in o)
+    cost.calibrate((by_label[lab].model, by_label[lab].basis, out["stop"] - out["start"]) for lab, out in known.items() if "stop" in out)
     workers = worker_resources(client)
     slots = sum(w["resources"].get("cores", w["nthreads"]) for w in workers) // max(1, resources.cores)
     max_cores = max(w["resources"].get("cores", w["nthreads"]) for w in workers)

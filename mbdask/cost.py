@@ -15,7 +15,6 @@ durations (from a checkpoint store, or a previous result's timings) replace them
 from __future__ import annotations
 
 import functools
-import math
 import statistics
 import warnings
 from dataclasses import dataclass, field
@@ -153,7 +152,3 @@ class CostModel:
             cost.calibrated = True
         return self
 
-
-def total_seconds(cost: CostModel, jobs: Iterable) -> float:
-    """Sum of predicted seconds (one core each) over ``jobs``."""
-    return math.fsum(cost.seconds(j) for j in jobs)

@@ -117,7 +117,8 @@ class Plan:
 
     @cached_property
     def graph_size(self) -> dict[str, int]:
-        """Nodes and edges of the Dask graph ``graph.build_graph`` makes from this plan."""
+        """Nodes and edges of the graph ``graph.build_graph`` makes from this plan unbatched (one task per
+        calculation and per increment): an upper bound on what ``start`` sends after batching."""
         levels = {(inc.bsse, inc.nbody) for inc in self.increments}
         chains = len({bsse for bsse, _ in levels})
         edges = len(self.jobs)  # context -> fragment
@@ -143,7 +144,7 @@ class Plan:
                 lines.append(f"      {nbody}-body: {count:8d}")
         size = self.graph_size
         lines.append(
-            f"  graph: {size['nodes']} nodes, {size['edges']} edges "
+            f"  unbatched graph: {size['nodes']} nodes, {size['edges']} edges "
             f"({size['fragments']} fragment, {size['increments']} increment, {size['levels']} level nodes)"
         )
         return "\n".join(lines)
