@@ -30,6 +30,7 @@ from distributed import Client, LocalCluster  # noqa: E402
 import mbdask  # noqa: E402
 from clusters import water_cluster  # noqa: E402
 from mbdask.api import _units, increment_tasks  # noqa: E402
+from mbdask.cluster import worker_resources  # noqa: E402
 from mbdask.execute import ExpansionContext, run_fragment  # noqa: E402
 from mbdask.graph import FragmentResources, build_graph  # noqa: E402
 from sleep_program import register  # noqa: E402
@@ -52,8 +53,9 @@ def _bound(durations: list[float], workers: int) -> float:
 
 def run_mbdask(client: Client, plan, workers: int, *, order: str = "levels", restricted: bool = False, auto_cores: bool = False) -> dict:
     resources = FragmentResources(1, None, annotate_cores=restricted or auto_cores)
-    units = _units(plan, {}, client, resources, batch=True, auto_cores=auto_cores)
-    graph = build_graph(plan, uuid.uuid4().hex[:8], resources=resources, units=units, order=order, increment_tasks=increment_tasks(client))
+    workers_info = worker_resources(client)
+    units = _units(plan, {}, workers_info, resources, batch=True, auto_cores=auto_cores)
+    graph = build_graph(plan, uuid.uuid4().hex[:8], resources=resources, units=units, order=order, increment_tasks=increment_tasks(workers_info))
     start = time.perf_counter()
     (result,) = client.get(graph.graph, [graph.result], sync=True)
     makespan = time.perf_counter() - start

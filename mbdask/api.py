@@ -82,7 +82,7 @@ class Submission:
         return assemble_result(ctx, levels, *outputs, partial=partial)
 
 
-def _fragment_resources(client: Client, cores: int, memory_gib: Optional[float], *, auto_cores: bool = False) -> FragmentResources:
+def _fragment_resources(workers: list[dict], cores: int, memory_gib: Optional[float], *, auto_cores: bool = False) -> FragmentResources:
     """Decide what each fragment reserves, from what the workers declare.
 
     Cores become a resource restriction only where a worker thread is not already one
@@ -90,9 +90,9 @@ def _fragment_resources(client: Client, cores: int, memory_gib: Optional[float],
     with more threads than declared cores); otherwise the thread limit does the same job
     and the scheduler's queue keeps handing out work in priority order. Memory is a
     restriction when the caller sets it and the workers declare it. A fragment that no
-    worker could ever hold is refused now rather than left waiting.
+    worker could ever hold is refused now rather than left waiting. ``workers`` as
+    :func:`mbdask.cluster.worker_resources` gives them.
     """
-    workers = worker_resources(client)
     if not workers:
         raise InputError("the Dask cluster has no workers")
     declared_cores = all("cores" in w["resources"] for w in workers)
@@ -132,9 +132,9 @@ def _check_workers_have_programs(client: Client, plan: Plan) -> None:
             raise InputError(f"worker {address} cannot run {', '.join(missing)} (not installed in its environment)")
 
 
-def increment_tasks(client: Client) -> int:
+def increment_tasks(workers: list[dict]) -> int:
     """Increment nodes per n-body level: a few per core, enough to stream, few enough to cost nothing."""
-    return UNITS_PER_WORKER * sum(w["nthreads"] for w in worker_resources(client))
+    return UNITS_PER_WORKER * sum(w["nthreads"] for w in workers)
 
 
 def _open_store(store: StoreLike) -> Optional[FragmentStore]:
@@ -153,12 +153,11 @@ def _from_store(plan: Plan, store: Optional[FragmentStore]) -> dict[str, dict]:
     return {keys[k].label: {**out, "label": keys[k].label, "stored": True} for k, out in found.items()}
 
 
-def _units(plan: Plan, known: dict[str, dict], client: Client, resources: FragmentResources, *, batch: bool, auto_cores: bool) -> list[Unit]:
+def _units(plan: Plan, known: dict[str, dict], workers: list[dict], resources: FragmentResources, *, batch: bool, auto_cores: bool) -> list[Unit]:
     """Units to run (batched by predicted cost) plus units carrying what the store had."""
     cost = CostModel.for_plan(plan)
     by_label = {job.label: job for job in plan.jobs}
     cost.calibrate((by_label[lab].model, by_label[lab].basis, out["stop"] - out["start"]) for lab, out in known.items() if "stop" in out)
-    workers = worker_resources(client)
     slots = sum(w["resources"].get("cores", w["nthreads"]) for w in workers) // max(1, resources.cores)
     max_cores = max(w["resources"].get("cores", w["nthreads"]) for w in workers)
     todo = [job for job in plan.jobs if job.label not in known]
@@ -167,6 +166,20 @@ def _units(plan: Plan, known: dict[str, dict], client: Client, resources: Fragme
     for i in range(0, len(done), KNOWN_PER_UNIT):
         units.append(Unit(tuple(done[i : i + KNOWN_PER_UNIT]), 0.0, resources.cores))
     return units
+
+
+def check_options(
+    *, cores_per_fragment: Union[int, str] = 1, memory_per_fragment: Optional[float] = None, retries: int = 0, order: str = "levels"
+) -> None:
+    """Refuse impossible run options with one line (the CLI calls this before planning)."""
+    if order not in ORDERS:
+        raise InputError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
+    if cores_per_fragment != "auto" and (not isinstance(cores_per_fragment, int) or cores_per_fragment < 1):
+        raise InputError(f"cores_per_fragment must be a whole number of at least 1 or 'auto', got {cores_per_fragment!r}")
+    if memory_per_fragment is not None and memory_per_fragment <= 0:
+        raise InputError(f"memory_per_fragment must be positive (GiB), got {memory_per_fragment}")
+    if retries < 0:
+        raise InputError(f"retries must be 0 or more, got {retries}")
 
 
 def plan(inp: InputLike, *, check_installed: bool = True) -> Plan:
@@ -210,27 +223,21 @@ def start(
       LocalCluster mbdask starts, or the scheduler it connects to.
     """
     the_plan = inp if isinstance(inp, Plan) else make_plan(inp, check_installed=check_installed)
-    if order not in ORDERS:
-        raise InputError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
+    check_options(cores_per_fragment=cores_per_fragment, memory_per_fragment=memory_per_fragment, retries=retries, order=order)
     auto_cores = cores_per_fragment == "auto"
-    cores = 1 if auto_cores else cores_per_fragment
-    if not isinstance(cores, int) or cores < 1:
-        raise InputError(f"cores_per_fragment must be a whole number of at least 1 or 'auto', got {cores_per_fragment!r}")
-    if memory_per_fragment is not None and memory_per_fragment <= 0:
-        raise InputError(f"memory_per_fragment must be positive (GiB), got {memory_per_fragment}")
-    if retries < 0:
-        raise InputError(f"retries must be 0 or more, got {retries}")
+    cores = 1 if auto_cores else int(cores_per_fragment)
     fragment_store = _open_store(store)
     known = _from_store(the_plan, fragment_store)
     conn = connect(client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security)
     try:
         if check_installed:
             _check_workers_have_programs(conn.client, the_plan)
-        resources = _fragment_resources(conn.client, cores, memory_per_fragment, auto_cores=auto_cores)
-        units = _units(the_plan, known, conn.client, resources, batch=batch, auto_cores=auto_cores)
+        workers = worker_resources(conn.client)
+        resources = _fragment_resources(workers, cores, memory_per_fragment, auto_cores=auto_cores)
+        units = _units(the_plan, known, workers, resources, batch=batch, auto_cores=auto_cores)
         graph = build_graph(
             the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known,
-            retries=retries, order=order, store=fragment_store, increment_tasks=increment_tasks(conn.client),
+            retries=retries, order=order, store=fragment_store, increment_tasks=increment_tasks(workers),
         )
         keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going else ())]
         futures = conn.client.get(graph.graph, keys, sync=False)

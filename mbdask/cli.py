@@ -111,7 +111,7 @@ def _security(args: argparse.Namespace):
 
 def _xyz_input(args: argparse.Namespace) -> dict:
     """A ManyBodyInput dict from an XYZ file and the --program/--method/... options; prints the fragments."""
-    from .xyz import formula, molecule_from_xyz, parse_fragments, read_xyz
+    from .xyz import formula, molecule_from_xyz, parse_fragments
 
     charges = None
     if args.fragment_charges:
@@ -119,7 +119,7 @@ def _xyz_input(args: argparse.Namespace) -> dict:
             charges = [float(q) for q in args.fragment_charges.split(",")]
         except ValueError:
             raise InputError(f"--fragment-charges {args.fragment_charges!r}: expected numbers separated by commas") from None
-    fragments = parse_fragments(args.fragments, len(read_xyz(args.input)[0])) if args.fragments else None
+    fragments = parse_fragments(args.fragments) if args.fragments else None
     molecule = molecule_from_xyz(args.input, charges, fragments, guess_ions=True)
     _positive("--max-nbody", args.max_nbody)
     method = args.method or ("gfn2-xtb" if args.program == "xtb" else None)
@@ -148,12 +148,9 @@ def _run(args: argparse.Namespace) -> int:
 
     _positive("--workers", args.workers)
     _positive("--threads-per-worker", args.threads_per_worker)
-    if args.cores_per_fragment != "auto":
-        _positive("--cores-per-fragment", args.cores_per_fragment)
-    if args.retries < 0:
-        raise InputError(f"--retries must be 0 or more, got {args.retries}")
-    if args.memory_per_fragment is not None and args.memory_per_fragment <= 0:
-        raise InputError(f"--memory-per-fragment must be positive (GiB), got {args.memory_per_fragment}")
+    api.check_options(
+        cores_per_fragment=args.cores_per_fragment, memory_per_fragment=args.memory_per_fragment, retries=args.retries, order=args.order
+    )
     if args.output:
         check_writable(args.output)
     security = _security(args)

@@ -46,11 +46,6 @@ def scaling_exponent(method: str) -> int:
     return 3
 
 
-def relative_cost(natoms: int, method: str, driver: str) -> float:
-    """A number proportional to the expected run time, from atoms only (no basis set known)."""
-    return float(natoms) ** scaling_exponent(method) * _DRIVER_FACTOR.get(driver, 1.0)
-
-
 @functools.lru_cache(maxsize=None)
 def basis_functions(symbol: str, basis: str) -> Optional[int]:
     """Basis functions of one atom of ``symbol`` in ``basis`` (PySCF's library), or None if unknown."""

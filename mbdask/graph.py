@@ -196,14 +196,13 @@ def build_graph(
         for job in unit.jobs:
             key_of_job[job] = key
     priorities = _priorities(unit_keys, order)
-    batched = any(len(u.jobs) > 1 for u in units)
 
     # increments: one node per cluster, or per unit of anchor calculations when batched;
     # consecutive nodes of one level merged so that a level has at most increment_tasks
     anchored: dict[Key, list[Increment]] = {}
     for inc in plan.increments:
         anchor_unit = key_of_job[_anchor(inc)]
-        group = increment_key(inc, token, anchor_unit if batched and len(unit_keys[anchor_unit].jobs) > 1 else None)
+        group = increment_key(inc, token, anchor_unit if len(unit_keys[anchor_unit].jobs) > 1 else None)
         anchored.setdefault(group, []).append(inc)
     groups: dict[Key, list[Increment]] = {}
     per_level: dict[tuple[str, Union[int, str]], list[Key]] = {}

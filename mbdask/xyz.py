@@ -92,8 +92,11 @@ def guess_fragment_charges(symbols: list[str], fragments: list[list[int]]) -> li
     return [ION_CHARGES.get(formula([symbols[i] for i in frag]), 0.0) for frag in fragments]
 
 
-def parse_fragments(text: str, natoms: int) -> list[list[int]]:
-    """``"0-2;3-5;6,7,8"`` (0-based atom indices in the file's order) to lists of atoms."""
+def parse_fragments(text: str) -> list[list[int]]:
+    """``"0-2;3-5;6,7,8"`` (0-based atom indices in the file's order) to lists of atoms.
+
+    Whether they cover every atom once is checked by :func:`molecule_from_xyz`.
+    """
     fragments = []
     try:
         for group in text.split(";"):
@@ -107,9 +110,6 @@ def parse_fragments(text: str, natoms: int) -> list[list[int]]:
             fragments.append(atoms)
     except ValueError:
         raise InputError(f"--fragments {text!r}: expected groups like '0-2;3-5;6,7,8'") from None
-    flat = sorted(a for frag in fragments for a in frag)
-    if flat != list(range(natoms)):
-        raise InputError(f"--fragments must list every atom 0..{natoms - 1} exactly once")
     return fragments
 
 
