@@ -17,6 +17,7 @@ from .cluster import ClusterSize, connect, start_local_cluster
 from .errors import FragmentFailedError, InputError, MbdaskError
 from .inputs import load_input
 from .plan import FragmentJob, Increment, Plan
+from .report import report, summary_table
 from .store import FragmentStore
 from .programs import register_programs
 
@@ -38,7 +39,9 @@ __all__ = [
     "load_input",
     "plan",
     "register_programs",
+    "report",
     "start",
     "start_local_cluster",
     "submit",
+    "summary_table",
 ]

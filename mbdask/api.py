@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Union
@@ -25,6 +26,7 @@ from .execute import ExpansionContext
 from .graph import ORDERS, ExpansionGraph, FragmentResources, build_graph
 from .inputs import InputLike
 from .plan import Plan, make_plan, truncated_input
+from .progress import Progress
 from .store import FragmentStore
 
 StoreLike = Union[str, os.PathLike, FragmentStore, None]
@@ -44,6 +46,8 @@ class Submission:
     units: dict[Any, Future] = field(default_factory=dict, repr=False)
     store: Optional[FragmentStore] = None
     from_store: int = 0
+    #: fragment calculations done per model chemistry and n-body order (``start(..., progress=True)``)
+    progress: Optional[Progress] = field(default=None, repr=False)
 
     @property
     def client(self) -> Client:
@@ -198,6 +202,7 @@ def start(
     batch: bool = True,
     store: StoreLike = None,
     keep_going: bool = False,
+    progress: bool = False,
     n_workers: Optional[int] = None,
     threads_per_worker: Optional[int] = None,
     memory_limit: Union[str, int, float, None] = None,
@@ -219,6 +224,8 @@ def start(
       not recomputed and every finished fragment is written to it at once.
     * ``keep_going``: hold every unit's future so that :meth:`Submission.partial_result`
       can return the highest complete n-body order after a failure.
+    * ``progress``: watch the fragment units, counted in :attr:`Submission.progress`
+      (what ``python -m mbdask run`` draws on a terminal).
     * ``n_workers``/``threads_per_worker``/``memory_limit``/``security``: for the
       LocalCluster mbdask starts, or the scheduler it connects to.
     """
@@ -238,8 +245,10 @@ def start(
         graph = build_graph(
             the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known,
             retries=retries, order=order, store=fragment_store, increment_tasks=increment_tasks(workers),
+            cluster_cores=sum(w["resources"].get("cores", w["nthreads"]) for w in workers),
         )
-        keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going else ())]
+        keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going or progress else ())]
+        started = time.monotonic()
         futures = conn.client.get(graph.graph, keys, sync=False)
     except BaseException:
         conn.close()
@@ -247,7 +256,8 @@ def start(
     by_key = dict(zip(keys, futures))
     levels = {name: by_key[key] for name, key in graph.levels.items()}
     held = {key: by_key[key] for key in graph.units} if keep_going else {}
-    return Submission(the_plan, graph, by_key[graph.result], levels, conn, held, fragment_store, len(known))
+    watch = Progress({by_key[key]: unit for key, unit in graph.units.items()}, started) if progress else None
+    return Submission(the_plan, graph, by_key[graph.result], levels, conn, held, fragment_store, len(known), watch)
 
 
 def submit(inp: InputLike, client: ClientLike = None, **options: Any) -> Future:

@@ -62,7 +62,7 @@ def level_sum(
     }
 
 
-def _timings(all_outputs: list[dict]) -> dict[str, Any]:
+def _timings(all_outputs: list[dict], cluster_cores: Optional[int] = None) -> dict[str, Any]:
     """Per computed fragment: when, where, how long; outputs loaded from a store are only counted."""
     outputs = [out for out in all_outputs if not out.get("stored")]
     per_fragment = []
@@ -77,6 +77,7 @@ def _timings(all_outputs: list[dict]) -> dict[str, Any]:
                 "start": out["start"],
                 "worker": out["worker"],
                 "ncores": out["ncores"],
+                "predicted": out.get("predicted"),
             }
         )
     starts = [o["start"] for o in outputs]
@@ -87,6 +88,7 @@ def _timings(all_outputs: list[dict]) -> dict[str, Any]:
         "span_seconds": (max(stops) - min(starts)) if outputs else 0.0,
         "workers": sorted({o["worker"] for o in outputs}),
         "from_store": len(all_outputs) - len(outputs),
+        "cluster_cores": cluster_cores,
     }
 
 
@@ -124,7 +126,7 @@ def assemble_result(ctx: Any, levels: list[dict], *units: dict[str, dict], parti
         "increments": increments,
         "levels": level_table,
         "nfragment_calculations": len(order),
-        "timing": _timings([by_label[label] for label in order]),
+        "timing": _timings([by_label[label] for label in order], getattr(ctx, "cluster_cores", None)),
     }
     if partial:
         extras["mbdask"]["partial"] = partial

@@ -36,6 +36,8 @@ class Unit:
     jobs: tuple[FragmentJob, ...]
     seconds: float  # predicted, on ``cores`` cores
     cores: int = 1
+    #: predicted seconds of each job (they sum to ``seconds``); the report sets them beside the measured
+    predicted: tuple[float, ...] = ()
 
     @property
     def model(self) -> str:
@@ -76,13 +78,13 @@ def make_units(
                 n = cores
                 if auto_cores and t > share:
                     n = max(cores, min(max_cores, math.ceil(t / share)))
-                units.append(Unit((job,), t / n, n))
+                units.append(Unit((job,), t / n, n, (t / n,)))
                 continue
             pending.append(job)
             pending_seconds += t
             if pending_seconds >= target:
-                units.append(Unit(tuple(pending), pending_seconds, cores))
+                units.append(Unit(tuple(pending), pending_seconds, cores, tuple(seconds[j] for j in pending)))
                 pending, pending_seconds = [], 0.0
         if pending:
-            units.append(Unit(tuple(pending), pending_seconds, cores))
+            units.append(Unit(tuple(pending), pending_seconds, cores, tuple(seconds[j] for j in pending)))
     return units

@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     xyz.add_argument("--fragment-charges", metavar="Q,Q,...", help="charge of each fragment (default: 0, or the charge of common ions such as H3O+ and OH-)")
     xyz.add_argument("--fragments", metavar="GROUPS", help="override the fragments: 0-based atoms, e.g. '0-2;3-5;6,7,8'")
     run.add_argument("-o", "--output", metavar="FILE", help="write the ManyBodyResult JSON here (atomically)")
+    run.add_argument("--report", metavar="FILE", help="write a self-contained HTML report (n-body table, plots, timeline) here")
     run.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler (default: start a LocalCluster)")
     run.add_argument("--tls-ca-file", metavar="PEM", help="with --scheduler tls://...: CA certificate that signed the scheduler's")
     run.add_argument("--tls-cert", metavar="PEM", help="client certificate for TLS (with --tls-key)")
@@ -151,8 +152,9 @@ def _run(args: argparse.Namespace) -> int:
     api.check_options(
         cores_per_fragment=args.cores_per_fragment, memory_per_fragment=args.memory_per_fragment, retries=args.retries, order=args.order
     )
-    if args.output:
-        check_writable(args.output)
+    for path in (args.output, args.report):
+        if path:
+            check_writable(path)
     security = _security(args)
     inp = _xyz_input(args) if str(args.input).lower().endswith(".xyz") else args.input
     plan = api.plan(inp)  # all input errors surface before a cluster starts
@@ -180,23 +182,26 @@ def _run(args: argparse.Namespace) -> int:
             batch=not args.no_batch,
             store=store,
             keep_going=args.keep_going,
+            progress=not args.no_progress and sys.stderr.isatty(),
         )
         if sub.from_store:
             print(f"mbdask: {sub.from_store} of {len(plan.jobs)} fragment calculations found in {args.store}", file=sys.stderr)
         if store is not None and store.corrupted:
             print(f"mbdask: {len(store.corrupted)} corrupted store entries ignored; they are recomputed", file=sys.stderr)
-        if not args.no_progress and sys.stderr.isatty():
-            from distributed import progress
+        if sub.progress is not None:
+            from .progress import show
 
-            progress(sub.result)
-            print(file=sys.stderr)
+            show(sub.progress)
         result = api.result_of(sub, keep_going=args.keep_going)
         nworkers = len(conn.client.scheduler_info().get("workers", {}))
     finally:
         conn.close()
     wall = time.perf_counter() - wall_start
 
+    from .report import report, summary_table
+
     print(result.stdout)
+    print(summary_table(result))
     timing = result.extras["mbdask"]["timing"]
     print(
         f"mbdask: {result.extras['mbdask']['nfragment_calculations']} fragment calculations on {nworkers} workers; "
@@ -206,6 +211,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.output:
         write_atomic(args.output, result.model_dump_json(indent=1))
         print(f"mbdask: result written to {args.output}")
+    if args.report:
+        report(result, args.report, title=f"mbdask report: {os.path.basename(str(args.input))}")
+        print(f"mbdask: report written to {args.report}")
     partial = result.extras["mbdask"].get("partial")
     if partial:
         print(

@@ -83,6 +83,8 @@ class ExpansionContext:
     specifications: dict[str, dict]
     keep_cluster_results: bool
     store: Optional[FragmentStore] = None
+    #: cores of the whole cluster when the graph was built (for the report's utilization)
+    cluster_cores: Optional[int] = None
 
     @cached_property
     def factory(self) -> FragmentFactory:
@@ -182,6 +184,7 @@ def run_unit(
     ncores: int = 1,
     memory_gib: Optional[float] = None,
     known: Optional[dict[str, dict]] = None,
+    predicted: Sequence[float] = (),
 ) -> dict[str, dict]:
     """Run a batch of fragments one after another; returns their outputs by label.
 
@@ -189,9 +192,13 @@ def run_unit(
     work. Outputs already known (found in the store when the graph was built) are passed
     through; with a store, each finished fragment is written at once, and a fragment found
     there is not recomputed (this is what a task rerun after a lost worker finds).
+    ``predicted`` (seconds per job, from the cost model) is recorded beside the measured time.
     """
     with pinned_threads(int(ncores)):
-        return _run_unit_pinned(ctx, jobs, ncores, memory_gib, known or {})
+        outputs = _run_unit_pinned(ctx, jobs, ncores, memory_gib, known or {})
+    for job, seconds in zip(jobs, predicted):
+        outputs[job.label]["predicted"] = seconds
+    return outputs
 
 
 def _run_unit_pinned(ctx: ExpansionContext, jobs: Sequence[FragmentJob], ncores: int, memory_gib: Optional[float], known: dict) -> dict[str, dict]:

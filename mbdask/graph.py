@@ -169,6 +169,7 @@ def build_graph(
     order: str = "levels",
     store: Any = None,
     increment_tasks: Optional[int] = None,
+    cluster_cores: Optional[int] = None,
 ) -> ExpansionGraph:
     """Translate a plan into a HighLevelGraph with per-task annotations.
 
@@ -179,7 +180,7 @@ def build_graph(
     """
     if keep_cluster_results is None:
         keep_cluster_results = plan.input.specification.protocols.cluster_results.value == "all"
-    ctx = ExpansionContext(plan.input, plan.specifications, keep_cluster_results, store)
+    ctx = ExpansionContext(plan.input, plan.specifications, keep_cluster_results, store, cluster_cores)
     ctx_key = context_key(token)
     known = known or {}
     if units is None:
@@ -192,7 +193,7 @@ def build_graph(
         key = unit_key(unit, index, token)
         unit_keys[key] = unit
         have = {job.label: known[job.label] for job in unit.jobs if job.label in known}
-        unit_tasks[key] = (run_unit, ctx_key, list(unit.jobs), unit.cores, resources.memory_gib, have or None)
+        unit_tasks[key] = (run_unit, ctx_key, list(unit.jobs), unit.cores, resources.memory_gib, have or None, list(unit.predicted))
         for job in unit.jobs:
             key_of_job[job] = key
     priorities = _priorities(unit_keys, order)

@@ -67,6 +67,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ca
         ["--workers", "0"], ["--cores-per-fragment", "0"], ["--cores-per-fragment", "many"], ["--retries", "-1"],
         ["-o", "/nonexistent/dir/r.json"], ["--bogus"], ["--memory-per-fragment", "0"], ["--memory-per-fragment", "-2"],
         ["--store", "/nonexistent/dir/store.sqlite"], ["--store", "{tmp}/notes.txt"], ["--tls-ca-file", "ca.pem"],
+        ["--report", "/nonexistent/dir/report.html"], ["--report", "{tmp}"],
     ],
 )
 def test_bad_options_exit_2(tmp_path, capsys, args):
@@ -90,14 +91,19 @@ def test_plan_prints_counts_per_model_and_order(capsys):
 
 @needs_xtb
 def test_run_bundled_example_end_to_end(tmp_path):
-    out = tmp_path / "result.json"
+    out, report = tmp_path / "result.json", tmp_path / "report.html"
     proc = subprocess.run(
-        [sys.executable, "-m", "mbdask", "run", str(EXAMPLES / "water6-gfn2.json"), "-o", str(out), "--workers", "2"],
+        [sys.executable, "-m", "mbdask", "run", str(EXAMPLES / "water6-gfn2.json"), "-o", str(out), "--workers", "2", "--report", str(report)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "N-Body: Non-Counterpoise Corrected (NoCP) energies" in proc.stdout
     assert "mbdask: 41 fragment calculations on 2 workers" in proc.stdout
+    # the summary table: one row per order, with its calculations
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("gfn2 ")]
+    assert [(r[1], r[2]) for r in rows] == [("1", "6"), ("2", "15"), ("3", "20")]
+    assert "pair interactions" in report.read_text()
+    assert "\x1b[" not in proc.stderr  # no progress drawing when stderr is not a terminal
     data = json.loads(out.read_text())
     assert data["schema_name"] == "qcschema_many_body_result"
     assert abs(data["properties"]["nocp_corrected_interaction_energy_through_3_body"] - data["return_result"]) < 1e-12

@@ -1,0 +1,119 @@
+"""Live progress of a running expansion, per model chemistry and n-body order.
+
+Dask's own progress bar counts tasks; a chemist counts fragment calculations, and a batch
+task holds many. :class:`Progress` watches the futures of the fragment units, counts the
+calculations each one holds as it finishes, and estimates the time left from the cost
+model's predictions (predicted seconds still to run divided by the predicted seconds
+finished per second so far). It drops each future once it has finished, so watching a
+run does not keep fragment outputs in worker memory.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import IO, Optional
+
+from distributed import Future
+
+from .batching import Unit
+
+BAR_WIDTH = 24
+
+
+@dataclass
+class LevelCount:
+    """Fragment calculations of one model chemistry and n-body order: done and in all."""
+
+    model: str
+    nbody: int
+    done: int = 0
+    total: int = 0
+
+
+class Progress:
+    """Counts of finished fragment calculations, updated by :meth:`poll`."""
+
+    def __init__(self, units: dict[Future, Unit], started: Optional[float] = None) -> None:
+        self.started = time.monotonic() if started is None else started
+        self._pending = dict(units)
+        self.levels: dict[tuple[str, int], LevelCount] = {}
+        self.predicted_total = 0.0
+        self.predicted_done = 0.0
+        for unit in units.values():
+            count = self.levels.setdefault((unit.model, unit.nbody), LevelCount(unit.model, unit.nbody))
+            count.total += len(unit.jobs)
+            self.predicted_total += unit.seconds
+        self.failed = False
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def done(self) -> int:
+        return sum(c.done for c in self.levels.values())
+
+    @property
+    def total(self) -> int:
+        return sum(c.total for c in self.levels.values())
+
+    def poll(self) -> bool:
+        """Count the units finished since the last call; True once nothing is left to wait for."""
+        for future in [f for f in self._pending if f.done()]:
+            unit = self._pending.pop(future)
+            if future.status == "finished":
+                self.levels[(unit.model, unit.nbody)].done += len(unit.jobs)
+                self.predicted_done += unit.seconds
+            else:
+                self.failed = True
+        return not self._pending or self.failed
+
+    def remaining_seconds(self) -> Optional[float]:
+        """Estimated seconds left, from the predicted work finished per second so far (None before any)."""
+        if self.predicted_done <= 0 or self.elapsed <= 0:
+            return None
+        rate = self.predicted_done / self.elapsed
+        return max(0.0, (self.predicted_total - self.predicted_done) / rate)
+
+    def lines(self) -> list[str]:
+        """One line per model chemistry and n-body order, then elapsed and remaining time."""
+        width = max((len(c.model) for c in self.levels.values()), default=0)
+        rows = []
+        for (model, nbody), count in sorted(self.levels.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            filled = int(BAR_WIDTH * count.done / count.total) if count.total else BAR_WIDTH
+            bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+            rows.append(f"  {model:<{width}}  {nbody}-body  [{bar}] {count.done:>7d}/{count.total:<7d}")
+        left = self.remaining_seconds()
+        tail = f"  {self.done}/{self.total} fragment calculations, {_duration(self.elapsed)} elapsed"
+        if left is not None and self.done < self.total:
+            tail += f", about {_duration(left)} left"
+        return rows + [tail]
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def show(progress: Progress, stream: IO[str] = sys.stderr, interval: float = 0.5) -> None:
+    """Redraw ``progress`` in place on a terminal until every unit has finished or one failed."""
+    drawn = 0
+    while True:
+        finished = progress.poll()
+        lines = progress.lines()
+        if drawn:
+            stream.write(f"\x1b[{drawn}F")  # back to the first line of the previous drawing
+        stream.write("".join(f"\x1b[2K{line}\n" for line in lines))
+        stream.flush()
+        drawn = len(lines)
+        if finished:
+            return
+        time.sleep(interval)

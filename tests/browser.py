@@ -1,0 +1,116 @@
+"""Open a page in headless Chromium and ask it questions (Chrome DevTools Protocol, no extra packages).
+
+Used to check that the HTML report really renders: Bokeh draws its plots with JavaScript, so
+reading the file proves nothing. The page is opened in Debian's ``chromium``; tests skip
+where it is not installed. The protocol is spoken over Tornado's WebSocket client (Tornado
+comes with ``distributed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,2400",
+)
+
+
+def chromium() -> Optional[str]:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+async def _session(ws_url: str, page_url: str, expression: str, ready: str, timeout: float) -> tuple[Any, list[str]]:
+    from tornado.websocket import websocket_connect
+
+    conn = await websocket_connect(ws_url, max_message_size=64 * 2**20)
+    errors: list[str] = []
+    next_id = 0
+
+    async def call(method: str, **params: Any) -> dict:
+        nonlocal next_id
+        next_id += 1
+        conn.write_message(json.dumps({"id": next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(await conn.read_message())
+            if message.get("method") == "Runtime.exceptionThrown":
+                errors.append(json.dumps(message["params"]["exceptionDetails"])[:500])
+            elif message.get("method") == "Runtime.consoleAPICalled" and message["params"]["type"] == "error":
+                errors.append(json.dumps(message["params"]["args"])[:500])
+            if message.get("id") == next_id:
+                return message.get("result", {})
+
+    await call("Runtime.enable")
+    await call("Page.enable")
+    await call("Page.navigate", url=page_url)
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        reply = await call("Runtime.evaluate", expression=expression, returnByValue=True)
+        value = reply.get("result", {}).get("value")
+        done = await call("Runtime.evaluate", expression=ready, returnByValue=True)
+        if done.get("result", {}).get("value") is True:
+            break
+        await asyncio.sleep(0.25)
+    conn.close()
+    return value, errors
+
+
+def evaluate_page(path: Path, expression: str, ready: str, timeout: float = 60.0) -> tuple[Any, list[str]]:
+    """Open ``path``, wait until the JavaScript ``ready`` is true, return ``expression``'s value and page errors."""
+    binary = chromium()
+    if binary is None:
+        raise RuntimeError("chromium is not installed")
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.Popen(
+            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            port_file = Path(profile) / "DevToolsActivePort"
+            deadline = time.monotonic() + 30
+            while not (port_file.exists() and port_file.read_text().strip()):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("chromium did not start its DevTools endpoint")
+                time.sleep(0.1)
+            port = int(port_file.read_text().split()[0])
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list") as reply:
+                pages = [t for t in json.load(reply) if t["type"] == "page"]
+            return asyncio.run(_session(pages[0]["webSocketDebuggerUrl"], path.resolve().as_uri(), expression, ready, timeout))
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+#: JavaScript: Bokeh's plot views in the page, how many have finished rendering, and their canvas sizes.
+BOKEH_PLOTS = """(() => {
+  if (!window.Bokeh || !Bokeh.index) return {plots: 0, finished: 0, titles: []};
+  const views = [...Bokeh.index.all_views()].filter((v) => v.model.type === 'Figure' || v.model.type === 'Plot');
+  return {
+    plots: views.length,
+    finished: views.filter((v) => v.has_finished()).length,
+    titles: views.map((v) => v.model.title ? v.model.title.text : ''),
+    sizes: views.map((v) => [v.canvas_view.bbox.width, v.canvas_view.bbox.height]),
+  };
+})()"""
+BOKEH_READY = """(() => {
+  if (!window.Bokeh || !Bokeh.index) return false;
+  const views = [...Bokeh.index.all_views()].filter((v) => v.model.type === 'Figure' || v.model.type === 'Plot');
+  return views.length > 0 && views.every((v) => v.has_finished());
+})()"""
