@@ -17,7 +17,7 @@ from .cluster import ClusterSize, connect, start_local_cluster
 from .errors import FragmentFailedError, InputError, MbdaskError
 from .inputs import load_input
 from .plan import FragmentJob, Increment, Plan
-from .report import report, summary_table
+from .report import figures, report, summary_table
 from .store import FragmentStore
 from .programs import register_programs
 
@@ -36,6 +36,7 @@ __all__ = [
     "__version__",
     "compute",
     "connect",
+    "figures",
     "load_input",
     "plan",
     "register_programs",

@@ -221,6 +221,27 @@ def _utilization_plot(times: list[float], busy: list[float], cores: Optional[int
     return fig
 
 
+def figures(result: Any) -> dict[str, Any]:
+    """The report's Bokeh figures by name, for a notebook's ``bokeh.plotting.show``.
+
+    ``convergence`` and ``pairs`` (absent without 2-body increments) always; with timings
+    also ``timeline``, ``utilization`` and ``predicted`` (absent without predictions).
+    """
+    extras = _extras(result)
+    fragments = extras["timing"]["fragments"]
+    cores = extras["timing"].get("cluster_cores")
+    found = {
+        "convergence": _convergence_plot(extras["levels"]),
+        "pairs": _pair_heatmap(extras["increments"], len(result.input_data.molecule.fragments)),
+    }
+    if fragments:
+        found["timeline"] = _timeline(fragments)
+        times, busy, mean = utilization(fragments, cores)
+        found["utilization"] = _utilization_plot(times, busy, cores, mean)
+        found["predicted"] = _predicted_vs_measured(fragments)
+    return {name: fig for name, fig in found.items() if fig is not None}
+
+
 def report_html(result: Any, title: str = "mbdask report") -> str:
     """The self-contained HTML report of ``result`` (BokehJS inlined)."""
     from bokeh.embed import file_html
@@ -231,32 +252,28 @@ def report_html(result: Any, title: str = "mbdask report") -> str:
     extras = _extras(result)
     timing = extras["timing"]
     fragments = timing["fragments"]
-    nfragments = len(result.input_data.molecule.fragments)
     energy = result.properties.return_energy
     head = (
         f"{_STYLE}<h2>{html.escape(title)}</h2><p style='font:13px sans-serif'>"
-        f"{nfragments} fragments, {extras['nfragment_calculations']} fragment calculations "
+        f"{len(result.input_data.molecule.fragments)} fragments, {extras['nfragment_calculations']} fragment calculations "
         f"({timing.get('from_store', 0)} from the checkpoint store) on {len(timing['workers'])} workers; "
         f"return energy {energy:.10f} Eh; sum of fragment times {timing['sum_task_seconds']:.2f} s, "
         f"span {timing['span_seconds']:.2f} s. mbdask {html.escape(str(extras.get('version')))}.</p>"
     )
     if extras.get("partial"):
         head += f"<p><b>PARTIAL result</b>: complete through {extras['partial']['complete_nbody']}-body.</p>"
+    figs = figures(result)
     items: list[Any] = [Div(text=head + "<h2>n-body energies</h2>" + _nbody_table(extras["levels"]), width=1000)]
-    pictures = [p for p in (_convergence_plot(extras["levels"]), _pair_heatmap(extras["increments"], nfragments)) if p is not None]
-    items.append(row(*pictures))
+    items.append(row(*[figs[name] for name in ("convergence", "pairs") if name in figs]))
     if fragments:
-        times, busy, mean = utilization(fragments, timing.get("cluster_cores"))
-        items.append(_timeline(fragments))
-        items.append(_utilization_plot(times, busy, timing.get("cluster_cores"), mean))
-        scatter = _predicted_vs_measured(fragments)
+        items += [figs["timeline"], figs["utilization"]]
         slowest = sorted(fragments, key=lambda f: f["seconds"], reverse=True)[:SLOWEST]
         table = _table(
             ["fragment", "model", "seconds", "predicted", "cores", "worker"],
             [[fragment_name(f["real"], f["basis"]), f["model"], f"{f['seconds']:.3f}", f"{f['predicted']:.3f}" if f.get("predicted") else "", f["ncores"], f["worker"]] for f in slowest],
         )
         slow = Div(text=f"{_STYLE}<h2>slowest fragments</h2>{table}", width=560)
-        items.append(row(*([scatter] if scatter is not None else []), slow))
+        items.append(row(*[figs[name] for name in ("predicted",) if name in figs], slow))
         items.append(Div(text=f"{_STYLE}<h2>per n-body order</h2><pre>{html.escape(summary_table(result))}</pre>", width=1000))
     return file_html(column(*items), resources=INLINE, title=title)
 

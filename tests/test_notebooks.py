@@ -21,3 +21,21 @@ def test_quickstart_notebook_executes():
     assert "Dashboard: http://127.0.0.1:" in outputs
     assert "nocp 2-body" in outputs
     assert "interaction energy through 3-body" in outputs
+
+
+@needs_xtb
+def test_analysis_notebook_executes():
+    nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client.execute()
+    outputs = "".join(
+        out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+    )
+    rich = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", []) if "data" in out]
+    assert "41 fragment calculations" in outputs
+    assert "3-body: 20 clusters" in outputs
+    assert "sum of 3-body increments equals the 3-body contribution: True" in outputs
+    assert "figures: convergence, pairs, predicted, timeline, utilization" in outputs
+    assert "report written: water6-report.html" in outputs
+    # the Bokeh figures were sent to the notebook as rich (HTML/JavaScript) outputs
+    assert sum("application/vnd.bokehjs_exec.v0+json" in out["data"] for out in rich) >= 3
