@@ -17,16 +17,16 @@ from typing import Any, Iterator, Optional, Union
 from distributed import Client, Future, as_completed
 from qcmanybody.models.v2 import ManyBodyResult
 
-from .assemble import assemble_result
 from .batching import UNITS_PER_WORKER, Unit, make_units
 from .cluster import ClientLike, Connection, connect, worker_resources
 from .cost import CostModel
 from .errors import FragmentFailedError, InputError
 from .execute import ExpansionContext
-from .graph import ORDERS, ExpansionGraph, FragmentResources, build_graph
+from .graph import ORDERS, ExpansionGraph, FragmentResources, build_graph, result_function
 from .inputs import InputLike
 from .plan import Plan, make_plan, truncated_input
 from .progress import Progress
+from .screening import ScreeningLike
 from .store import FragmentStore
 
 StoreLike = Union[str, os.PathLike, FragmentStore, None]
@@ -83,7 +83,7 @@ class Submission:
         failed = next((f.exception() for f in self.units.values() if f.status == "error"), None)
         ctx = ExpansionContext(truncated_input(self.plan.input, complete), self.plan.specifications, False)
         partial = {"complete_nbody": complete, "requested_nbody": numeric[-1] if numeric else None, "error": str(failed)}
-        return assemble_result(ctx, levels, *outputs, partial=partial)
+        return result_function(self.plan, complete)(ctx, levels, *outputs, partial=partial)
 
 
 def _fragment_resources(workers: list[dict], cores: int, memory_gib: Optional[float], *, auto_cores: bool = False) -> FragmentResources:
@@ -186,9 +186,13 @@ def check_options(
         raise InputError(f"retries must be 0 or more, got {retries}")
 
 
-def plan(inp: InputLike, *, check_installed: bool = True) -> Plan:
-    """Validate ``inp`` and count what would run; nothing is computed."""
-    return make_plan(inp, check_installed=check_installed)
+def plan(inp: InputLike, *, check_installed: bool = True, screening: ScreeningLike = None) -> Plan:
+    """Validate ``inp`` and count what would run; nothing is computed.
+
+    ``screening``: keep only some clusters, e.g. ``{"distance_cutoffs": {2: 9.0, 3: 5.0}}``
+    (Angstrom, per order; see :mod:`mbdask.screening`). The plan then counts the kept ones.
+    """
+    return make_plan(inp, check_installed=check_installed, screening=screening)
 
 
 def start(
@@ -203,6 +207,7 @@ def start(
     store: StoreLike = None,
     keep_going: bool = False,
     progress: bool = False,
+    screening: ScreeningLike = None,
     n_workers: Optional[int] = None,
     threads_per_worker: Optional[int] = None,
     memory_limit: Union[str, int, float, None] = None,
@@ -224,12 +229,14 @@ def start(
       not recomputed and every finished fragment is written to it at once.
     * ``keep_going``: hold every unit's future so that :meth:`Submission.partial_result`
       can return the highest complete n-body order after a failure.
+    * ``screening``: keep only some clusters (:func:`plan`); the result is assembled from
+      the kept clusters' increments and says what was kept in ``extras["mbdask"]["screening"]``.
     * ``progress``: watch the fragment units, counted in :attr:`Submission.progress`
       (what ``python -m mbdask run`` draws on a terminal).
     * ``n_workers``/``threads_per_worker``/``memory_limit``/``security``: for the
       LocalCluster mbdask starts, or the scheduler it connects to.
     """
-    the_plan = inp if isinstance(inp, Plan) else make_plan(inp, check_installed=check_installed)
+    the_plan = inp if isinstance(inp, Plan) else make_plan(inp, check_installed=check_installed, screening=screening)
     check_options(cores_per_fragment=cores_per_fragment, memory_per_fragment=memory_per_fragment, retries=retries, order=order)
     auto_cores = cores_per_fragment == "auto"
     cores = 1 if auto_cores else int(cores_per_fragment)

@@ -92,18 +92,27 @@ def _timings(all_outputs: list[dict], cluster_cores: Optional[int] = None) -> di
     }
 
 
-def assemble_result(ctx: Any, levels: list[dict], *units: dict[str, dict], partial: Optional[dict] = None) -> ManyBodyResult:
+def assemble_result(
+    ctx: Any, levels: list[dict], *units: dict[str, dict], partial: Optional[dict] = None, screening: Optional[dict] = None
+) -> ManyBodyResult:
     """QCManyBody's analysis of all fragment results, with mbdask's extras attached.
 
     ``partial`` (set by ``keep_going`` when a higher order failed) is recorded in the extras.
+    ``screening`` (``{"coefficients": ..., "summary": ...}`` for a screened expansion) assembles
+    from the kept clusters instead of QCManyBody's level formulas (:mod:`mbdask.screening`).
     """
     computer = ManyBodyComputer.from_manybodyinput(ctx.input, build_tasks=False)
     by_label = merge_units(units)
-    # QCManyBody's order, so that its sums are carried out in the same order, bit for bit.
-    order = qcmanybody_order(computer.qcmb_core)
-    component_properties = {label: by_label[label]["values"] for label in order}
-    analyzed = computer.qcmb_core.analyze(component_properties)
-    analyzed["nbody_number"] = len(component_properties)
+    if screening is None:
+        # QCManyBody's order, so that its sums are carried out in the same order, bit for bit.
+        order = qcmanybody_order(computer.qcmb_core)
+        analyzed = computer.qcmb_core.analyze({label: by_label[label]["values"] for label in order})
+    else:
+        from .screening import screened_analysis
+
+        order = list(by_label)
+        analyzed = screened_analysis(computer.qcmb_core, {label: by_label[label]["values"] for label in order}, screening["coefficients"])
+    analyzed["nbody_number"] = len(order)
     cluster_results = {label: by_label[label]["result"] for label in order if "result" in by_label[label]}
     result = computer.get_results(external_results=analyzed, component_results=cluster_results)
 
@@ -130,4 +139,9 @@ def assemble_result(ctx: Any, levels: list[dict], *units: dict[str, dict], parti
     }
     if partial:
         extras["mbdask"]["partial"] = partial
-    return result.model_copy(update={"extras": extras})
+    update: dict[str, Any] = {"extras": extras}
+    if screening is not None:
+        extras["mbdask"]["screening"] = screening["summary"]
+        kept = ", ".join(f"{n}-body {row['kept']}/{row['all']}" for n, row in screening["summary"]["orders"].items() if n != "1")
+        update["stdout"] = f"\n   mbdask: screened expansion, clusters kept {kept}; dropped clusters contribute zero\n" + (result.stdout or "")
+    return result.model_copy(update=update)

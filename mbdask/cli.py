@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", metavar="PATH", help="checkpoint store (SQLite file, created if missing): reuse fragments found there, save each finished one")
     run.add_argument("--keep-going", action="store_true", help="if a fragment fails, still write the result through the highest complete n-body order, marked partial (exit code 1)")
     run.add_argument("--order", choices=("levels", "cost"), default="levels", help="levels: n-body orders finish one after another (default); cost: longest first overall")
+    run.add_argument(
+        "--distance-cutoffs", metavar="N:A,...",
+        help="screening: keep an N-body cluster only if each pair of its fragments is within A Angstrom (closest atoms), e.g. 2:9,3:5,4:4 (nocp/vmfc)",
+    )
     run.add_argument("--no-batch", action="store_true", help="one Dask task per fragment even for cheap fragments")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal)")
 
@@ -75,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate INPUT and print, per model chemistry and n-body order, how many calculations would run.",
     )
     plan.add_argument("input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml)")
+    plan.add_argument("--distance-cutoffs", metavar="N:A,...", help="screening as for run: count what it keeps")
     return parser
 
 
@@ -85,6 +90,19 @@ def _cores(text: str):
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+
+
+def _screening(text: Optional[str]) -> Optional[dict]:
+    """``--distance-cutoffs 2:9,3:5`` as the library's screening option."""
+    if not text:
+        return None
+    cutoffs = {}
+    for item in text.split(","):
+        order, sep, value = item.partition(":")
+        if not sep:
+            raise InputError(f"--distance-cutoffs {text!r}: expected ORDER:ANGSTROM pairs separated by commas, e.g. 2:9,3:5")
+        cutoffs[order.strip()] = value.strip()
+    return {"distance_cutoffs": cutoffs}
 
 
 def _positive(name: str, value: Optional[int]) -> None:
@@ -157,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
             check_writable(path)
     security = _security(args)
     inp = _xyz_input(args) if str(args.input).lower().endswith(".xyz") else args.input
-    plan = api.plan(inp)  # all input errors surface before a cluster starts
+    plan = api.plan(inp, screening=_screening(args.distance_cutoffs))  # all input errors surface before a cluster starts
     store = FragmentStore.open(args.store) if args.store else None
 
     wall_start = time.perf_counter()
@@ -228,7 +246,7 @@ def _run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from . import api
 
-    print(api.plan(args.input).summary())
+    print(api.plan(args.input, screening=_screening(args.distance_cutoffs)).summary())
     return EXIT_OK
 
 

@@ -21,6 +21,7 @@ dashboard's progress bars show one row per model chemistry and n-body order.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -157,6 +158,15 @@ def _anchor(inc: Increment) -> FragmentJob:
     return max((job for job, _ in inc.terms), key=lambda j: (j.nbody, len(j.basis)))
 
 
+def result_function(plan: Plan, upto: Optional[int] = None) -> Any:
+    """``assemble_result``, told the kept clusters' coefficients when the expansion is screened."""
+    if plan.screened is None:
+        return assemble_result
+    from .screening import coefficients
+
+    return functools.partial(assemble_result, screening={"coefficients": coefficients(plan.increments, upto), "summary": plan.screened.summary()})
+
+
 def build_graph(
     plan: Plan,
     token: str,
@@ -235,7 +245,7 @@ def build_graph(
             previous = key
 
     res_key = result_key(token)
-    result_task = {res_key: (assemble_result, ctx_key, list(level_keys.values())) + tuple(unit_keys)}
+    result_task = {res_key: (result_function(plan), ctx_key, list(level_keys.values())) + tuple(unit_keys)}
 
     # Annotations are evaluated per key when the graph is sent; a dict lookup is all they do.
     frag_annotations: dict[str, Any] = {"priority": priorities.__getitem__}

@@ -24,6 +24,7 @@ from qcmanybody.v2 import ManyBodyComputer
 
 from .errors import InputError
 from .inputs import InputLike, describe_validation_error, load_input
+from .screening import ScreenedSet, Screening, ScreeningLike, check_screenable, fragment_distances, kept_clusters
 
 #: Programs that ignore ghost atoms: cp/vmfc with them would silently be nocp.
 PROGRAMS_WITHOUT_GHOSTS = frozenset({"xtb", "mopac", "aimnet2", "mace", "torchani", "openmm", "rdkit", "dftd3", "dftd4", "s-dftd3", "gcp", "mp2d"})
@@ -78,6 +79,8 @@ class Plan:
     increments: list[Increment]
     natoms_per_fragment: dict[int, int]
     specifications: dict[str, dict] = field(repr=False)
+    #: the kept clusters of a screened expansion (None: every cluster runs)
+    screened: Optional[ScreenedSet] = None
 
     @property
     def core(self) -> ManyBodyCore:
@@ -142,6 +145,13 @@ class Plan:
             lines.append(f"  model '{model}' ({spec['program']} {title}): {total} calculations")
             for nbody, count in self.counts[model].items():
                 lines.append(f"      {nbody}-body: {count:8d}")
+        if self.screened is not None:
+            summary = self.screened.summary()
+            cutoffs = ", ".join(f"{k}-body {v:g} A" for k, v in summary["distance_cutoffs"].items()) or "none"
+            lines.append(f"  screening (distance cutoffs: {cutoffs}{'; explicit clusters' if summary['explicit_clusters'] else ''}):")
+            for nbody, row in summary["orders"].items():
+                share = 100.0 * row["kept"] / row["all"] if row["all"] else 100.0
+                lines.append(f"      {nbody}-body: {row['kept']:8d} of {row['all']} clusters kept ({share:.1f}%), {row['candidates']} candidates")
         size = self.graph_size
         lines.append(
             f"  unbatched graph: {size['nodes']} nodes, {size['edges']} edges "
@@ -187,13 +197,14 @@ def _jobs(core: ManyBodyCore) -> list[FragmentJob]:
     return jobs
 
 
-def _increments(core: ManyBodyCore, jobs: list[FragmentJob]) -> list[Increment]:
+def _increments(core: ManyBodyCore, jobs: list[FragmentJob], kept: Optional[dict[int, set]] = None) -> list[Increment]:
     """Per BSSE treatment, the increment of every cluster whose terms were all computed.
 
     nocp uses each subsystem in its own basis, cp in the full-cluster basis (the 1-body
     increment is the monomer in its own basis, as QCManyBody reports it), vmfc in the
     basis of the cluster itself. Clusters whose terms are not in the plan (for example
-    intermediate orders with ``supersystem_ie_only``) get no increment.
+    intermediate orders with ``supersystem_ie_only``) get no increment. With ``kept``
+    (screening), only the kept clusters of each order.
     """
     have = {(j.model, j.real, j.basis): j for j in jobs}
     nfr = core.nfragments
@@ -205,7 +216,8 @@ def _increments(core: ManyBodyCore, jobs: list[FragmentJob]) -> list[Increment]:
             model = model_of[nbody]
             # sub-cluster positions and signs are the same for every cluster of this order
             shape = [(sub, (-1) ** (nbody - k)) for k in range(1, nbody + 1) for sub in itertools.combinations(range(nbody), k)]
-            for cluster in itertools.combinations(range(1, nfr + 1), nbody):
+            clusters = sorted(kept[nbody]) if kept is not None else itertools.combinations(range(1, nfr + 1), nbody)
+            for cluster in clusters:
                 try:
                     terms = []
                     for positions, sign in shape:
@@ -293,8 +305,12 @@ def _check_levels(levels: Optional[dict], nfragments: int) -> None:
         raise InputError(f"levels go up to {max(numeric)}-body but the molecule has only {nfragments} fragments")
 
 
-def make_plan(inp: InputLike, *, check_installed: bool = True) -> Plan:
-    """Validate an input and list its calculations; raises ``InputError`` for bad input."""
+def make_plan(inp: InputLike, *, check_installed: bool = True, screening: ScreeningLike = None) -> Plan:
+    """Validate an input and list its calculations; raises ``InputError`` for bad input.
+
+    ``screening`` (:mod:`mbdask.screening`) keeps only some clusters per order.
+    """
+    settings = Screening.from_options(screening)
     model = load_input(inp)
     keywords = model.specification.keywords
     if keywords.embedding_charges:
@@ -319,19 +335,26 @@ def make_plan(inp: InputLike, *, check_installed: bool = True) -> Plan:
     jobs = _jobs(core)
     _check_programs(jobs, specs, check_installed, list(model.molecule.symbols))
     sizes = {i + 1: len(frag) for i, frag in enumerate(core.molecule.fragments)}
+    screened = None
+    if settings is not None:
+        check_screenable([b.value for b in keywords.bsse_type], core.has_supersystem, bool(keywords.embedding_charges))
+        screened = kept_clusters(settings, fragment_distances(model.molecule), core.max_nbody)
+    increments = _increments(core, jobs, screened.kept if screened else None)
+    if screened is not None:
+        # QCManyBody adds cp by itself where vmfc's calculations hold it; a screened set does not
+        increments = [inc for inc in increments if inc.bsse != "cp"]
+        needed = {job for inc in increments for job, _ in inc.terms}
+        jobs = [job for job in jobs if job in needed]
     return Plan(
         input=model,
         computer=computer,
         jobs=jobs,
-        increments=_increments(core, jobs),
+        increments=increments,
         natoms_per_fragment=sizes,
         specifications=specs,
+        screened=screened,
     )
 
-
-def plan(inp: InputLike, *, check_installed: bool = True) -> Plan:
-    """Public entry: validate ``inp`` and return its :class:`Plan` (nothing is computed)."""
-    return make_plan(inp, check_installed=check_installed)
 
 
 def truncated_input(model: ManyBodyInput, nbody: int) -> ManyBodyInput:

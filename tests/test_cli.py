@@ -148,3 +148,9 @@ def test_bad_xyz_options_exit_2(args, capsys):
     code = main(["run", str(DATA / "water3-uud.xyz"), "--no-progress", *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("mbdask: error:"), err
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.iterdir() if p.suffix in (".json", ".yaml")))
+def test_every_bundled_example_plans(example, capsys):
+    assert main(["plan", str(EXAMPLES / example)]) == 0
+    assert "calculations" in capsys.readouterr().out

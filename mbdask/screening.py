@@ -1,0 +1,205 @@
+"""Screened expansions: which clusters run, and the energy assembled from the ones that did.
+
+A screened expansion keeps a set of clusters per n-body order that is *closed under
+subsets* (a trimer is a candidate only if its three dimers were kept), so every kept
+cluster's increment is exactly the increment the full expansion would give it, and the
+screened energy through order n is the sum of the kept increments up to n. Screened
+clusters contribute zero.
+
+Screening decides with distances, before anything runs: per order k with a cutoff r_k
+(Angstrom), a k-cluster is kept if each pair of its fragments is within r_k (the distance
+of two fragments is their closest atom-atom distance). Explicit cluster lists can be given
+instead (or as well): then a cluster is kept only if it is listed.
+
+QCManyBody's own level formulas assume complete levels, so a screened result is assembled
+here from per-cluster coefficients (the signed count of each calculation over the kept
+increments), for energies, gradients and Hessians alike, and then handed to QCManyBody's
+``print_nbody_energy``/``collect_vars``/``get_results`` so that it has the same form.
+Screening is refused for cp (QCManyBody's cp computes every subsystem in the basis of the
+full cluster, which a screened set cannot give), for supersystem levels, and for
+embedding charges.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+from qcelemental import constants
+
+from .errors import InputError
+
+ScreeningLike = Union[None, Mapping[str, Any], "Screening"]
+
+
+@dataclass(frozen=True)
+class Screening:
+    """What to keep. ``distance_cutoffs``: order -> Angstrom; ``clusters``: explicit 1-based clusters to keep."""
+
+    distance_cutoffs: dict[int, float] = field(default_factory=dict)
+    clusters: Optional[frozenset[tuple[int, ...]]] = None
+
+    @classmethod
+    def from_options(cls, options: ScreeningLike) -> Optional["Screening"]:
+        """Validate the user's screening options (a dict as in the docs, or a Screening); None for none."""
+        if options is None or isinstance(options, Screening):
+            return options
+        if not isinstance(options, Mapping):
+            raise InputError(f"screening must be a dict such as {{'distance_cutoffs': {{2: 9.0, 3: 5.0}}}}, not {type(options).__name__}")
+        unknown = set(options) - {"distance_cutoffs", "clusters"}
+        if unknown:
+            raise InputError(f"unknown screening option(s) {sorted(unknown)}; known: distance_cutoffs, clusters")
+        cutoffs: dict[int, float] = {}
+        for order, value in dict(options.get("distance_cutoffs") or {}).items():
+            try:
+                order_i, cutoff = int(order), float(value)
+            except (TypeError, ValueError):
+                raise InputError(f"distance_cutoffs: expected order -> Angstrom, got {order!r}: {value!r}") from None
+            if order_i < 2:
+                raise InputError(f"distance_cutoffs: orders start at 2 (monomers are always kept), got {order_i}")
+            if not cutoff > 0:
+                raise InputError(f"distance_cutoffs: the {order_i}-body cutoff must be positive, got {value!r}")
+            cutoffs[order_i] = cutoff
+        clusters = None
+        if options.get("clusters") is not None:
+            try:
+                clusters = frozenset(tuple(sorted(int(i) for i in c)) for c in options["clusters"])
+            except (TypeError, ValueError):
+                raise InputError("screening clusters: expected lists of 1-based fragment numbers") from None
+        if not cutoffs and clusters is None:
+            return None
+        return cls(cutoffs, clusters)
+
+
+def fragment_distances(molecule: Any) -> np.ndarray:
+    """Closest atom-atom distance between each pair of fragments, in Angstrom (fragments 1-based at [i-1])."""
+    geometry = np.asarray(molecule.geometry, dtype=float).reshape(-1, 3) * constants.bohr2angstroms
+    fragments = [np.asarray(f, dtype=int) for f in molecule.fragments]
+    n = len(fragments)
+    out = np.zeros((n, n))
+    for i, j in itertools.combinations(range(n), 2):
+        diff = geometry[fragments[i]][:, None, :] - geometry[fragments[j]][None, :, :]
+        out[i, j] = out[j, i] = float(np.sqrt((diff**2).sum(-1)).min())
+    return out
+
+
+@dataclass
+class ScreenedSet:
+    """Kept clusters per order and how many candidates (clusters whose sub-clusters were all kept) each order had."""
+
+    kept: dict[int, set[tuple[int, ...]]]
+    candidates: dict[int, int]
+    total: dict[int, int]
+    settings: Screening
+
+    def summary(self) -> dict:
+        """JSON-friendly counts for the plan, the result's extras and the report."""
+        return {
+            "distance_cutoffs": {str(k): v for k, v in sorted(self.settings.distance_cutoffs.items())},
+            "explicit_clusters": self.settings.clusters is not None,
+            "orders": {
+                str(n): {"kept": len(self.kept[n]), "candidates": self.candidates[n], "all": self.total[n]} for n in sorted(self.kept)
+            },
+        }
+
+
+def kept_clusters(settings: Screening, distances: np.ndarray, max_nbody: int) -> ScreenedSet:
+    """Clusters to compute, generated bottom-up so that the kept set is closed under subsets."""
+    nfr = distances.shape[0]
+    kept: dict[int, set[tuple[int, ...]]] = {1: {(i,) for i in range(1, nfr + 1)}}
+    candidates = {1: nfr}
+    for order in range(2, max_nbody + 1):
+        previous = kept[order - 1]
+        cutoff = settings.distance_cutoffs.get(order)
+        found: set[tuple[int, ...]] = set()
+        count = 0
+        for base in sorted(previous):
+            for j in range(base[-1] + 1, nfr + 1):
+                cluster = base + (j,)
+                if any(cluster[:p] + cluster[p + 1 :] not in previous for p in range(order - 1)):
+                    continue  # a sub-cluster was dropped
+                count += 1
+                if cutoff is not None and any(distances[a - 1, j - 1] > cutoff for a in base):
+                    continue
+                if cutoff is not None and any(distances[a - 1, b - 1] > cutoff for a, b in itertools.combinations(base, 2)):
+                    continue
+                if settings.clusters is not None and cluster not in settings.clusters:
+                    continue
+                found.add(cluster)
+        kept[order] = found
+        candidates[order] = count
+    total = {n: math.comb(nfr, n) for n in kept}
+    return ScreenedSet(kept, candidates, total, settings)
+
+
+def check_screenable(bsse_types: list[str], has_supersystem: bool, embedding: bool) -> None:
+    """Refuse the expansions a screened set cannot represent, with the reason."""
+    if "cp" in bsse_types:
+        raise InputError(
+            "screening needs bsse_type nocp or vmfc: QCManyBody's cp computes every subsystem in the full-cluster basis, "
+            "which a screened expansion does not"
+        )
+    if has_supersystem:
+        raise InputError("screening cannot be combined with a supersystem level")
+    if embedding:
+        raise InputError("screening cannot be combined with embedding charges")
+
+
+def coefficients(increments: list, upto: Optional[int] = None) -> dict[str, dict[int, dict[str, int]]]:
+    """Per BSSE treatment and order, each calculation's signed count over that order's kept increments."""
+    table: dict[str, dict[int, dict[str, int]]] = {}
+    for inc in increments:
+        if upto is not None and inc.nbody > upto:
+            continue
+        per_label = table.setdefault(inc.bsse, {}).setdefault(inc.nbody, {})
+        for job, sign in inc.terms:
+            per_label[job.label] = per_label.get(job.label, 0) + sign
+    return {bsse: {n: {k: c for k, c in row.items() if c} for n, row in sorted(orders.items())} for bsse, orders in table.items()}
+
+
+def screened_analysis(core: Any, values: dict[str, dict[str, Any]], table: dict[str, dict[int, dict[str, int]]]) -> dict:
+    """What ``ManyBodyCore.analyze`` returns, computed from the kept clusters' coefficients.
+
+    ``values`` are the fragment results by label (energy, and gradient/Hessian in the
+    fragment's own atoms, resized here like QCManyBody does).
+    """
+    from qcmanybody.utils import collect_vars, delabeler, modelchem_labels, print_nbody_energy
+
+    properties = sorted({p for v in values.values() for p in v if p in ("energy", "gradient", "hessian")}) or ["energy"]
+    resize = {"gradient": core.resize_gradient, "hessian": core.resize_hessian}
+    return_bsse = core.return_bsse_type
+    all_results: dict[str, Any] = {}
+    component_properties: dict[str, dict] = {}
+    for prop in properties:
+        full = {label: resize[prop](v[prop], delabeler(label)[2]) if prop in resize else v[prop] for label, v in values.items() if prop in v}
+        body: dict[str, dict[int, Any]] = {}
+        for bsse, orders in table.items():
+            through: Any = 0.0
+            body[bsse] = {}
+            for nbody, row in orders.items():
+                through = through + sum(c * full[label] for label, c in row.items())
+                body[bsse][nbody] = through
+        ret = body[return_bsse][core.max_nbody]
+        if not core.return_total_data:
+            ret = ret - body[return_bsse][1]
+        all_results[f"ret_{prop}"] = ret
+        all_results[f"{prop}_body_dict"] = body
+        for label, value in full.items():
+            component_properties.setdefault(label, {"calcinfo_natom": len(core.molecule.symbols)})[f"return_{prop}"] = value
+    stdout, results = "", {}
+    for bt in (b for b in core.bsse_type if b.value in table):
+        stdout += print_nbody_energy(
+            all_results["energy_body_dict"][bt.value], f"{bt.formal()} ({bt.abbr()})", core.nfragments,
+            modelchem_labels(core.nbodies_per_mc_level, presorted=True), False, core.supersystem_ie_only, None,
+        )
+        for prop in properties:
+            results.update(collect_vars(bt, prop, all_results[f"{prop}_body_dict"][bt.value], core.max_nbody, False, core.supersystem_ie_only, False))
+    ebd = all_results["energy_body_dict"]
+    all_results["energy_body_dict"] = {f"{k}{bt}": v for bt in ebd for k, v in ebd[bt].items()}
+    all_results["results"] = results
+    all_results["component_properties"] = component_properties
+    all_results["stdout"] = stdout
+    return all_results

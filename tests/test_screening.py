@@ -1,0 +1,137 @@
+"""Screened expansions: exact when off, sums of kept increments when on, gradients consistent."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import mbdask
+from conftest import EXAMPLES, assert_close, needs_xtb, xtb_input
+from mbdask.cli import main
+from mbdask.errors import InputError
+from mbdask.plan import make_plan
+from mbdask.screening import Screening, fragment_distances, kept_clusters
+
+WATER6 = EXAMPLES / "water6-prism.xyz"
+CUTOFFS = {"distance_cutoffs": {2: 3.0, 3: 2.5}}  # Angstrom: drops 5 of 15 dimers, keeps 2 of 20 trimers
+
+
+def _numbers(result) -> dict:
+    return {k: v for k, v in result.properties.model_dump().items() if v is not None and not isinstance(v, str)}
+
+
+@needs_xtb
+@pytest.mark.parametrize("driver", ["energy", "gradient"])
+def test_infinite_cutoffs_reproduce_the_unscreened_expansion(process_client, driver):
+    inp = xtb_input(WATER6, driver=driver)
+    full = mbdask.compute(inp, process_client)
+    screened = mbdask.compute(inp, process_client, screening={"distance_cutoffs": {2: 1e6, 3: 1e6}})
+    assert screened.extras["mbdask"]["screening"]["orders"]["3"] == {"kept": 20, "candidates": 20, "all": 20}
+    expected, got = _numbers(full), _numbers(screened)
+    assert set(expected) == set(got)
+    for name, value in expected.items():
+        assert_close(got[name], value, atol=1e-9)
+    assert_close(screened.return_result, full.return_result, atol=1e-9)
+
+
+@needs_xtb
+def test_screened_energy_is_the_sum_of_the_kept_clusters_increments(process_client):
+    inp = xtb_input(WATER6)
+    full = mbdask.compute(inp, process_client)
+    screened = mbdask.compute(inp, process_client, screening=CUTOFFS)
+    plan = make_plan(inp, screening=CUTOFFS)
+    kept = plan.screened.kept
+    assert (len(kept[2]), len(kept[3])) == (10, 2)
+    increments = {tuple(r["fragments"]): r["energy"] for r in full.extras["mbdask"]["increments"]["nocp"]}
+    for nbody in (2, 3):
+        expected = sum(increments[c] for n in range(2, nbody + 1) for c in kept[n])
+        got = getattr(screened.properties, f"nocp_corrected_interaction_energy_through_{nbody}_body")
+        assert got == pytest.approx(expected, abs=1e-10)
+    # only the kept clusters ran: 6 monomers + 10 dimers + 2 trimers
+    assert screened.extras["mbdask"]["nfragment_calculations"] == len(plan.jobs) == 18
+    assert "screened expansion, clusters kept 2-body 10/15, 3-body 2/20" in screened.stdout
+    # and the report says so
+    assert "kept of all" in mbdask.report(screened)
+
+
+@needs_xtb
+def test_screened_gradient_matches_finite_differences_of_the_screened_energy(process_client):
+    """Central differences of the screened energy, the kept clusters frozen (explicit cluster list)."""
+    plan = make_plan(xtb_input(WATER6), screening=CUTOFFS)
+    frozen = {"clusters": [list(c) for n in (2, 3) for c in plan.screened.kept[n]]}
+    gradient = np.asarray(mbdask.compute(xtb_input(WATER6, driver="gradient"), process_client, screening=frozen).return_result)
+    base = xtb_input(WATER6)
+    geometry = np.asarray(base["molecule"]["geometry"], dtype=float).reshape(-1, 3)
+    step = 1e-3  # bohr
+    for atom, axis in ((0, 0), (4, 1), (13, 2)):  # atoms in different waters, every axis once
+        energies = []
+        for sign in (1, -1):
+            moved = geometry.copy()
+            moved[atom, axis] += sign * step
+            inp = {**base, "molecule": {**base["molecule"], "geometry": moved.ravel().tolist()}}
+            inp["specification"]["keywords"]["return_total_data"] = True
+            energies.append(mbdask.compute(inp, process_client, screening=frozen).return_result)
+        assert (energies[0] - energies[1]) / (2 * step) == pytest.approx(gradient[atom, axis], abs=2e-6)
+
+
+def test_kept_set_is_closed_under_subsets_and_respects_cutoffs():
+    model = mbdask.load_input(xtb_input(WATER6, max_nbody=4)).molecule
+    distances = fragment_distances(model)
+    screened = kept_clusters(Screening({2: 3.0, 3: 4.0, 4: 2.9}), distances, 4)
+    for n in (3, 4):
+        for cluster in screened.kept[n]:
+            assert all(sub in screened.kept[n - 1] for sub in itertools.combinations(cluster, n - 1))
+            cutoff = {3: 4.0, 4: 2.9}[n]
+            assert all(distances[a - 1, b - 1] <= cutoff for a, b in itertools.combinations(cluster, 2))
+    # a larger 3-body cutoff than 2-body cannot bring back a trimer whose dimer was dropped
+    for cluster in itertools.combinations(range(1, 7), 3):
+        if any(distances[a - 1, b - 1] > 3.0 for a, b in itertools.combinations(cluster, 2)):
+            assert cluster not in screened.kept[3]
+
+
+def test_screening_refuses_cp_and_bad_options():
+    inp = xtb_input(WATER6)
+    inp["specification"]["specification"]["gfn2"].update(program="pyscf", model={"method": "hf", "basis": "sto-3g"}, keywords={})
+    inp["specification"]["keywords"]["bsse_type"] = ["cp"]
+    with pytest.raises(InputError, match="screening needs bsse_type nocp or vmfc"):
+        make_plan(inp, screening=CUTOFFS)
+    for bad, message in (
+        ({"distance_cutoffs": {1: 3.0}}, "orders start at 2"),
+        ({"distance_cutoffs": {2: -1}}, "must be positive"),
+        ({"distance_cutof": {2: 3}}, "unknown screening option"),
+        ([2, 3], "screening must be a dict"),
+    ):
+        with pytest.raises(InputError, match=message):
+            make_plan(xtb_input(WATER6), screening=bad)
+
+
+def test_vmfc_with_infinite_cutoffs_is_the_unscreened_vmfc(process_client):
+    pytest.importorskip("pyscf")
+    from mbdask.xyz import molecule_from_xyz
+
+    inp = {
+        "specification": {
+            "driver": "energy",
+            "keywords": {"bsse_type": ["vmfc", "nocp"], "levels": {3: "hf"}},
+            "specification": {"hf": {"program": "pyscf", "model": {"method": "hf", "basis": "sto-3g"}}},
+        },
+        "molecule": molecule_from_xyz(EXAMPLES / "water3-uud.xyz"),
+    }
+    full = mbdask.compute(inp, process_client)
+    screened = mbdask.compute(inp, process_client, screening={"distance_cutoffs": {2: 1e3, 3: 1e3}})
+    # QCManyBody adds cp by itself when vmfc's calculations contain it; a screened run reports what was asked
+    expected = {k: v for k, v in _numbers(full).items() if not k.startswith("cp_")}
+    assert any(k.startswith("vmfc_") for k in expected)
+    for name, value in expected.items():
+        assert_close(_numbers(screened)[name], value, atol=1e-9)
+
+
+def test_plan_cli_prints_what_screening_keeps(capsys):
+    assert main(["plan", str(EXAMPLES / "water6-gfn2.json"), "--distance-cutoffs", "2:3.0,3:2.5"]) == 0
+    out = capsys.readouterr().out
+    assert "2-body:       10 of 15 clusters kept (66.7%)" in out
+    assert "3-body:        2 of 20 clusters kept (10.0%), 4 candidates" in out
+    assert main(["plan", str(EXAMPLES / "water6-gfn2.json"), "--distance-cutoffs", "2=3"]) == 2
+    assert "expected ORDER:ANGSTROM" in capsys.readouterr().err
