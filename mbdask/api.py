@@ -26,7 +26,7 @@ from .graph import ORDERS, ExpansionGraph, FragmentResources, build_graph, resul
 from .inputs import InputLike
 from .plan import Plan, make_plan, truncated_input
 from .progress import Progress
-from .screening import ScreeningLike
+from .screening import Screening, ScreeningLike
 from .store import FragmentStore
 
 StoreLike = Union[str, os.PathLike, FragmentStore, None]
@@ -236,7 +236,9 @@ def start(
     * ``n_workers``/``threads_per_worker``/``memory_limit``/``security``: for the
       LocalCluster mbdask starts, or the scheduler it connects to.
     """
-    the_plan = inp if isinstance(inp, Plan) else make_plan(inp, check_installed=check_installed, screening=screening)
+    settings = Screening.from_options(screening)
+    energy_screening = settings is not None and bool(settings.energy_thresholds) and not isinstance(inp, Plan)
+    the_plan = inp if isinstance(inp, Plan) else make_plan(inp, check_installed=check_installed, screening=settings)
     check_options(cores_per_fragment=cores_per_fragment, memory_per_fragment=memory_per_fragment, retries=retries, order=order)
     auto_cores = cores_per_fragment == "auto"
     cores = 1 if auto_cores else int(cores_per_fragment)
@@ -244,6 +246,11 @@ def start(
     known = _from_store(the_plan, fragment_store)
     conn = connect(client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security)
     try:
+        if energy_screening:
+            from .energy_screening import screen_by_energy
+
+            the_plan = screen_by_energy(the_plan, settings, conn.client, store=fragment_store, retries=retries)
+            known = _from_store(the_plan, fragment_store)
         if check_installed:
             _check_workers_have_programs(conn.client, the_plan)
         workers = worker_resources(conn.client)

@@ -141,7 +141,12 @@ def assemble_result(
         extras["mbdask"]["partial"] = partial
     update: dict[str, Any] = {"extras": extras}
     if screening is not None:
-        extras["mbdask"]["screening"] = screening["summary"]
-        kept = ", ".join(f"{n}-body {row['kept']}/{row['all']}" for n, row in screening["summary"]["orders"].items() if n != "1")
-        update["stdout"] = f"\n   mbdask: screened expansion, clusters kept {kept}; dropped clusters contribute zero\n" + (result.stdout or "")
+        summary = extras["mbdask"]["screening"] = dict(screening["summary"])
+        kept = ", ".join(f"{n}-body {row['kept']}/{row['all']}" for n, row in summary["orders"].items() if n != "1")
+        note = f"\n   mbdask: screened expansion, clusters kept {kept}; dropped clusters contribute zero\n"
+        if "energy" in summary:
+            # the dropped clusters' cheap increments, added back: the "fill-in" total
+            summary["return_energy_with_fill_in"] = result.properties.return_energy + summary["energy"]["fill_in"]
+            note += f"   mbdask: with the dropped clusters' cheap increments (fill-in): {summary['return_energy_with_fill_in']:.12f} Eh\n"
+        update["stdout"] = note + (result.stdout or "")
     return result.model_copy(update=update)

@@ -39,15 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the expansion in INPUT (ManyBodyInput as JSON or YAML) on Dask.",
     )
     run.add_argument("input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below")
-    xyz = run.add_argument_group("XYZ input", "fragments found from connectivity (covalent radii); the model chemistry from these options")
-    xyz.add_argument("--program", default="xtb", help="QCEngine program (default xtb)")
-    xyz.add_argument("--method", help="e.g. gfn2-xtb, hf, b3lyp, mp2 (default gfn2-xtb for xtb)")
-    xyz.add_argument("--basis", help="basis set (not for xtb)")
-    xyz.add_argument("--bsse", default="nocp", help="comma-separated: nocp, cp, vmfc (default nocp)")
-    xyz.add_argument("--max-nbody", type=int, default=2, metavar="N", help="highest n-body order (default 2)")
-    xyz.add_argument("--driver", default="energy", choices=("energy", "gradient", "hessian"), help="default energy")
-    xyz.add_argument("--fragment-charges", metavar="Q,Q,...", help="charge of each fragment (default: 0, or the charge of common ions such as H3O+ and OH-)")
-    xyz.add_argument("--fragments", metavar="GROUPS", help="override the fragments: 0-based atoms, e.g. '0-2;3-5;6,7,8'")
+    _add_xyz_options(run)
     run.add_argument("-o", "--output", metavar="FILE", help="write the ManyBodyResult JSON here (atomically)")
     run.add_argument("--report", metavar="FILE", help="write a self-contained HTML report (n-body table, plots, timeline) here")
     run.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler (default: start a LocalCluster)")
@@ -78,9 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="count the fragment calculations and graph size, compute nothing",
         description="Validate INPUT and print, per model chemistry and n-body order, how many calculations would run.",
     )
-    plan.add_argument("input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml)")
+    plan.add_argument("input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below")
+    _add_xyz_options(plan)
     plan.add_argument("--distance-cutoffs", metavar="N:A,...", help="screening as for run: count what it keeps")
     return parser
+
+
+def _add_xyz_options(parser: argparse.ArgumentParser) -> None:
+    """The model-chemistry options that turn an XYZ file into a ManyBodyInput (run and plan)."""
+    xyz = parser.add_argument_group("XYZ input", "fragments found from connectivity (covalent radii); the model chemistry from these options")
+    xyz.add_argument("--program", default="xtb", help="QCEngine program (default xtb)")
+    xyz.add_argument("--method", help="e.g. gfn2-xtb, hf, b3lyp, mp2 (default gfn2-xtb for xtb)")
+    xyz.add_argument("--basis", help="basis set (not for xtb)")
+    xyz.add_argument("--bsse", default="nocp", help="comma-separated: nocp, cp, vmfc (default nocp)")
+    xyz.add_argument("--max-nbody", type=int, default=2, metavar="N", help="highest n-body order (default 2)")
+    xyz.add_argument("--driver", default="energy", choices=("energy", "gradient", "hessian"), help="default energy")
+    xyz.add_argument("--fragment-charges", metavar="Q,Q,...", help="charge of each fragment (default: 0, or the charge of common ions such as H3O+ and OH-)")
+    xyz.add_argument("--fragments", metavar="GROUPS", help="override the fragments: 0-based atoms, e.g. '0-2;3-5;6,7,8'")
 
 
 def _cores(text: str):
@@ -90,6 +96,10 @@ def _cores(text: str):
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+
+
+def _is_xyz(path: str) -> bool:
+    return str(path).lower().endswith(".xyz")
 
 
 def _screening(text: Optional[str]) -> Optional[dict]:
@@ -174,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
         if path:
             check_writable(path)
     security = _security(args)
-    inp = _xyz_input(args) if str(args.input).lower().endswith(".xyz") else args.input
+    inp = _xyz_input(args) if _is_xyz(args.input) else args.input
     plan = api.plan(inp, screening=_screening(args.distance_cutoffs))  # all input errors surface before a cluster starts
     store = FragmentStore.open(args.store) if args.store else None
 
@@ -246,7 +256,8 @@ def _run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from . import api
 
-    print(api.plan(args.input, screening=_screening(args.distance_cutoffs)).summary())
+    inp = _xyz_input(args) if _is_xyz(args.input) else args.input
+    print(api.plan(inp, screening=_screening(args.distance_cutoffs)).summary())
     return EXIT_OK
 
 

@@ -152,6 +152,10 @@ class Plan:
             for nbody, row in summary["orders"].items():
                 share = 100.0 * row["kept"] / row["all"] if row["all"] else 100.0
                 lines.append(f"      {nbody}-body: {row['kept']:8d} of {row['all']} clusters kept ({share:.1f}%), {row['candidates']} candidates")
+            if self.screened.settings.energy_thresholds and "energy" not in summary:
+                taus = ", ".join(f"{k}-body {v:g} kcal/mol" for k, v in sorted(self.screened.settings.energy_thresholds.items()))
+                lines.append(f"  energy screening ({taus}) decides at run time with {self.screened.settings.cheap_model['model']['method']}; "
+                             "counted above: the candidates it starts from")
         size = self.graph_size
         lines.append(
             f"  unbatched graph: {size['nodes']} nodes, {size['edges']} edges "

@@ -33,6 +33,8 @@ from qcelemental import constants
 from .errors import InputError
 
 ScreeningLike = Union[None, Mapping[str, Any], "Screening"]
+#: GFN2-xTB at tight accuracy: milliseconds per water cluster, increments good to ~0.01 kcal/mol
+DEFAULT_CHEAP_MODEL = {"program": "xtb", "model": {"method": "gfn2-xtb"}, "keywords": {"accuracy": 0.01}}
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,12 @@ class Screening:
 
     distance_cutoffs: dict[int, float] = field(default_factory=dict)
     clusters: Optional[frozenset[tuple[int, ...]]] = None
+    #: order -> kcal/mol: keep a candidate whose cheap-model increment is larger in magnitude
+    energy_thresholds: dict[int, float] = field(default_factory=dict)
+    #: the cheap model for energy screening: a QCEngine program and atomic specification
+    cheap_model: dict = field(default_factory=lambda: dict(DEFAULT_CHEAP_MODEL))
+    #: what energy screening decided (set by :func:`mbdask.energy_screening.screen_by_energy`)
+    energy_report: Optional[dict] = None
 
     @classmethod
     def from_options(cls, options: ScreeningLike) -> Optional["Screening"]:
@@ -49,29 +57,40 @@ class Screening:
             return options
         if not isinstance(options, Mapping):
             raise InputError(f"screening must be a dict such as {{'distance_cutoffs': {{2: 9.0, 3: 5.0}}}}, not {type(options).__name__}")
-        unknown = set(options) - {"distance_cutoffs", "clusters"}
+        known = {"distance_cutoffs", "clusters", "energy_thresholds", "cheap_model"}
+        unknown = set(options) - known
         if unknown:
-            raise InputError(f"unknown screening option(s) {sorted(unknown)}; known: distance_cutoffs, clusters")
-        cutoffs: dict[int, float] = {}
-        for order, value in dict(options.get("distance_cutoffs") or {}).items():
-            try:
-                order_i, cutoff = int(order), float(value)
-            except (TypeError, ValueError):
-                raise InputError(f"distance_cutoffs: expected order -> Angstrom, got {order!r}: {value!r}") from None
-            if order_i < 2:
-                raise InputError(f"distance_cutoffs: orders start at 2 (monomers are always kept), got {order_i}")
-            if not cutoff > 0:
-                raise InputError(f"distance_cutoffs: the {order_i}-body cutoff must be positive, got {value!r}")
-            cutoffs[order_i] = cutoff
+            raise InputError(f"unknown screening option(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
+        cutoffs = _per_order(options.get("distance_cutoffs"), "distance_cutoffs", "Angstrom", positive=True)
+        thresholds = _per_order(options.get("energy_thresholds"), "energy_thresholds", "kcal/mol", positive=False)
+        cheap = options.get("cheap_model") or dict(DEFAULT_CHEAP_MODEL)
+        if not isinstance(cheap, Mapping) or "program" not in cheap or "model" not in cheap:
+            raise InputError("cheap_model: expected {'program': ..., 'model': {'method': ...}, 'keywords': {...}}")
         clusters = None
         if options.get("clusters") is not None:
             try:
                 clusters = frozenset(tuple(sorted(int(i) for i in c)) for c in options["clusters"])
             except (TypeError, ValueError):
                 raise InputError("screening clusters: expected lists of 1-based fragment numbers") from None
-        if not cutoffs and clusters is None:
+        if not cutoffs and clusters is None and not thresholds:
             return None
-        return cls(cutoffs, clusters)
+        return cls(cutoffs, clusters, thresholds, dict(cheap))
+
+
+def _per_order(values: Any, name: str, unit: str, *, positive: bool) -> dict[int, float]:
+    """``{order: number}`` from user input (keys may be strings), orders from 2."""
+    out: dict[int, float] = {}
+    for order, value in dict(values or {}).items():
+        try:
+            order_i, number = int(order), float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{name}: expected order -> {unit}, got {order!r}: {value!r}") from None
+        if order_i < 2:
+            raise InputError(f"{name}: orders start at 2 (monomers are always kept), got {order_i}")
+        if not (number > 0 if positive else number >= 0):
+            raise InputError(f"{name}: the {order_i}-body value must be {'positive' if positive else 'zero or more'}, got {value!r}")
+        out[order_i] = number
+    return out
 
 
 def fragment_distances(molecule: Any) -> np.ndarray:
@@ -97,42 +116,48 @@ class ScreenedSet:
 
     def summary(self) -> dict:
         """JSON-friendly counts for the plan, the result's extras and the report."""
-        return {
+        summary = {
             "distance_cutoffs": {str(k): v for k, v in sorted(self.settings.distance_cutoffs.items())},
-            "explicit_clusters": self.settings.clusters is not None,
+            "explicit_clusters": self.settings.clusters is not None and self.settings.energy_report is None,
             "orders": {
                 str(n): {"kept": len(self.kept[n]), "candidates": self.candidates[n], "all": self.total[n]} for n in sorted(self.kept)
             },
         }
+        if self.settings.energy_report is not None:
+            summary["energy"] = self.settings.energy_report
+        return summary
+
+
+def candidates(previous: set[tuple[int, ...]], order: int, distances: np.ndarray, cutoff: Optional[float]) -> list[tuple[int, ...]]:
+    """Clusters of ``order`` all of whose sub-clusters are in ``previous`` and all of whose pairs lie within ``cutoff``."""
+    nfr = distances.shape[0]
+    found = []
+    for base in sorted(previous):
+        for j in range(base[-1] + 1, nfr + 1):
+            cluster = base + (j,)
+            if any(cluster[:p] + cluster[p + 1 :] not in previous for p in range(order - 1)):
+                continue  # a sub-cluster was dropped
+            if cutoff is not None and any(distances[a - 1, b - 1] > cutoff for a, b in itertools.combinations(cluster, 2)):
+                continue
+            found.append(cluster)
+    return found
 
 
 def kept_clusters(settings: Screening, distances: np.ndarray, max_nbody: int) -> ScreenedSet:
-    """Clusters to compute, generated bottom-up so that the kept set is closed under subsets."""
+    """Clusters to compute, generated bottom-up so that the kept set is closed under subsets.
+
+    ``candidates`` counts, per order, the clusters whose sub-clusters were all kept, before
+    this order's distance cutoff and explicit list (energy screening reports its own).
+    """
     nfr = distances.shape[0]
     kept: dict[int, set[tuple[int, ...]]] = {1: {(i,) for i in range(1, nfr + 1)}}
-    candidates = {1: nfr}
+    counts = {1: nfr}
     for order in range(2, max_nbody + 1):
-        previous = kept[order - 1]
-        cutoff = settings.distance_cutoffs.get(order)
-        found: set[tuple[int, ...]] = set()
-        count = 0
-        for base in sorted(previous):
-            for j in range(base[-1] + 1, nfr + 1):
-                cluster = base + (j,)
-                if any(cluster[:p] + cluster[p + 1 :] not in previous for p in range(order - 1)):
-                    continue  # a sub-cluster was dropped
-                count += 1
-                if cutoff is not None and any(distances[a - 1, j - 1] > cutoff for a in base):
-                    continue
-                if cutoff is not None and any(distances[a - 1, b - 1] > cutoff for a, b in itertools.combinations(base, 2)):
-                    continue
-                if settings.clusters is not None and cluster not in settings.clusters:
-                    continue
-                found.add(cluster)
-        kept[order] = found
-        candidates[order] = count
+        counts[order] = len(candidates(kept[order - 1], order, distances, None))
+        found = candidates(kept[order - 1], order, distances, settings.distance_cutoffs.get(order))
+        kept[order] = {c for c in found if settings.clusters is None or c in settings.clusters}
     total = {n: math.comb(nfr, n) for n in kept}
-    return ScreenedSet(kept, candidates, total, settings)
+    return ScreenedSet(kept, counts, total, settings)
 
 
 def check_screenable(bsse_types: list[str], has_supersystem: bool, embedding: bool) -> None:

@@ -135,3 +135,50 @@ def test_plan_cli_prints_what_screening_keeps(capsys):
     assert "3-body:        2 of 20 clusters kept (10.0%), 4 candidates" in out
     assert main(["plan", str(EXAMPLES / "water6-gfn2.json"), "--distance-cutoffs", "2=3"]) == 2
     assert "expected ORDER:ANGSTROM" in capsys.readouterr().err
+
+
+def _closed_bottom_up(increments: dict, thresholds: dict, nfr: int, max_nbody: int) -> dict[int, set]:
+    """The kept set energy screening must find, computed independently from full-expansion increments."""
+    kcal = 627.5094740631
+    kept = {1: {(i,) for i in range(1, nfr + 1)}}
+    for n in range(2, max_nbody + 1):
+        kept[n] = {
+            c for c in itertools.combinations(range(1, nfr + 1), n)
+            if all(s in kept[n - 1] for s in itertools.combinations(c, n - 1)) and abs(increments[c]) * kcal > thresholds.get(n, -1)
+        }
+    return kept
+
+
+@needs_xtb
+def test_energy_screening_keeps_what_the_cheap_increments_say(process_client):
+    """GFN1-xTB screened by GFN2-xTB (both real; stands for HF screened by xtb at test speed)."""
+    inp = xtb_input(WATER6, levels={3: "gfn1"})
+    cheap_full = mbdask.compute(xtb_input(WATER6), process_client)
+    expensive_full = mbdask.compute(inp, process_client)
+    thresholds = {2: 1.0, 3: 0.1}  # kcal/mol
+    screened = mbdask.compute(inp, process_client, screening={"energy_thresholds": thresholds})
+
+    cheap = {tuple(r["fragments"]): r["energy"] for r in cheap_full.extras["mbdask"]["increments"]["nocp"]}
+    expected = _closed_bottom_up(cheap, thresholds, 6, 3)
+    summary = screened.extras["mbdask"]["screening"]
+    assert {n: summary["orders"][str(n)]["kept"] for n in (2, 3)} == {2: len(expected[2]), 3: len(expected[3])}
+    assert 0 < len(expected[3]) < 20 and len(expected[2]) < 15  # the thresholds really screen
+    # the expensive energy is the sum of the expensive increments of exactly those clusters
+    full = {tuple(r["fragments"]): r["energy"] for r in expensive_full.extras["mbdask"]["increments"]["nocp"]}
+    assert screened.return_result == pytest.approx(sum(full[c] for n in (2, 3) for c in expected[n]), abs=1e-10)
+    # fill-in: the dropped clusters' cheap increments (dimers dropped, and trimers among the candidates)
+    dropped_pairs = [c for c in itertools.combinations(range(1, 7), 2) if c not in expected[2]]
+    candidates3 = [c for c in itertools.combinations(range(1, 7), 3) if all(s in expected[2] for s in itertools.combinations(c, 2))]
+    dropped = sum(cheap[c] for c in dropped_pairs) + sum(cheap[c] for c in candidates3 if c not in expected[3])
+    assert summary["energy"]["fill_in"] == pytest.approx(dropped, abs=1e-10)
+    assert summary["return_energy_with_fill_in"] == pytest.approx(screened.return_result + dropped, abs=1e-10)
+
+
+@needs_xtb
+def test_zero_energy_thresholds_reproduce_the_unscreened_expansion(process_client):
+    inp = xtb_input(WATER6, levels={3: "gfn1"})
+    full = mbdask.compute(inp, process_client)
+    screened = mbdask.compute(inp, process_client, screening={"energy_thresholds": {2: 0.0, 3: 0.0}})
+    assert screened.extras["mbdask"]["screening"]["orders"]["3"]["kept"] == 20
+    for name, value in _numbers(full).items():
+        assert_close(_numbers(screened)[name], value, atol=1e-9)
