@@ -18,6 +18,7 @@ from .errors import FragmentFailedError, InputError, MbdaskError
 from .inputs import load_input
 from .plan import FragmentJob, Increment, Plan
 from .report import figures, report, summary_table
+from .screening import Screening
 from .store import FragmentStore
 from .programs import register_programs
 
@@ -32,6 +33,7 @@ __all__ = [
     "InputError",
     "MbdaskError",
     "Plan",
+    "Screening",
     "Submission",
     "__version__",
     "compute",

@@ -26,7 +26,7 @@ from .graph import ORDERS, ExpansionGraph, FragmentResources, build_graph, resul
 from .inputs import InputLike
 from .plan import Plan, make_plan, truncated_input
 from .progress import Progress
-from .screening import Screening, ScreeningLike
+from .screening import ScreeningLike
 from .store import FragmentStore
 
 StoreLike = Union[str, os.PathLike, FragmentStore, None]
@@ -229,16 +229,18 @@ def start(
       not recomputed and every finished fragment is written to it at once.
     * ``keep_going``: hold every unit's future so that :meth:`Submission.partial_result`
       can return the highest complete n-body order after a failure.
-    * ``screening``: keep only some clusters (:func:`plan`); the result is assembled from
+    * ``screening``: keep only some clusters (:func:`plan`; taken from the plan when ``inp``
+      is a :class:`Plan`); the result is assembled from
       the kept clusters' increments and says what was kept in ``extras["mbdask"]["screening"]``.
     * ``progress``: watch the fragment units, counted in :attr:`Submission.progress`
       (what ``python -m mbdask run`` draws on a terminal).
     * ``n_workers``/``threads_per_worker``/``memory_limit``/``security``: for the
       LocalCluster mbdask starts, or the scheduler it connects to.
     """
-    settings = Screening.from_options(screening)
-    energy_screening = settings is not None and bool(settings.energy_thresholds) and not isinstance(inp, Plan)
-    the_plan = inp if isinstance(inp, Plan) else make_plan(inp, check_installed=check_installed, screening=settings)
+    the_plan = inp if isinstance(inp, Plan) else make_plan(inp, check_installed=check_installed, screening=screening)
+    settings = the_plan.screened.settings if the_plan.screened is not None else None
+    # energy screening decides with the cheap model once the cluster is up (not yet decided: no report)
+    energy_screening = settings is not None and bool(settings.energy_thresholds) and settings.energy_report is None
     check_options(cores_per_fragment=cores_per_fragment, memory_per_fragment=memory_per_fragment, retries=retries, order=order)
     auto_cores = cores_per_fragment == "auto"
     cores = 1 if auto_cores else int(cores_per_fragment)

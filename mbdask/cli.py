@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--distance-cutoffs", metavar="N:A,...",
         help="screening: keep an N-body cluster only if each pair of its fragments is within A Angstrom (closest atoms), e.g. 2:9,3:5,4:4 (nocp/vmfc)",
     )
+    run.add_argument(
+        "--energy-thresholds", metavar="N:KCAL,...",
+        help="screening: keep an N-body cluster only if its GFN2-xTB increment exceeds KCAL kcal/mol in magnitude, e.g. 2:0.05,3:0.01",
+    )
     run.add_argument("--no-batch", action="store_true", help="one Dask task per fragment even for cheap fragments")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal)")
 
@@ -102,17 +106,25 @@ def _is_xyz(path: str) -> bool:
     return str(path).lower().endswith(".xyz")
 
 
-def _screening(text: Optional[str]) -> Optional[dict]:
-    """``--distance-cutoffs 2:9,3:5`` as the library's screening option."""
-    if not text:
-        return None
-    cutoffs = {}
+def _per_order(option: str, text: str) -> dict[str, str]:
+    """``2:9,3:5`` as {"2": "9", "3": "5"} (the library checks the numbers)."""
+    pairs = {}
     for item in text.split(","):
         order, sep, value = item.partition(":")
         if not sep:
-            raise InputError(f"--distance-cutoffs {text!r}: expected ORDER:ANGSTROM pairs separated by commas, e.g. 2:9,3:5")
-        cutoffs[order.strip()] = value.strip()
-    return {"distance_cutoffs": cutoffs}
+            raise InputError(f"{option} {text!r}: expected ORDER:VALUE pairs separated by commas, e.g. 2:9,3:5")
+        pairs[order.strip()] = value.strip()
+    return pairs
+
+
+def _screening(args: argparse.Namespace) -> Optional[dict]:
+    """The library's screening option from --distance-cutoffs and --energy-thresholds."""
+    options = {}
+    if args.distance_cutoffs:
+        options["distance_cutoffs"] = _per_order("--distance-cutoffs", args.distance_cutoffs)
+    if getattr(args, "energy_thresholds", None):
+        options["energy_thresholds"] = _per_order("--energy-thresholds", args.energy_thresholds)
+    return options or None
 
 
 def _positive(name: str, value: Optional[int]) -> None:
@@ -185,7 +197,7 @@ def _run(args: argparse.Namespace) -> int:
             check_writable(path)
     security = _security(args)
     inp = _xyz_input(args) if _is_xyz(args.input) else args.input
-    plan = api.plan(inp, screening=_screening(args.distance_cutoffs))  # all input errors surface before a cluster starts
+    plan = api.plan(inp, screening=_screening(args))  # all input errors surface before a cluster starts
     store = FragmentStore.open(args.store) if args.store else None
 
     wall_start = time.perf_counter()
@@ -257,7 +269,7 @@ def _plan(args: argparse.Namespace) -> int:
     from . import api
 
     inp = _xyz_input(args) if _is_xyz(args.input) else args.input
-    print(api.plan(inp, screening=_screening(args.distance_cutoffs)).summary())
+    print(api.plan(inp, screening=_screening(args)).summary())
     return EXIT_OK
 
 

@@ -10,14 +10,20 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 
-@needs_xtb
-def test_quickstart_notebook_executes():
-    nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
+def execute(name: str):
+    """Run ``notebooks/NAME`` top to bottom; returns the notebook and its printed text."""
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}})
     client.execute()
     outputs = "".join(
         out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
     )
+    return nb, outputs
+
+
+@needs_xtb
+def test_quickstart_notebook_executes():
+    _, outputs = execute("quickstart.ipynb")
     assert "Dashboard: http://127.0.0.1:" in outputs
     assert "nocp 2-body" in outputs
     assert "interaction energy through 3-body" in outputs
@@ -25,12 +31,7 @@ def test_quickstart_notebook_executes():
 
 @needs_xtb
 def test_analysis_notebook_executes():
-    nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}})
-    client.execute()
-    outputs = "".join(
-        out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
-    )
+    nb, outputs = execute("analysis.ipynb")
     rich = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", []) if "data" in out]
     assert "41 fragment calculations" in outputs
     assert "3-body: 20 clusters" in outputs

@@ -134,7 +134,7 @@ def test_plan_cli_prints_what_screening_keeps(capsys):
     assert "2-body:       10 of 15 clusters kept (66.7%)" in out
     assert "3-body:        2 of 20 clusters kept (10.0%), 4 candidates" in out
     assert main(["plan", str(EXAMPLES / "water6-gfn2.json"), "--distance-cutoffs", "2=3"]) == 2
-    assert "expected ORDER:ANGSTROM" in capsys.readouterr().err
+    assert "expected ORDER:VALUE" in capsys.readouterr().err
 
 
 def _closed_bottom_up(increments: dict, thresholds: dict, nfr: int, max_nbody: int) -> dict[int, set]:
@@ -182,3 +182,17 @@ def test_zero_energy_thresholds_reproduce_the_unscreened_expansion(process_clien
     assert screened.extras["mbdask"]["screening"]["orders"]["3"]["kept"] == 20
     for name, value in _numbers(full).items():
         assert_close(_numbers(screened)[name], value, atol=1e-9)
+
+
+@needs_xtb
+def test_cli_energy_thresholds_screen_and_report_the_fill_in(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "result.json"
+    code = main(["run", str(EXAMPLES / "water6-gfn2.json"), "--energy-thresholds", "2:1.0,3:0.1", "--no-progress", "-o", str(out), "--workers", "2"])
+    assert code == 0
+    stdout = capsys.readouterr().out
+    assert "mbdask: screened expansion, clusters kept 2-body" in stdout and "(fill-in)" in stdout
+    screening = json.loads(out.read_text())["extras"]["mbdask"]["screening"]
+    assert screening["energy"]["orders"]["3"]["candidates"] >= screening["orders"]["3"]["kept"]
+    assert screening["orders"]["3"]["kept"] < 20
