@@ -136,6 +136,11 @@ def _check_workers_have_programs(client: Client, plan: Plan) -> None:
             raise InputError(f"worker {address} cannot run {', '.join(missing)} (not installed in its environment)")
 
 
+def total_cores(workers: list[dict]) -> int:
+    """Cores of the cluster: what each worker declares, else its threads."""
+    return sum(w["resources"].get("cores", w["nthreads"]) for w in workers)
+
+
 def increment_tasks(workers: list[dict]) -> int:
     """Increment nodes per n-body level: a few per core, enough to stream, few enough to cost nothing."""
     return UNITS_PER_WORKER * sum(w["nthreads"] for w in workers)
@@ -162,7 +167,7 @@ def _units(plan: Plan, known: dict[str, dict], workers: list[dict], resources: F
     cost = CostModel.for_plan(plan)
     by_label = {job.label: job for job in plan.jobs}
     cost.calibrate((by_label[lab].model, by_label[lab].basis, out["stop"] - out["start"]) for lab, out in known.items() if "stop" in out)
-    slots = sum(w["resources"].get("cores", w["nthreads"]) for w in workers) // max(1, resources.cores)
+    slots = total_cores(workers) // max(1, resources.cores)
     max_cores = max(w["resources"].get("cores", w["nthreads"]) for w in workers)
     todo = [job for job in plan.jobs if job.label not in known]
     units = make_units(todo, cost, workers=slots, batch=batch, cores=resources.cores, auto_cores=auto_cores, max_cores=max_cores)
@@ -245,14 +250,13 @@ def start(
     auto_cores = cores_per_fragment == "auto"
     cores = 1 if auto_cores else int(cores_per_fragment)
     fragment_store = _open_store(store)
-    known = _from_store(the_plan, fragment_store)
     conn = connect(client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security)
     try:
         if energy_screening:
             from .energy_screening import screen_by_energy
 
             the_plan = screen_by_energy(the_plan, settings, conn.client, store=fragment_store, retries=retries)
-            known = _from_store(the_plan, fragment_store)
+        known = _from_store(the_plan, fragment_store)  # after screening: look up only what will run
         if check_installed:
             _check_workers_have_programs(conn.client, the_plan)
         workers = worker_resources(conn.client)
@@ -261,7 +265,7 @@ def start(
         graph = build_graph(
             the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known,
             retries=retries, order=order, store=fragment_store, increment_tasks=increment_tasks(workers),
-            cluster_cores=sum(w["resources"].get("cores", w["nthreads"]) for w in workers),
+            cluster_cores=total_cores(workers),
         )
         keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going or progress else ())]
         started = time.monotonic()

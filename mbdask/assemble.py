@@ -135,7 +135,7 @@ def assemble_result(
         "increments": increments,
         "levels": level_table,
         "nfragment_calculations": len(order),
-        "timing": _timings([by_label[label] for label in order], getattr(ctx, "cluster_cores", None)),
+        "timing": _timings([by_label[label] for label in order], ctx.cluster_cores),
     }
     if partial:
         extras["mbdask"]["partial"] = partial

@@ -341,7 +341,7 @@ def make_plan(inp: InputLike, *, check_installed: bool = True, screening: Screen
     sizes = {i + 1: len(frag) for i, frag in enumerate(core.molecule.fragments)}
     screened = None
     if settings is not None:
-        check_screenable([b.value for b in keywords.bsse_type], core.has_supersystem, bool(keywords.embedding_charges))
+        check_screenable([b.value for b in keywords.bsse_type], core.has_supersystem)
         screened = kept_clusters(settings, fragment_distances(model.molecule), core.max_nbody)
     increments = _increments(core, jobs, screened.kept if screened else None)
     if screened is not None:
@@ -358,7 +358,6 @@ def make_plan(inp: InputLike, *, check_installed: bool = True, screening: Screen
         specifications=specs,
         screened=screened,
     )
-
 
 
 def truncated_input(model: ManyBodyInput, nbody: int) -> ManyBodyInput:

@@ -117,14 +117,15 @@ def _convergence_plot(levels: dict):
     from bokeh.plotting import figure
 
     fig = figure(title="n-body convergence", x_axis_label="n-body order", y_axis_label="interaction energy through n [kcal/mol]", width=520, height=340)
-    for colour, (bsse, rows) in zip(Category10_10, _numeric(levels).items()):
+    numeric = _numeric(levels)
+    for colour, (bsse, rows) in zip(Category10_10, numeric.items()):
         if not rows or rows[0][0] != 1:
             continue
         xs = [nb for nb, _ in rows]
         ys = [(row["through"] - rows[0][1]["through"]) * HARTREE_TO_KCAL for _, row in rows]
         fig.line(xs, ys, color=colour, legend_label=bsse, line_width=2)
         fig.scatter(xs, ys, color=colour, size=8, legend_label=bsse)
-    fig.xaxis.ticker = sorted({nb for rows in _numeric(levels).values() for nb, _ in rows}) or [1]
+    fig.xaxis.ticker = sorted({nb for rows in numeric.values() for nb, _ in rows}) or [1]
     fig.add_tools(HoverTool(tooltips=[("n", "@x"), ("kcal/mol", "@y{0.0000}")]))
     return fig
 

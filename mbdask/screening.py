@@ -16,8 +16,8 @@ here from per-cluster coefficients (the signed count of each calculation over th
 increments), for energies, gradients and Hessians alike, and then handed to QCManyBody's
 ``print_nbody_energy``/``collect_vars``/``get_results`` so that it has the same form.
 Screening is refused for cp (QCManyBody's cp computes every subsystem in the basis of the
-full cluster, which a screened set cannot give), for supersystem levels, and for
-embedding charges.
+full cluster, which a screened set cannot give) and for supersystem levels (mbdask refuses
+embedding charges altogether).
 """
 
 from __future__ import annotations
@@ -128,6 +128,11 @@ class ScreenedSet:
         return summary
 
 
+def _within(cluster: tuple[int, ...], distances: np.ndarray, cutoff: Optional[float]) -> bool:
+    """Every pair of the cluster's fragments within ``cutoff`` (no cutoff: True)."""
+    return cutoff is None or all(distances[a - 1, b - 1] <= cutoff for a, b in itertools.combinations(cluster, 2))
+
+
 def candidates(previous: set[tuple[int, ...]], order: int, distances: np.ndarray, cutoff: Optional[float]) -> list[tuple[int, ...]]:
     """Clusters of ``order`` all of whose sub-clusters are in ``previous`` and all of whose pairs lie within ``cutoff``."""
     nfr = distances.shape[0]
@@ -135,11 +140,8 @@ def candidates(previous: set[tuple[int, ...]], order: int, distances: np.ndarray
     for base in sorted(previous):
         for j in range(base[-1] + 1, nfr + 1):
             cluster = base + (j,)
-            if any(cluster[:p] + cluster[p + 1 :] not in previous for p in range(order - 1)):
-                continue  # a sub-cluster was dropped
-            if cutoff is not None and any(distances[a - 1, b - 1] > cutoff for a, b in itertools.combinations(cluster, 2)):
-                continue
-            found.append(cluster)
+            if all(cluster[:p] + cluster[p + 1 :] in previous for p in range(order - 1)) and _within(cluster, distances, cutoff):
+                found.append(cluster)
     return found
 
 
@@ -153,14 +155,15 @@ def kept_clusters(settings: Screening, distances: np.ndarray, max_nbody: int) ->
     kept: dict[int, set[tuple[int, ...]]] = {1: {(i,) for i in range(1, nfr + 1)}}
     counts = {1: nfr}
     for order in range(2, max_nbody + 1):
-        counts[order] = len(candidates(kept[order - 1], order, distances, None))
-        found = candidates(kept[order - 1], order, distances, settings.distance_cutoffs.get(order))
-        kept[order] = {c for c in found if settings.clusters is None or c in settings.clusters}
+        found = candidates(kept[order - 1], order, distances, None)
+        counts[order] = len(found)
+        cutoff = settings.distance_cutoffs.get(order)
+        kept[order] = {c for c in found if _within(c, distances, cutoff) and (settings.clusters is None or c in settings.clusters)}
     total = {n: math.comb(nfr, n) for n in kept}
     return ScreenedSet(kept, counts, total, settings)
 
 
-def check_screenable(bsse_types: list[str], has_supersystem: bool, embedding: bool) -> None:
+def check_screenable(bsse_types: list[str], has_supersystem: bool) -> None:
     """Refuse the expansions a screened set cannot represent, with the reason."""
     if "cp" in bsse_types:
         raise InputError(
@@ -169,8 +172,6 @@ def check_screenable(bsse_types: list[str], has_supersystem: bool, embedding: bo
         )
     if has_supersystem:
         raise InputError("screening cannot be combined with a supersystem level")
-    if embedding:
-        raise InputError("screening cannot be combined with embedding charges")
 
 
 def coefficients(increments: list, upto: Optional[int] = None) -> dict[str, dict[int, dict[str, int]]]:
