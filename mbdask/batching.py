@@ -2,10 +2,13 @@
 
 Dask costs about a millisecond of scheduler and worker time per task; an xtb fragment
 takes five. Cheap fragments of one model chemistry and n-body order therefore travel in
-batches of about ``target`` predicted seconds, while expensive fragments stay one per
-task so that the scheduler can balance them. The target is small enough that every
-worker gets several units per order (load balance at the end of the run) and large
-enough that per-task cost stays a few percent of the work.
+batches, while expensive fragments stay one per task so that the scheduler can balance
+them. A batch holds about 1/(``UNITS_PER_WORKER`` x workers) of its order's work, between
+``MIN_BATCH_SECONDS`` and ``MAX_BATCH_SECONDS``, so that per-task cost stays a few percent
+of the work; in the order's last quarter the batches shrink as in guided
+self-scheduling (at most 1/(2 x workers) of the work still unbatched). Priorities run
+larger units first within an order, so an order ends with its smallest batches and the
+workers finish together instead of one finishing a large batch alone.
 
 Hybrid parallelism: with ``auto_cores``, a fragment predicted to take longer than an
 even share of the whole run per core (it would finish the run alone) gets more cores,
@@ -17,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Sequence
+from typing import Optional, Sequence
 
 from .cost import CostModel
 from .plan import FragmentJob
@@ -48,9 +51,13 @@ class Unit:
         return self.jobs[0].nbody
 
 
-def batch_target(total_seconds: float, workers: int) -> float:
-    """Predicted seconds per batch for a group of fragments worth ``total_seconds``."""
-    return min(MAX_BATCH_SECONDS, max(MIN_BATCH_SECONDS, total_seconds / (UNITS_PER_WORKER * max(1, workers))))
+def batch_target(total_seconds: float, workers: int, unbatched: Optional[float] = None) -> float:
+    """Predicted seconds per batch for an order worth ``total_seconds``, ``unbatched`` of it still to batch."""
+    workers = max(1, workers)
+    target = min(MAX_BATCH_SECONDS, total_seconds / (UNITS_PER_WORKER * workers))
+    if unbatched is not None:
+        target = min(target, unbatched / (2 * workers))
+    return max(MIN_BATCH_SECONDS, target)
 
 
 def make_units(
@@ -69,21 +76,24 @@ def make_units(
     units: list[Unit] = []
     for _, group in groupby(jobs, key=lambda j: (j.model, j.nbody)):
         group = list(group)
-        target = batch_target(math.fsum(seconds[j] for j in group), workers) if batch else 0.0
+        total = unbatched = math.fsum(seconds[j] for j in group)
+        single = batch_target(total, workers) if batch else 0.0
         pending: list[FragmentJob] = []
         pending_seconds = 0.0
         for job in group:
             t = seconds[job]
-            if not batch or t >= target:
+            if not batch or t >= single:
                 n = cores
                 if auto_cores and t > share:
                     n = max(cores, min(max_cores, math.ceil(t / share)))
                 units.append(Unit((job,), t / n, n, (t / n,)))
+                unbatched -= t
                 continue
             pending.append(job)
             pending_seconds += t
-            if pending_seconds >= target:
+            if pending_seconds >= batch_target(total, workers, unbatched):
                 units.append(Unit(tuple(pending), pending_seconds, cores, tuple(seconds[j] for j in pending)))
+                unbatched -= pending_seconds
                 pending, pending_seconds = [], 0.0
         if pending:
             units.append(Unit(tuple(pending), pending_seconds, cores, tuple(seconds[j] for j in pending)))

@@ -14,6 +14,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
+import dask
 import psutil
 from distributed import Client, LocalCluster
 
@@ -59,8 +60,38 @@ class ClusterSize:
         return cls(workers, threads, memory)
 
 
+#: Environment that Dask's nanny sets before spawning a worker, which mbdask's LocalCluster leaves out.
+#: ``MALLOC_TRIM_THRESHOLD_`` (Dask sets 65536 against fragmentation in dataframe work) also switches
+#: off glibc's dynamic mmap threshold: every large array a QC program allocates is then mmap'd and
+#: unmapped afresh, and an xtb fragment takes about 1.7x as long (benchmarks/bench_executors.py).
+#: A value the user exported before importing mbdask is still honoured.
+DROPPED_WORKER_ENVIRONMENT = ("MALLOC_TRIM_THRESHOLD_",)
+_USER_ENVIRONMENT = {name: os.environ.get(name) for name in DROPPED_WORKER_ENVIRONMENT}
+
+
+@contextlib.contextmanager
+def _without_dask_worker_environment() -> Iterator[None]:
+    """Spawn workers without :data:`DROPPED_WORKER_ENVIRONMENT`, unless the user set it.
+
+    Dask's nanny writes its pre-spawn variables into this process's own environment, so a
+    cluster started earlier here (any Dask cluster) leaves them for the next one to inherit.
+    """
+    dropped = {f"distributed.nanny.pre-spawn-environ.{name}": None for name in DROPPED_WORKER_ENVIRONMENT}
+    inherited = {name: os.environ.pop(name) for name, user in _USER_ENVIRONMENT.items() if user is None and name in os.environ}
+    try:
+        with dask.config.set(dropped):
+            yield
+    finally:
+        os.environ.update(inherited)
+
+
 def start_local_cluster(size: ClusterSize, **kwargs) -> LocalCluster:
-    """A process-based LocalCluster on loopback, workers declaring ``cores`` and ``memory``."""
+    """A process-based LocalCluster on loopback, workers declaring ``cores`` and ``memory``.
+
+    The workers start without Dask's ``MALLOC_TRIM_THRESHOLD_`` (see
+    :data:`DROPPED_WORKER_ENVIRONMENT`); Dask's thread variables (``OMP_NUM_THREADS=1``
+    and friends) stay, and each fragment raises them to its cores while it runs.
+    """
     options = dict(
         n_workers=size.n_workers,
         threads_per_worker=size.threads_per_worker,
@@ -71,7 +102,8 @@ def start_local_cluster(size: ClusterSize, **kwargs) -> LocalCluster:
         processes=True,
     )
     options.update(kwargs)
-    return LocalCluster(**options)
+    with _without_dask_worker_environment():
+        return LocalCluster(**options)
 
 
 @dataclass

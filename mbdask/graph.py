@@ -13,6 +13,9 @@ Shape (see docs/design.md):
   trimers still run;
 * one *level* node per BSSE treatment and n-body order (sum of that order's increments,
   chained to the previous order so it carries the cumulative result);
+* *collect* nodes, each merging the outputs of a few dozen units in the order they are
+  expected to finish, so that the result node fetches a hundred-odd keys at the end rather
+  than one per unit;
 * one *result* node that runs QCManyBody's ``analyze`` over all fragment results.
 
 Keys are tuples whose first element reads like ``"frag hf/cc_pvdz 2-body"``, so the
@@ -29,7 +32,7 @@ from typing import Any, Hashable, Optional, Union
 
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from .assemble import assemble_result, increment_energies, level_sum
+from .assemble import assemble_result, increment_energies, level_sum, merge_units
 from .batching import Unit, make_units
 from .cost import CostModel
 from .execute import ExpansionContext, run_unit
@@ -82,6 +85,33 @@ def context_key(token: str) -> Key:
 
 def result_key(token: str) -> Key:
     return ("mbdask result", token)
+
+
+def collect_key(index: int, token: str) -> Key:
+    return ("mbdask collect", token, index)
+
+
+#: Collect nodes per graph, about: enough that most finish while later fragments still run.
+COLLECT_NODES = 128
+#: Fewest units a collect node merges.
+MIN_COLLECT_UNITS = 16
+
+
+def collect_units(*units: dict[str, dict]) -> dict[str, dict]:
+    """One dict of fragment outputs by label from several units' (a collect node)."""
+    return merge_units(units)
+
+
+def collect_size(units: int) -> int:
+    """Units per collect node for a graph of ``units`` units."""
+    return max(MIN_COLLECT_UNITS, math.ceil(units / COLLECT_NODES))
+
+
+def collect_groups(unit_keys: list[Key], priorities: dict[Key, float]) -> list[list[Key]]:
+    """Unit keys in chunks, highest priority first, so that a chunk's units run at about the same time."""
+    ordered = sorted(unit_keys, key=lambda key: -priorities[key])
+    size = collect_size(len(ordered))
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 @dataclass
@@ -244,8 +274,9 @@ def build_graph(
             level_keys[(bsse, nbody)] = key
             previous = key
 
+    collect_tasks = {collect_key(i, token): (collect_units,) + tuple(chunk) for i, chunk in enumerate(collect_groups(list(unit_keys), priorities))}
     res_key = result_key(token)
-    result_task = {res_key: (result_function(plan), ctx_key, list(level_keys.values())) + tuple(unit_keys)}
+    result_task = {res_key: (result_function(plan), ctx_key, list(level_keys.values())) + tuple(collect_tasks)}
 
     # Annotations are evaluated per key when the graph is sent; a dict lookup is all they do.
     frag_annotations: dict[str, Any] = {"priority": priorities.__getitem__}
@@ -263,6 +294,7 @@ def build_graph(
         "fragments": MaterializedLayer(unit_tasks, annotations=frag_annotations),
         "increments": MaterializedLayer(inc_tasks, annotations=dict(top)),
         "levels": MaterializedLayer(level_tasks, annotations=dict(top)),
+        "collect": MaterializedLayer(collect_tasks, annotations=dict(top)),
         "result": MaterializedLayer(result_task, annotations=dict(top)),
     }
     deps = {
@@ -270,7 +302,8 @@ def build_graph(
         "fragments": {"context"},
         "increments": {"fragments"},
         "levels": {"increments"},
-        "result": {"context", "fragments", "levels"},
+        "collect": {"fragments"},
+        "result": {"context", "collect", "levels"},
     }
     graph = HighLevelGraph(layers, deps)
     return ExpansionGraph(graph, res_key, level_keys, unit_keys, groups)

@@ -9,7 +9,9 @@ which of those calculations they combine and with which sign.
 
 from __future__ import annotations
 
+
 import itertools
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -122,13 +124,17 @@ class Plan:
     def graph_size(self) -> dict[str, int]:
         """Nodes and edges of the graph ``graph.build_graph`` makes from this plan unbatched (one task per
         calculation and per increment): an upper bound on what ``start`` sends after batching."""
+        from .graph import collect_size
+
         levels = {(inc.bsse, inc.nbody) for inc in self.increments}
         chains = len({bsse for bsse, _ in levels})
+        collects = math.ceil(len(self.jobs) / collect_size(len(self.jobs)))
         edges = len(self.jobs)  # context -> fragment
         edges += sum(len(inc.terms) for inc in self.increments)  # fragment -> increment
         edges += len(self.increments) + len(levels) - chains  # increment -> level, level -> next level
-        edges += 1 + len(self.jobs) + len(levels)  # context, fragments and levels -> result
-        nodes = 1 + len(self.jobs) + len(self.increments) + len(levels) + 1
+        edges += len(self.jobs)  # fragment -> collect
+        edges += 1 + collects + len(levels)  # context, collects and levels -> result
+        nodes = 1 + len(self.jobs) + len(self.increments) + len(levels) + collects + 1
         return {"nodes": nodes, "edges": edges, "fragments": len(self.jobs), "increments": len(self.increments), "levels": len(levels)}
 
     def summary(self) -> str:

@@ -123,13 +123,40 @@ def test_cheap_fragments_are_batched_and_increments_follow_their_units():
     plan = mbdask.plan(sleep_input("water10-pp1.xyz"), check_installed=False)
     units = make_units(plan.jobs, CostModel.for_plan(plan), workers=2)
     graph = build_graph(plan, "t", resources=FragmentResources(), units=units)
-    assert len(graph.units) < len(plan.jobs) / 5  # 175 calculations of ~5 ms in a few dozen tasks
+    assert len(graph.units) < len(plan.jobs) / 4  # 175 calculations of ~20 ms in a few dozen tasks
     assert sorted(j.label for u in graph.units.values() for j in u.jobs) == sorted(j.label for j in plan.jobs)
     for key, incs in graph.increments.items():
         needed = {job for inc in incs for job, _ in inc.terms}
         deps = graph.dependencies(key)
         assert needed <= {j for d in deps for j in graph.units[d].jobs}
         assert all(needed & set(graph.units[d].jobs) for d in deps)  # no unit it does not need
+
+
+def test_batches_shrink_at_the_end_of_each_order():
+    """Guided self-scheduling: an order's last batches are its smallest, so workers finish together."""
+    from mbdask.batching import MIN_BATCH_SECONDS, make_units
+    from mbdask.cost import CostModel
+
+    plan = mbdask.plan(sleep_input("water10-pp1.xyz"), check_installed=False)
+    units = [u for u in make_units(plan.jobs, CostModel.for_plan(plan), workers=2) if u.nbody == 3]
+    sizes = [u.seconds for u in units]
+    assert sizes[0] == max(sizes) and sizes[-2] < sizes[0] / 2
+    assert sizes[-2] < 2 * MIN_BATCH_SECONDS  # the last full batch is about the smallest allowed
+    assert sorted(j.label for u in units for j in u.jobs) == sorted(j.label for j in plan.jobs if j.nbody == 3)
+
+
+def test_result_node_fetches_collect_nodes_not_every_unit():
+    from mbdask.batching import make_units
+    from mbdask.cost import CostModel
+    from mbdask.graph import MIN_COLLECT_UNITS
+
+    plan = mbdask.plan(sleep_input("water10-pp1.xyz"), check_installed=False)
+    graph = build_graph(plan, "t", resources=FragmentResources(), units=make_units(plan.jobs, CostModel.for_plan(plan), workers=1, batch=False))
+    collects = [key for key in graph.dependencies(graph.result) if key[0] == "mbdask collect"]
+    assert len(collects) == -(-len(plan.jobs) // MIN_COLLECT_UNITS)
+    assert not set(graph.units) & graph.dependencies(graph.result)
+    covered = [unit for key in collects for unit in graph.dependencies(key)]
+    assert sorted(map(str, covered)) == sorted(map(str, graph.units))  # every unit in exactly one collect node
 
 
 def test_batched_run_gives_the_same_result(inprocess_client):
