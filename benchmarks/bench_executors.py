@@ -79,5 +79,6 @@ def compare(name: str, inp, workers: int | None = None, include_default: bool = 
     best_seq = min(row["qcmb_pinned_s"], row.get("qcmb_default_s", float("inf")))
     row["speedup_vs_qcmb"] = best_seq / row["mbdask_s"]
     row["speedup_vs_pool"] = row["pool_s"] / row["mbdask_s"]
+    row["ceiling"] = best_seq / (busy / workers)
     row["max_energy_diff"] = max(abs(e_mbdask - e_pinned), abs(e_pool - e_pinned))
     return row

@@ -102,7 +102,7 @@ def screened_row(label: str, result: ManyBodyResult, reference: ManyBodyResult, 
     fill_error = f"{(fill - reference.properties.return_energy) * KCAL:+.3f}" if fill is not None else ""
     return (
         f"| {label} | {kept} | {100 * ncalc / nall:.1f}% | {100 * used / total_seconds:.1f}% "
-        f"| {error:+.3f} | {fill_error} | {summary.get('energy', {}).get('cheap_seconds', 0):.0f} |"
+        f"| {error:+.3f} | {fill_error} | {summary.get('energy', {}).get('screening_seconds', 0):.0f} |"
     )
 
 
@@ -146,9 +146,9 @@ def main() -> None:
             "",
             "Screened runs reload their HF fragments from the reference's checkpoint store, so the HF time they would take "
             "is given as the share of the reference's fragment compute time that the kept calculations took. "
-            "Cheap s: wall time of the GFN2-xTB screening (xtb fragments reused from the store after the first run).",
+            "Screening s: wall time until the last screening decision (expensive calculations run meanwhile; fragments reused from the store).",
             "",
-            "| screening | kept clusters per order (2/3/...) | calculations | HF compute time | error kcal/mol | with fill-in | cheap s |",
+            "| screening | kept clusters per order (2/3/...) | calculations | HF compute time | error kcal/mol | with fill-in | screening s |",
             "|---|---|---|---|---|---|---|",
         ]
         for thresholds in ENERGY_THRESHOLDS:

@@ -12,7 +12,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Collection, Iterator, Optional, Union
 
 from distributed import Client, Future, as_completed
 from qcmanybody.models.v2 import ManyBodyResult
@@ -127,9 +127,9 @@ def _available_programs() -> list[str]:
     return sorted(qcengine.list_available_programs())
 
 
-def _check_workers_have_programs(client: Client, plan: Plan) -> None:
+def _check_workers_have_programs(client: Client, plan: Plan, also: Collection[str] = ()) -> None:
     """Refuse before submission if some worker lacks a program (a remote cluster's environment may differ)."""
-    needed = {plan.program(m) for m in plan.models}
+    needed = {plan.program(m) for m in plan.models} | set(also)
     for address, available in client.run(_available_programs).items():
         missing = sorted(needed - set(available))
         if missing:
@@ -152,12 +152,12 @@ def _open_store(store: StoreLike) -> Optional[FragmentStore]:
     return FragmentStore.open(store)
 
 
-def _from_store(plan: Plan, store: Optional[FragmentStore]) -> dict[str, dict]:
-    """Outputs of the plan's calculations already in the store, by label."""
+def _from_store(plan: Plan, store: Optional[FragmentStore], skip: Collection[str] = ()) -> dict[str, dict]:
+    """Outputs of the plan's calculations already in the store, by label (labels in ``skip`` not looked up)."""
     if store is None:
         return {}
     ctx = ExpansionContext(plan.input, plan.specifications, False)
-    keys = {ctx.store_key(job): job for job in plan.jobs}
+    keys = {ctx.store_key(job): job for job in plan.jobs if job.label not in skip}
     found = store.get_many(keys)
     return {keys[k].label: {**out, "label": keys[k].label, "stored": True} for k, out in found.items()}
 
@@ -252,15 +252,21 @@ def start(
     fragment_store = _open_store(store)
     conn = connect(client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security)
     try:
-        if energy_screening:
-            from .energy_screening import screen_by_energy
-
-            the_plan = screen_by_energy(the_plan, settings, conn.client, store=fragment_store, retries=retries)
-        known = _from_store(the_plan, fragment_store)  # after screening: look up only what will run
         if check_installed:
-            _check_workers_have_programs(conn.client, the_plan)
+            _check_workers_have_programs(conn.client, the_plan, [settings.cheap_model["program"]] if energy_screening else [])
         workers = worker_resources(conn.client)
         resources = _fragment_resources(workers, cores, memory_per_fragment, auto_cores=auto_cores)
+        computed: dict[str, dict] = {}
+        if energy_screening:
+            from .energy_screening import screen_and_compute
+
+            screened = screen_and_compute(
+                the_plan, settings, conn.client, workers=total_cores(workers) // max(1, cores), cores=cores,
+                memory_gib=resources.memory_gib, annotation=resources.annotation() or None, store=fragment_store, retries=retries,
+            )
+            the_plan, computed = screened.plan, screened.outputs
+        from_store = _from_store(the_plan, fragment_store, skip=computed)
+        known = {**from_store, **computed}
         units = _units(the_plan, known, workers, resources, batch=batch, auto_cores=auto_cores)
         graph = build_graph(
             the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known,
@@ -277,7 +283,7 @@ def start(
     levels = {name: by_key[key] for name, key in graph.levels.items()}
     held = {key: by_key[key] for key in graph.units} if keep_going else {}
     watch = Progress({by_key[key]: unit for key, unit in graph.units.items()}, started) if progress else None
-    return Submission(the_plan, graph, by_key[graph.result], levels, conn, held, fragment_store, len(known), watch)
+    return Submission(the_plan, graph, by_key[graph.result], levels, conn, held, fragment_store, len(from_store), watch)
 
 
 def submit(inp: InputLike, client: ClientLike = None, **options: Any) -> Future:

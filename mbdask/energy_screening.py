@@ -1,33 +1,52 @@
 """Energy screening: a cheap model decides which clusters the expensive model computes.
 
-Bottom-up per order k: the candidates are the k-clusters whose (k-1)-sub-clusters were all
-kept (and that pass the distance cutoff, if any); the cheap model's k-body increment of
-each candidate is computed, and the candidate is kept if its magnitude exceeds the order's
-threshold (kcal/mol). Orders without a threshold keep every candidate. The expensive
-expansion then runs on the kept set (:mod:`mbdask.screening`), assembled from the kept
-clusters; the dropped clusters' cheap increments are reported, and their sum added to the
+A k-cluster is a *candidate* once all of its (k-1)-sub-clusters are kept (and it passes
+the distance cutoff of its order, if any). The cheap model's k-body increment of a
+candidate decides: kept if its magnitude exceeds the order's threshold (kcal/mol).
+Orders without a threshold keep every candidate. The kept set is closed under subsets,
+so the expensive expansion over it is exact for what it keeps (:mod:`mbdask.screening`);
+the dropped clusters' cheap increments are reported, and their sum added to the
 screened energy gives the "fill-in" total.
 
-The cheap calculations run as mbdask expansions on the same Dask cluster, one per order,
-through a checkpoint store (the user's, or a temporary one), so each order computes only
-its new candidates. Each order waits for the previous order's decisions; the expensive
-expansion starts when the last order is decided.
+Screening and computing overlap, with no barrier between orders: each decision is taken
+as soon as the cheap energies it needs are in, and then at once
+
+* the kept cluster's expensive calculations are submitted to the cluster, and
+* every higher cluster whose sub-clusters are now all kept becomes a candidate, and its
+  cheap calculation is submitted.
+
+So a tetramer's cheap calculation depends only on the decisions about its four trimers
+(not on a whole 3-body pass), and expensive trimers run while other trimers are still
+being screened. The client drives this as Dask futures complete (cheap units first, by
+priority); the expensive outputs then feed the usual graph, which assembles the result
+from the kept clusters.
 """
 
 from __future__ import annotations
 
-import tempfile
+import itertools
+import math
 import time
-from pathlib import Path
+import uuid
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from distributed import Client, Future, as_completed
 from qcelemental import constants
+from qcmanybody.utils import delabeler
 
-from .plan import Plan, make_plan
-from .screening import Screening, candidates, fragment_distances
+from .batching import make_units
+from .cost import CostModel
+from .execute import ExpansionContext, run_unit
+from .plan import FragmentJob, Increment, Plan, make_plan
+from .screening import Screening, _within, fragment_distances
 from .store import FragmentStore
 
 CHEAP_LABEL = "screening"
+#: Dask priority of cheap screening units: ahead of any expensive fragment, since decisions unlock work.
+CHEAP_PRIORITY = 1e12
+
+Cluster = tuple[int, ...]
 
 
 def _cheap_input(plan: Plan, cheap_model: dict, nbody: int) -> dict:
@@ -42,48 +61,207 @@ def _cheap_input(plan: Plan, cheap_model: dict, nbody: int) -> dict:
     }
 
 
-def screen_by_energy(plan: Plan, settings: Screening, client: Any, *, store: Optional[FragmentStore] = None, **options: Any) -> Plan:
-    """The plan of ``plan``'s expansion restricted to the clusters the cheap model keeps.
+def cheap_increment(cluster: Cluster, energies: dict[Cluster, float]) -> float:
+    """The cluster's n-body increment from the energies of all its sub-clusters (nocp)."""
+    n = len(cluster)
+    return math.fsum((-1) ** (n - k) * energies[sub] for k in range(1, n + 1) for sub in itertools.combinations(cluster, k))
 
-    ``options`` go to each cheap expansion (``mbdask.compute``), e.g. ``retries``.
-    """
-    from .api import compute
 
-    kcal = constants.hartree2kcalmol
-    distances = fragment_distances(plan.input.molecule)
-    max_nbody = plan.core.max_nbody
-    kept: dict[int, set[tuple[int, ...]]] = {1: {(i,) for i in range(1, plan.nfragments + 1)}}
-    orders: dict[str, dict] = {}
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="mbdask-screening-") as scratch:
-        cheap_store = store if store is not None else FragmentStore.open(Path(scratch) / "cheap.sqlite")
-        for order in range(2, max_nbody + 1):
-            found = candidates(kept[order - 1], order, distances, settings.distance_cutoffs.get(order))
-            threshold = settings.energy_thresholds.get(order)
-            if threshold is None or not found:
-                kept[order] = set(found)
+@dataclass
+class _Decisions:
+    """Bottom-up screening state: what is kept, what waits for cheap energies, what was dropped."""
+
+    nfragments: int
+    max_nbody: int
+    thresholds: dict[int, float]
+    cutoffs: dict[int, float]
+    distances: Any
+    kept: dict[int, set[Cluster]] = field(default_factory=dict)
+    energies: dict[Cluster, float] = field(default_factory=dict)
+    considered: set[Cluster] = field(default_factory=set)
+    #: candidates whose own cheap energy is in but which wait for a sub-cluster's: missing -> waiting
+    waiting: dict[Cluster, list[Cluster]] = field(default_factory=dict)
+    orders: dict[int, dict] = field(default_factory=dict)
+    #: work the last steps produced, for the driver to submit
+    new_cheap: list[Cluster] = field(default_factory=list)
+    new_kept: list[Cluster] = field(default_factory=list)
+
+    @property
+    def top(self) -> int:
+        """Highest order whose decisions need cheap energies (0: none)."""
+        return max(self.thresholds, default=0)
+
+    def start(self) -> None:
+        for i in range(1, self.nfragments + 1):
+            self._keep((i,))
+
+    def _keep(self, cluster: Cluster) -> None:
+        self.kept.setdefault(len(cluster), set()).add(cluster)
+        self.new_kept.append(cluster)
+        if len(cluster) <= self.top and len(cluster) not in self.thresholds:
+            self.new_cheap.append(cluster)  # no decision here, but higher orders need its cheap energy
+        if len(cluster) < self.max_nbody:
+            self._grow(cluster)
+
+    def _grow(self, cluster: Cluster) -> None:
+        """Candidates of the next order that ``cluster``, just kept, completes."""
+        order = len(cluster) + 1
+        below = self.kept[len(cluster)]
+        for j in range(1, self.nfragments + 1):
+            if j in cluster:
                 continue
-            listed = [list(c) for n in range(2, order) for c in kept[n]] + [list(c) for c in found]
-            cheap = compute(_cheap_input(plan, settings.cheap_model, order), client, store=cheap_store, screening={"clusters": listed}, **options)
-            increments = {tuple(r["fragments"]): r["energy"] for r in cheap.extras["mbdask"]["increments"]["nocp"] if r["nbody"] == order}
-            kept[order] = {c for c in found if abs(increments[c]) * kcal > threshold}
-            dropped = [increments[c] for c in found if c not in kept[order]]
-            orders[str(order)] = {
-                "threshold_kcal": threshold,
-                "candidates": len(found),
-                "kept": len(kept[order]),
-                "dropped_cheap_sum": float(sum(dropped)),
-            }
-    report = {
-        "cheap_model": settings.cheap_model,
-        "orders": orders,
-        "fill_in": float(sum(row["dropped_cheap_sum"] for row in orders.values())),
-        "cheap_seconds": time.perf_counter() - started,
-    }
+            grown = tuple(sorted(cluster + (j,)))
+            if grown in self.considered or not all(grown[:p] + grown[p + 1 :] in below for p in range(order)):
+                continue
+            self.considered.add(grown)
+            if not _within(grown, self.distances, self.cutoffs.get(order)):
+                continue
+            row = self.orders.setdefault(order, {"candidates": 0, "kept": 0, "dropped": []})
+            row["candidates"] += 1
+            if order in self.thresholds:
+                self.new_cheap.append(grown)
+            else:
+                row["kept"] += 1
+                self._keep(grown)
+
+    def cheap_energy(self, cluster: Cluster, energy: float) -> None:
+        """Take a cheap energy in; decide the clusters that were waiting only for it."""
+        self.energies[cluster] = energy
+        ready = self.waiting.pop(cluster, [])
+        if len(cluster) in self.thresholds and cluster not in self.kept.get(len(cluster), ()):
+            ready.append(cluster)
+        for candidate in ready:
+            self._decide(candidate)
+
+    def _decide(self, cluster: Cluster) -> None:
+        missing = next((sub for k in range(1, len(cluster)) for sub in itertools.combinations(cluster, k) if sub not in self.energies), None)
+        if missing is not None:
+            self.waiting.setdefault(missing, []).append(cluster)
+            return
+        increment = cheap_increment(cluster, self.energies)
+        row = self.orders[len(cluster)]
+        if abs(increment) * constants.hartree2kcalmol > self.thresholds[len(cluster)]:
+            row["kept"] += 1
+            self._keep(cluster)
+        else:
+            row["dropped"].append(increment)
+
+    def take_work(self) -> tuple[list[Cluster], list[Cluster]]:
+        cheap, kept = self.new_cheap, self.new_kept
+        self.new_cheap, self.new_kept = [], []
+        return cheap, kept
+
+    def report(self, cheap_model: dict) -> dict:
+        orders = {
+            str(n): {"threshold_kcal": self.thresholds.get(n), "candidates": row["candidates"], "kept": row["kept"],
+                     "dropped_cheap_sum": math.fsum(row["dropped"])}
+            for n, row in sorted(self.orders.items())
+            if n in self.thresholds
+        }
+        return {"cheap_model": cheap_model, "orders": orders, "fill_in": math.fsum(row["dropped_cheap_sum"] for row in orders.values())}
+
+
+@dataclass
+class ScreenedRun:
+    """What :func:`screen_and_compute` leaves for the graph: the final plan and the expensive outputs."""
+
+    plan: Plan
+    outputs: dict[str, dict]
+
+
+def screen_and_compute(
+    plan: Plan,
+    settings: Screening,
+    client: Client,
+    *,
+    workers: int,
+    cores: int = 1,
+    memory_gib: Optional[float] = None,
+    annotation: Optional[dict] = None,
+    store: Optional[FragmentStore] = None,
+    retries: int = 0,
+) -> ScreenedRun:
+    """Screen ``plan``'s clusters with the cheap model and compute the kept ones as they are decided.
+
+    ``plan`` is the expansion screened by distance only (its increments are the possible
+    clusters). Returns the plan restricted to the kept clusters, with the energy-screening
+    report, and the outputs of its expensive calculations, by label, for the graph to
+    assemble. ``workers`` (single-core slots) sizes the batches; ``cores``,
+    ``memory_gib`` and ``annotation`` (Dask resources) are what each expensive unit gets.
+    """
+    started = time.perf_counter()
+    cheap_plan = make_plan(_cheap_input(plan, settings.cheap_model, 1), check_installed=False)
+    cheap_ctx = ExpansionContext(cheap_plan.input, cheap_plan.specifications, False, store)
+    keep_results = plan.input.specification.protocols.cluster_results.value == "all"
+    ctx = ExpansionContext(plan.input, plan.specifications, keep_results, store)
+    cheap_cost, cost = CostModel.for_plan(cheap_plan), CostModel.for_plan(plan)
+    by_cluster: dict[Cluster, list[Increment]] = {}
+    for inc in plan.increments:
+        by_cluster.setdefault(inc.cluster, []).append(inc)
+    decisions = _Decisions(
+        plan.nfragments, plan.core.max_nbody, dict(settings.energy_thresholds), dict(settings.distance_cutoffs),
+        fragment_distances(plan.input.molecule),
+    )
+    token = uuid.uuid4().hex[:8]
+    cheap_ctx_f, ctx_f = client.scatter([cheap_ctx, ctx], broadcast=True, hash=False)
+    futures = as_completed(loop=client.loop)
+    cheap_futures: set[Future] = set()
+    expensive: list[Future] = []
+    submitted: set[FragmentJob] = set()
+    counter = itertools.count()
+
+    def submit(units: list, context: Future, kind: str, priority: Optional[float], resources: Optional[dict]) -> list[Future]:
+        out = []
+        for unit in units:
+            key = (f"{kind} {unit.model} {unit.nbody}_body", token, next(counter))
+            out.append(client.submit(
+                run_unit, context, list(unit.jobs), unit.cores, memory_gib if kind == "frag" else None, None, list(unit.predicted),
+                key=key, priority=unit.seconds if priority is None else priority, resources=resources, retries=retries,
+            ))
+        return out
+
+    def flush() -> None:
+        cheap, kept = decisions.take_work()
+        jobs = [FragmentJob(CHEAP_LABEL, c, c) for c in sorted(cheap, key=lambda c: (len(c), c))]
+        for future in submit(make_units(jobs, cheap_cost, workers=workers), cheap_ctx_f, "cheap", CHEAP_PRIORITY, None):
+            cheap_futures.add(future)
+            futures.add(future)
+        new = []
+        for cluster in kept:
+            for inc in by_cluster.get(cluster, ()):
+                for job, _ in inc.terms:
+                    if job not in submitted:
+                        submitted.add(job)
+                        new.append(job)
+        new.sort(key=lambda j: (j.model, j.nbody, j.real, j.basis))
+        expensive.extend(submit(make_units(new, cost, workers=workers, cores=cores), ctx_f, "frag", None, annotation))
+
+    decisions.start()
+    flush()
+    decided_at = time.perf_counter()
+    for future in futures:  # cheap units only, as they finish
+        cheap_futures.discard(future)
+        for label, output in future.result().items():
+            decisions.cheap_energy(tuple(delabeler(label)[1]), output["values"]["energy"])
+        future.release()
+        flush()
+        if not cheap_futures:
+            decided_at = time.perf_counter()
+            break
+    if decisions.waiting:  # cannot happen with a closed kept set; guard against a silent wrong answer
+        raise RuntimeError(f"energy screening left {len(decisions.waiting)} clusters undecided")
+    done_before = sum(f.status == "finished" for f in expensive)
+    outputs: dict[str, dict] = {}
+    for result in client.gather(expensive):
+        outputs.update(result)
+    report = decisions.report(settings.cheap_model)
+    report["screening_seconds"] = decided_at - started
+    report["expensive_units_done_when_decided"] = f"{done_before}/{len(expensive)}"
     final = Screening(
         distance_cutoffs=settings.distance_cutoffs,
-        clusters=frozenset(c for n in range(2, max_nbody + 1) for c in kept[n]),
+        clusters=frozenset(c for n, kept in decisions.kept.items() if n > 1 for c in kept),
         cheap_model=settings.cheap_model,
         energy_report=report,
     )
-    return make_plan(plan.input, check_installed=False, screening=final)
+    return ScreenedRun(make_plan(plan.input, check_installed=False, screening=final), outputs)
+

@@ -47,7 +47,7 @@ class Screening:
     energy_thresholds: dict[int, float] = field(default_factory=dict)
     #: the cheap model for energy screening: a QCEngine program and atomic specification
     cheap_model: dict = field(default_factory=lambda: dict(DEFAULT_CHEAP_MODEL))
-    #: what energy screening decided (set by :func:`mbdask.energy_screening.screen_by_energy`)
+    #: what energy screening decided (set by :func:`mbdask.energy_screening.screen_and_compute`)
     energy_report: Optional[dict] = None
 
     @classmethod

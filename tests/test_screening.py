@@ -196,3 +196,33 @@ def test_cli_energy_thresholds_screen_and_report_the_fill_in(tmp_path, capsys):
     screening = json.loads(out.read_text())["extras"]["mbdask"]["screening"]
     assert screening["energy"]["orders"]["3"]["candidates"] >= screening["orders"]["3"]["kept"]
     assert screening["orders"]["3"]["kept"] < 20
+
+
+def test_energy_screening_has_no_barrier_between_orders():
+    """A trimer is screened as soon as its three dimers are kept, while other dimers are undecided,
+    and a kept dimer's expensive calculation is released at once (no per-order pass)."""
+    import numpy as np
+
+    from mbdask.energy_screening import _Decisions, cheap_increment
+
+    decisions = _Decisions(4, 3, {2: 0.5, 3: 0.5}, {}, np.zeros((4, 4)))
+    decisions.start()
+    cheap, kept = decisions.take_work()
+    assert kept == [(1,), (2,), (3,), (4,)]  # monomers: expensive calculations at once
+    # cheap energies of monomers and, without waiting for them, of every dimer (all candidates)
+    assert sorted(cheap) == [(1,), (1, 2), (1, 3), (1, 4), (2,), (2, 3), (2, 4), (3,), (3, 4), (4,)]
+    for i in range(1, 5):
+        decisions.cheap_energy((i,), -1.0 * i)
+    assert decisions.take_work() == ([], [])
+    bound = -0.01  # Eh: about -6 kcal/mol, kept
+    for pair in [(1, 2), (1, 3), (2, 3)]:
+        decisions.cheap_energy(pair, -1.0 * sum(pair) + bound)
+    cheap, kept = decisions.take_work()
+    assert kept == [(1, 2), (1, 3), (2, 3)]  # their expensive calculations go now
+    assert cheap == [(1, 2, 3)]  # and the trimer is screened, while (1,4), (2,4), (3,4) are still undecided
+    decisions.cheap_energy((1, 4), -5.0)  # increment 0: dropped
+    decisions.cheap_energy((1, 2, 3), -6.0 + 3 * bound + 0.001)
+    assert cheap_increment((1, 2, 3), decisions.energies) == pytest.approx(0.001)
+    cheap, kept = decisions.take_work()
+    assert kept == [(1, 2, 3)] and cheap == []  # 0.63 kcal/mol > 0.5; (1,2,4) never a candidate
+    assert decisions.report({})["orders"]["2"] == {"threshold_kcal": 0.5, "candidates": 6, "kept": 3, "dropped_cheap_sum": 0.0}
