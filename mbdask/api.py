@@ -11,6 +11,7 @@ import math
 import os
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Collection, Iterator, Optional, Union
 
@@ -117,23 +118,37 @@ def _fragment_resources(workers: list[dict], cores: int, memory_gib: Optional[fl
     return FragmentResources(cores, memory_gib, annotate_cores, annotate_memory)
 
 
-def _available_programs() -> list[str]:
-    """Run on each worker: QCEngine programs it can run (mbdask's harnesses registered)."""
+def _worker_setup() -> dict:
+    """Run on each worker: QCEngine programs it can run (mbdask's harnesses registered), and its malloc setting."""
     import qcengine
 
     from .programs import register_programs
 
     register_programs()
-    return sorted(qcengine.list_available_programs())
+    return {"programs": sorted(qcengine.list_available_programs()), "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
 
 
-def _check_workers_have_programs(client: Client, plan: Plan, also: Collection[str] = ()) -> None:
-    """Refuse before submission if some worker lacks a program (a remote cluster's environment may differ)."""
+def _check_workers(client: Client, plan: Plan, also: Collection[str] = ()) -> None:
+    """Refuse before submission if some worker lacks a program (a remote cluster's environment may differ).
+
+    Warn where workers run with ``MALLOC_TRIM_THRESHOLD_`` (Dask's nanny sets it), which
+    slows QC programs down (see :data:`mbdask.cluster.DROPPED_WORKER_ENVIRONMENT`).
+    """
     needed = {plan.program(m) for m in plan.models} | set(also)
-    for address, available in client.run(_available_programs).items():
-        missing = sorted(needed - set(available))
+    trims = set()
+    for address, setup in client.run(_worker_setup).items():
+        missing = sorted(needed - set(setup["programs"]))
         if missing:
             raise InputError(f"worker {address} cannot run {', '.join(missing)} (not installed in its environment)")
+        if setup["malloc_trim"] is not None:
+            trims.add(setup["malloc_trim"])
+    if trims:
+        warnings.warn(
+            f"mbdask: workers run with MALLOC_TRIM_THRESHOLD_={', '.join(sorted(trims))}, which makes QC programs slower "
+            "(xtb about 1.7x); set distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ to null in the workers' "
+            "Dask configuration (see the HPC page of the docs)",
+            stacklevel=3,
+        )
 
 
 def total_cores(workers: list[dict]) -> int:
@@ -253,7 +268,7 @@ def start(
     conn = connect(client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security)
     try:
         if check_installed:
-            _check_workers_have_programs(conn.client, the_plan, [settings.cheap_model["program"]] if energy_screening else [])
+            _check_workers(conn.client, the_plan, [settings.cheap_model["program"]] if energy_screening else [])
         workers = worker_resources(conn.client)
         resources = _fragment_resources(workers, cores, memory_per_fragment, auto_cores=auto_cores)
         computed: dict[str, dict] = {}
