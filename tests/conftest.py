@@ -38,11 +38,10 @@ def inprocess_client():
 
 @pytest.fixture(scope="session")
 def process_client():
-    """A real scheduler with two worker processes, as mbdask would start them."""
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, resources={"cores": 1, "memory": 2 * 2**30},
-        memory_limit="2GiB", host="127.0.0.1", dashboard_address=None,
-    ) as cluster, Client(cluster, set_as_default=False) as client:
+    """A real scheduler with two worker processes, as mbdask would start them (2 GiB each)."""
+    from mbdask.cluster import ClusterSize, start_local_cluster
+
+    with start_local_cluster(ClusterSize(2, 1, 2 * 2**30), dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as client:
         yield client
 
 
