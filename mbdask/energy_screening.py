@@ -39,7 +39,7 @@ from .batching import make_units
 from .cost import CostModel
 from .execute import ExpansionContext, run_unit
 from .plan import FragmentJob, Increment, Plan, make_plan
-from .screening import Screening, _within, fragment_distances
+from .screening import Screening, fragment_distances, within_cutoff
 from .store import FragmentStore
 
 CHEAP_LABEL = "screening"
@@ -114,7 +114,7 @@ class _Decisions:
             if grown in self.considered or not all(grown[:p] + grown[p + 1 :] in below for p in range(order)):
                 continue
             self.considered.add(grown)
-            if not _within(grown, self.distances, self.cutoffs.get(order)):
+            if not within_cutoff(grown, self.distances, self.cutoffs.get(order)):
                 continue
             row = self.orders.setdefault(order, {"candidates": 0, "kept": 0, "dropped": []})
             row["candidates"] += 1

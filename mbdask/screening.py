@@ -128,7 +128,7 @@ class ScreenedSet:
         return summary
 
 
-def _within(cluster: tuple[int, ...], distances: np.ndarray, cutoff: Optional[float]) -> bool:
+def within_cutoff(cluster: tuple[int, ...], distances: np.ndarray, cutoff: Optional[float]) -> bool:
     """Every pair of the cluster's fragments within ``cutoff`` (no cutoff: True)."""
     return cutoff is None or all(distances[a - 1, b - 1] <= cutoff for a, b in itertools.combinations(cluster, 2))
 
@@ -140,7 +140,7 @@ def candidates(previous: set[tuple[int, ...]], order: int, distances: np.ndarray
     for base in sorted(previous):
         for j in range(base[-1] + 1, nfr + 1):
             cluster = base + (j,)
-            if all(cluster[:p] + cluster[p + 1 :] in previous for p in range(order - 1)) and _within(cluster, distances, cutoff):
+            if all(cluster[:p] + cluster[p + 1 :] in previous for p in range(order - 1)) and within_cutoff(cluster, distances, cutoff):
                 found.append(cluster)
     return found
 
@@ -158,7 +158,7 @@ def kept_clusters(settings: Screening, distances: np.ndarray, max_nbody: int) ->
         found = candidates(kept[order - 1], order, distances, None)
         counts[order] = len(found)
         cutoff = settings.distance_cutoffs.get(order)
-        kept[order] = {c for c in found if _within(c, distances, cutoff) and (settings.clusters is None or c in settings.clusters)}
+        kept[order] = {c for c in found if within_cutoff(c, distances, cutoff) and (settings.clusters is None or c in settings.clusters)}
     total = {n: math.comb(nfr, n) for n in kept}
     return ScreenedSet(kept, counts, total, settings)
 
