@@ -38,6 +38,7 @@ from qcmanybody.utils import delabeler
 from .batching import make_units
 from .cost import CostModel
 from .execute import ExpansionContext, run_unit
+from .graph import dashboard_name
 from .plan import FragmentJob, Increment, Plan, make_plan
 from .screening import Screening, fragment_distances, within_cutoff
 from .store import FragmentStore
@@ -213,7 +214,7 @@ def screen_and_compute(
     def submit(units: list, context: Future, kind: str, priority: Optional[float], resources: Optional[dict]) -> list[Future]:
         out = []
         for unit in units:
-            key = (f"{kind} {unit.model} {unit.nbody}_body", token, next(counter))
+            key = (f"{kind} {dashboard_name(unit.model)} {unit.nbody}-body", token, next(counter))  # grouped like graph.py's keys
             out.append(client.submit(
                 run_unit, context, list(unit.jobs), unit.cores, memory_gib if kind == "frag" else None, None, list(unit.predicted),
                 key=key, priority=unit.seconds if priority is None else priority, resources=resources, retries=retries,

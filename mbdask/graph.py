@@ -41,7 +41,7 @@ from .plan import FragmentJob, Increment, Plan
 Key = tuple
 
 
-def _safe(text: str) -> str:
+def dashboard_name(text: str) -> str:
     """Dask groups tasks by the key's prefix up to the first '-' that is followed by a non-word."""
     return str(text).replace("-", "_")
 
@@ -60,13 +60,13 @@ def _job_name(job: FragmentJob) -> str:
 
 def fragment_key(job: FragmentJob, token: str) -> Key:
     """Key of a unit holding the one calculation ``job``."""
-    return (f"frag {_safe(job.model)} {job.nbody}-body", token, _job_name(job))
+    return (f"frag {dashboard_name(job.model)} {job.nbody}-body", token, _job_name(job))
 
 
 def unit_key(unit: Unit, index: int, token: str) -> Key:
     if len(unit.jobs) == 1:
         return fragment_key(unit.jobs[0], token)
-    return (f"frag {_safe(unit.model)} {unit.nbody}-body", token, f"batch {index} {_job_name(unit.jobs[0])}+{len(unit.jobs) - 1}")
+    return (f"frag {dashboard_name(unit.model)} {unit.nbody}-body", token, f"batch {index} {_job_name(unit.jobs[0])}+{len(unit.jobs) - 1}")
 
 
 def increment_key(inc: Increment, token: str, batch: Optional[Key] = None) -> Key:
