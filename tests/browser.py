@@ -9,8 +9,11 @@ comes with ``distributed``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -76,11 +79,13 @@ def evaluate_page(path: Path, expression: str, ready: str, timeout: float = 60.0
     binary = chromium()
     if binary is None:
         raise RuntimeError("chromium is not installed")
-    with tempfile.TemporaryDirectory() as profile:
+    # chromium's helper processes may still write to the profile while it is removed: ignore that
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen(
             [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so that the helpers go with it
         )
         try:
             port_file = Path(profile) / "DevToolsActivePort"
@@ -94,7 +99,8 @@ def evaluate_page(path: Path, expression: str, ready: str, timeout: float = 60.0
                 pages = [t for t in json.load(reply) if t["type"] == "page"]
             return asyncio.run(_session(pages[0]["webSocketDebuggerUrl"], path.resolve().as_uri(), expression, ready, timeout))
         finally:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
