@@ -26,8 +26,8 @@ def qcmanybody_order(core: Any) -> list[str]:
     return list(seen)
 
 
-def merge_units(units: tuple[dict[str, dict], ...]) -> dict[str, dict]:
-    """Fragment outputs by label, from the outputs of several units."""
+def merge_units(*units: dict[str, dict]) -> dict[str, dict]:
+    """Fragment outputs by label, from the outputs of several units (also the task of a collect node)."""
     merged: dict[str, dict] = {}
     for outputs in units:
         merged.update(outputs)
@@ -36,7 +36,7 @@ def merge_units(units: tuple[dict[str, dict], ...]) -> dict[str, dict]:
 
 def increment_energies(terms: list[list[tuple[str, int]]], *units: dict[str, dict]) -> list[float]:
     """Per cluster, the signed sum of its subsystem energies (nocp, cp or vmfc by the terms)."""
-    by_label = merge_units(units)
+    by_label = merge_units(*units)
     return [float(sum(sign * by_label[label]["values"]["energy"] for label, sign in cluster)) for cluster in terms]
 
 
@@ -102,7 +102,7 @@ def assemble_result(
     from the kept clusters instead of QCManyBody's level formulas (:mod:`mbdask.screening`).
     """
     computer = ManyBodyComputer.from_manybodyinput(ctx.input, build_tasks=False)
-    by_label = merge_units(units)
+    by_label = merge_units(*units)
     if screening is None:
         # QCManyBody's order, so that its sums are carried out in the same order, bit for bit.
         order = qcmanybody_order(computer.qcmb_core)

@@ -37,10 +37,11 @@ from qcmanybody.utils import delabeler
 
 from .batching import make_units
 from .cost import CostModel
+from .assemble import merge_units
 from .execute import ExpansionContext, run_unit
 from .graph import dashboard_name
 from .plan import FragmentJob, Increment, Plan, make_plan
-from .screening import Screening, fragment_distances, within_cutoff
+from .screening import Screening, fragment_distances, subclusters_kept, within_cutoff
 from .store import FragmentStore
 
 CHEAP_LABEL = "screening"
@@ -112,7 +113,7 @@ class _Decisions:
             if j in cluster:
                 continue
             grown = tuple(sorted(cluster + (j,)))
-            if grown in self.considered or not all(grown[:p] + grown[p + 1 :] in below for p in range(order)):
+            if grown in self.considered or not subclusters_kept(grown, below):
                 continue
             self.considered.add(grown)
             if not within_cutoff(grown, self.distances, self.cutoffs.get(order)):
@@ -205,18 +206,17 @@ def screen_and_compute(
     )
     token = uuid.uuid4().hex[:8]
     cheap_ctx_f, ctx_f = client.scatter([cheap_ctx, ctx], broadcast=True, hash=False)
-    futures = as_completed(loop=client.loop)
-    cheap_futures: set[Future] = set()
+    cheap_units = as_completed(loop=client.loop)
     expensive: list[Future] = []
     submitted: set[FragmentJob] = set()
     counter = itertools.count()
 
-    def submit(units: list, context: Future, kind: str, priority: Optional[float], resources: Optional[dict]) -> list[Future]:
+    def submit(units: list, context: Future, kind: str, memory: Optional[float], priority: Optional[float], resources: Optional[dict]) -> list[Future]:
         out = []
         for unit in units:
             key = (f"{kind} {dashboard_name(unit.model)} {unit.nbody}-body", token, next(counter))  # grouped like graph.py's keys
             out.append(client.submit(
-                run_unit, context, list(unit.jobs), unit.cores, memory_gib if kind == "frag" else None, None, list(unit.predicted),
+                run_unit, context, list(unit.jobs), unit.cores, memory, None, list(unit.predicted),
                 key=key, priority=unit.seconds if priority is None else priority, resources=resources, retries=retries,
             ))
         return out
@@ -224,9 +224,7 @@ def screen_and_compute(
     def flush() -> None:
         cheap, kept = decisions.take_work()
         jobs = [FragmentJob(CHEAP_LABEL, c, c) for c in sorted(cheap, key=lambda c: (len(c), c))]
-        for future in submit(make_units(jobs, cheap_cost, workers=workers), cheap_ctx_f, "cheap", CHEAP_PRIORITY, None):
-            cheap_futures.add(future)
-            futures.add(future)
+        cheap_units.update(submit(make_units(jobs, cheap_cost, workers=workers), cheap_ctx_f, "cheap", None, CHEAP_PRIORITY, None))
         new = []
         for cluster in kept:
             for inc in by_cluster.get(cluster, ()):
@@ -235,26 +233,20 @@ def screen_and_compute(
                         submitted.add(job)
                         new.append(job)
         new.sort(key=lambda j: (j.model, j.nbody, j.real, j.basis))
-        expensive.extend(submit(make_units(new, cost, workers=workers, cores=cores), ctx_f, "frag", None, annotation))
+        expensive.extend(submit(make_units(new, cost, workers=workers, cores=cores), ctx_f, "frag", memory_gib, None, annotation))
 
     decisions.start()
     flush()
-    decided_at = time.perf_counter()
-    for future in futures:  # cheap units only, as they finish
-        cheap_futures.discard(future)
+    for future in cheap_units:  # ends once no cheap unit is left, including those flush() adds meanwhile
         for label, output in future.result().items():
             decisions.cheap_energy(tuple(delabeler(label)[1]), output["values"]["energy"])
         future.release()
         flush()
-        if not cheap_futures:
-            decided_at = time.perf_counter()
-            break
+    decided_at = time.perf_counter()
     if decisions.waiting:  # cannot happen with a closed kept set; guard against a silent wrong answer
         raise RuntimeError(f"energy screening left {len(decisions.waiting)} clusters undecided")
     done_before = sum(f.status == "finished" for f in expensive)
-    outputs: dict[str, dict] = {}
-    for result in client.gather(expensive):
-        outputs.update(result)
+    outputs = merge_units(*client.gather(expensive))
     report = decisions.report(settings.cheap_model)
     report["screening_seconds"] = decided_at - started
     report["expensive_units_done_when_decided"] = f"{done_before}/{len(expensive)}"

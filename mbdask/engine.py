@@ -36,12 +36,17 @@ def _qcengine_environment() -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("QCENGINE_")))
 
 
+def _task_options(ncores: int, memory_gib: Optional[float]) -> dict[str, Any]:
+    """What mbdask gives QCEngine's ``task_config``: cores, memory if set, no QCEngine retries (Dask retries)."""
+    options: dict[str, Any] = {"ncores": int(ncores), "retries": 0}
+    if memory_gib:
+        options["memory"] = float(memory_gib)
+    return options
+
+
 @functools.lru_cache(maxsize=32)
 def _cached_task_config(ncores: int, memory_gib: Optional[float], environment: tuple) -> Any:
-    task_config: dict[str, Any] = {"ncores": ncores, "retries": 0}
-    if memory_gib:
-        task_config["memory"] = memory_gib
-    return qcengine.get_config(task_config=task_config)
+    return qcengine.get_config(task_config=_task_options(ncores, memory_gib))
 
 
 def task_config(ncores: int, memory_gib: Optional[float] = None) -> Any:
@@ -56,8 +61,7 @@ def run_program(atomic_input: AtomicInput, program: str, ncores: int = 1, memory
     calculation), exactly as ``qcengine.compute(..., raise_error=False)`` does.
     """
     if _LOCAL_CONFIG in atomic_input.specification.extras:
-        config = {"ncores": int(ncores), "retries": 0, **({"memory": float(memory_gib)} if memory_gib else {})}
-        return qcengine.compute(atomic_input, program, raise_error=False, task_config=config)
+        return qcengine.compute(atomic_input, program, raise_error=False, task_config=_task_options(ncores, memory_gib))
     output: Any = atomic_input
     with compute_wrapper(capture_output=False, raise_error=False) as metadata:
         config = task_config(ncores, memory_gib)

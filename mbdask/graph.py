@@ -97,11 +97,6 @@ COLLECT_NODES = 128
 MIN_COLLECT_UNITS = 16
 
 
-def collect_units(*units: dict[str, dict]) -> dict[str, dict]:
-    """One dict of fragment outputs by label from several units' (a collect node)."""
-    return merge_units(units)
-
-
 def collect_size(units: int) -> int:
     """Units per collect node for a graph of ``units`` units."""
     return max(MIN_COLLECT_UNITS, math.ceil(units / COLLECT_NODES))
@@ -274,7 +269,7 @@ def build_graph(
             level_keys[(bsse, nbody)] = key
             previous = key
 
-    collect_tasks = {collect_key(i, token): (collect_units,) + tuple(chunk) for i, chunk in enumerate(collect_groups(list(unit_keys), priorities))}
+    collect_tasks = {collect_key(i, token): (merge_units,) + tuple(chunk) for i, chunk in enumerate(collect_groups(list(unit_keys), priorities))}
     res_key = result_key(token)
     result_task = {res_key: (result_function(plan), ctx_key, list(level_keys.values())) + tuple(collect_tasks)}
 

@@ -9,7 +9,6 @@ which of those calculations they combine and with which sign.
 
 from __future__ import annotations
 
-
 import itertools
 import math
 from collections import Counter, defaultdict

@@ -133,6 +133,11 @@ def within_cutoff(cluster: tuple[int, ...], distances: np.ndarray, cutoff: Optio
     return cutoff is None or all(distances[a - 1, b - 1] <= cutoff for a, b in itertools.combinations(cluster, 2))
 
 
+def subclusters_kept(cluster: tuple[int, ...], previous: set[tuple[int, ...]]) -> bool:
+    """Every sub-cluster of ``cluster`` one fragment smaller is in ``previous``."""
+    return all(cluster[:p] + cluster[p + 1 :] in previous for p in range(len(cluster)))
+
+
 def candidates(previous: set[tuple[int, ...]], order: int, distances: np.ndarray, cutoff: Optional[float]) -> list[tuple[int, ...]]:
     """Clusters of ``order`` all of whose sub-clusters are in ``previous`` and all of whose pairs lie within ``cutoff``."""
     nfr = distances.shape[0]
@@ -140,7 +145,7 @@ def candidates(previous: set[tuple[int, ...]], order: int, distances: np.ndarray
     for base in sorted(previous):
         for j in range(base[-1] + 1, nfr + 1):
             cluster = base + (j,)
-            if all(cluster[:p] + cluster[p + 1 :] in previous for p in range(order - 1)) and within_cutoff(cluster, distances, cutoff):
+            if subclusters_kept(cluster, previous) and within_cutoff(cluster, distances, cutoff):
                 found.append(cluster)
     return found
 
