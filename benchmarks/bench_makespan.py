@@ -30,7 +30,7 @@ from distributed import Client, LocalCluster  # noqa: E402
 import mbdask  # noqa: E402
 from clusters import water_cluster  # noqa: E402
 from mbdask.api import _units, increment_tasks  # noqa: E402
-from mbdask.cluster import worker_resources  # noqa: E402
+from mbdask.cluster import ClusterSize, start_local_cluster, worker_resources  # noqa: E402
 from mbdask.execute import ExpansionContext, run_fragment  # noqa: E402
 from mbdask.graph import FragmentResources, build_graph  # noqa: E402
 from sleep_program import register  # noqa: E402
@@ -45,6 +45,11 @@ def sleep_input(nwaters: int, max_nbody: int, bsse: str, unit: float, basis: str
         },
         "molecule": water_cluster(nwaters),
     }
+
+
+def _cluster(workers: int, threads: int) -> LocalCluster:
+    """mbdask's own LocalCluster configuration (start_local_cluster), the sleep program preloaded."""
+    return start_local_cluster(ClusterSize.from_machine(workers, threads), dashboard_address=None, preload=["sleep_program"])
 
 
 def _bound(durations: list[float], workers: int) -> float:
@@ -94,8 +99,7 @@ def makespan_rows(nwaters=16, max_nbody=3, bsse="cp", workers=16, unit=None) -> 
     unit = unit or (1.0e-8 if bsse == "cp" else 1.0e-8 * (288 / 54) ** 3)
     plan = mbdask.plan(sleep_input(nwaters, max_nbody, bsse, unit))
     rows = []
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-                      resources={"cores": 1}, preload=["sleep_program"]) as cluster, Client(cluster, set_as_default=False) as client:
+    with _cluster(workers, 1) as cluster, Client(cluster, set_as_default=False) as client:
         client.wait_for_workers(workers)
         client.run(_warm_up)  # imports and caches in every worker, outside the measurement
         for name, run in [
@@ -128,8 +132,7 @@ def hybrid_rows(unit: float = 5e-6, cores: int = 16) -> list[dict]:
     inp["molecule"] = mol
     inp["specification"]["specification"]["sleep"]["keywords"]["ideal_scaling"] = True
     rows = []
-    with LocalCluster(n_workers=1, threads_per_worker=cores, processes=True, host="127.0.0.1", dashboard_address=None,
-                      resources={"cores": cores}, preload=["sleep_program"]) as cluster, Client(cluster, set_as_default=False) as client:
+    with _cluster(1, cores) as cluster, Client(cluster, set_as_default=False) as client:
         client.run(_warm_up)
         for per_fragment in (1, "auto"):
             start = time.perf_counter()
@@ -147,8 +150,7 @@ def throughput_row(nwaters: int = 64, workers: int = 2) -> dict:
     """Fragments per second end to end, (H2O)64 3-body with zero-duration sleeps."""
     register()
     inp = sleep_input(nwaters, 3, "nocp", 0.0)
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-                      resources={"cores": 1}, preload=["sleep_program"]) as cluster, Client(cluster, set_as_default=False) as client:
+    with _cluster(workers, 1) as cluster, Client(cluster, set_as_default=False) as client:
         start = time.perf_counter()
         result = mbdask.compute(inp, client)
         wall = time.perf_counter() - start

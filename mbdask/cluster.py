@@ -69,17 +69,29 @@ DROPPED_WORKER_ENVIRONMENT = ("MALLOC_TRIM_THRESHOLD_",)
 _USER_ENVIRONMENT = {name: os.environ.get(name) for name in DROPPED_WORKER_ENVIRONMENT}
 
 
+#: How often each worker samples its running task's stack for the dashboard's Profile page.
+#: Dask's default (10 ms) walks the stack and takes the GIL a hundred times a second in every
+#: worker: 16 single-thread workers then spend a quarter more CPU, and the makespan/bound of
+#: benchmarks/bench_makespan.py rises from 1.10 to 1.13. 100 ms keeps the Profile page.
+PROFILE_INTERVAL = "100ms"
+_DASK_PROFILE_INTERVAL = "10ms"
+
+
 @contextlib.contextmanager
-def _without_dask_worker_environment() -> Iterator[None]:
-    """Spawn workers without :data:`DROPPED_WORKER_ENVIRONMENT`, unless the user set it.
+def _mbdask_worker_configuration() -> Iterator[None]:
+    """Spawn workers without :data:`DROPPED_WORKER_ENVIRONMENT` (unless the user set it) and
+    with :data:`PROFILE_INTERVAL` (unless the user configured another interval than Dask's).
 
     Dask's nanny writes its pre-spawn variables into this process's own environment, so a
     cluster started earlier here (any Dask cluster) leaves them for the next one to inherit.
+    The nanny hands its Dask configuration to the worker it spawns.
     """
-    dropped = {f"distributed.nanny.pre-spawn-environ.{name}": None for name in DROPPED_WORKER_ENVIRONMENT}
+    settings: dict = {f"distributed.nanny.pre-spawn-environ.{name}": None for name in DROPPED_WORKER_ENVIRONMENT}
+    if dask.config.get("distributed.worker.profile.interval") == _DASK_PROFILE_INTERVAL:
+        settings["distributed.worker.profile.interval"] = PROFILE_INTERVAL
     inherited = {name: os.environ.pop(name) for name, user in _USER_ENVIRONMENT.items() if user is None and name in os.environ}
     try:
-        with dask.config.set(dropped):
+        with dask.config.set(settings):
             yield
     finally:
         os.environ.update(inherited)
@@ -89,8 +101,9 @@ def start_local_cluster(size: ClusterSize, **kwargs) -> LocalCluster:
     """A process-based LocalCluster on loopback, workers declaring ``cores`` and ``memory``.
 
     The workers start without Dask's ``MALLOC_TRIM_THRESHOLD_`` (see
-    :data:`DROPPED_WORKER_ENVIRONMENT`); Dask's thread variables (``OMP_NUM_THREADS=1``
-    and friends) stay, and each fragment raises them to its cores while it runs.
+    :data:`DROPPED_WORKER_ENVIRONMENT`) and profile every :data:`PROFILE_INTERVAL`; Dask's
+    thread variables (``OMP_NUM_THREADS=1`` and friends) stay, and each fragment raises
+    them to its cores while it runs.
     """
     options = dict(
         n_workers=size.n_workers,
@@ -102,7 +115,7 @@ def start_local_cluster(size: ClusterSize, **kwargs) -> LocalCluster:
         processes=True,
     )
     options.update(kwargs)
-    with _without_dask_worker_environment():
+    with _mbdask_worker_configuration():
         return LocalCluster(**options)
 
 
