@@ -18,6 +18,7 @@ import concurrent.futures
 import copy
 import time
 
+import dask
 import qcengine
 from qcelemental.models.v2 import AtomicInput
 from qcmanybody.v2 import ManyBodyComputer
@@ -59,23 +60,34 @@ def run_pool(inp, workers: int) -> tuple[float, float]:
     return time.perf_counter() - start, float(analyzed["ret_energy"])
 
 
-def run_mbdask(inp, workers: int) -> tuple[float, float, float, float]:
-    """Wall time, energy, sum of fragment compute times, and seconds until the first fragment started."""
+def run_mbdask(inp, workers: int, start_method: str | None = None) -> tuple[float, float, float, float]:
+    """Wall time, energy, sum of fragment compute times, and seconds until the first fragment started.
+
+    ``start_method``: how the LocalCluster's nannies start worker processes (Dask's
+    ``distributed.worker.multiprocessing-method``; Dask's default is spawn).
+    """
+    config = {"distributed.worker.multiprocessing-method": start_method} if start_method else {}
     called = time.time()
     start = time.perf_counter()
-    result = mbdask.compute(inp, n_workers=workers)
+    with dask.config.set(config):
+        result = mbdask.compute(inp, n_workers=workers)
     wall = time.perf_counter() - start
     timing = result.extras["mbdask"]["timing"]
     first = min(f["start"] for f in timing["fragments"])
     return wall, float(result.properties.return_energy), timing["sum_task_seconds"], first - called
 
 
-def compare(name: str, inp, workers: int | None = None, include_default: bool = True, repeats: int = 1) -> dict:
-    """Every executor ``repeats`` times, interleaved; each executor's best wall time counts."""
+def compare(name: str, inp, workers: int | None = None, include_default: bool = True, repeats: int = 1, forked: bool = False) -> dict:
+    """Every executor ``repeats`` times, interleaved; each executor's best wall time counts.
+
+    ``forked``: also mbdask with worker processes forked (as the process pool's are) instead of spawned.
+    """
     workers = workers or usable_cores()
-    runs: dict[str, list] = {"mbdask": [], "pool": [], "pinned": [], "default": []}
+    runs: dict[str, list] = {"mbdask": [], "forked": [], "pool": [], "pinned": [], "default": []}
     for _ in range(repeats):
         runs["mbdask"].append(run_mbdask(inp, workers))
+        if forked:
+            runs["forked"].append(run_mbdask(inp, workers, start_method="fork"))
         runs["pool"].append(run_pool(inp, workers))
         runs["pinned"].append(run_qcmanybody(inp, pinned=True))
         if include_default:
@@ -84,6 +96,10 @@ def compare(name: str, inp, workers: int | None = None, include_default: bool = 
     row: dict = {"case": name, "workers": workers, "repeats": repeats, "mbdask_s": mbdask_s}
     row["overhead"] = 1 - (busy / workers) / mbdask_s
     row["startup_share"] = startup / mbdask_s
+    if forked:
+        row["forked_s"], _, busy_forked, startup_forked = min(runs["forked"])
+        row["forked_overhead"] = 1 - (busy_forked / workers) / row["forked_s"]
+        row["forked_startup_share"] = startup_forked / row["forked_s"]
     row["pool_s"], e_pool = min(runs["pool"])
     row["qcmb_pinned_s"], e_pinned = min(runs["pinned"])
     if include_default:
@@ -93,6 +109,6 @@ def compare(name: str, inp, workers: int | None = None, include_default: bool = 
     row["speedup_vs_qcmb"] = best_seq / mbdask_s
     row["speedup_vs_pool"] = row["pool_s"] / mbdask_s
     row["ceiling"] = best_seq / (busy / workers)
-    energies = [run[1] for key in ("mbdask", "pool", "pinned") for run in runs[key]]
+    energies = [run[1] for key in ("mbdask", "forked", "pool", "pinned") for run in runs[key]]
     row["max_energy_diff"] = max(abs(e - e_pinned) for e in energies)
     return row

@@ -3,6 +3,7 @@ LocalCluster's workers run without the environment that slows QC programs down."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,27 @@ def test_local_cluster_workers_profile_every_100_ms_unless_configured():
         assert list(conn.client.run(interval).values()) == [mbdask.cluster.PROFILE_INTERVAL]
     with dask.config.set({"distributed.worker.profile.interval": "20ms"}), mbdask.cluster.connected(n_workers=1) as conn:
         assert list(conn.client.run(interval).values()) == ["20ms"]
+
+
+@needs_xtb
+def test_local_cluster_with_forked_workers_gives_the_spawned_result(tmp_path):
+    """Dask's ``multiprocessing-method: fork`` (docs/scheduling.md, start-up) works with mbdask's
+    LocalCluster. Run from a fresh interpreter: forking is only safe from a parent that has not
+    run OpenMP code, which this test process may have."""
+    example = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "water3-multilevel-gradient.json")
+    code = (
+        "import json, sys, dask, mbdask\n"
+        "if __name__ == '__main__':\n"
+        "    inp = json.load(open(sys.argv[1]))\n"
+        "    energies = []\n"
+        "    for method in ('spawn', 'fork'):\n"
+        "        with dask.config.set({'distributed.worker.multiprocessing-method': method}):\n"
+        "            energies.append(mbdask.compute(inp, n_workers=1).properties.return_energy)\n"
+        "    print(json.dumps(energies))\n"
+    )
+    script = tmp_path / "forked.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script), example], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    spawned, forked = json.loads(out.stdout.strip().splitlines()[-1])
+    assert forked == spawned
