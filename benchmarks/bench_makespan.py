@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from unittest import mock
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -115,6 +116,25 @@ def makespan_rows(nwaters=16, max_nbody=3, bsse="cp", workers=16, unit=None) -> 
             print(row, flush=True)
             rows.append(row)
     return rows
+
+
+def profiler_rows(nwaters: int = 16, workers: int = 16, repeats: int = 3) -> list[dict]:
+    """mbdask's default run (cp) with the workers' stack sampling every 10 ms (Dask's default)
+    and every 100 ms (mbdask's LocalCluster), interleaved, one cluster per setting."""
+    register()
+    plan = mbdask.plan(sleep_input(nwaters, 3, "cp", 1.0e-8))
+    ratios: dict[str, list[float]] = {"10ms": [], "100ms": []}
+    for _ in range(repeats):
+        for interval in ratios:
+            with mock.patch.object(mbdask.cluster, "PROFILE_INTERVAL", interval):
+                cluster = _cluster(workers, 1)
+            with cluster, Client(cluster, set_as_default=False) as client:
+                client.wait_for_workers(workers)
+                client.run(_warm_up)
+                row = run_mbdask(client, plan, workers)
+            ratios[interval].append(row["makespan"] / row["bound"])
+            print(interval, ratios[interval][-1], flush=True)
+    return [{"interval": interval, "ratios": values, "mean": sum(values) / len(values)} for interval, values in ratios.items()]
 
 
 def hybrid_rows(unit: float = 5e-6, cores: int = 16) -> list[dict]:

@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_executors import compare  # noqa: E402
-from bench_makespan import hybrid_rows, makespan_rows, throughput_row  # noqa: E402
+from bench_makespan import hybrid_rows, makespan_rows, profiler_rows, throughput_row  # noqa: E402
 from bench_plan import run as run_plan  # noqa: E402
 from clusters import water_cluster, xtb_input  # noqa: E402
 
@@ -151,6 +151,14 @@ def main() -> None:
                 f"| {bsse}, {'712' if bsse == 'cp' else '696'} calculations | {row['name']} | {row['makespan']:.2f} | "
                 f"{row['bound']:.2f} | {row['ratio']:.3f} | {row['span_ratio']:.3f} |"
             )
+    profiled = profiler_rows(repeats=1 if args.quick else 3)
+    lines += [
+        "",
+        "Workers' stack sampling for the dashboard's Profile page, same cp case, mbdask default, one cluster",
+        f"per setting, {len(profiled[0]['ratios'])} runs each interleaved: makespan / bound "
+        + "; ".join(f"every {row['interval']} {', '.join(f'{r:.3f}' for r in row['ratios'])} (mean {row['mean']:.3f})" for row in profiled)
+        + ". Dask samples every 10 ms; mbdask's LocalCluster every 100 ms.",
+    ]
     lines += [
         "",
         "## Hybrid parallelism: cost-based cores",
