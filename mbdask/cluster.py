@@ -71,8 +71,9 @@ _USER_ENVIRONMENT = {name: os.environ.get(name) for name in DROPPED_WORKER_ENVIR
 
 #: How often each worker samples its running task's stack for the dashboard's Profile page.
 #: Dask's default (10 ms) walks the stack and takes the GIL a hundred times a second in every
-#: worker: 16 single-thread workers then spend a quarter more CPU, and the makespan/bound of
-#: benchmarks/bench_makespan.py rises from 1.10 to 1.13. 100 ms keeps the Profile page.
+#: worker: 16 single-thread workers on 2 cores then spend about a quarter more CPU, and the
+#: makespan/bound of benchmarks/bench_makespan.py is about 0.02 higher (docs/benchmarks.md).
+#: 100 ms keeps the Profile page.
 PROFILE_INTERVAL = "100ms"
 _DASK_PROFILE_INTERVAL = "10ms"
 
