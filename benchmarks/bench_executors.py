@@ -102,7 +102,7 @@ def compare(name: str, inp, workers: int | None = None, repeats: int = 1, forked
         runs["pool"].append(run_pool(inp, workers))
         for setting in SEQUENTIAL:
             runs[setting].append(run_qcmanybody(inp, setting))
-    mbdask_s, e_mbdask, busy, startup = min(runs["mbdask"])
+    mbdask_s, _, busy, startup = min(runs["mbdask"])
     row: dict = {"case": name, "workers": workers, "repeats": repeats, "mbdask_s": mbdask_s}
     row["overhead"] = 1 - (busy / workers) / mbdask_s
     row["startup_share"] = startup / mbdask_s
