@@ -12,28 +12,25 @@ Workers load it with Dask's preload (``preload=["sleep_program"]``), which calls
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 from typing import Any, ClassVar, Dict
 
 import qcengine
 from qcelemental.models.v2 import AtomicResult
 from qcengine.programs.base import programs
-from qcengine.programs.model import ProgramHarness
 
 from mbdask.cost import basis_functions
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from doubles import DoubleHarness  # noqa: E402  (the test doubles' common harness settings)
 
-class PredictedSleepHarness(ProgramHarness):
+
+class PredictedSleepHarness(DoubleHarness):
     """Sleeps for the predicted cost of the fragment (benchmark double, not chemistry)."""
 
-    _defaults: ClassVar[Dict[str, Any]] = {
-        "name": "predicted-sleep", "scratch": False, "thread_safe": True, "thread_parallel": False,
-        "node_parallel": False, "managed_memory": False,
-    }
-
-    @staticmethod
-    def found(raise_error: bool = False) -> bool:
-        return True
+    _defaults: ClassVar[Dict[str, Any]] = {**DoubleHarness._defaults, "name": "predicted-sleep"}
 
     def compute(self, input_data, config):
         spec = input_data.specification

@@ -162,9 +162,14 @@ def _check_workers(client: Client, plan: Plan, also: Collection[str] = ()) -> No
         )
 
 
+def _worker_cores(worker: dict) -> int:
+    """Cores of one worker: what it declares, else its threads."""
+    return worker["resources"].get("cores", worker["nthreads"])
+
+
 def total_cores(workers: list[dict]) -> int:
     """Cores of the cluster: what each worker declares, else its threads."""
-    return sum(w["resources"].get("cores", w["nthreads"]) for w in workers)
+    return sum(_worker_cores(w) for w in workers)
 
 
 def increment_tasks(workers: list[dict]) -> int:
@@ -194,7 +199,7 @@ def _units(plan: Plan, known: dict[str, dict], workers: list[dict], resources: F
     by_label = {job.label: job for job in plan.jobs}
     cost.calibrate((by_label[lab].model, by_label[lab].basis, out["stop"] - out["start"]) for lab, out in known.items() if "stop" in out)
     slots = total_cores(workers) // max(1, resources.cores)
-    max_cores = max(w["resources"].get("cores", w["nthreads"]) for w in workers)
+    max_cores = max(_worker_cores(w) for w in workers)
     todo = [job for job in plan.jobs if job.label not in known]
     units = make_units(todo, cost, workers=slots, batch=batch, cores=resources.cores, auto_cores=auto_cores, max_cores=max_cores)
     done = [job for job in plan.jobs if job.label in known]

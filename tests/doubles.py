@@ -66,7 +66,7 @@ def _result(input_data, values: Dict[str, Any], creator: str, extras: Dict[str, 
     )
 
 
-class _DoubleHarness(ProgramHarness):
+class DoubleHarness(ProgramHarness):
     """Common settings of the test doubles: always found, thread safe, no scratch."""
 
     _defaults: ClassVar[Dict[str, Any]] = {
@@ -79,10 +79,10 @@ class _DoubleHarness(ProgramHarness):
         return True
 
 
-class ReplayHarness(_DoubleHarness):
+class ReplayHarness(DoubleHarness):
     """Replays stored QCManyBody component data (test double, not chemistry)."""
 
-    _defaults: ClassVar[Dict[str, Any]] = {**_DoubleHarness._defaults, "name": "replay"}
+    _defaults: ClassVar[Dict[str, Any]] = {**DoubleHarness._defaults, "name": "replay"}
 
     def compute(self, input_data, config):
         real, basis = fragment_indices(input_data.molecule)
@@ -93,10 +93,10 @@ class ReplayHarness(_DoubleHarness):
         return _result(input_data, values, "replay")
 
 
-class SleepHarness(_DoubleHarness):
+class SleepHarness(DoubleHarness):
     """Sleeps for a given time per n-body order (test double, not chemistry)."""
 
-    _defaults: ClassVar[Dict[str, Any]] = {**_DoubleHarness._defaults, "name": "sleep"}
+    _defaults: ClassVar[Dict[str, Any]] = {**DoubleHarness._defaults, "name": "sleep"}
 
     def compute(self, input_data, config):
         real, basis = fragment_indices(input_data.molecule)
