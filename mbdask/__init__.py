@@ -2,27 +2,97 @@
 
 ``submit`` / ``compute`` run a QCManyBody ``ManyBodyInput`` with one Dask task per fragment
 calculation and return QCManyBody's ``ManyBodyResult``; ``plan`` counts what would run.
-Importing mbdask registers its QCEngine harnesses (PySCF).
+
+The names below are imported on first use (PEP 562): ``import mbdask`` costs milliseconds,
+not the second that Dask, QCElemental, QCManyBody and Bokeh take together, so that the
+command line answers ``--help`` at once and a worker imports only what its tasks use.
+mbdask's QCEngine harnesses (PySCF) are registered by every mbdask entry point and on
+every worker; call :func:`register_programs` before using them in a plain
+``qcengine.compute`` or ``ManyBodyComputer`` run.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-try:
-    __version__ = version("mbdask")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0+source"
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
-from .api import Submission, compute, plan, start, submit
-from .cluster import ClusterSize, connect, start_local_cluster
-from .errors import FragmentFailedError, InputError, MbdaskError
-from .inputs import load_input
-from .plan import FragmentJob, Increment, Plan
-from .report import figures, report, summary_table
-from .screening import Screening
-from .store import FragmentStore
-from .programs import register_programs
+if TYPE_CHECKING:  # what the names below are, for type checkers and the API docs
+    from .api import Submission, compute, plan, start, submit
+    from .cluster import ClusterSize, connect, start_local_cluster
+    from .errors import FragmentFailedError, InputError, MbdaskError
+    from .inputs import load_input
+    from .plan import FragmentJob, Increment, Plan
+    from .programs import register_programs
+    from .report import figures, report, summary_table
+    from .screening import Screening
+    from .store import FragmentStore
 
-register_programs()
+#: Public name -> the module of the package that defines it.
+_EXPORTS = {
+    "Submission": "api",
+    "compute": "api",
+    "plan": "api",
+    "start": "api",
+    "submit": "api",
+    "ClusterSize": "cluster",
+    "connect": "cluster",
+    "start_local_cluster": "cluster",
+    "FragmentFailedError": "errors",
+    "InputError": "errors",
+    "MbdaskError": "errors",
+    "load_input": "inputs",
+    "FragmentJob": "plan",
+    "Increment": "plan",
+    "Plan": "plan",
+    "figures": "report",
+    "report": "report",
+    "summary_table": "report",
+    "Screening": "screening",
+    "FragmentStore": "store",
+    "register_programs": "programs",
+}
+#: Functions named like a module of the package (``mbdask.plan`` is the function, the module
+#: is ``sys.modules["mbdask.plan"]``, as before these names were lazy).
+_SHADOWED = ("plan", "report")
+
+
+class _Package(types.ModuleType):
+    """The package module, keeping :data:`_SHADOWED` names for the functions.
+
+    Importing a submodule sets the package's attribute of that name to the submodule;
+    for ``plan`` and ``report`` that would hide the functions (``mbdask.plan(inp)``).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("mbdask")
+        except PackageNotFoundError:  # running from a source tree
+            value = "0.0.0+source"
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module 'mbdask' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, "__version__"})
+
 
 __all__ = [
     "ClusterSize",

@@ -2,16 +2,18 @@
 
 ``submit`` returns a ``distributed.Future`` of the ``ManyBodyResult``; ``start`` returns a
 :class:`Submission` that also holds one future per n-body level, so a notebook can show
-the 2-body result while trimers still run.
+the 2-body result while trimers still run, and whose ``result()`` waits for the end.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pkgutil
 import time
 import uuid
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Collection, Iterator, Optional, Union
 
@@ -26,6 +28,7 @@ from .execute import ExpansionContext
 from .graph import ORDERS, ExpansionGraph, FragmentResources, build_graph, result_function
 from .inputs import InputLike
 from .plan import Plan, make_plan, truncated_input
+from .programs import program_modules
 from .progress import Progress
 from .screening import ScreeningLike
 from .store import FragmentStore
@@ -37,11 +40,16 @@ KNOWN_PER_UNIT = 2000
 
 @dataclass
 class Submission:
-    """A running expansion: the result future, level futures, and what it was built from."""
+    """A running expansion: the result future, level futures, and what it was built from.
+
+    ``sub.result()`` waits and returns the ``ManyBodyResult`` (as a ``Future`` would);
+    ``sub.future`` is the Dask future itself, for ``as_completed``, callbacks or ``cancel``.
+    """
 
     plan: Plan
     graph: ExpansionGraph
-    result: Future
+    #: Dask future of the ``ManyBodyResult`` (what :func:`submit` returns)
+    future: Future
     levels: dict[tuple[str, Union[int, str]], Future]
     connection: Connection = field(repr=False)
     units: dict[Any, Future] = field(default_factory=dict, repr=False)
@@ -49,10 +57,22 @@ class Submission:
     from_store: int = 0
     #: fragment calculations done per model chemistry and n-body order (``start(..., progress=True)``)
     progress: Optional[Progress] = field(default=None, repr=False)
+    #: started with ``keep_going=True``: :meth:`result` gives the partial result after a failure
+    keep_going: bool = False
 
     @property
     def client(self) -> Client:
         return self.connection.client
+
+    def result(self, timeout: Optional[float] = None) -> ManyBodyResult:
+        """Wait for the expansion (at most ``timeout`` seconds) and return its ``ManyBodyResult``.
+
+        A method, like ``Future.result``, so that ``mbdask.start(inp, client).result()`` reads
+        as it would with a future. Raises the fragment's ``FragmentFailedError`` on a failure;
+        after ``start(..., keep_going=True)`` it returns the partial result instead where one
+        exists, as :func:`compute` does.
+        """
+        return result_of(self, keep_going=self.keep_going, timeout=timeout)
 
     def as_completed_levels(self) -> Iterator[dict]:
         """Yield each n-body level's dict (bsse, nbody, contribution, through, increments) as it resolves."""
@@ -140,11 +160,12 @@ def _startup_environment() -> dict[str, str]:
 
 
 def _check_workers(client: Client, plan: Plan, also: Collection[str] = ()) -> None:
-    """Refuse before submission if some worker lacks a program (a remote cluster's environment may differ).
+    """Refuse before submission if some worker lacks mbdask or a program (a remote cluster's environment may differ).
 
     Warn where workers run with ``MALLOC_TRIM_THRESHOLD_`` (Dask's nanny sets it), which
     slows QC programs down (see :data:`mbdask.cluster.DROPPED_WORKER_ENVIRONMENT`).
     """
+    _check_workers_import_mbdask(client)
     needed = {plan.program(m) for m in plan.models} | set(also)
     trims = set()
     for address, setup in client.run(_worker_setup).items():
@@ -154,12 +175,54 @@ def _check_workers(client: Client, plan: Plan, also: Collection[str] = ()) -> No
         if setup["malloc_trim"] is not None:
             trims.add(setup["malloc_trim"])
     if trims:
-        warnings.warn(
-            f"mbdask: workers run with MALLOC_TRIM_THRESHOLD_={', '.join(sorted(trims))}, which makes QC programs slower "
-            "(xtb about 1.7x); set distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ to null in the workers' "
-            "Dask configuration (see the HPC page of the docs)",
-            stacklevel=3,
-        )
+        _warn_malloc_trim(client, trims)
+
+
+def _check_workers_import_mbdask(client: Client) -> None:
+    """Refuse, naming the workers and what their import says, where workers cannot import mbdask.
+
+    Every mbdask task (and :func:`_worker_setup`) reaches a worker pickled by reference to
+    mbdask's modules, so such a worker fails to unpickle each one with Dask's bare
+    ``Exception: ModuleNotFoundError``. :func:`pkgutil.resolve_name` is the standard
+    library's, so it unpickles anywhere: it imports this module there (what unpickling
+    :func:`_worker_setup` imports, QCManyBody and the other dependencies included) and
+    returns its name, or the import's exception (``on_error="return"``).
+    """
+    results = client.run(pkgutil.resolve_name, f"{__name__}:__name__", on_error="return")
+    failed = {address: exc for address, exc in results.items() if isinstance(exc, BaseException)}
+    if not failed:
+        return
+    addresses = sorted(failed)
+    shown = ", ".join(addresses[:3]) + (f" and {len(addresses) - 3} more" if len(addresses) > 3 else "")
+    who = f"worker {shown}" if len(addresses) == 1 else f"{len(addresses)} of {len(results)} workers ({shown})"
+    exc = failed[addresses[0]]
+    raise InputError(
+        f"{who} cannot import mbdask ({type(exc).__name__}: {exc}); install mbdask and its dependencies in the workers' environment"
+    )
+
+
+#: Clients already warned about ``MALLOC_TRIM_THRESHOLD_``: once per client is enough.
+_MALLOC_TRIM_WARNED: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+
+def _warn_malloc_trim(client: Client, trims: set[str]) -> None:
+    """Warn once per client, in one line, that the workers' malloc setting slows QC programs down.
+
+    ``warnings.warn`` would print a second line, the source line of whatever user frame it
+    blames; the setting belongs to the workers, not to a line of code, so the warning is
+    issued with ``warn_explicit`` at a pseudo-location whose source cannot be shown. It is
+    still an ordinary ``UserWarning`` from module ``mbdask.api`` for filters and
+    ``pytest.warns``.
+    """
+    if client in _MALLOC_TRIM_WARNED:
+        return
+    _MALLOC_TRIM_WARNED.add(client)
+    message = (
+        f"mbdask: workers run with MALLOC_TRIM_THRESHOLD_={', '.join(sorted(trims))}, which makes QC programs slower "
+        "(xtb about 1.7x); set distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ to null in the workers' "
+        "Dask configuration, or let mbdask start the LocalCluster (see the HPC page of the docs)"
+    )
+    warnings.warn_explicit(message, UserWarning, filename="<dask workers>", lineno=0, module=__name__)
 
 
 def _worker_cores(worker: dict) -> int:
@@ -197,7 +260,7 @@ def _units(plan: Plan, known: dict[str, dict], workers: list[dict], resources: F
     """Units to run (batched by predicted cost) plus units carrying what the store had."""
     cost = CostModel.for_plan(plan)
     by_label = {job.label: job for job in plan.jobs}
-    cost.calibrate((by_label[lab].model, by_label[lab].basis, out["stop"] - out["start"]) for lab, out in known.items() if "stop" in out)
+    cost.calibrate((by_label[lab], out["stop"] - out["start"]) for lab, out in known.items() if "stop" in out)
     slots = total_cores(workers) // max(1, resources.cores)
     max_cores = max(_worker_cores(w) for w in workers)
     todo = [job for job in plan.jobs if job.label not in known]
@@ -264,7 +327,8 @@ def start(
     * ``store``: path of a checkpoint store (:mod:`mbdask.store`); fragments found there are
       not recomputed and every finished fragment is written to it at once.
     * ``keep_going``: hold every unit's future so that :meth:`Submission.partial_result`
-      can return the highest complete n-body order after a failure.
+      (and so :meth:`Submission.result`) can return the highest complete n-body order
+      after a failure.
     * ``screening``: keep only some clusters (:func:`plan`; taken from the plan when ``inp``
       is a :class:`Plan`); the result is assembled from
       the kept clusters' increments and says what was kept in ``extras["mbdask"]["screening"]``.
@@ -281,7 +345,10 @@ def start(
     auto_cores = cores_per_fragment == "auto"
     cores = 1 if auto_cores else int(cores_per_fragment)
     fragment_store = _open_store(store)
-    conn = connect(client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security)
+    conn = connect(
+        client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security,
+        preload=program_modules(the_plan.program(m) for m in the_plan.models),
+    )
     try:
         if check_installed:
             _check_workers(conn.client, the_plan, [settings.cheap_model["program"]] if energy_screening else [])
@@ -314,7 +381,9 @@ def start(
     levels = {name: by_key[key] for name, key in graph.levels.items()}
     held = {key: by_key[key] for key in graph.units} if keep_going else {}
     watch = Progress({by_key[key]: unit for key, unit in graph.units.items()}, started) if progress else None
-    return Submission(the_plan, graph, by_key[graph.result], levels, conn, held, fragment_store, len(from_store), watch)
+    return Submission(
+        the_plan, graph, by_key[graph.result], levels, conn, held, fragment_store, len(from_store), watch, keep_going=keep_going
+    )
 
 
 def submit(inp: InputLike, client: ClientLike = None, **options: Any) -> Future:
@@ -324,8 +393,8 @@ def submit(inp: InputLike, client: ClientLike = None, **options: Any) -> Future:
     until the returned Future is released.
     """
     sub = start(inp, client, **options)
-    sub.connection.keep_alive_with(sub.result)
-    return sub.result
+    sub.connection.keep_alive_with(sub.future)
+    return sub.future
 
 
 def compute(inp: InputLike, client: ClientLike = None, **options: Any) -> ManyBodyResult:
@@ -341,10 +410,10 @@ def compute(inp: InputLike, client: ClientLike = None, **options: Any) -> ManyBo
         sub.connection.close()
 
 
-def result_of(sub: Submission, *, keep_going: bool = False) -> ManyBodyResult:
-    """Wait for ``sub``; on a fragment failure with ``keep_going``, its partial result if any."""
+def result_of(sub: Submission, *, keep_going: bool = False, timeout: Optional[float] = None) -> ManyBodyResult:
+    """Wait for ``sub`` (at most ``timeout`` seconds); on a fragment failure with ``keep_going``, its partial result if any."""
     try:
-        return sub.result.result()
+        return sub.future.result(timeout=timeout)
     except FragmentFailedError:
         if keep_going:
             partial = sub.partial_result()

@@ -15,6 +15,8 @@ from qcmanybody.models.v2 import ManyBodyResult
 from qcmanybody.utils import delabeler, labeler
 from qcmanybody.v2 import ManyBodyComputer
 
+from .cost import calibrated_during_run
+
 
 def qcmanybody_order(core: Any) -> list[str]:
     """Labels in the order QCManyBody's ``iterate_molecules`` yields them (no molecules built)."""
@@ -48,18 +50,56 @@ def level_sum(
     previous: Optional[dict],
     *groups: list[float],
 ) -> dict:
-    """Contribution of one n-body order and the energy through it (previous order chained in)."""
+    """One n-body order of one BSSE treatment, the orders below chained in (rows as :func:`level_table`).
+
+    ``through`` is the total energy through this order; ``None`` where the monomers in their
+    own basis were not computed (cp alone without ``return_total_data``), since then no
+    total exists. ``interaction`` is the interaction energy through this order (0 at 1-body).
+    """
     increments = [energy for group in groups for energy in group]
     contribution = float(sum(increments))
-    through = contribution + (previous["through"] if previous else 0.0)
+    if previous is None:
+        # a chain starts at 1-body (monomer totals) or, when those were not computed, at the
+        # first interaction order: then only interaction energies exist
+        through = contribution if nbody == 1 else None
+        interaction = 0.0 if nbody == 1 else contribution
+    else:
+        through = None if previous["through"] is None else previous["through"] + contribution
+        interaction = previous["interaction"] + contribution
     return {
         "bsse": bsse,
         "nbody": nbody,
         "model": model,
         "contribution": contribution,
         "through": through,
+        "interaction": interaction,
         "increments": [{"fragments": c, "energy": e} for c, e in zip(clusters, increments)],
     }
+
+
+def level_table(levels: list[dict], core: Any) -> dict[str, dict[str, dict]]:
+    """``extras["mbdask"]["levels"]``: per BSSE treatment, one row per n-body order, 1-body always first.
+
+    Every row means the same for nocp, cp and vmfc (docs/api.md): ``contribution`` (the sum of
+    that order's increments; at 1-body the monomer energies), ``through`` (total energy
+    through n, or ``None`` where no total exists), ``interaction`` (interaction energy
+    through n) and ``nclusters``. A cp expansion without monomers in their own basis gets a
+    1-body row with ``interaction`` 0 and no total, so that tables and plots start at 1.
+    """
+    model_of = {nb: mc for mc, nbs in core.nbodies_per_mc_level.items() for nb in nbs}
+    table: dict[str, dict[str, dict]] = {}
+    for level in levels:
+        rows = table.setdefault(level["bsse"], {})
+        if level["nbody"] != 1 and "1" not in rows:
+            rows["1"] = {"model": model_of.get(1), "contribution": None, "through": None, "interaction": 0.0, "nclusters": 0}
+        rows[str(level["nbody"])] = {
+            "model": level["model"],
+            "contribution": level["contribution"],
+            "through": level["through"],
+            "interaction": level["interaction"],
+            "nclusters": len(level["increments"]),
+        }
+    return table
 
 
 def _timings(all_outputs: list[dict], cluster_cores: Optional[int] = None) -> dict[str, Any]:
@@ -80,6 +120,8 @@ def _timings(all_outputs: list[dict], cluster_cores: Optional[int] = None) -> di
                 "predicted": out.get("predicted"),
             }
         )
+    for frag, calibrated in zip(per_fragment, calibrated_during_run(per_fragment)):
+        frag["calibrated"] = calibrated
     starts = [o["start"] for o in outputs]
     stops = [o["stop"] for o in outputs]
     return {
@@ -119,21 +161,14 @@ def assemble_result(
     from . import __version__
 
     increments: dict[str, list[dict]] = {}
-    level_table: dict[str, dict[str, dict]] = {}
     for level in levels:
         rows = increments.setdefault(level["bsse"], [])
         rows.extend({**row, "nbody": level["nbody"], "model": level["model"]} for row in level["increments"])
-        level_table.setdefault(level["bsse"], {})[str(level["nbody"])] = {
-            "model": level["model"],
-            "contribution": level["contribution"],
-            "through": level["through"],
-            "nclusters": len(level["increments"]),
-        }
     extras = dict(result.extras)
     extras["mbdask"] = {
         "version": __version__,
         "increments": increments,
-        "levels": level_table,
+        "levels": level_table(levels, computer.qcmb_core),
         "nfragment_calculations": len(order),
         "timing": _timings([by_label[label] for label in order], ctx.cluster_cores),
     }

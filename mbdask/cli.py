@@ -13,16 +13,15 @@ import time
 from typing import Optional, Sequence
 
 from .errors import FragmentFailedError, InputError, MbdaskError
-from .store import FragmentStore
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and exit code 2."""
+    """argparse, but a usage error is one line, ``mbdask: error: ...`` like every other bad input, and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(EXIT_BAD_INPUT, f"mbdask: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,13 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_xyz_options(run)
     run.add_argument("-o", "--output", metavar="FILE", help="write the ManyBodyResult JSON here (atomically)")
     run.add_argument("--report", metavar="FILE", help="write a self-contained HTML report (n-body table, plots, timeline) here")
-    run.add_argument("--scheduler", metavar="ADDR", help="address of a running Dask scheduler (default: start a LocalCluster)")
+    run.add_argument("--scheduler", type=_scheduler_address, metavar="ADDR", help="address of a running Dask scheduler (default: start a LocalCluster)")
     run.add_argument("--tls-ca-file", metavar="PEM", help="with --scheduler tls://...: CA certificate that signed the scheduler's")
     run.add_argument("--tls-cert", metavar="PEM", help="client certificate for TLS (with --tls-key)")
     run.add_argument("--tls-key", metavar="PEM", help="client private key for TLS")
     run.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: one per core)")
     run.add_argument("--threads-per-worker", type=int, metavar="N", help="LocalCluster threads (cores) per worker (default 1)")
-    run.add_argument("--memory-limit", metavar="SIZE", help="LocalCluster memory per worker, e.g. 4GiB (default: 90%% of RAM / workers)")
+    run.add_argument("--memory-limit", type=_byte_size, metavar="SIZE", help="LocalCluster memory per worker, e.g. 4GiB (default: 90%% of RAM / workers)")
     run.add_argument(
         "--cores-per-fragment", type=_cores, default=1, metavar="N|auto",
         help="cores each QC calculation uses and reserves (default 1); 'auto': more cores for fragments predicted to finish the run alone",
@@ -86,7 +85,7 @@ def _add_xyz_options(parser: argparse.ArgumentParser) -> None:
     xyz.add_argument("--program", default="xtb", help="QCEngine program (default xtb)")
     xyz.add_argument("--method", help="e.g. gfn2-xtb, hf, b3lyp, mp2 (default gfn2-xtb for xtb)")
     xyz.add_argument("--basis", help="basis set (not for xtb)")
-    xyz.add_argument("--bsse", default="nocp", help="comma-separated: nocp, cp, vmfc (default nocp)")
+    xyz.add_argument("--bsse", type=_bsse_types, default="nocp", help="comma-separated: nocp, cp, vmfc (default nocp)")
     xyz.add_argument("--max-nbody", type=int, default=2, metavar="N", help="highest n-body order (default 2)")
     xyz.add_argument("--driver", default="energy", choices=("energy", "gradient", "hessian"), help="default energy")
     xyz.add_argument("--fragment-charges", metavar="Q,Q,...", help="charge of each fragment (default: 0, or the charge of common ions such as H3O+ and OH-)")
@@ -100,6 +99,50 @@ def _cores(text: str):
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+
+
+def _byte_size(text: str) -> int:
+    """--memory-limit: a positive size as Dask reads it (``4GiB``, ``500MB``, a number of bytes)."""
+    from dask.utils import parse_bytes
+
+    try:
+        size = parse_bytes(text)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"expected a size such as 4GiB or 500MB, got {text!r}") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size such as 4GiB, got {text!r}")
+    return size
+
+
+def _scheduler_address(text: str) -> str:
+    """--scheduler: ``[PROTOCOL://]HOST:PORT`` with a protocol Dask knows, checked before connecting.
+
+    Dask's Client reports a malformed address only once it tries to connect, as a traceback.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import backends
+
+    try:
+        scheme, location = parse_address(text, strict=False)
+        if scheme not in backends:
+            raise ValueError(f"unknown protocol {scheme!r} (Dask knows {', '.join(sorted(backends))})")
+        if scheme != "inproc":
+            parse_host_port(location)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected [PROTOCOL://]HOST:PORT such as tcp://node1:8786, got {text!r}: {exc}") from None
+    return text
+
+
+def _bsse_types(text: str) -> list[str]:
+    """--bsse: comma-separated BSSE treatments, each one QCManyBody knows (aliases such as ssfc included)."""
+    from qcmanybody.models.v2 import BsseEnum
+
+    names = [name.strip().lower() for name in text.split(",")]
+    unknown = [name for name in names if name not in BsseEnum.__members__]
+    if unknown:
+        valid = ", ".join(member.value for member in BsseEnum)  # iterating an Enum skips its aliases
+        raise argparse.ArgumentTypeError(f"unknown BSSE treatment {unknown[0]!r}: expected a comma-separated list of {valid}")
+    return names
 
 
 def _is_xyz(path: str) -> bool:
@@ -163,6 +206,8 @@ def _xyz_input(args: argparse.Namespace) -> dict:
     fragments = parse_fragments(args.fragments) if args.fragments else None
     molecule = molecule_from_xyz(args.input, charges, fragments, guess_ions=True)
     _positive("--max-nbody", args.max_nbody)
+    if args.basis and args.program == "xtb":
+        raise InputError(f"--basis {args.basis}: xtb takes no basis set (its GFN methods come with their own); leave --basis out")
     method = args.method or ("gfn2-xtb" if args.program == "xtb" else None)
     if not method:
         raise InputError("XYZ input needs --method (and --basis for ab initio programs)")
@@ -175,7 +220,7 @@ def _xyz_input(args: argparse.Namespace) -> dict:
     return {
         "specification": {
             "driver": args.driver,
-            "keywords": {"bsse_type": [b.strip() for b in args.bsse.split(",")], "levels": {args.max_nbody: label}},
+            "keywords": {"bsse_type": args.bsse, "levels": {args.max_nbody: label}},
             "specification": {label: {"program": args.program, "model": model}},
         },
         "molecule": molecule,
@@ -186,6 +231,8 @@ def _run(args: argparse.Namespace) -> int:
     from . import api
     from .cluster import connect
     from .outputs import check_writable, write_atomic
+    from .programs import program_modules
+    from .store import FragmentStore
 
     _positive("--workers", args.workers)
     _positive("--threads-per-worker", args.threads_per_worker)
@@ -207,6 +254,7 @@ def _run(args: argparse.Namespace) -> int:
         threads_per_worker=args.threads_per_worker,
         memory_limit=args.memory_limit,
         security=security,
+        preload=program_modules(plan.program(m) for m in plan.models),
     )
     try:
         link = getattr(conn.client, "dashboard_link", None)
@@ -233,21 +281,17 @@ def _run(args: argparse.Namespace) -> int:
 
             show(sub.progress)
         result = api.result_of(sub, keep_going=args.keep_going)
-        nworkers = len(conn.client.scheduler_info().get("workers", {}))
     finally:
         conn.close()
     wall = time.perf_counter() - wall_start
 
-    from .report import report, summary_table
+    from .report import calculations_phrase, energy_phrase, report, summary_table
 
     print(result.stdout)
     print(summary_table(result))
     timing = result.extras["mbdask"]["timing"]
-    print(
-        f"mbdask: {result.extras['mbdask']['nfragment_calculations']} fragment calculations on {nworkers} workers; "
-        f"wall time {wall:.2f} s, sum of task times {timing['sum_task_seconds']:.2f} s; "
-        f"return_energy {result.properties.return_energy:.12f} Eh"
-    )
+    print(f"mbdask: {calculations_phrase(result)}; wall time {wall:.2f} s, sum of task times {timing['sum_task_seconds']:.2f} s")
+    print(f"mbdask: {energy_phrase(result)}")
     if args.output:
         write_atomic(args.output, result.model_dump_json(indent=1))
         print(f"mbdask: result written to {args.output}")
@@ -273,8 +317,26 @@ def _plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: BLAS/OpenMP thread variables the command line sets to 1 for itself (unless the user set them).
+CLIENT_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _single_threaded_client() -> None:
+    """Keep this process's own BLAS/OpenMP pools at one thread, so that it can fork its workers.
+
+    The command line computes no fragment itself. numpy's OpenBLAS starts its threads as soon
+    as numpy is imported, and a process with threads must not fork
+    (:mod:`mbdask.forked_workers`); so this runs before anything imports numpy. Each
+    fragment on a worker raises the pools to its own cores while it runs.
+    """
+    if "numpy" not in sys.modules:
+        for name in CLIENT_THREAD_VARIABLES:
+            os.environ.setdefault(name, "1")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit code instead of raising for anything expected."""
+    _single_threaded_client()
     args = build_parser().parse_args(argv)
     try:
         return {"run": _run, "plan": _plan}[args.command](args)

@@ -9,14 +9,17 @@ on 127.0.0.1 only.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import weakref
 from dataclasses import dataclass
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import dask
 import psutil
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, SpecCluster
+
+from .forked_workers import can_fork_workers
 
 ClientLike = Union[Client, str, None]
 
@@ -88,7 +91,7 @@ def _mbdask_worker_configuration() -> Iterator[None]:
     The nanny hands its Dask configuration to the worker it spawns.
     """
     settings: dict = {f"distributed.nanny.pre-spawn-environ.{name}": None for name in DROPPED_WORKER_ENVIRONMENT}
-    if dask.config.get("distributed.worker.profile.interval") == _DASK_PROFILE_INTERVAL:
+    if dask.config.get("distributed.worker.profile.interval", _DASK_PROFILE_INTERVAL) == _DASK_PROFILE_INTERVAL:
         settings["distributed.worker.profile.interval"] = PROFILE_INTERVAL
     inherited = {name: os.environ.pop(name) for name, user in _USER_ENVIRONMENT.items() if user is None and name in os.environ}
     try:
@@ -98,10 +101,26 @@ def _mbdask_worker_configuration() -> Iterator[None]:
         os.environ.update(inherited)
 
 
-def start_local_cluster(size: ClusterSize, **kwargs) -> LocalCluster:
+#: How mbdask's LocalCluster starts its worker processes (Dask config ``mbdask.local-cluster.workers``,
+#: environment ``DASK_MBDASK__LOCAL_CLUSTER__WORKERS``): "auto" forks them from this process where
+#: that is safe (:mod:`mbdask.forked_workers`), else Dask spawns them; "spawn" always lets Dask spawn.
+WORKER_START_METHODS = ("auto", "spawn")
+
+
+def worker_start_method() -> str:
+    method = dask.config.get("mbdask.local-cluster.workers", "auto")
+    if method not in WORKER_START_METHODS:
+        raise ValueError(f"mbdask.local-cluster.workers must be one of {', '.join(WORKER_START_METHODS)}, not {method!r}")
+    return method
+
+
+def start_local_cluster(size: ClusterSize, *, preload: Sequence[str] = (), **kwargs) -> SpecCluster:
     """A process-based LocalCluster on loopback, workers declaring ``cores`` and ``memory``.
 
-    The workers start without Dask's ``MALLOC_TRIM_THRESHOLD_`` (see
+    Workers are forked from this process where that is safe (one thread, nothing else asked
+    of the cluster; :mod:`mbdask.forked_workers`), after importing the modules in ``preload``
+    (the QC programs the run needs) so that no worker imports them again. Otherwise Dask
+    spawns them. Either way they run without Dask's ``MALLOC_TRIM_THRESHOLD_`` (see
     :data:`DROPPED_WORKER_ENVIRONMENT`) and profile every :data:`PROFILE_INTERVAL`; Dask's
     thread variables (``OMP_NUM_THREADS=1`` and friends) stay, and each fragment raises
     them to its cores while it runs.
@@ -117,7 +136,57 @@ def start_local_cluster(size: ClusterSize, **kwargs) -> LocalCluster:
     )
     options.update(kwargs)
     with _mbdask_worker_configuration():
+        if worker_start_method() == "auto" and set(options) <= FORKED_OPTIONS and _preload(preload) and can_fork_workers():
+            return _forked_cluster(size, options["dashboard_address"])
         return LocalCluster(**options)
+
+
+#: The LocalCluster options a cluster of forked workers honours (anything else: Dask's LocalCluster).
+FORKED_OPTIONS = frozenset({"n_workers", "threads_per_worker", "memory_limit", "resources", "host", "dashboard_address", "processes"})
+
+
+def _preload(modules: Sequence[str]) -> bool:
+    """Import what forked workers should not import again, and fill QCEngine's per-process caches; True if all went well."""
+    import importlib
+
+    from .execute import warm_up
+
+    try:
+        for name in modules:
+            importlib.import_module(name)
+        warm_up()
+    except Exception:  # a program that fails to import here fails on the workers too, and says so there
+        return False
+    return True
+
+
+def _forked_cluster(size: ClusterSize, dashboard_address: Optional[str]) -> SpecCluster:
+    """A SpecCluster shaped like LocalCluster (scheduler on loopback) whose workers are forked children."""
+    from distributed import Scheduler
+
+    from .forked_workers import ForkedWorker, WorkerPool
+
+    pool = WorkerPool(size.n_workers)
+    worker = {
+        "cls": ForkedWorker,
+        "options": {
+            "pool": pool,
+            "nthreads": size.threads_per_worker,
+            "memory_limit": size.memory_limit,
+            "resources": {"cores": size.threads_per_worker, "memory": size.memory_limit},
+            "host": "127.0.0.1",
+        },
+    }
+    scheduler = {
+        "cls": Scheduler,
+        "options": {"host": "127.0.0.1", "port": 0, "dashboard": dashboard_address is not None, "dashboard_address": dashboard_address},
+    }
+    try:
+        cluster = SpecCluster(scheduler=scheduler, workers={i: worker for i in range(size.n_workers)}, silence_logs=logging.WARNING)
+    finally:
+        pool.close()  # children the cluster did not take
+    cluster.worker_start_method = "fork"
+    return cluster
 
 
 @dataclass
@@ -125,7 +194,7 @@ class Connection:
     """A client to run on, and whatever mbdask started for it (to close when done)."""
 
     client: Client
-    cluster: Optional[LocalCluster] = None
+    cluster: Optional[SpecCluster] = None
     owns_client: bool = False
 
     def close(self) -> None:
@@ -147,9 +216,11 @@ def connect(
     threads_per_worker: Optional[int] = None,
     memory_limit: Union[str, int, float, None] = None,
     security=None,
+    preload: Sequence[str] = (),
 ) -> Connection:
     """Resolve ``client``: a Client is used as is, a string is a scheduler address, None
-    means the default client if there is one, otherwise a new LocalCluster sized from the machine."""
+    means the default client if there is one, otherwise a new LocalCluster sized from the machine
+    (``preload``: modules its workers need, imported before they are forked)."""
     if isinstance(client, Client):
         return Connection(client)
     if isinstance(client, (str, os.PathLike)):
@@ -161,7 +232,7 @@ def connect(
             from distributed import default_client
 
             return Connection(default_client())
-    cluster = start_local_cluster(ClusterSize.from_machine(n_workers, threads_per_worker, memory_limit))
+    cluster = start_local_cluster(ClusterSize.from_machine(n_workers, threads_per_worker, memory_limit), preload=preload)
     return Connection(Client(cluster, set_as_default=False), cluster=cluster, owns_client=True)
 
 

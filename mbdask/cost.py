@@ -9,16 +9,21 @@ validation, result model), which dominates for xtb and is why cheap fragments ar
 The defaults were measured on the development machine (docs/benchmarks.md); they only need
 to be right in ratio for priorities, and within a factor of a few for batching. Measured
 durations (from a checkpoint store, or a previous result's timings) replace them through
-:meth:`CostModel.calibrate`, per model chemistry.
+:meth:`CostModel.calibrate`, per model chemistry, and then per *kind* of calculation (model
+chemistry, real fragments, basis fragments): a size model cannot tell a counterpoise monomer
+in the full-cluster basis from a dimer in the same basis, but their measured times can.
+:func:`calibrated_during_run` replays that correction over a finished run, so the report
+shows what the first finished fragments of each kind predicted for the rest.
 """
 
 from __future__ import annotations
 
 import functools
+import heapq
 import statistics
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 _SCALING = (
     (("ccsd(t)", "ccsd[t]"), 7),
@@ -80,11 +85,23 @@ class ModelCost:
         return self.overhead + self.unit_seconds * self.units(basis_fragments)
 
 
+Kind = tuple[str, int, int]
+#: Measurements of one kind that calibrate the rest of that kind; later ones change nothing.
+CALIBRATION_SAMPLES = 32
+
+
+def kind_of(model: str, real: Iterable[int], basis: Iterable[int]) -> Kind:
+    """Calculations that cost about the same relative to the size model: model chemistry, n-body, basis fragments."""
+    return (model, len(tuple(real)), len(tuple(basis)))
+
+
 @dataclass
 class CostModel:
     """Predicted seconds for every fragment calculation of a plan, per model chemistry."""
 
     models: dict[str, ModelCost]
+    #: measured / predicted per kind of calculation (:func:`kind_of`), from :meth:`calibrate`
+    kind_scale: dict[Kind, float] = field(default_factory=dict)
 
     @classmethod
     def for_plan(cls, plan) -> "CostModel":
@@ -114,20 +131,22 @@ class CostModel:
 
     def seconds(self, job) -> float:
         """Predicted wall seconds of ``job`` on one core."""
-        return self.models[job.model].seconds(job.basis)
+        scale = self.kind_scale.get(kind_of(job.model, job.real, job.basis), 1.0) if self.kind_scale else 1.0
+        return self.models[job.model].seconds(job.basis) * scale
 
-    def calibrate(self, samples: Iterable[tuple[str, tuple[int, ...], float]]) -> "CostModel":
-        """Fit ``overhead`` and ``unit_seconds`` per model chemistry to measured (model, basis, seconds).
+    def calibrate(self, samples: Iterable[tuple[Any, float]]) -> "CostModel":
+        """Fit the model to measured ``(job, seconds)``: per model chemistry, then per kind of calculation.
 
-        Least squares of ``seconds = overhead + unit_seconds * units`` over the median time
-        of each size, both kept non-negative; a model measured at one size only keeps its
-        default ratio, scaled to the measurement.
+        Per model chemistry, least squares of ``seconds = overhead + unit_seconds * units``
+        over the median time of each size, both kept non-negative (a model measured at one
+        size only keeps its default ratio, scaled to the measurement). Then each kind
+        measured gets the median of measured over fitted seconds as its own factor.
         """
+        samples = [(job, float(seconds)) for job, seconds in samples if job.model in self.models and seconds > 0]
         by_model: dict[str, dict[float, list[float]]] = {}
-        for model, basis, seconds in samples:
-            if model in self.models and seconds > 0:
-                units = self.models[model].units(basis)
-                by_model.setdefault(model, {}).setdefault(units, []).append(float(seconds))
+        for job, seconds in samples:
+            units = self.models[job.model].units(job.basis)
+            by_model.setdefault(job.model, {}).setdefault(units, []).append(seconds)
         for model, groups in by_model.items():
             cost = self.models[model]
             # one point per size: the median, so a first call that imports the program is ignored
@@ -145,5 +164,43 @@ class CostModel:
                 cost.unit_seconds *= scale
                 cost.overhead *= scale
             cost.calibrated = True
+        ratios: dict[Kind, list[float]] = {}
+        for job, seconds in samples:
+            fitted = self.models[job.model].seconds(job.basis)
+            if fitted > 0:
+                ratios.setdefault(kind_of(job.model, job.real, job.basis), []).append(seconds / fitted)
+        self.kind_scale.update({kind: statistics.median(values) for kind, values in ratios.items()})
         return self
 
+
+def calibrated_during_run(fragments: list[dict]) -> list[Optional[float]]:
+    """Per fragment, its prediction corrected by the fragments of its kind that had finished when it started.
+
+    ``fragments`` as in ``extras["mbdask"]["timing"]["fragments"]`` (model, real, basis,
+    start, seconds, predicted, worker). The factor of a kind is the median of measured over
+    predicted seconds of its first :data:`CALIBRATION_SAMPLES` finished fragments, leaving
+    out the first fragment of each worker (it pays for importing the program); a fragment
+    that started before any of its kind finished keeps its prediction. This is what a run
+    learns as it goes, so the report's plot shows it without hindsight.
+    """
+    order = sorted(range(len(fragments)), key=lambda i: fragments[i]["start"])
+    first_on_worker = {fragments[i].get("worker"): i for i in reversed(order)}
+    warm_up = set(first_on_worker.values())
+    finished: list[tuple[float, int]] = []  # (stop, index) of started fragments, earliest stop first
+    ratios: dict[Kind, list[float]] = {}
+    factor: dict[Kind, float] = {}
+    out: list[Optional[float]] = [None] * len(fragments)
+    for i in order:
+        frag = fragments[i]
+        while finished and finished[0][0] <= frag["start"]:
+            _, j = heapq.heappop(finished)
+            done = fragments[j]
+            kind = kind_of(done["model"], done["real"], done["basis"])
+            samples = ratios.setdefault(kind, [])
+            if len(samples) < CALIBRATION_SAMPLES and j not in warm_up and done.get("predicted") and done["seconds"] > 0:
+                samples.append(done["seconds"] / done["predicted"])
+                factor[kind] = statistics.median(samples)
+        heapq.heappush(finished, (frag["start"] + frag["seconds"], i))
+        if frag.get("predicted"):
+            out[i] = frag["predicted"] * factor.get(kind_of(frag["model"], frag["real"], frag["basis"]), 1.0)
+    return out

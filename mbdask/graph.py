@@ -257,6 +257,12 @@ def build_graph(
         inc_tasks[key] = (increment_energies, terms) + tuple(deps)
         by_level.setdefault((incs[0].bsse, incs[0].nbody), []).append((key, incs))
 
+    if plan.screened is not None:
+        # an order whose screening kept no cluster still has its level: it contributes zero
+        for bsse in {b for b, _ in by_level}:
+            for nbody in range(1, plan.core.max_nbody + 1):
+                by_level.setdefault((bsse, nbody), [])
+    model_of = {nb: mc for mc, nbs in plan.core.nbodies_per_mc_level.items() for nb in nbs}
     level_tasks: dict[Key, Any] = {}
     level_keys: dict[tuple[str, Union[int, str]], Key] = {}
     for bsse in plan.bsse_types:
@@ -265,7 +271,7 @@ def build_graph(
             members = by_level[(bsse, nbody)]
             key = level_key(bsse, nbody, token)
             meta = [list(inc.cluster) for _, incs in members for inc in incs]
-            level_tasks[key] = (level_sum, bsse, nbody, members[0][1][0].model, meta, previous) + tuple(k for k, _ in members)
+            level_tasks[key] = (level_sum, bsse, nbody, model_of[nbody], meta, previous) + tuple(k for k, _ in members)
             level_keys[(bsse, nbody)] = key
             previous = key
 

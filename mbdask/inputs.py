@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import pydantic
 import qcelemental
@@ -132,13 +132,29 @@ def describe_validation_error(exc: Exception) -> str:
         errors = exc.errors()
         first = errors[0]
         loc = ".".join(str(p) for p in first.get("loc", ()) if p not in ("function-after[set_specification()]",))
-        msg = str(first.get("msg", "invalid")).splitlines()[0]
+        msg = _enum_message(first) or str(first.get("msg", "invalid")).splitlines()[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
     text = str(getattr(exc, "message", None) or exc).strip()
     text = re.sub(r"np\.\w+\(([^()]*)\)", r"\1", text)  # "np.int64(1)" -> "1"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+def _enum_message(error: Mapping) -> Optional[str]:
+    """An enum error's message with each valid value once.
+
+    Pydantic lists an Enum's aliases too, so QCManyBody's ``BsseEnum`` (``ssfc`` = cp,
+    ``mbe`` = ``none`` = nocp) reads "'nocp', 'cp', 'vmfc', 'cp', 'nocp' or 'nocp'".
+    """
+    expected = (error.get("ctx") or {}).get("expected")
+    if error.get("type") != "enum" or not isinstance(expected, str):
+        return None
+    values = list(dict.fromkeys(re.findall(r"'[^']*'", expected)))
+    if not values:
+        return None
+    listed = values[0] if len(values) == 1 else f"{', '.join(values[:-1])} or {values[-1]}"
+    return f"Input should be {listed}, got {error.get('input')!r}"
 
 
 def _default_atomic_drivers(data: dict) -> None:

@@ -48,6 +48,8 @@ def _by_level(fragments: list[dict]) -> dict[tuple[str, int], list[dict]]:
 def summary_table(result: Any, top: int = 3) -> str:
     """Per model chemistry and n-body order: calculations, wall span, task time, the most expensive ones."""
     timing = _extras(result)["timing"]
+    if not timing["fragments"]:
+        return f"(all {timing.get('from_store', 0)} fragment calculations loaded from the checkpoint store; nothing computed)"
     rows = [f"{'model':<16} {'n-body':>6} {'calcs':>7} {'wall [s]':>9} {'tasks [s]':>10}  most expensive"]
     for (model, nbody), frags in _by_level(timing["fragments"]).items():
         wall = max(f["start"] + f["seconds"] for f in frags) - min(f["start"] for f in frags)
@@ -57,6 +59,46 @@ def summary_table(result: Any, top: int = 3) -> str:
     if timing.get("from_store"):
         rows.append(f"({timing['from_store']} calculations loaded from the checkpoint store are not in the table)")
     return "\n".join(rows)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def calculations_phrase(result: Any) -> str:
+    """How many calculations ran where: "41 fragment calculations on 2 workers (6 more from the store)".
+
+    Workers are counted from the fragments' own records, so a worker that died after
+    finishing some still counts, and a run entirely from the store says so.
+    """
+    extras = _extras(result)
+    timing = extras["timing"]
+    stored = timing.get("from_store", 0)
+    total = extras["nfragment_calculations"]
+    if total and stored == total:
+        return f"all {_plural(total, 'fragment calculation')} loaded from the checkpoint store, none computed"
+    text = f"{_plural(total - stored, 'fragment calculation')} on {_plural(len(timing['workers']), 'worker')}"
+    return text + (f" ({stored} more loaded from the checkpoint store)" if stored else "")
+
+
+def energy_phrase(result: Any) -> str:
+    """The energy a chemist reads first: the return BSSE treatment's interaction energy (and total, where it exists)."""
+    extras = _extras(result)
+    keywords = result.input_data.specification.keywords
+    bsse = getattr(keywords.bsse_type[0], "value", keywords.bsse_type[0])
+    props = result.properties
+    interaction = getattr(props, f"{bsse}_corrected_interaction_energy", None)
+    total = getattr(props, f"{bsse}_corrected_total_energy", None)
+    orders = extras["levels"].get(bsse, {})
+    numeric = [int(n) for n in orders if n.isdigit()]
+    through = f" through {max(numeric)}-body" if numeric else ""
+    through += " + supersystem" if "supersystem" in orders else ""
+    parts = []
+    if interaction is not None:
+        parts.append(f"{bsse} interaction energy{through} {interaction * HARTREE_TO_KCAL:.4f} kcal/mol ({interaction:.10f} Eh)")
+    if total is not None:
+        parts.append(f"total energy {total:.10f} Eh")
+    return "; ".join(parts) or f"return energy {props.return_energy:.10f} Eh"
 
 
 def utilization(fragments: list[dict], cluster_cores: Optional[int]) -> tuple[list[float], list[float], float]:
@@ -95,20 +137,57 @@ _STYLE = (
 )
 
 
+def normalized_levels(levels: dict) -> dict[str, dict[str, dict]]:
+    """``extras["mbdask"]["levels"]`` with ``interaction`` in every row, also for results saved by mbdask 0.1.0.
+
+    Those had no ``interaction`` and, for cp without monomers in their own basis, no 1-body
+    row and interaction energies under ``through``.
+    """
+    out: dict[str, dict[str, dict]] = {}
+    for bsse, by_nbody in levels.items():
+        if all("interaction" in row for row in by_nbody.values()):
+            out[bsse] = by_nbody
+            continue
+        first = by_nbody.get("1", {}).get("through")
+        rows = {} if "1" in by_nbody else {"1": {"model": None, "contribution": None, "through": None, "interaction": 0.0, "nclusters": 0}}
+        for nbody, row in by_nbody.items():
+            if first is None:
+                rows[nbody] = {**row, "through": None, "interaction": row["through"]}
+            else:
+                rows[nbody] = {**row, "interaction": row["through"] - first}
+        out[bsse] = rows
+    return out
+
+
+def _seconds(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _kcal(value: Optional[float]) -> str:
+    return "" if value is None else f"{value * HARTREE_TO_KCAL:.4f}"
+
+
 def _nbody_table(levels: dict) -> str:
     rows = []
-    for bsse, by_nbody in levels.items():
-        first = by_nbody.get("1", {}).get("through")
+    no_total = False
+    for bsse, by_nbody in normalized_levels(levels).items():
         for nbody, row in by_nbody.items():
-            interaction = (row["through"] - first) * HARTREE_TO_KCAL if first is not None else float("nan")
+            no_total = no_total or row["through"] is None
+            total = "n/a" if row["through"] is None else f"{row['through']:.10f}"
             # the 1-body "contribution" is the sum of monomer energies: not a number to read in kcal/mol
-            contribution = f"{row['contribution'] * HARTREE_TO_KCAL:.4f}" if nbody != "1" else ""
-            rows.append([bsse, nbody, row["model"], row["nclusters"], f"{row['through']:.10f}", f"{interaction:.4f}", contribution])
-    return _table(["BSSE", "n-body", "model", "clusters", "total through n [Eh]", "interaction through n [kcal/mol]", "n-body contribution [kcal/mol]"], rows)
+            contribution = _kcal(row["contribution"]) if nbody != "1" else ""
+            rows.append([bsse, nbody, row["model"] or "", row["nclusters"], total, _kcal(row["interaction"]), contribution])
+    table = _table(["BSSE", "n-body", "model", "clusters", "total through n [Eh]", "interaction through n [kcal/mol]", "n-body contribution [kcal/mol]"], rows)
+    if no_total:
+        table += (
+            "<p style='font:13px sans-serif'>n/a: no total energy, because the monomers were not computed in their own "
+            "basis (cp without return_total_data); interaction energies are exact.</p>"
+        )
+    return table
 
 
 def _numeric(levels: dict) -> dict[str, list[tuple[int, dict]]]:
-    return {bsse: sorted((int(nb), row) for nb, row in by_nbody.items() if nb.isdigit()) for bsse, by_nbody in levels.items()}
+    return {bsse: sorted((int(nb), row) for nb, row in by_nbody.items() if nb.isdigit()) for bsse, by_nbody in normalized_levels(levels).items()}
 
 
 def _convergence_plot(levels: dict):
@@ -119,10 +198,10 @@ def _convergence_plot(levels: dict):
     fig = figure(title="n-body convergence", x_axis_label="n-body order", y_axis_label="interaction energy through n [kcal/mol]", width=520, height=340)
     numeric = _numeric(levels)
     for colour, (bsse, rows) in zip(Category10_10, numeric.items()):
-        if not rows or rows[0][0] != 1:
+        if not rows:
             continue
         xs = [nb for nb, _ in rows]
-        ys = [(row["through"] - rows[0][1]["through"]) * HARTREE_TO_KCAL for _, row in rows]
+        ys = [row["interaction"] * HARTREE_TO_KCAL for _, row in rows]
         fig.line(xs, ys, color=colour, legend_label=bsse, line_width=2)
         fig.scatter(xs, ys, color=colour, size=8, legend_label=bsse)
     fig.xaxis.ticker = sorted({nb for rows in numeric.values() for nb, _ in rows}) or [1]
@@ -177,17 +256,31 @@ def _timeline(fragments: list[dict]):
         "name": [fragment_name(f["real"], f["basis"]) for f in fragments],
         "model": [f["model"] for f in fragments],
         "seconds": [f["seconds"] for f in fragments],
-        "colour": [Category10_10[(len(f["real"]) - 1) % 10] for f in fragments],
+        "nbody": [len(f["real"]) for f in fragments],
     }
     fig = figure(
         title="task timeline per worker (colour: n-body order)", y_range=workers, x_axis_label="seconds since the first fragment started",
         width=1000, height=max(200, 28 * len(workers) + 90), tooltips=[("fragment", "@name"), ("model", "@model"), ("seconds", "@seconds{0.000}")],
     )
-    fig.hbar(y="worker", left="left", right="right", height=0.8, source=ColumnDataSource(data), fill_color="colour", line_color=None)
+    for nbody in sorted(set(data["nbody"])):
+        rows = [i for i, n in enumerate(data["nbody"]) if n == nbody]
+        source = ColumnDataSource({key: [values[i] for i in rows] for key, values in data.items()})
+        colour = Category10_10[(nbody - 1) % 10]
+        fig.hbar(y="worker", left="left", right="right", height=0.8, source=source, fill_color=colour, line_color=None, legend_label=f"{nbody}-body")
+    _legend_outside(fig)
     return fig
 
 
+def _legend_outside(fig: Any) -> None:
+    """The legend to the right of the plot, where it covers no data."""
+    if fig.legend:
+        legend = fig.legend[0]
+        fig.center = [item for item in fig.center if item is not legend]
+        fig.add_layout(legend, "right")
+
+
 def _predicted_vs_measured(fragments: list[dict]):
+    """Measured seconds against the prediction calibrated during the run (the cost model's own beside it, faint)."""
     from bokeh.models import ColumnDataSource
     from bokeh.palettes import Category10_10
     from bokeh.plotting import figure
@@ -196,19 +289,24 @@ def _predicted_vs_measured(fragments: list[dict]):
     if not rows:
         return None
     data = {
-        "predicted": [f["predicted"] for f in rows],
+        "prior": [f["predicted"] for f in rows],
+        "calibrated": [f.get("calibrated") or f["predicted"] for f in rows],
         "measured": [f["seconds"] for f in rows],
         "name": [fragment_name(f["real"], f["basis"]) for f in rows],
+        "nbody": [f"{len(f['real'])}-body" for f in rows],
         "colour": [Category10_10[(len(f["real"]) - 1) % 10] for f in rows],
     }
     fig = figure(
-        title="predicted versus measured seconds per fragment", x_axis_type="log", y_axis_type="log", width=520, height=400,
-        x_axis_label="predicted [s]", y_axis_label="measured [s]", tooltips=[("fragment", "@name"), ("predicted", "@predicted{0.000}"), ("measured", "@measured{0.000}")],
+        title="predicted versus measured seconds per fragment", x_axis_type="log", y_axis_type="log", width=560, height=400,
+        x_axis_label="predicted [s] (calibrated by the fragments of its kind finished before it)", y_axis_label="measured [s]",
+        tooltips=[("fragment", "@name"), ("calibrated", "@calibrated{0.000}"), ("cost model", "@prior{0.000}"), ("measured", "@measured{0.000}")],
     )
-    fig.scatter("predicted", "measured", source=ColumnDataSource(data), color="colour", size=5, alpha=0.6)
-    low = min(min(data["predicted"]), min(data["measured"]))
-    high = max(max(data["predicted"]), max(data["measured"]))
-    fig.line([low, high], [low, high], color="grey", line_dash="dashed")
+    source = ColumnDataSource(data)
+    fig.scatter("prior", "measured", source=source, color="grey", size=4, alpha=0.25, legend_label="cost model before the run")
+    fig.scatter("calibrated", "measured", source=source, color="colour", size=5, alpha=0.7, legend_group="nbody")
+    values = data["prior"] + data["calibrated"] + data["measured"]
+    fig.line([min(values), max(values)], [min(values), max(values)], color="grey", line_dash="dashed")
+    fig.legend.location = "top_left"
     return fig
 
 
@@ -216,9 +314,10 @@ def _utilization_plot(times: list[float], busy: list[float], cores: Optional[int
     from bokeh.plotting import figure
 
     fig = figure(title=f"busy cores over time (mean utilization {100 * mean:.0f}%)", x_axis_label="seconds since the first fragment started", y_axis_label="cores busy", width=1000, height=260)
-    fig.step(times, busy, mode="after", line_width=2)
+    fig.step(times, busy, mode="after", line_width=2, legend_label="busy cores")
     if cores:
         fig.line([times[0], times[-1]], [cores, cores], color="grey", line_dash="dashed", legend_label=f"{cores} cores in the cluster")
+    _legend_outside(fig)
     return fig
 
 
@@ -253,12 +352,10 @@ def report_html(result: Any, title: str = "mbdask report") -> str:
     extras = _extras(result)
     timing = extras["timing"]
     fragments = timing["fragments"]
-    energy = result.properties.return_energy
     head = (
         f"{_STYLE}<h2>{html.escape(title)}</h2><p style='font:13px sans-serif'>"
-        f"{len(result.input_data.molecule.fragments)} fragments, {extras['nfragment_calculations']} fragment calculations "
-        f"({timing.get('from_store', 0)} from the checkpoint store) on {len(timing['workers'])} workers; "
-        f"return energy {energy:.10f} Eh; sum of fragment times {timing['sum_task_seconds']:.2f} s, "
+        f"<b>{html.escape(energy_phrase(result))}</b>.<br>{len(result.input_data.molecule.fragments)} fragments; "
+        f"{html.escape(calculations_phrase(result))}; sum of fragment times {timing['sum_task_seconds']:.2f} s, "
         f"span {timing['span_seconds']:.2f} s. mbdask {html.escape(str(extras.get('version')))}.</p>"
     )
     if extras.get("partial"):
@@ -276,8 +373,8 @@ def report_html(result: Any, title: str = "mbdask report") -> str:
         items += [figs["timeline"], figs["utilization"]]
         slowest = sorted(fragments, key=lambda f: f["seconds"], reverse=True)[:SLOWEST]
         table = _table(
-            ["fragment", "model", "seconds", "predicted", "cores", "worker"],
-            [[fragment_name(f["real"], f["basis"]), f["model"], f"{f['seconds']:.3f}", f"{f['predicted']:.3f}" if f.get("predicted") else "", f["ncores"], f["worker"]] for f in slowest],
+            ["fragment", "model", "seconds", "predicted (calibrated)", "cores", "worker"],
+            [[fragment_name(f["real"], f["basis"]), f["model"], f"{f['seconds']:.3f}", _seconds(f.get("calibrated") or f.get("predicted")), f["ncores"], f["worker"]] for f in slowest],
         )
         slow = Div(text=f"{_STYLE}<h2>slowest fragments</h2>{table}", width=560)
         items.append(row(*[figs[name] for name in ("predicted",) if name in figs], slow))

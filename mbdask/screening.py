@@ -210,8 +210,9 @@ def screened_analysis(core: Any, values: dict[str, dict[str, Any]], table: dict[
         for bsse, orders in table.items():
             through: Any = 0.0
             body[bsse] = {}
-            for nbody, row in orders.items():
-                through = through + sum(c * full[label] for label, c in row.items())
+            # an order that kept no cluster contributes zero (and has no row in ``table``)
+            for nbody in range(1, core.max_nbody + 1):
+                through = through + sum(c * full[label] for label, c in orders.get(nbody, {}).items())
                 body[bsse][nbody] = through
         ret = body[return_bsse][core.max_nbody]
         if not core.return_total_data:

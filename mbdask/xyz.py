@@ -7,9 +7,10 @@ atoms reordered fragment by fragment, as QCManyBody needs contiguous fragments.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import qcelemental
@@ -20,35 +21,88 @@ from .errors import InputError
 BOND_TOLERANCE = 1.2
 
 
-def read_xyz(path: Union[str, os.PathLike]) -> tuple[list[str], np.ndarray, float, int]:
-    """Symbols, geometry in Angstrom, charge and multiplicity (line 2: ``charge mult``, if given)."""
+#: Element symbols by lower case (QCElemental's periodic table, without its dummy atom "X").
+_ELEMENTS = {symbol.lower(): symbol for symbol in qcelemental.periodictable.E[1:]}
+
+
+def read_xyz(path: Union[str, os.PathLike]) -> tuple[list[str], np.ndarray, Optional[float], Optional[int]]:
+    """Symbols, geometry in Angstrom, and line 2's charge and multiplicity (None where line 2 has none).
+
+    Line 2 counts as ``charge multiplicity`` when it starts with two numbers; anything else
+    is a comment. Everything else must agree with itself: exactly as many atom lines as
+    line 1 says (trailing blank lines are fine), each an element symbol (or atomic number)
+    and three finite coordinates (further columns, as in extended XYZ, are ignored). A
+    file that disagrees is refused with its file and line, since guessing which part is
+    wrong (a dropped atom, a stray line) silently changes the chemistry.
+    """
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read XYZ file ({getattr(exc, 'strerror', None) or exc})") from None
+    natoms = _atom_count(path, lines)
+    charge, mult = _charge_and_multiplicity(lines[1] if len(lines) > 1 else "")
+    numbered = [(number, line) for number, line in enumerate(lines[2:], start=3) if line.strip()]
+    if len(numbered) != natoms:
+        where = numbered[natoms][0] if len(numbered) > natoms else 1
+        only = "" if len(numbered) > natoms else "only "
+        raise InputError(f"{path}:{where}: line 1 says {natoms} atoms but {only}{len(numbered)} atom lines follow")
+    symbols, coords = [], []
+    for expected, (number, line) in enumerate(numbered, start=3):
+        if number != expected:
+            raise InputError(f"{path}:{expected}: blank line among the atom lines")
+        symbol, xyz = _atom_line(path, number, line)
+        symbols.append(symbol)
+        coords.append(xyz)
+    return symbols, np.array(coords, dtype=float).reshape(-1, 3), charge, mult
+
+
+def _atom_count(path: Path, lines: list[str]) -> int:
+    """Line 1: the number of atoms, a whole number of at least 1."""
     try:
         natoms = int(lines[0].split()[0])
     except (IndexError, ValueError):
-        raise InputError(f"{path}: not an XYZ file (line 1 must be the atom count)") from None
-    charge, mult = 0.0, None
-    tokens = lines[1].split() if len(lines) > 1 else []
+        raise InputError(f"{path}:1: not an XYZ file (line 1 must be the atom count)") from None
+    if natoms < 1:
+        raise InputError(f"{path}:1: the atom count must be at least 1, got {natoms}")
+    return natoms
+
+
+def _charge_and_multiplicity(line: str) -> tuple[Optional[float], Optional[int]]:
+    """Line 2's ``charge multiplicity``, or (None, None) when it is a comment."""
+    tokens = line.split()
     try:
-        if len(tokens) >= 2:
-            charge, mult = float(tokens[0]), int(tokens[1])
+        return float(tokens[0]), int(tokens[1])
+    except (IndexError, ValueError):
+        return None, None
+
+
+def _atom_line(path: Path, number: int, line: str) -> tuple[str, list[float]]:
+    """``Element x y z`` (further columns ignored) as a symbol and Angstrom coordinates."""
+    parts = line.split()
+    if len(parts) < 4:
+        raise InputError(f"{path}:{number}: expected 'Element x y z', got {line.strip()!r}")
+    symbol = _element(path, number, parts[0])
+    try:
+        xyz = [float(x) for x in parts[1:4]]
     except ValueError:
-        charge, mult = 0.0, None
-    symbols, coords = [], []
-    for number, line in enumerate(lines[2 : 2 + natoms], start=3):
-        parts = line.split()
-        try:
-            symbols.append(parts[0].capitalize())
-            coords.append([float(x) for x in parts[1:4]])
-        except (IndexError, ValueError):
-            raise InputError(f"{path}:{number}: expected 'Element x y z'") from None
-    if len(symbols) != natoms:
-        raise InputError(f"{path}: says {natoms} atoms but lists {len(symbols)}")
-    return symbols, np.array(coords, dtype=float), charge, mult
+        raise InputError(f"{path}:{number}: expected 'Element x y z' with numbers for x y z, got {line.strip()!r}") from None
+    if not all(math.isfinite(x) for x in xyz):
+        raise InputError(f"{path}:{number}: coordinates must be finite numbers, got {line.strip()!r}")
+    return symbol, xyz
+
+
+def _element(path: Path, number: int, token: str) -> str:
+    """An element symbol (any case) or atomic number (``8``) as the symbol (``O``)."""
+    if token.isdigit():
+        z = int(token)
+        if 1 <= z < len(qcelemental.periodictable.E):
+            return qcelemental.periodictable.E[z]
+        raise InputError(f"{path}:{number}: {token!r} is not an atomic number (1 to {len(qcelemental.periodictable.E) - 1})")
+    symbol = _ELEMENTS.get(token.lower())
+    if symbol is None:
+        raise InputError(f"{path}:{number}: {token!r} is not an element symbol")
+    return symbol
 
 
 def find_fragments(symbols: list[str], geometry_angstrom: np.ndarray) -> list[list[int]]:
@@ -123,19 +177,28 @@ def molecule_from_xyz(
 
     ``guess_ions``: fragment charges of common ions (H3O+, OH-, ...) from their formula,
     when ``fragment_charges`` is not given; the total charge is then their sum.
+
+    Where line 2 gives ``charge multiplicity``, fragment charges (given or recognised)
+    must sum to that charge, and the multiplicity must fit the electron count's parity:
+    a file with an atom too few or too many otherwise runs as an ion without a word.
     """
-    symbols, geom, charge, mult = read_xyz(path)
+    symbols, geom, line2_charge, mult = read_xyz(path)
     frags = fragments if fragments is not None else find_fragments(symbols, geom)
     if fragments is not None and sorted(a for f in fragments for a in f) != list(range(len(symbols))):
         raise InputError(f"fragments must list every atom 0..{len(symbols) - 1} exactly once")
+    guessed = False
     if fragment_charges is None and guess_ions:
-        guessed = guess_fragment_charges(symbols, frags)
-        if any(guessed):
-            fragment_charges = guessed
+        charges = guess_fragment_charges(symbols, frags)
+        if any(charges):
+            fragment_charges, guessed = charges, True
+    charge = 0.0 if line2_charge is None else line2_charge
     if fragment_charges is not None:
         if len(fragment_charges) != len(frags):
             raise InputError(f"{len(fragment_charges)} fragment charges given for {len(frags)} fragments")
+        formulas = [formula([symbols[i] for i in frag]) for frag in frags]
+        _check_line2_charge(path, line2_charge, fragment_charges, formulas, guessed)
         charge = float(sum(fragment_charges))
+    _check_multiplicity(path, symbols, charge, mult)
     order = [i for frag in frags for i in frag]
     bohr = geom[order] / qcelemental.constants.bohr2angstroms
     fragments, start = [], 0
@@ -154,3 +217,37 @@ def molecule_from_xyz(
     if fragment_charges is not None:
         mol["fragment_charges"] = list(fragment_charges)
     return mol
+
+
+def _check_line2_charge(
+    path: Union[str, os.PathLike], line2_charge: Optional[float], fragment_charges: list[float], formulas: list[str], guessed: bool
+) -> None:
+    """Refuse fragment charges whose sum disagrees with line 2's charge, naming the charged fragments.
+
+    Line 2 without a charge (a comment) leaves the fragment charges in charge.
+    """
+    total = float(sum(fragment_charges))
+    if line2_charge is None or math.isclose(total, line2_charge, abs_tol=1e-6):
+        return
+    charged = ", ".join(f"fragment {i} {f} {q:+g}" for i, (f, q) in enumerate(zip(formulas, fragment_charges), start=1) if q)
+    if guessed:
+        found, fix = "the fragments found carry", "give --fragment-charges or fix line 2"
+    else:
+        found, fix = "the fragment charges given sum to", "fix line 2 or the fragment charges"
+    raise InputError(f"{path}:2: line 2 says charge {line2_charge:g} but {found} {total:g} ({charged or 'all neutral'}); {fix}")
+
+
+def _check_multiplicity(path: Union[str, os.PathLike], symbols: list[str], charge: float, mult: Optional[int]) -> None:
+    """Refuse line 2's multiplicity where the electron count cannot have it (parity, at least 1)."""
+    if mult is None:
+        return
+    if mult < 1:
+        raise InputError(f"{path}:2: line 2 says multiplicity {mult}, but a multiplicity is at least 1")
+    electrons = sum(qcelemental.periodictable.to_Z(s) for s in symbols) - charge
+    if not float(electrons).is_integer():
+        return  # fractional charges: leave the judgement to QCElemental
+    if int(electrons) % 2 == mult % 2:  # an even count needs an odd multiplicity and vice versa
+        need = "odd (1, 3, ...)" if int(electrons) % 2 == 0 else "even (2, 4, ...)"
+        raise InputError(
+            f"{path}:2: line 2 says multiplicity {mult} but {int(electrons)} electrons (charge {charge:g}) need an {need} multiplicity"
+        )

@@ -6,8 +6,13 @@
 * ``sleep``: sleeps ``keywords["seconds"][str(nbody)]`` seconds and returns a made-up
   energy; used to test ordering, streaming and failures. Optional keywords: ``log`` (a
   file to which each call appends its fragment label, to count calls across processes),
-  ``fail`` (n-body orders that always fail) and ``flaky`` (a directory: the first call of
-  each fragment fails, later ones succeed).
+  ``fail`` (n-body orders that always fail), ``flaky`` (a directory: the first call of
+  each fragment fails, later ones succeed) and ``gate`` (``{nbody: path}``: fragments of
+  that order wait, after logging, until the file exists; a test holds them "running" for
+  as long as it needs instead of guessing how long a sleep lasts on a busy machine).
+* ``threads``: returns a made-up energy and, in its result's extras, the thread settings
+  it saw inside the call (:func:`thread_settings`: BLAS/OpenMP pools and the thread
+  environment variables); used to test that mbdask pins threads to the reserved cores.
 
 Both read the fragment's indices from the molecule name that QCManyBody's fragment
 builder writes (``"<parent> ([real0...],[ghost0...])"``). They are registered in the test
@@ -18,7 +23,9 @@ calls :func:`dask_setup`).
 from __future__ import annotations
 
 import functools
+import importlib
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -32,6 +39,9 @@ from qcengine.programs.model import ProgramHarness
 from qcmanybody.utils import labeler
 
 _NAME = re.compile(r"\((\[[^\]]*\]),(\[[^\]]*\])\)$")
+
+#: How long a gated fragment waits for its gate before failing (a test that never opens it).
+GATE_TIMEOUT = 300.0
 
 
 def fragment_indices(molecule) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -112,6 +122,9 @@ class SleepHarness(DoubleHarness):
             if not marker.exists():
                 marker.touch()
                 raise RuntimeError(f"sleep double: first attempt at {name} fails")
+        gate = keywords.get("gate", {}).get(str(len(real)))
+        if gate:
+            wait_for_file(Path(gate))
         seconds = keywords.get("seconds", {}).get(str(len(real)), 0.0)
         time.sleep(seconds)
         natom = len(input_data.molecule.symbols)
@@ -121,8 +134,52 @@ class SleepHarness(DoubleHarness):
         return _result(input_data, values, "sleep", {"ncores": config.ncores, "memory": config.memory})
 
 
+def wait_for_file(path: Path, timeout: float = GATE_TIMEOUT) -> None:
+    """Block until ``path`` exists (a gate the test opens); fail after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > end:
+            raise RuntimeError(f"sleep double: gate {path} was never opened")
+        time.sleep(0.01)
+
+
+def thread_settings(load: tuple[str, ...] = ()) -> Dict[str, Any]:
+    """The thread settings this thread of this process runs with, after importing ``load``.
+
+    ``pools``: every BLAS/OpenMP pool threadpoolctl finds (library file, API, threads);
+    ``environment``: the variables that size such pools when a library loads
+    (``*_NUM_THREADS``, ``VECLIB_MAXIMUM_THREADS``). Listed here rather than taken from
+    mbdask, so that a variable mbdask forgot to set shows up as not pinned.
+    """
+    from threadpoolctl import threadpool_info
+
+    for module in load:
+        importlib.import_module(module)
+    pools = [
+        {"filepath": pool["filepath"], "user_api": pool["user_api"], "num_threads": pool["num_threads"]}
+        for pool in threadpool_info()
+    ]
+    environment = {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS") or k == "VECLIB_MAXIMUM_THREADS"}
+    return {"pools": pools, "environment": environment}
+
+
+class ThreadsHarness(DoubleHarness):
+    """Reports the thread settings it sees inside the call (test double, not chemistry).
+
+    The settings go to the result's extras (``extras["threads"]``, with QCEngine's
+    ``ncores``), which come back with the input's ``protocols: {cluster_results: all}``.
+    """
+
+    _defaults: ClassVar[Dict[str, Any]] = {**DoubleHarness._defaults, "name": "threads"}
+
+    def compute(self, input_data, config):
+        real, _ = fragment_indices(input_data.molecule)
+        seen = {**thread_settings(), "ncores": config.ncores}
+        return _result(input_data, {"energy": -1.0 * len(real)}, "threads", {"threads": seen})
+
+
 def register_doubles() -> None:
-    for harness in (ReplayHarness, SleepHarness):
+    for harness in (ReplayHarness, SleepHarness, ThreadsHarness):
         if harness._defaults["name"] not in programs:
             qcengine.register_program(harness())
 

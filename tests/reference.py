@@ -11,6 +11,8 @@ from qcmanybody.v2 import ManyBodyComputer
 import mbdask
 from mbdask.execute import extract_properties
 
+mbdask.register_programs()  # QCManyBody's own runs call mbdask's PySCF harness through plain QCEngine
+
 
 def sequential_computer(inp):
     """QCManyBody's own ManyBodyComputer run, one fragment after another."""

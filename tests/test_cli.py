@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,14 @@ import pytest
 
 from conftest import EXAMPLES, needs_xtb, write_json, xtb_input
 from mbdask.cli import main
+
+
+def _exit_code(argv: list[str]) -> int:
+    """``main``'s exit code, argparse's own errors (SystemExit) included."""
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        return exc.code
 
 
 def _bad(tmp_path, name: str, change) -> object:
@@ -44,6 +53,8 @@ BAD_INPUTS = {
     "unknown_pyscf_keyword": lambda tmp: _bad(tmp, "uk", lambda d: d["specification"]["specification"]["gfn2"].update(program="pyscf", model={"method": "hf", "basis": "sto-3g"}, keywords={"scf_typo": 1})),
     "ccsd_gradient_with_pyscf": lambda tmp: _bad(tmp, "ccg", lambda d: d["specification"].update(driver="gradient") or d["specification"]["specification"]["gfn2"].update(program="pyscf", model={"method": "ccsd", "basis": "sto-3g"}, keywords={})),
     "input_is_a_directory": lambda tmp: (tmp / "adir").mkdir() or tmp / "adir",
+    "xtb_method_typo": lambda tmp: _bad(tmp, "mt", lambda d: d["specification"]["specification"]["gfn2"].update(model={"method": "gfn3-xtb"})),
+    "basis_with_xtb": lambda tmp: _bad(tmp, "bx", lambda d: d["specification"]["specification"]["gfn2"].update(model={"method": "gfn2-xtb", "basis": "6-31g"})),
     "embedding_charges": lambda tmp: _bad(tmp, "ec", lambda d: d["specification"]["keywords"].update(embedding_charges={1: [0, 0, 0], 2: [0, 0, 0], 3: [0, 0, 0]}, return_total_data=True)),
 }
 
@@ -68,18 +79,19 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ca
         ["-o", "/nonexistent/dir/r.json"], ["--bogus"], ["--memory-per-fragment", "0"], ["--memory-per-fragment", "-2"],
         ["--store", "/nonexistent/dir/store.sqlite"], ["--store", "{tmp}/notes.txt"], ["--tls-ca-file", "ca.pem"],
         ["--report", "/nonexistent/dir/report.html"], ["--report", "{tmp}"],
+        ["--memory-limit", "lots"], ["--memory-limit", "0"], ["--memory-limit=-1GB"], ["--workers", "x"], ["--workers", "-1"],
+        ["--threads-per-worker", "0"], ["--threads-per-worker", "two"], ["--retries", "x"], ["--memory-per-fragment", "x"],
+        ["--order", "random"], ["--scheduler", "nonsense"], ["--scheduler", "foo://host:8786"], ["--scheduler", "host:port"],
+        ["--distance-cutoffs", "2:abc"], ["--distance-cutoffs", "abc"], ["--energy-thresholds", "x"], ["--energy-thresholds", "2:x"],
     ],
 )
 def test_bad_options_exit_2(tmp_path, capsys, args):
     (tmp_path / "notes.txt").write_text("not a database " * 100)
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    code = None
-    try:
-        code = main(["run", str(EXAMPLES / "water6-gfn2.json"), "--no-progress", *args])
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
+    code = _exit_code(["run", str(EXAMPLES / "water6-gfn2.json"), "--no-progress", *args])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("mbdask: error:"), err
+    assert "internal error" not in err and "Traceback" not in err
 
 
 def test_plan_prints_counts_per_model_and_order(capsys):
@@ -98,7 +110,8 @@ def test_run_bundled_example_end_to_end(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "N-Body: Non-Counterpoise Corrected (NoCP) energies" in proc.stdout
-    assert "mbdask: 41 fragment calculations on 2 workers" in proc.stdout
+    assert re.search(r"mbdask: 41 fragment calculations on [12] workers?; wall time", proc.stdout), proc.stdout  # workers that ran fragments
+    assert "mbdask: nocp interaction energy through 3-body" in proc.stdout
     # the summary table: one row per order, with its calculations
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("gfn2 ")]
     assert [(r[1], r[2]) for r in rows] == [("1", "6"), ("2", "15"), ("3", "20")]
@@ -141,13 +154,139 @@ def test_run_xyz_file_with_model_options(tmp_path, capsys):
     assert json.loads(out.read_text())["extras"]["mbdask"]["nfragment_calculations"] == 6
 
 
-@pytest.mark.parametrize("args", [["--fragments", "0-2;3-5"], ["--fragment-charges", "1,x"], ["--program", "pyscf"]])
-def test_bad_xyz_options_exit_2(args, capsys):
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--fragments", "0-2;3-5"], ["--fragment-charges", "1,x"], ["--program", "pyscf"], ["--fragments", "0-x"],
+        ["--fragment-charges", "1,,0"], ["--max-nbody", "x"], ["--max-nbody", "0"], ["--bsse", "cpp"], ["--driver", "properties"],
+        ["--method", "gfn3-xtb"], ["--basis", "6-31g"],
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_bad_xyz_options_exit_2(command, args, tmp_path, capsys):
     from conftest import DATA
 
-    code = main(["run", str(DATA / "water3-uud.xyz"), "--no-progress", *args])
+    out = tmp_path / "r.json"
+    code = _exit_code([command, str(DATA / "water3-uud.xyz"), *args, *(["--no-progress", "-o", str(out)] if command == "run" else [])])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("mbdask: error:"), err
+    assert not out.exists()
+
+
+def test_xtb_method_typo_is_refused_at_plan_time_listing_the_methods(capsys):
+    from conftest import DATA
+
+    assert main(["plan", str(DATA / "water3-uud.xyz"), "--method", "gfn3-xtb"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        "mbdask: error: model 'gfn3-xtb': xtb has no method 'gfn3-xtb' "
+        "(xtb methods: gfn2-xtb, gfn1-xtb, ipea-xtb, gfn0-xtb, gfn-ff; case does not matter)"
+    ), err
+
+
+def test_basis_with_xtb_is_refused_not_put_in_the_label(capsys):
+    from conftest import DATA
+
+    assert main(["plan", str(DATA / "water3-uud.xyz"), "--basis", "6-31g"]) == 2
+    captured = capsys.readouterr()
+    assert "gfn2-xtb/6-31g" not in captured.out + captured.err
+    assert captured.err.strip().splitlines()[-1].startswith("mbdask: error: --basis 6-31g: xtb takes no basis set")
+
+
+def test_unknown_bsse_lists_each_treatment_once(tmp_path, capsys):
+    from conftest import DATA
+
+    json_input = _bad(tmp_path, "ub", lambda d: d["specification"]["keywords"].update(bsse_type=["cpp"]))
+    assert main(["plan", str(json_input)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("bsse_type.0: Input should be 'nocp', 'cp' or 'vmfc', got 'cpp'"), err
+    assert _exit_code(["plan", str(DATA / "water3-uud.xyz"), "--bsse", "nocp,cpp"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mbdask: error: argument --bsse: unknown BSSE treatment 'cpp': expected a comma-separated list of nocp, cp, vmfc"), err
+
+
+def test_bsse_option_takes_qcmanybodys_aliases_in_any_case(capsys):
+    from conftest import DATA
+
+    assert main(["plan", str(DATA / "water3-uud.xyz"), "--bsse", " NOCP,mbe"]) == 0
+    assert "bsse nocp;" in capsys.readouterr().out
+
+
+def _water6_lines() -> list[str]:
+    return (EXAMPLES / "water6-prism.xyz").read_text().splitlines()
+
+
+def _without_last_atom(lines: list[str]) -> list[str]:
+    return ["17", *lines[1:-1]]
+
+
+#: XYZ files that disagree with themselves: (change to water6-prism.xyz's lines, what the one line says after the path)
+BAD_XYZ = {
+    "count_below_atom_lines": (lambda lines: ["17", *lines[1:]], ":20: line 1 says 17 atoms but 18 atom lines follow"),
+    "count_above_atom_lines": (lambda lines: ["19", *lines[1:]], ":1: line 1 says 19 atoms but only 18 atom lines follow"),
+    "hydrogen_deleted": (
+        _without_last_atom,
+        ":2: line 2 says charge 0 but the fragments found carry -1 (fragment 6 HO -1); give --fragment-charges or fix line 2",
+    ),
+    "atom_without_element": (lambda lines: [*lines[:3], "  1.0 2.0 3.0", *lines[4:]], ":4: expected 'Element x y z', got '1.0 2.0 3.0'"),
+    "two_coordinates": (lambda lines: [*lines[:3], "H 1.0 2.0", *lines[4:]], ":4: expected 'Element x y z', got 'H 1.0 2.0'"),
+    "number_for_element": (lambda lines: [*lines[:3], "1.0 1.0 2.0 3.0", *lines[4:]], ":4: '1.0' is not an element symbol"),
+    "unknown_element": (lambda lines: [*lines[:3], lines[3].replace("H", "Xx", 1), *lines[4:]], ":4: 'Xx' is not an element symbol"),
+    "coordinate_not_a_number": (lambda lines: [*lines[:3], "H 1.0 2.0 3,0", *lines[4:]], ":4: expected 'Element x y z' with numbers"),
+    "coordinate_nan": (lambda lines: [*lines[:3], "H 1.0 2.0 nan", *lines[4:]], ":4: coordinates must be finite numbers"),
+    "blank_line_among_atoms": (lambda lines: [*lines[:5], "", *lines[5:]], ":6: blank line among the atom lines"),
+    "multiplicity_parity": (lambda lines: [lines[0], "0 2", *lines[2:]], ":2: line 2 says multiplicity 2 but 60 electrons (charge 0) need an odd"),
+    "no_count_line": (lambda lines: ["water hexamer", *lines[1:]], ":1: not an XYZ file (line 1 must be the atom count)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_XYZ))
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_inconsistent_xyz_is_refused_with_file_and_line(tmp_path, capsys, command, case):
+    change, says = BAD_XYZ[case]
+    path = tmp_path / f"{case}.xyz"
+    path.write_text("\n".join(change(_water6_lines())) + "\n")
+    out = tmp_path / "r.json"
+    code = main([command, str(path), *(["--no-progress", "-o", str(out)] if command == "run" else [])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith(f"mbdask: error: {path}{says}"), err
+    assert not out.exists()
+
+
+def test_fragment_charges_that_disagree_with_line_2_are_refused(tmp_path, capsys):
+    path = tmp_path / "w6.xyz"
+    path.write_text("\n".join(_water6_lines()) + "\n")
+    assert main(["plan", str(path), "--fragment-charges", "1,0,0,0,0,0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"mbdask: error: {path}:2: line 2 says charge 0 but the fragment charges given sum to 1 "
+        "(fragment 1 H2O +1); fix line 2 or the fragment charges"
+    ), err
+
+
+def test_ion_charges_need_no_line_2_and_trailing_blank_lines_are_fine(tmp_path, capsys):
+    lines = _without_last_atom(_water6_lines())
+    path = tmp_path / "hydroxide.xyz"
+    path.write_text("\n".join([lines[0], "hydroxide in five waters", *lines[2:], "", "  "]) + "\n")
+    assert main(["plan", str(path), "--max-nbody", "2"]) == 0
+    assert "HO       charge -1" in capsys.readouterr().err
+    path.write_text("\n".join([lines[0], "-1 1", *lines[2:]]) + "\n")
+    assert main(["plan", str(path), "--max-nbody", "2"]) == 0
+
+
+def test_readme_outputs_are_ignored_by_git():
+    """The README's first command writes result.json into the repository root."""
+    import shutil
+
+    from conftest import ROOT
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    assert "-o result.json" in (ROOT / "README.md").read_text()
+    for name in ("result.json", "report.html"):
+        proc = subprocess.run(["git", "check-ignore", "-q", name], cwd=ROOT, capture_output=True)
+        assert proc.returncode == 0, f"{name} is not ignored"
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.iterdir() if p.suffix in (".json", ".yaml")))

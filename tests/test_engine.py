@@ -95,12 +95,14 @@ def test_local_cluster_workers_profile_every_100_ms_unless_configured():
 
 @needs_xtb
 def test_local_cluster_with_forked_workers_gives_the_spawned_result(tmp_path):
-    """Dask's ``multiprocessing-method: fork`` (docs/scheduling.md, start-up) works with mbdask's
-    LocalCluster. Run from a fresh interpreter: forking is only safe from a parent that has not
-    run OpenMP code, which this test process may have."""
+    """Dask's ``multiprocessing-method: fork`` works with mbdask's LocalCluster where Dask starts
+    the workers (here: numpy's OpenBLAS threads run, so mbdask does not fork them itself). Run
+    from a fresh interpreter: forking is only safe from a parent that has not run OpenMP code,
+    which this test process may have. ``distributed`` is imported before ``dask.config.set``
+    touches its keys, as a script must (``import mbdask`` no longer imports it)."""
     example = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "water3-multilevel-gradient.json")
     code = (
-        "import json, sys, dask, mbdask\n"
+        "import json, sys, dask, distributed, numpy, mbdask\n"
         "if __name__ == '__main__':\n"
         "    inp = json.load(open(sys.argv[1]))\n"
         "    energies = []\n"

@@ -34,6 +34,11 @@ def _calls(log: Path) -> Counter:
     return Counter(log.read_text().split("\n")[:-1]) if log.exists() else Counter()
 
 
+def _trimer_calls(log: Path) -> int:
+    """Trimer calls started (the sleep double logs ``[i, j, k]@[...]`` before its gate)."""
+    return sum(n for label, n in _calls(log).items() if label.split("@")[0].count(",") == 2)
+
+
 def _wait_for(condition, timeout: float = 60.0) -> None:
     end = time.time() + timeout
     while not condition():
@@ -44,20 +49,26 @@ def _wait_for(condition, timeout: float = 60.0) -> None:
 
 def test_killed_worker_recomputes_only_lost_fragments(inprocess_client, tmp_path):
     reference = mbdask.compute(sleep_input(), inprocess_client)
-    log, store = tmp_path / "calls.log", tmp_path / "store.sqlite"
+    log, store, gate = tmp_path / "calls.log", tmp_path / "store.sqlite", tmp_path / "trimers may finish"
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, preload=["doubles"],
     ) as cluster, Client(cluster, set_as_default=False) as client:
-        sub = mbdask.start(_slow_input(log), client, store=store, batch=False)
-        _wait_for(lambda: sum(_calls(log).values()) >= 20)  # into the trimers, much of it done
-        pids = client.run(os.getpid)
-        victim = sorted(pids)[0]
-        os.kill(pids[victim], signal.SIGKILL)
-        result = sub.result.result(timeout=120)
+        sub = mbdask.start(_slow_input(log, gate={"3": str(gate)}), client, store=store, batch=False)
+        try:
+            # each single-thread worker is held in a trimer at the gate: monomers and dimers are
+            # done (held in worker memory and in the store), no trimer has finished
+            _wait_for(lambda: _trimer_calls(log) == 2, timeout=120)
+            pids = client.run(os.getpid)
+            victim = sorted(pids)[0]
+            os.kill(pids[victim], signal.SIGKILL)
+        finally:
+            gate.touch()
+        result = sub.result(timeout=120)
     assert result.properties.return_energy == reference.properties.return_energy
     calls = _calls(log)
     assert len(calls) == 41
-    assert sum(calls.values()) <= 41 + 1  # at most the one fragment running on the killed worker
+    rerun = [label for label, n in calls.items() if n > 1]
+    assert len(rerun) == 1 and rerun[0].split("@")[0].count(",") == 2  # only the trimer running on the killed worker
     assert result.extras["mbdask"]["timing"]["from_store"] > 0  # lost results reloaded, not recomputed
 
 
@@ -69,15 +80,17 @@ def _cli_script(args: list[str]) -> list[str]:
 def test_killed_cli_resumes_from_its_store(inprocess_client, tmp_path):
     reference = mbdask.compute(sleep_input(), inprocess_client)
     log, store, out = tmp_path / "calls.log", tmp_path / "store.sqlite", tmp_path / "result.json"
-    inp = write_json(tmp_path / "input.json", _slow_input(log))
+    gate = tmp_path / "trimers may finish"  # closed for the first run, which is killed while trimers wait at it
+    inp = write_json(tmp_path / "input.json", _slow_input(log, gate={"3": str(gate)}))
     env = {**os.environ, "PYTHONPATH": str(TESTS), "DASK_DISTRIBUTED__WORKER__PRELOAD": '["doubles"]'}
     args = _cli_script(["run", str(inp), "--store", str(store), "-o", str(out), "--workers", "2", "--no-progress", "--no-batch"])
     first = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: store.exists() and FragmentStore(store).count() >= 15, timeout=120)
+        _wait_for(lambda: _trimer_calls(log) == 2, timeout=120)  # both workers in a trimer, held at the gate
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the whole process group, as a crashed terminal would
         first.wait()
+    gate.touch()
     assert not out.exists()
     stored_at_kill = FragmentStore(store).count()
     calls_at_kill = sum(_calls(log).values())
@@ -112,6 +125,10 @@ def test_keep_going_returns_the_highest_complete_order_marked_partial(inprocess_
     marker = partial.extras["mbdask"]["partial"]
     assert marker["complete_nbody"] == 2 and marker["requested_nbody"] == 3
     assert "told to fail on 3-body" in marker["error"]
+    started = mbdask.start(inp, inprocess_client, keep_going=True)  # Submission.result() as compute
+    assert started.result().extras["mbdask"]["partial"]["complete_nbody"] == 2
+    with pytest.raises(mbdask.FragmentFailedError):
+        mbdask.start(inp, inprocess_client).result()
     two_body = sleep_input()
     two_body["specification"]["keywords"]["levels"] = {2: "sleepy"}
     expected = mbdask.compute(two_body, inprocess_client)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import pytest
 
@@ -76,17 +75,52 @@ def test_fragment_nodes_carry_resource_and_priority_annotations():
     assert by_cost.annotations["priority"](trimer) > by_cost.annotations["priority"](monomer)
 
 
-def test_two_body_level_resolves_before_trimers_finish(inprocess_client):
-    # trimers sleep 0.3 s each, 20 of them on 2 workers: about 3 s after the 2-body level
-    sub = mbdask.start(sleep_input(seconds={"1": 0.0, "2": 0.0, "3": 0.3}), inprocess_client)
-    level2 = sub.levels[("nocp", 2)].result()
-    level2_time = time.time()
-    result = sub.result.result()
-    trimer_stops = [f["start"] + f["seconds"] for f in result.extras["mbdask"]["timing"]["fragments"] if len(f["real"]) == 3]
-    assert level2_time < max(trimer_stops) - 1.0
+@pytest.fixture
+def one_core_two_threads():
+    """One worker declaring 1 core with 2 threads: fragments reserve the core and run one at a
+    time, and the other thread stays free for increments and levels."""
+    from distributed import Client, LocalCluster
+
+    from doubles import register_doubles
+
+    register_doubles()
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, resources={"cores": 1}, protocol="tcp", host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def test_two_body_level_resolves_before_trimers_finish(one_core_two_threads, tmp_path):
+    # trimers wait at a gate that opens only after the 2-body level has resolved: if that level
+    # waited for any trimer, it would never resolve (the timeout is for that failure only)
+    gate = tmp_path / "trimers may finish"
+    inp = sleep_input()
+    inp["specification"]["specification"]["sleepy"]["keywords"]["gate"] = {"3": str(gate)}
+    sub = mbdask.start(inp, one_core_two_threads)
+    try:
+        level2 = sub.levels[("nocp", 2)].result(timeout=120)
+        assert not sub.future.done()  # the expansion is still running: its trimers are held at the gate
+    finally:
+        gate.touch()
+    result = sub.result(timeout=120)
     assert level2["nbody"] == 2 and len(level2["increments"]) == 15
+    assert abs(level2["through"] - result.properties.nocp_corrected_total_energy_through_2_body) < 1e-10
     streamed = list(sub.as_completed_levels())
     assert {(lv["bsse"], lv["nbody"]) for lv in streamed} == {("nocp", 1), ("nocp", 2), ("nocp", 3)}
+
+
+def test_submission_result_is_the_computed_result(inprocess_client):
+    """``start(...).result()`` waits like ``Future.result`` and gives what ``compute`` gives."""
+    from qcmanybody.models.v2 import ManyBodyResult
+
+    computed = mbdask.compute(sleep_input(), inprocess_client)
+    sub = mbdask.start(sleep_input(), inprocess_client)
+    result = sub.result(timeout=120)
+    assert isinstance(result, ManyBodyResult)
+    assert result.properties == computed.properties
+    assert result.return_result == computed.return_result
+    assert sub.future.result() == result  # the Dask future of the same result
 
 
 def test_fragment_failure_names_the_fragment(inprocess_client):

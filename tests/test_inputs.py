@@ -86,3 +86,50 @@ def test_atomic_specification_may_omit_the_driver():
     inp = xtb_input("water3-uud.xyz", driver="gradient")
     model = mbdask.load_input(inp)
     assert model.specification.specification["gfn2"].driver.value == "gradient"
+
+
+def test_unknown_bsse_type_lists_each_valid_treatment_once():
+    """Pydantic lists BsseEnum's aliases too ('nocp', 'cp', 'vmfc', 'cp', 'nocp' or 'nocp')."""
+    inp = xtb_input("water3-uud.xyz")
+    inp["specification"]["keywords"]["bsse_type"] = ["cpp"]
+    with pytest.raises(mbdask.InputError) as info:
+        mbdask.load_input(inp)
+    assert str(info.value) == "specification.keywords.bsse_type.0: Input should be 'nocp', 'cp' or 'vmfc', got 'cpp'"
+
+
+def _water3(tmp_path, line2: str, atoms=None):
+    lines = (DATA / "water3-uud.xyz").read_text().splitlines()
+    atoms = lines[2:] if atoms is None else atoms
+    path = tmp_path / "w3.xyz"
+    path.write_text("\n".join([str(len(atoms)), line2, *atoms]) + "\n")
+    return path, lines[2:]
+
+
+def test_xyz_reads_atomic_numbers_and_any_case_and_ignores_extra_columns(tmp_path):
+    path, atoms = _water3(tmp_path, "0 1")
+    reference = molecule_from_xyz(path)
+    changed = [a.replace("O", "8", 1) if a.split()[0] == "O" else f"h {' '.join(a.split()[1:])} 0.25 extra" for a in atoms]
+    path, _ = _water3(tmp_path, "0 1", changed)
+    assert molecule_from_xyz(path) == reference
+
+
+def test_xyz_line_2_without_charge_leaves_recognised_ions_in_charge(tmp_path):
+    from mbdask.xyz import read_xyz
+
+    path, atoms = _water3(tmp_path, "a comment", None)
+    path, _ = _water3(tmp_path, "a comment", atoms[:-1])  # the last water loses an H: OH-
+    assert read_xyz(path)[2:] == (None, None)
+    mol = molecule_from_xyz(path, guess_ions=True)
+    assert mol["molecular_charge"] == -1.0 and mol["fragment_charges"] == [0.0, 0.0, -1.0]
+    path, _ = _water3(tmp_path, "0 1", atoms[:-1])
+    with pytest.raises(mbdask.InputError, match=r"w3\.xyz:2: line 2 says charge 0 but the fragments found carry -1 \(fragment 3 HO -1\)"):
+        molecule_from_xyz(path, guess_ions=True)
+
+
+def test_xtb_methods_are_those_xtb_python_accepts():
+    """mbdask's table (checked at plan time) against the installed xtb-python's, which QCEngine's harness uses."""
+    xtb_utils = pytest.importorskip("xtb.utils")
+    from mbdask.programs import XTB_METHODS
+
+    assert set(XTB_METHODS) == set(xtb_utils._methods)
+    assert xtb_utils.get_method("gfn3-xtb") is None

@@ -14,6 +14,8 @@ import mbdask  # noqa: E402
 from conftest import DATA  # noqa: E402
 from reference import sequential_computer  # noqa: E402
 
+mbdask.register_programs()  # plain qcengine.compute(..., 'pyscf') below
+
 DIMER = Molecule.from_data(
     """
 0 1

@@ -70,6 +70,51 @@ def test_report_renders_every_plot_in_chromium(water6_result, tmp_path):
     assert all(w > 100 and h > 100 for w, h in value["sizes"])
 
 
+#: JavaScript: the convergence plot's lines (x, y) and the n-body table's text, as the page shows them.
+CONVERGENCE_AND_TABLE = """(() => {
+  if (!window.Bokeh || !Bokeh.index) return null;
+  const views = [...Bokeh.index.all_views()];
+  const plot = views.find((v) => v.model.title && v.model.title.text === 'n-body convergence');
+  const lines = plot ? plot.model.renderers.filter((r) => r.glyph.type === 'Line').map((r) => ({x: [...r.data_source.data.x], y: [...r.data_source.data.y]})) : [];
+  const shown = (v) => [...(v.el.shadowRoot || v.el).children].filter((c) => c.tagName !== 'STYLE').map((c) => c.innerText).join(' ');
+  return {lines: lines, text: views.filter((v) => v.model.type === 'Div').map(shown).join(' ')};
+})()"""
+
+
+@pytest.fixture(scope="module")
+def cp_result(process_client) -> ManyBodyResult:
+    """PySCF HF/STO-3G water trimer, cp alone, 2-body: no monomers in their own basis (interaction energies only)."""
+    pytest.importorskip("pyscf")
+    from mbdask.xyz import molecule_from_xyz
+
+    inp = {
+        "specification": {
+            "driver": "energy",
+            "keywords": {"bsse_type": ["cp"], "levels": {2: "hf"}},
+            "specification": {"hf": {"program": "pyscf", "model": {"method": "hf", "basis": "sto-3g"}}},
+        },
+        "molecule": molecule_from_xyz(EXAMPLES / "water3-uud.xyz"),
+    }
+    return mbdask.compute(inp, process_client)
+
+
+@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_cp_report_shows_a_1_body_row_and_the_interaction_energy_in_chromium(cp_result, tmp_path):
+    path = tmp_path / "report.html"
+    mbdask.report(cp_result, path)
+    value, errors = evaluate_page(path, BOKEH_PLOTS, BOKEH_READY)
+    assert errors == [] and value["plots"] == value["finished"] >= 4
+    shown, errors = evaluate_page(path, CONVERGENCE_AND_TABLE, BOKEH_READY)
+    assert errors == []
+    (line,) = shown["lines"]
+    interaction = cp_result.properties.cp_corrected_interaction_energy_through_2_body * 627.5094740631
+    assert line["x"] == [1, 2] and line["y"][0] == 0.0 and line["y"][1] == pytest.approx(interaction, abs=1e-6)
+    text = shown["text"]
+    assert "nan" not in text and "cp interaction energy through 2-body" in text
+    assert f"{interaction:.4f}" in text and "n/a" in text  # no total: monomers were not computed in their own basis
+    assert re.search(r"cp\s+1\s+hf\s+0\s+n/a\s+0\.0000", text), text  # the 1-body row: 0 clusters, no total, interaction 0
+
+
 def test_report_of_a_result_without_mbdask_extras_is_refused(water6_result):
     bare = water6_result.model_copy(update={"extras": {}})
     with pytest.raises(ValueError, match="no mbdask extras"):
@@ -80,7 +125,7 @@ def test_progress_counts_every_fragment_per_order(process_client):
     sub = mbdask.start(xtb_input(EXAMPLES / "water6-prism.xyz"), process_client, progress=True)
     out = io.StringIO()
     show(sub.progress, out, interval=0.05)
-    result = sub.result.result()
+    result = sub.result()
     progress = sub.progress
     assert progress.done == progress.total == result.extras["mbdask"]["nfragment_calculations"]
     assert {(c.model, c.nbody): (c.done, c.total) for c in progress.levels.values()} == {
@@ -91,7 +136,10 @@ def test_progress_counts_every_fragment_per_order(process_client):
     assert not progress._pending  # finished futures are let go
 
 
-def test_progress_estimates_time_left_from_predicted_work():
+def test_progress_estimates_time_left_from_predicted_work(monkeypatch):
+    import types
+
+    import mbdask.progress
     from mbdask.batching import Unit
     from mbdask.plan import FragmentJob
 
@@ -104,9 +152,12 @@ def test_progress_estimates_time_left_from_predicted_work():
 
     fast, slow = Done(True), Done(False)
     units = {fast: Unit((FragmentJob("m", (1,), (1,)),), 1.0), slow: Unit((FragmentJob("m", (1, 2), (1, 2)),), 3.0)}
+    # a stopped clock, 10 s after the start: the estimate is arithmetic, not a race with the real one
+    monkeypatch.setattr(mbdask.progress, "time", types.SimpleNamespace(monotonic=lambda: 10.0))
     progress = Progress(units, started=0.0)
     progress.poll()
     assert progress.done == 1 and progress.total == 2
-    left = progress.remaining_seconds()
-    assert left == pytest.approx(3.0 * progress.elapsed / 1.0, rel=1e-3)
+    assert progress.elapsed == 10.0
+    # 1 s of predicted work done in 10 s: the 3 s left take 30 s
+    assert progress.remaining_seconds() == pytest.approx(30.0)
     assert "about" in progress.lines()[-1]

@@ -226,3 +226,28 @@ def test_energy_screening_has_no_barrier_between_orders():
     cheap, kept = decisions.take_work()
     assert kept == [(1, 2, 3)] and cheap == []  # 0.63 kcal/mol > 0.5; (1,2,4) never a candidate
     assert decisions.report({})["orders"]["2"] == {"threshold_kcal": 0.5, "candidates": 6, "kept": 3, "dropped_cheap_sum": 0.0}
+
+
+EMPTY_TOP_ORDER = {
+    "distance": lambda plan3: {"distance_cutoffs": {2: 1e3, 3: 1e3, 4: 0.5}},  # no two waters within 0.5 A
+    "energy": lambda plan3: {"energy_thresholds": {2: 0.0, 3: 0.0, 4: 1e6}},  # no tetramer gives 10^6 kcal/mol
+    "explicit": lambda plan3: {"clusters": [list(c) for n in (2, 3) for c in plan3.screened.kept[n]]},  # dimers, trimers only
+}
+
+
+@needs_xtb
+@pytest.mark.parametrize("how", sorted(EMPTY_TOP_ORDER))
+def test_an_order_that_keeps_no_cluster_contributes_zero(process_client, how):
+    """(H2O)6 to 4-body, screened so that every dimer and trimer is kept and no tetramer:
+    the 4-body energy equals the 3-body one, and result and report say that 0 were kept."""
+    plan3 = make_plan(xtb_input(WATER6), screening={"distance_cutoffs": {2: 1e3, 3: 1e3}})
+    three = mbdask.compute(xtb_input(WATER6), process_client)
+    screened = mbdask.compute(xtb_input(WATER6, max_nbody=4), process_client, screening=EMPTY_TOP_ORDER[how](plan3))
+    props = screened.properties
+    assert props.nocp_corrected_interaction_energy_through_4_body == pytest.approx(three.properties.nocp_corrected_interaction_energy_through_3_body, abs=1e-10)
+    assert props.nocp_corrected_4_body_contribution_to_energy == 0.0
+    extras = screened.extras["mbdask"]
+    assert extras["screening"]["orders"]["4"]["kept"] == 0 and extras["screening"]["orders"]["3"]["kept"] == 20
+    assert extras["levels"]["nocp"]["4"]["nclusters"] == 0 and extras["levels"]["nocp"]["4"]["contribution"] == 0.0
+    assert "4-body 0/15" in screened.stdout
+    assert "kept of all" in mbdask.report(screened)

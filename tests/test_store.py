@@ -13,6 +13,7 @@ import pytest
 
 import mbdask
 from mbdask.execute import ExpansionContext
+from mbdask.report import calculations_phrase, summary_table
 from mbdask.store import FragmentStore, decode_output, encode_output
 from test_graph import sleep_input
 
@@ -63,10 +64,21 @@ def test_rerun_with_store_computes_nothing_and_gives_the_same_result(inprocess_c
     first = mbdask.compute(inp, inprocess_client, store=path)
     assert FragmentStore(path).count() == first.extras["mbdask"]["nfragment_calculations"] == 41
     sub = mbdask.start(inp, inprocess_client, store=path)
-    second = sub.result.result()
+    second = sub.result()
     assert sub.from_store == 41
     assert second.extras["mbdask"]["timing"]["fragments"] == []
     assert second.extras["mbdask"]["timing"]["from_store"] == 41
+    # what the CLI and the report say: computed where, loaded from where
+    workers = len(first.extras["mbdask"]["timing"]["workers"])
+    assert calculations_phrase(first) == f"41 fragment calculations on {workers} worker{'s' if workers > 1 else ''}"
+    assert calculations_phrase(second) == "all 41 fragment calculations loaded from the checkpoint store, none computed"
+    assert summary_table(second) == "(all 41 fragment calculations loaded from the checkpoint store; nothing computed)"
+    # workers are counted from the fragments' records (a worker gone by the end still ran its share)
+    timing = first.extras["mbdask"]["timing"]
+    one_left = {**first.extras["mbdask"], "timing": {**timing, "fragments": timing["fragments"][:3], "workers": timing["workers"][:1], "from_store": 38}}
+    assert calculations_phrase(first.model_copy(update={"extras": {"mbdask": one_left}})) == (
+        "3 fragment calculations on 1 worker (38 more loaded from the checkpoint store)"
+    )
     assert second.properties.return_energy == first.properties.return_energy
     assert np.array_equal(second.return_result, first.return_result)
 
@@ -84,7 +96,7 @@ def test_corrupted_entry_is_reported_and_recomputed_never_used(inprocess_client,
         db.execute("UPDATE fragments SET payload = substr(payload, 1, 20) WHERE key = ?", (key2,))  # truncated
     store = FragmentStore(path)
     sub = mbdask.start(inp, inprocess_client, store=store)
-    second = sub.result.result()
+    second = sub.result()
     assert sorted(store.corrupted) == sorted([key, key2])
     assert len(second.extras["mbdask"]["timing"]["fragments"]) == 2  # only those two recomputed
     assert second.properties.return_energy == first.properties.return_energy

@@ -1,53 +1,88 @@
-"""No oversubscription: concurrent fragments each get the cores they reserved, no more.
+"""No oversubscription: a fragment's QC call runs with as many threads as cores it reserved.
 
 The workers here are started the way a user's own cluster might be: without Dask's
-default ``OMP_NUM_THREADS=1``, and with BLAS/OpenMP told to use every core. mbdask's
-pinning must still keep two concurrent xtb calls as fast per call as one alone.
+default ``OMP_NUM_THREADS=1``, and with BLAS/OpenMP told to use every core (and at least
+:data:`STARTED_WITH` threads, so that the start-up setting differs from every reservation
+tested even on a 2-core machine). The ``threads`` test double (tests/doubles.py) reports
+the pools and environment it sees inside the call; they must show the reserved cores.
+What this buys in wall time is measured, not tested: ``concurrent_fragment_slowdown`` in
+benchmarks/bench_executors.py.
 """
 
 from __future__ import annotations
-
-import statistics
 
 import dask
 import pytest
 from distributed import Client, LocalCluster
 
+import doubles
 import mbdask
-from conftest import needs_xtb, xtb_input
+from conftest import DATA, needs_xtb
 from mbdask.cluster import usable_cores
 from mbdask.execute import pinned_threads
+from mbdask.xyz import molecule_from_xyz
 
 pytestmark = needs_xtb
 
-
-def _mean_dimer_seconds(result) -> float:
-    times = [f["seconds"] for f in result.extras["mbdask"]["timing"]["fragments"]]
-    return statistics.median(times)
-
-
-def _unpinned_cluster(n_workers: int) -> LocalCluster:
-    every_core = str(usable_cores())
-    return LocalCluster(
-        n_workers=n_workers, threads_per_worker=1, processes=True, resources={"cores": 1},
-        host="127.0.0.1", dashboard_address=None,
-        env={"OMP_NUM_THREADS": every_core, "OPENBLAS_NUM_THREADS": every_core, "MKL_NUM_THREADS": every_core},
-    )
+#: Threads the workers start with: every core, and never fewer than 4.
+STARTED_WITH = max(usable_cores(), 4)
+#: What a user's environment might export for every core (Dask's nanny would set them to 1).
+EVERY_CORE_ENVIRONMENT = {name: str(STARTED_WITH) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+#: A library with an OpenMP and an OpenBLAS pool, loaded on the workers before the run, as a
+#: worker that has already run xtb has it: its pools are sized from the start-up environment.
+LIBRARIES = ("xtb.interface",)
 
 
-@pytest.mark.skipif(usable_cores() < 2, reason="needs two cores")
-def test_two_concurrent_xtb_fragments_run_as_fast_as_one():
-    # (H2O)20 as four fragments of five waters: 30-atom dimers, big enough for BLAS threads to matter
-    inp = xtb_input("water20-dodecahedron.xyz", max_nbody=2)
-    mol = inp["molecule"]
-    mol["fragments"] = [sum(mol["fragments"][i : i + 5], []) for i in range(0, 20, 5)]
-    medians = {}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
-        for n_workers in (1, 2):
-            with _unpinned_cluster(n_workers) as cluster, Client(cluster, set_as_default=False) as client:
-                mbdask.compute(inp, client)  # warm-up: imports, first xtb call
-                medians[n_workers] = _mean_dimer_seconds(mbdask.compute(inp, client))
-    assert medians[2] / medians[1] < 2.0, medians
+def _threads_input() -> dict:
+    """Monomers and dimers of a water hexamer through the ``threads`` double, atomic results kept."""
+    return {
+        "specification": {
+            "driver": "energy",
+            "keywords": {"bsse_type": ["nocp"], "levels": {2: "threads"}},
+            "specification": {"threads": {"program": "threads", "model": {"method": "threads"}}},
+            "protocols": {"cluster_results": "all"},
+        },
+        "molecule": molecule_from_xyz(DATA / "water6-prism.xyz"),
+    }
+
+
+@pytest.fixture(scope="module")
+def every_core_client():
+    """Two single-thread worker processes declaring 2 cores each, started with every-core thread settings."""
+    doubles.register_doubles()  # planning checks the program here too
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}), LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, resources={"cores": 2}, host="127.0.0.1",
+        dashboard_address=None, env=EVERY_CORE_ENVIRONMENT, preload=["doubles"],
+    ) as cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+ONE_CORE_MACHINE = pytest.mark.skipif(usable_cores() < 2, reason="OpenBLAS caps its threads at the machine's cores")
+
+
+@pytest.mark.parametrize("cores", [1, pytest.param(2, marks=ONE_CORE_MACHINE)])
+def test_qc_call_sees_the_reserved_cores_in_its_thread_pools_and_environment(every_core_client, cores):
+    outside = every_core_client.run(doubles.thread_settings, load=LIBRARIES)
+    for seen in outside.values():  # the setting pinning has to undo is really there
+        assert {k: seen["environment"].get(k) for k in EVERY_CORE_ENVIRONMENT} == EVERY_CORE_ENVIRONMENT
+        assert max(pool["num_threads"] for pool in seen["pools"]) == STARTED_WITH
+    libraries = {pool["filepath"] for seen in outside.values() for pool in seen["pools"]}
+
+    result = mbdask.compute(_threads_input(), every_core_client, cores_per_fragment=cores)
+
+    assert len(result.cluster_results) == 21
+    for label, atomic in result.cluster_results.items():
+        inside = atomic.extras["threads"]
+        assert inside["ncores"] == cores, label
+        assert {pool["filepath"] for pool in inside["pools"]} >= libraries, label
+        assert {pool["filepath"]: pool["num_threads"] for pool in inside["pools"]} == {
+            pool["filepath"]: cores for pool in inside["pools"]
+        }, label
+        assert set(inside["environment"]) >= set(EVERY_CORE_ENVIRONMENT), label
+        assert inside["environment"] == {name: str(cores) for name in inside["environment"]}, label
+
+    after = every_core_client.run(doubles.thread_settings)
+    assert after == outside  # and the worker's own settings are given back after the call
 
 
 def test_pinned_threads_limits_blas_and_openmp_pools():

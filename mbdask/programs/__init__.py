@@ -1,11 +1,14 @@
-"""QCEngine harnesses that mbdask ships, registered with QCEngine on import of mbdask.
+"""QCEngine harnesses that mbdask ships, registered with QCEngine by :func:`register_programs`.
 
-Registration is idempotent and happens in every process that runs a fragment (workers
-import mbdask to unpickle the task), so ``"program": "pyscf"`` works on workers and in a
-plain ``qcengine.compute`` call alike.
+Registration is idempotent. mbdask's planning registers them, and so does every worker
+before its first fragment (``mbdask.execute.warm_up``), so ``"program": "pyscf"`` works in
+any mbdask run; a plain ``qcengine.compute`` or QCManyBody run calls
+``mbdask.register_programs()`` first (``import mbdask`` no longer does: it imports nothing heavy).
 """
 
 from __future__ import annotations
+
+from typing import Iterable
 
 import qcengine
 
@@ -15,6 +18,11 @@ SHIPPED_HARNESSES = (PySCFHarness,)
 
 #: Drivers of programs whose QCEngine harness supports fewer than energy/gradient/hessian.
 PROGRAM_DRIVERS = {"xtb": ("energy", "gradient")}
+
+#: Methods QCEngine's xtb harness runs: it hands ``model.method`` to xtb-python's
+#: ``xtb.utils.get_method`` (case-insensitive), whose table (xtb-python 22.1) is this one;
+#: any other name fails on every worker. Checked against the installed xtb in the tests.
+XTB_METHODS = ("gfn2-xtb", "gfn2xtb", "gfn1-xtb", "gfn1xtb", "ipea-xtb", "ipeaxtb", "gfn0-xtb", "gfn0xtb", "gfn-ff", "gfnff")
 
 
 def check_specification(program: str, specification: dict, symbols: list[str]) -> None:
@@ -27,12 +35,40 @@ def check_specification(program: str, specification: dict, symbols: list[str]) -
     allowed = PROGRAM_DRIVERS.get(program)
     if allowed and driver not in allowed:
         raise ValueError(f"{program} does not support driver '{driver}' (supported: {', '.join(allowed)})")
+    if program == "xtb":
+        _check_xtb(specification["model"])
     if program == "pyscf":
         model = specification["model"]
         try:
             check_pyscf(model.get("method", ""), model.get("basis"), driver, specification.get("keywords") or {}, symbols)
         except Exception as exc:
             raise ValueError(str(exc).removeprefix("pyscf: ")) from None
+
+
+def _check_xtb(model: dict) -> None:
+    """A method xtb-python knows, and no basis set.
+
+    QCEngine's xtb harness never reads ``model.basis`` (the GFN methods have their own
+    minimal basis), so a basis there would only label the result with a basis never used.
+    """
+    method = model.get("method") or ""
+    if method.lower() not in XTB_METHODS:
+        raise ValueError(f"xtb has no method {method!r} (xtb methods: {', '.join(m for m in XTB_METHODS if '-' in m)}; case does not matter)")
+    if model.get("basis"):
+        raise ValueError(f"xtb takes no basis set (its GFN methods come with their own), got basis {model['basis']!r}; leave it out")
+
+
+#: Modules a worker imports for a program's first fragment: forked workers get them from the
+#: process they were forked from (:func:`mbdask.cluster.start_local_cluster`).
+PROGRAM_MODULES = {
+    "xtb": ("xtb.interface", "xtb.qcschema.harness"),
+    "pyscf": ("pyscf.gto", "pyscf.scf", "pyscf.dft"),
+}
+
+
+def program_modules(programs: Iterable[str]) -> list[str]:
+    """The modules of :data:`PROGRAM_MODULES` for ``programs`` (unknown programs: none)."""
+    return [module for program in sorted(set(programs)) for module in PROGRAM_MODULES.get(program, ())]
 
 
 def register_programs() -> None:
@@ -45,4 +81,4 @@ def register_programs() -> None:
             qcengine.register_program(harness())
 
 
-__all__ = ["PROGRAM_DRIVERS", "PySCFHarness", "check_specification", "register_programs"]
+__all__ = ["PROGRAM_DRIVERS", "PROGRAM_MODULES", "program_modules", "XTB_METHODS", "PySCFHarness", "check_specification", "register_programs"]

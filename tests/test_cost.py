@@ -1,0 +1,50 @@
+"""The cost model learns from what it measures: per kind of calculation, across runs and during one."""
+
+from __future__ import annotations
+
+import pytest
+
+from mbdask.cost import CostModel, ModelCost, calibrated_during_run, kind_of
+from mbdask.plan import FragmentJob
+
+
+def _cp_model() -> CostModel:
+    """Three fragments of equal size: every calculation in the full basis has one predicted cost."""
+    return CostModel({"hf": ModelCost(exponent=3, driver_factor=1.0, unit_seconds=1e-6, overhead=0.0, per_fragment_size={1: 25.0, 2: 25.0, 3: 25.0})})
+
+
+def test_calibration_tells_apart_kinds_the_size_model_cannot():
+    """cp: a monomer and a dimer in the full-cluster basis have the same size, not the same time."""
+    cost = _cp_model()
+    monomers = [FragmentJob("hf", (i,), (1, 2, 3)) for i in (1, 2, 3)]
+    dimers = [FragmentJob("hf", pair, (1, 2, 3)) for pair in ((1, 2), (1, 3), (2, 3))]
+    assert cost.seconds(monomers[0]) == cost.seconds(dimers[0])
+    cost.calibrate([(job, 1.1) for job in monomers] + [(job, 1.8) for job in dimers])
+    assert cost.seconds(monomers[0]) == pytest.approx(1.1)
+    assert cost.seconds(dimers[2]) == pytest.approx(1.8)
+    # a kind never measured keeps the model chemistry's fit
+    trimer = FragmentJob("hf", (1, 2, 3), (1, 2, 3))
+    assert kind_of("hf", trimer.real, trimer.basis) not in cost.kind_scale
+    assert cost.seconds(trimer) == pytest.approx(cost.models["hf"].seconds(trimer.basis))
+
+
+def _fragment(real, start, seconds, predicted=0.5, worker="w1"):
+    return {"model": "hf", "real": list(real), "basis": [1, 2, 3], "start": start, "seconds": seconds, "predicted": predicted, "worker": worker}
+
+
+def test_a_run_calibrates_each_kind_from_its_first_finished_fragments():
+    fragments = [
+        _fragment((1,), -1.0, 9.0, worker="w2"),  # a worker's first fragment imports the program: not a sample
+        _fragment((2, 3), -1.0, 0.5, worker="w3"),
+        _fragment((1, 2, 3), -1.0, 0.9),
+        _fragment((1,), 0.0, 1.0),  # first monomer: nothing of its kind finished yet
+        _fragment((1, 2), 0.0, 2.0),
+        _fragment((2,), 1.0, 1.2),  # starts when monomer 1 finished: 2x
+        _fragment((3,), 2.2, 1.1),  # monomers 1 and 2 finished: median of 2.0 and 2.4
+        _fragment((1, 3), 1.0, 4.0),  # dimer (1,2) still running: no correction
+        _fragment((2, 3), 2.5, 3.0),  # dimer (1,2) finished at 2.0: 4x
+    ]
+    calibrated = calibrated_during_run(fragments)
+    assert calibrated == pytest.approx([0.5, 0.5, 0.5, 0.5, 0.5, 1.0, 0.5 * 2.2, 0.5, 2.0])
+    assert calibrated_during_run([]) == []
+    assert calibrated_during_run([{**fragments[0], "predicted": None}]) == [None]

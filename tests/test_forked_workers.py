@@ -1,0 +1,72 @@
+"""Local workers forked from a single-threaded process: same numbers, safe fallback, nothing left behind.
+
+Each case runs in a fresh interpreter (this test process runs threads, so mbdask would rightly
+refuse to fork from it), with the command line's own setting: BLAS/OpenMP pools at one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import EXAMPLES, needs_xtb
+
+SCRIPT = """
+import json, os, sys, threading, time
+import psutil
+import mbdask
+from mbdask.cluster import connect
+if __name__ == "__main__":
+    if sys.argv[2] == "thread":  # something else already runs a thread in this process
+        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+    plan = mbdask.plan(sys.argv[1])
+    conn = connect(n_workers=2, preload=["xtb.interface"])
+    # a forked worker runs this very command line; a spawned one, multiprocessing's spawn entry point
+    forked = sorted(set(conn.client.run(lambda: psutil.Process().cmdline() == psutil.Process(os.getppid()).cmdline()).values()))
+    method = getattr(conn.cluster, "worker_start_method", "spawn")
+    energy = mbdask.compute(plan, conn.client).properties.return_energy
+    conn.close()
+    time.sleep(0.2)
+    left = [p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    zombies = [p.pid for p in psutil.Process().children(recursive=True) if p.status() == psutil.STATUS_ZOMBIE]
+    print(json.dumps({"method": method, "forked": forked, "energy": energy, "left": left, "zombies": zombies}))
+"""
+
+
+def _run(tmp_path, mode: str, workers: str = "auto") -> dict:
+    script = tmp_path / "forked.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DASK_MBDASK__LOCAL_CLUSTER__WORKERS": workers}
+    proc = subprocess.run([sys.executable, str(script), str(EXAMPLES / "water6-gfn2.json"), mode], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@needs_xtb
+def test_single_threaded_process_forks_its_workers_and_gets_the_spawned_numbers(tmp_path):
+    forked = _run(tmp_path, "plain")
+    assert forked["method"] == "fork" and forked["forked"] == [True]
+    assert forked["left"] == [] and forked["zombies"] == []  # closed and reaped
+    spawned = _run(tmp_path, "plain", workers="spawn")
+    assert spawned["method"] == "spawn" and spawned["forked"] == [False]  # Dask's nannies spawned them
+    assert forked["energy"] == spawned["energy"]
+
+
+@needs_xtb
+def test_a_process_running_another_thread_lets_dask_spawn(tmp_path):
+    result = _run(tmp_path, "thread")
+    assert result["method"] == "spawn" and result["forked"] == [False]
+
+
+def test_unknown_start_method_is_refused():
+    import dask
+
+    from mbdask.cluster import worker_start_method
+
+    with dask.config.set({"mbdask.local-cluster.workers": "threads"}):
+        with pytest.raises(ValueError, match="auto, spawn"):
+            worker_start_method()
