@@ -347,7 +347,7 @@ def start(
     fragment_store = _open_store(store)
     conn = connect(
         client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security,
-        preload=program_modules(the_plan.program(m) for m in the_plan.models),
+        worker_imports=program_modules(the_plan.program(m) for m in the_plan.models),
     )
     try:
         if check_installed:

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--energy-thresholds", metavar="N:KCAL,...",
         help="screening: keep an N-body cluster only if its GFN2-xTB increment exceeds KCAL kcal/mol in magnitude, e.g. 2:0.05,3:0.01",
     )
+    run.add_argument("--profile", metavar="FILE", help="write where the run's time went (phases, QC programs, mbdask, Dask) as JSON here, and print it")
     run.add_argument("--no-batch", action="store_true", help="one Dask task per fragment even for cheap fragments")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal)")
 
@@ -231,21 +232,26 @@ def _run(args: argparse.Namespace) -> int:
     from . import api
     from .cluster import connect
     from .outputs import check_writable, write_atomic
+    from .profile import RunProfile
     from .programs import program_modules
     from .store import FragmentStore
+
+    profile = RunProfile()
+    profile.mark("imported")
 
     _positive("--workers", args.workers)
     _positive("--threads-per-worker", args.threads_per_worker)
     api.check_options(
         cores_per_fragment=args.cores_per_fragment, memory_per_fragment=args.memory_per_fragment, retries=args.retries, order=args.order
     )
-    for path in (args.output, args.report):
+    for path in (args.output, args.report, args.profile):
         if path:
             check_writable(path)
     security = _security(args)
     inp = _xyz_input(args) if _is_xyz(args.input) else args.input
     plan = api.plan(inp, screening=_screening(args))  # all input errors surface before a cluster starts
     store = FragmentStore.open(args.store) if args.store else None
+    profile.mark("planned")
 
     wall_start = time.perf_counter()
     conn = connect(
@@ -254,8 +260,9 @@ def _run(args: argparse.Namespace) -> int:
         threads_per_worker=args.threads_per_worker,
         memory_limit=args.memory_limit,
         security=security,
-        preload=program_modules(plan.program(m) for m in plan.models),
+        worker_imports=program_modules(plan.program(m) for m in plan.models),
     )
+    profile.mark("cluster")
     try:
         link = getattr(conn.client, "dashboard_link", None)
         if link:
@@ -272,6 +279,7 @@ def _run(args: argparse.Namespace) -> int:
             keep_going=args.keep_going,
             progress=not args.no_progress and sys.stderr.isatty(),
         )
+        profile.mark("submitted")
         if sub.from_store:
             print(f"mbdask: {sub.from_store} of {len(plan.jobs)} fragment calculations found in {args.store}", file=sys.stderr)
         if store is not None and store.corrupted:
@@ -281,8 +289,10 @@ def _run(args: argparse.Namespace) -> int:
 
             show(sub.progress)
         result = api.result_of(sub, keep_going=args.keep_going)
+        profile.mark("result")
     finally:
         conn.close()
+    profile.mark("closed")
     wall = time.perf_counter() - wall_start
 
     from .report import calculations_phrase, energy_phrase, report, summary_table
@@ -298,6 +308,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.report:
         report(result, args.report, title=f"mbdask report: {os.path.basename(str(args.input))}")
         print(f"mbdask: report written to {args.report}")
+    if args.profile:
+        from .profile import format_summary, write_profile
+
+        profile.mark("written")
+        profile.with_result(result)
+        summary = profile.summary(result)
+        write_profile(args.profile, summary)
+        print(format_summary(summary), file=sys.stderr)
+        print(f"mbdask: profile written to {args.profile}")
     partial = result.extras["mbdask"].get("partial")
     if partial:
         print(

@@ -114,11 +114,11 @@ def worker_start_method() -> str:
     return method
 
 
-def start_local_cluster(size: ClusterSize, *, preload: Sequence[str] = (), **kwargs) -> SpecCluster:
+def start_local_cluster(size: ClusterSize, *, worker_imports: Sequence[str] = (), **kwargs) -> SpecCluster:
     """A process-based LocalCluster on loopback, workers declaring ``cores`` and ``memory``.
 
     Workers are forked from this process where that is safe (one thread, nothing else asked
-    of the cluster; :mod:`mbdask.forked_workers`), after importing the modules in ``preload``
+    of the cluster; :mod:`mbdask.forked_workers`), after importing the modules in ``worker_imports``
     (the QC programs the run needs) so that no worker imports them again. Otherwise Dask
     spawns them. Either way they run without Dask's ``MALLOC_TRIM_THRESHOLD_`` (see
     :data:`DROPPED_WORKER_ENVIRONMENT`) and profile every :data:`PROFILE_INTERVAL`; Dask's
@@ -136,7 +136,9 @@ def start_local_cluster(size: ClusterSize, *, preload: Sequence[str] = (), **kwa
     )
     options.update(kwargs)
     with _mbdask_worker_configuration():
-        if worker_start_method() == "auto" and set(options) <= FORKED_OPTIONS and _preload(preload) and can_fork_workers():
+        forkable = worker_start_method() == "auto" and set(options) <= FORKED_OPTIONS and can_fork_workers()
+        # the imports must not have started a thread either
+        if forkable and _import_for_workers(worker_imports) and can_fork_workers():
             return _forked_cluster(size, options["dashboard_address"])
         return LocalCluster(**options)
 
@@ -145,7 +147,7 @@ def start_local_cluster(size: ClusterSize, *, preload: Sequence[str] = (), **kwa
 FORKED_OPTIONS = frozenset({"n_workers", "threads_per_worker", "memory_limit", "resources", "host", "dashboard_address", "processes"})
 
 
-def _preload(modules: Sequence[str]) -> bool:
+def _import_for_workers(modules: Sequence[str]) -> bool:
     """Import what forked workers should not import again, and fill QCEngine's per-process caches; True if all went well."""
     import importlib
 
@@ -216,11 +218,11 @@ def connect(
     threads_per_worker: Optional[int] = None,
     memory_limit: Union[str, int, float, None] = None,
     security=None,
-    preload: Sequence[str] = (),
+    worker_imports: Sequence[str] = (),
 ) -> Connection:
     """Resolve ``client``: a Client is used as is, a string is a scheduler address, None
     means the default client if there is one, otherwise a new LocalCluster sized from the machine
-    (``preload``: modules its workers need, imported before they are forked)."""
+    (``worker_imports``: modules its workers need, imported before they are forked)."""
     if isinstance(client, Client):
         return Connection(client)
     if isinstance(client, (str, os.PathLike)):
@@ -232,7 +234,7 @@ def connect(
             from distributed import default_client
 
             return Connection(default_client())
-    cluster = start_local_cluster(ClusterSize.from_machine(n_workers, threads_per_worker, memory_limit), preload=preload)
+    cluster = start_local_cluster(ClusterSize.from_machine(n_workers, threads_per_worker, memory_limit), worker_imports=worker_imports)
     return Connection(Client(cluster, set_as_default=False), cluster=cluster, owns_client=True)
 
 

@@ -103,12 +103,19 @@ def test_plan_prints_counts_per_model_and_order(capsys):
 
 @needs_xtb
 def test_run_bundled_example_end_to_end(tmp_path):
-    out, report = tmp_path / "result.json", tmp_path / "report.html"
+    out, report, profile = tmp_path / "result.json", tmp_path / "report.html", tmp_path / "profile.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "mbdask", "run", str(EXAMPLES / "water6-gfn2.json"), "-o", str(out), "--workers", "2", "--report", str(report)],
+        [sys.executable, "-m", "mbdask", "run", str(EXAMPLES / "water6-gfn2.json"), "-o", str(out), "--workers", "2", "--report", str(report),
+         "--profile", str(profile)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    # --profile: every phase from process start to the outputs, adding up to the wall time
+    spent = json.loads(profile.read_text())
+    assert [row["phase"] for row in spent["phases"]][0] == "Python start and imports" and len(spent["phases"]) == 9
+    assert sum(row["seconds"] for row in spent["phases"]) == pytest.approx(spent["wall_seconds"], rel=1e-9)
+    assert spent["fragments"] == 41 and 0 < spent["efficiency"] <= 1.0
+    assert "mbdask profile:" in proc.stderr and "fragments (first start to last stop)" in proc.stderr
     assert "N-Body: Non-Counterpoise Corrected (NoCP) energies" in proc.stdout
     assert re.search(r"mbdask: 41 fragment calculations on [12] workers?; wall time", proc.stdout), proc.stdout  # workers that ran fragments
     assert "mbdask: nocp interaction energy through 3-body" in proc.stdout

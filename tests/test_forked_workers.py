@@ -24,7 +24,7 @@ if __name__ == "__main__":
     if sys.argv[2] == "thread":  # something else already runs a thread in this process
         threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
     plan = mbdask.plan(sys.argv[1])
-    conn = connect(n_workers=2, preload=["xtb.interface"])
+    conn = connect(n_workers=2, worker_imports=["xtb.interface"])
     # a forked worker runs this very command line; a spawned one, multiprocessing's spawn entry point
     forked = sorted(set(conn.client.run(lambda: psutil.Process().cmdline() == psutil.Process(os.getppid()).cmdline()).values()))
     method = getattr(conn.cluster, "worker_start_method", "spawn")

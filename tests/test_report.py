@@ -161,3 +161,21 @@ def test_progress_estimates_time_left_from_predicted_work(monkeypatch):
     # 1 s of predicted work done in 10 s: the 3 s left take 30 s
     assert progress.remaining_seconds() == pytest.approx(30.0)
     assert "about" in progress.lines()[-1]
+
+
+def test_timeline_and_utilization_legends_name_the_orders_and_cover_no_data(water6_result):
+    from bokeh.models import Legend
+
+    figs = mbdask.figures(water6_result)
+    for name in ("timeline", "utilization"):
+        legends = [item for item in figs[name].right if isinstance(item, Legend)]
+        assert len(legends) == 1 and not [item for item in figs[name].center if isinstance(item, Legend)], name
+    labels = [item.label["value"] for item in legends_of(figs["timeline"])]
+    assert labels == ["1-body", "2-body", "3-body"]
+    assert [item.label["value"] for item in legends_of(figs["utilization"])] == ["busy cores", "2 cores in the cluster"]
+
+
+def legends_of(fig) -> list:
+    from bokeh.models import Legend
+
+    return [entry for item in fig.right if isinstance(item, Legend) for entry in item.items]

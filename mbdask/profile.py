@@ -1,0 +1,122 @@
+"""Where a run's time went: ``python -m mbdask run --profile FILE``.
+
+A run is a chain of phases, each ending at a mark the command line sets (or one read from
+the result's own fragment timings): the Python process starting and importing, planning,
+the cluster starting, the graph built and submitted, the wait for the first fragment, the
+fragments themselves (first start to last stop), assembly, and writing the outputs. Inside
+the fragment span, the cores' time splits into the QC programs' own time, mbdask's own time
+around each call (molecule, input, result extraction) where the workers recorded it, and
+the rest: Dask's per-task cost and idle cores. That is what tells a user whose jobs behave
+unlike ours which part to attack (docs/benchmarks.md does the same for ours).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+#: The marks the command line sets, in order, and the phase each one ends.
+PHASES = (
+    ("imported", "Python start and imports"),
+    ("planned", "plan (input, validation, costs)"),
+    ("cluster", "cluster start"),
+    ("submitted", "worker checks, graph built and submitted"),
+    ("first_fragment", "until the first fragment starts"),
+    ("last_fragment", "fragments (first start to last stop)"),
+    ("result", "assembly and result"),
+    ("closed", "cluster closed"),
+    ("written", "outputs written"),
+)
+
+
+def process_start_time() -> Optional[float]:
+    """When this process started (epoch seconds), as the kernel recorded it."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # pragma: no cover - psutil without /proc
+        return None
+
+
+@dataclass
+class RunProfile:
+    """Epoch-second marks of one run (see :data:`PHASES`)."""
+
+    marks: dict[str, float] = field(default_factory=dict)
+    started: Optional[float] = field(default_factory=process_start_time)
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.time()
+
+    def with_result(self, result: Any) -> None:
+        """The fragment span's ends, from the result's own per-fragment timings (worker clocks)."""
+        fragments = result.extras["mbdask"]["timing"]["fragments"]
+        if fragments:
+            self.marks["first_fragment"] = min(f["start"] for f in fragments)
+            self.marks["last_fragment"] = max(f["start"] + f["seconds"] for f in fragments)
+
+    def summary(self, result: Any) -> dict:
+        """Phases in seconds and the fragment span's split, as JSON-friendly data."""
+        start = self.started if self.started is not None else min(self.marks.values())
+        phases, previous = [], start
+        for mark, title in PHASES:
+            if mark in self.marks:
+                phases.append({"phase": title, "seconds": max(0.0, self.marks[mark] - previous)})
+                previous = max(previous, self.marks[mark])
+        timing = result.extras["mbdask"]["timing"]
+        fragments = timing["fragments"]
+        cores = timing.get("cluster_cores") or 1
+        span = (self.marks.get("last_fragment", 0.0) - self.marks.get("first_fragment", 0.0)) if fragments else 0.0
+        program = sum(f["seconds"] for f in fragments)
+        own = sum(f.get("own_seconds") or 0.0 for f in fragments)
+        inside = {
+            "cores": cores,
+            "core_seconds": span * cores,
+            "qc_program_seconds": program,
+            "mbdask_own_seconds": own if any("own_seconds" in f for f in fragments) else None,
+            "mbdask_own_ms_per_fragment": 1000.0 * own / len(fragments) if fragments and any("own_seconds" in f for f in fragments) else None,
+            "dask_and_idle_seconds": max(0.0, span * cores - program - own),
+        }
+        wall = previous - start
+        bound = max(program / cores, max((f["seconds"] for f in fragments), default=0.0))
+        return {
+            "wall_seconds": wall,
+            "phases": phases,
+            "fragment_span": inside,
+            "fragments": len(fragments),
+            "from_store": timing.get("from_store", 0),
+            "zero_overhead_bound_seconds": bound,
+            "efficiency": bound / wall if wall > 0 else None,
+        }
+
+
+def format_summary(summary: dict) -> str:
+    """The profile as lines for the terminal."""
+    lines = [f"mbdask profile: {summary['wall_seconds']:.2f} s from process start"]
+    for row in summary["phases"]:
+        share = 100.0 * row["seconds"] / summary["wall_seconds"] if summary["wall_seconds"] else 0.0
+        lines.append(f"  {row['phase']:<40} {row['seconds']:8.3f} s  {share:5.1f}%")
+    inside = summary["fragment_span"]
+    if summary["fragments"]:
+        own = inside["mbdask_own_seconds"]
+        lines.append(
+            f"  in the fragment span, {inside['core_seconds']:.2f} core-seconds on {inside['cores']} cores: QC programs "
+            f"{inside['qc_program_seconds']:.2f} s"
+            + (f", mbdask around the calls {own:.2f} s ({inside['mbdask_own_ms_per_fragment']:.3f} ms per fragment)" if own is not None else "")
+            + f", Dask and idle {inside['dask_and_idle_seconds']:.2f} s"
+        )
+    if summary["efficiency"] is not None:
+        lines.append(
+            f"  zero-overhead bound {summary['zero_overhead_bound_seconds']:.2f} s (QC program time / cores, or the longest "
+            f"fragment): efficiency {summary['efficiency']:.2f}"
+        )
+    return "\n".join(lines)
+
+
+def write_profile(path: str, summary: dict) -> None:
+    from .outputs import write_atomic
+
+    write_atomic(path, json.dumps(summary, indent=1))
