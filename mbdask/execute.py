@@ -8,7 +8,6 @@ result rides along only when the input's protocol asks for ``cluster_results: al
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import socket
 import sys
@@ -20,13 +19,13 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import qcengine
-from qcelemental.models.v2 import AtomicInput
+from qcelemental.models.v2 import AtomicInput, Molecule
 from qcmanybody.models.v2 import ManyBodyInput
 from threadpoolctl import ThreadpoolController
 
-from .engine import fill_machine_info, run_program
+from .engine import ProgramRunner, fill_machine_info
 from .errors import FragmentFailedError
-from .fragments import FragmentFactory
+from .fragments import FragmentFactory, deepcopy_plain
 from .plan import FragmentJob
 from .store import GEOMETRY_DECIMALS, FragmentStore, fragment_identity
 
@@ -112,19 +111,29 @@ class ExpansionContext:
     def factory(self) -> FragmentFactory:
         return FragmentFactory(self.input.molecule)
 
+    def atomic_input(self, model: str, molecule: Molecule) -> AtomicInput:
+        """The ``AtomicInput`` of ``molecule`` with model chemistry ``model``.
+
+        As QCManyBody's ``ManyBodyComputer`` builds it, with a deep copy of the
+        specification (a harness may change its input's keywords in place), made by
+        :func:`~mbdask.fragments.deepcopy_plain` (the specification is plain data).
+        """
+        return AtomicInput(molecule=molecule, specification=deepcopy_plain(self.specifications[model]["specification"]))
+
     def store_key(self, job: FragmentJob) -> str:
         """The checkpoint-store key of ``job`` (see :mod:`mbdask.store`)."""
         spec = self.specifications[job.model]
         molecule = self.factory.identity(job.real, job.basis, GEOMETRY_DECIMALS)
         return fragment_identity(spec["program"], spec["specification"], molecule)
 
-    @property
+    @cached_property
     def driver(self) -> str:
         return self.input.specification.driver.value
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.pop("factory", None)
+        for cached in ("factory", "driver"):
+            state.pop(cached, None)
         return state
 
 
@@ -153,27 +162,8 @@ def extract_properties(result: Any, driver: str) -> dict[str, Any]:
     return values
 
 
-def run_fragment(ctx: ExpansionContext, job: FragmentJob, ncores: int = 1, memory_gib: Optional[float] = None) -> dict:
-    """Run one fragment calculation and return its numbers; raise ``FragmentFailedError`` on failure.
-
-    BLAS/OpenMP thread pools are limited to ``ncores`` for the duration of the call, and the
-    same ``ncores``/``memory`` go to QCEngine's ``task_config``, so the program uses exactly
-    what the task's resource annotation reserved.
-    """
-    with pinned_threads(int(ncores)):
-        return _run_pinned(ctx, job, ncores, memory_gib)
-
-
-def _run_pinned(ctx: ExpansionContext, job: FragmentJob, ncores: int, memory_gib: Optional[float]) -> dict:
-    """``run_fragment`` inside an already pinned thread pool (pinning costs ~1.5 ms per call)."""
-    warm_up()
-    spec = ctx.specifications[job.model]
-    program = spec["program"]
-    molecule = ctx.factory.molecule(job.real, job.basis)
-    atomic_input = AtomicInput(molecule=molecule, specification=copy.deepcopy(spec["specification"]))
-    start = time.time()
-    result = run_program(atomic_input, program, ncores, memory_gib)
-    stop = time.time()
+def check_success(result: Any, job: FragmentJob, program: str) -> None:
+    """Raise ``FragmentFailedError`` unless ``result`` is a successful result."""
     if not getattr(result, "success", False):
         error = getattr(result, "error", None)
         raise FragmentFailedError(
@@ -184,17 +174,57 @@ def _run_pinned(ctx: ExpansionContext, job: FragmentJob, ncores: int, memory_gib
             getattr(error, "error_type", "unknown_error"),
             getattr(error, "error_message", str(result)),
         )
-    output = {
-        "label": job.label,
-        "values": extract_properties(result, ctx.driver),
-        "start": start,
-        "stop": stop,
-        "worker": _worker_name(),
-        "ncores": int(ncores),
-    }
-    if ctx.keep_cluster_results:
-        output["result"] = result
-    return output
+
+
+@dataclass
+class UnitState:
+    """What the fragments of one unit (one Dask task) share, found once per unit.
+
+    The program runner (QCEngine harness and ``TaskConfig``: see
+    :class:`mbdask.engine.ProgramRunner`) and the worker's name (Dask's ``get_worker``,
+    then the host name outside a worker) cannot change while a unit runs. Results go
+    through QCEngine's provenance step only when they are kept (``keep_results``):
+    otherwise only their numbers are read, which that step leaves as they are.
+    """
+
+    runner: ProgramRunner
+    worker: str
+    ncores: int
+    keep_results: bool
+
+    @classmethod
+    def start(cls, ctx: ExpansionContext, ncores: int, memory_gib: Optional[float]) -> "UnitState":
+        return cls(ProgramRunner(int(ncores), memory_gib), _worker_name(), int(ncores), ctx.keep_cluster_results)
+
+    def output(self, job: FragmentJob, values: dict[str, Any], result: Any, start: float, stop: float) -> dict:
+        """What a fragment's task returns: its numbers, when and where it ran, and the result if kept."""
+        output = {"label": job.label, "values": values, "start": start, "stop": stop, "worker": self.worker, "ncores": self.ncores}
+        if self.keep_results:
+            output["result"] = result
+        return output
+
+
+def run_fragment(ctx: ExpansionContext, job: FragmentJob, ncores: int = 1, memory_gib: Optional[float] = None) -> dict:
+    """Run one fragment calculation and return its numbers; raise ``FragmentFailedError`` on failure.
+
+    BLAS/OpenMP thread pools are limited to ``ncores`` for the duration of the call, and the
+    same ``ncores``/``memory`` go to QCEngine's ``task_config``, so the program uses exactly
+    what the task's resource annotation reserved.
+    """
+    with pinned_threads(int(ncores)):
+        return _run_pinned(ctx, job, UnitState.start(ctx, ncores, memory_gib))
+
+
+def _run_pinned(ctx: ExpansionContext, job: FragmentJob, unit: UnitState) -> dict:
+    """``run_fragment`` inside an already pinned thread pool (pinning costs ~1.5 ms per call)."""
+    warm_up()
+    program = ctx.specifications[job.model]["program"]
+    atomic_input = ctx.atomic_input(job.model, ctx.factory.molecule(job.real, job.basis))
+    start = time.time()
+    result = unit.runner(atomic_input, program, provenance=unit.keep_results)
+    stop = time.time()
+    check_success(result, job, program)
+    return unit.output(job, extract_properties(result, ctx.driver), result, start, stop)
 
 
 def run_unit(
@@ -214,13 +244,13 @@ def run_unit(
     ``predicted`` (seconds per job, from the cost model) is recorded beside the measured time.
     """
     with pinned_threads(int(ncores)):
-        outputs = _run_unit_pinned(ctx, jobs, ncores, memory_gib, known or {})
+        outputs = _run_unit_pinned(ctx, jobs, UnitState.start(ctx, ncores, memory_gib), known or {})
     for job, seconds in zip(jobs, predicted):
         outputs[job.label]["predicted"] = seconds
     return outputs
 
 
-def _run_unit_pinned(ctx: ExpansionContext, jobs: Sequence[FragmentJob], ncores: int, memory_gib: Optional[float], known: dict) -> dict[str, dict]:
+def _run_unit_pinned(ctx: ExpansionContext, jobs: Sequence[FragmentJob], unit: UnitState, known: dict) -> dict[str, dict]:
     outputs: dict[str, dict] = {}
     for job in jobs:
         if job.label in known:
@@ -231,7 +261,7 @@ def _run_unit_pinned(ctx: ExpansionContext, jobs: Sequence[FragmentJob], ncores:
         if stored is not None:
             outputs[job.label] = {**stored, "label": job.label, "stored": True}
             continue
-        output = _run_pinned(ctx, job, ncores, memory_gib)
+        output = _run_pinned(ctx, job, unit)
         if key is not None:
             ctx.store.put(key, job.label, output)
         outputs[job.label] = output

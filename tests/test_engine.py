@@ -7,19 +7,23 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any, ClassVar, Dict
 
+import numpy as np
+import pytest
 import qcengine
 from qcelemental.models.v2 import AtomicInput
+from qcengine.programs.model import ProgramHarness
 
 import mbdask
 from conftest import needs_xtb
-from mbdask.engine import cpu_name, run_program, task_config
+from mbdask.engine import ProgramRunner, cpu_name, run_program, task_config
 
 WATER = {"symbols": ["O", "H", "H"], "geometry": [0.0, 0.0, -0.124, 0.0, -1.431, 0.984, 0.0, 1.431, 0.984]}
 
 
-def _input(method: str) -> AtomicInput:
-    return AtomicInput(molecule=WATER, specification={"driver": "energy", "model": {"method": method}, "keywords": {"accuracy": 0.01}})
+def _input(method: str, driver: str = "energy") -> AtomicInput:
+    return AtomicInput(molecule=WATER, specification={"driver": driver, "model": {"method": method}, "keywords": {"accuracy": 0.01}})
 
 
 @needs_xtb
@@ -117,3 +121,113 @@ def test_local_cluster_with_forked_workers_gives_the_spawned_result(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     spawned, forked = json.loads(out.stdout.strip().splitlines()[-1])
     assert forked == spawned
+
+
+class CannedHarness(ProgramHarness):
+    """Returns the result it was given (``CANNED["result"]``), every time, or fails (test double, not chemistry)."""
+
+    _defaults: ClassVar[Dict[str, Any]] = {
+        "name": "canned", "scratch": False, "thread_safe": True, "thread_parallel": False, "node_parallel": False, "managed_memory": False,
+    }
+
+    @staticmethod
+    def found(raise_error: bool = False) -> bool:
+        return True
+
+    def compute(self, input_data, config):
+        if CANNED.get("result") is None:
+            raise RuntimeError("canned: no result to return")
+        return CANNED["result"]
+
+
+CANNED: Dict[str, Any] = {}
+
+
+@pytest.fixture
+def canned() -> Dict[str, Any]:
+    qcengine.register_program(CannedHarness())
+    try:
+        yield CANNED
+    finally:
+        qcengine.unregister_program("canned")
+        CANNED.clear()
+
+
+@needs_xtb
+@pytest.mark.parametrize("driver", ["energy", "gradient"])
+def test_results_without_provenance_have_qcengines_numbers(canned, driver):
+    """``provenance=False`` returns the harness's result; QCEngine's provenance step changes none of its numbers."""
+    from mbdask.execute import extract_properties
+
+    inp = _input("gfn2-xtb", driver)
+    canned["result"] = qcengine.get_program("xtb").compute(inp, task_config(1))
+    runner = ProgramRunner(1)
+    raw, fused = runner(inp, "canned", provenance=False), runner(inp, "canned")
+    assert raw is canned["result"]
+    assert fused is not raw and fused.provenance.wall_time > 0 and fused.provenance.cpu
+    ours, theirs = extract_properties(raw, driver), extract_properties(fused, driver)
+    assert ours.keys() == theirs.keys() == {"energy", *([driver] if driver != "energy" else [])}
+    for key, value in ours.items():
+        assert np.asarray(value).tobytes() == np.asarray(theirs[key]).tobytes(), key
+
+
+@needs_xtb
+def test_failures_without_provenance_are_qcengines():
+    ours = ProgramRunner(1)(_input("gfn9-xtb"), "xtb", provenance=False)
+    theirs = qcengine.compute(_input("gfn9-xtb"), "xtb", task_config={"ncores": 1, "retries": 0})
+    assert not ours.success and (ours.error.error_type, ours.error.error_message) == (theirs.error.error_type, theirs.error.error_message)
+
+
+def test_program_runner_looks_the_harness_up_once(canned, monkeypatch):
+    calls = []
+    real = qcengine.get_program
+    monkeypatch.setattr(qcengine, "get_program", lambda name: calls.append(name) or real(name))
+    runner = ProgramRunner(1)
+    for _ in range(3):
+        assert "canned: no result" in runner(_input("x"), "canned").error.error_message
+    assert calls == ["canned"]
+    missing = runner(_input("x"), "no-such-program")  # as qcengine.compute: a FailedOperation, not an exception
+    assert not missing.success and "no-such-program" in missing.error.error_message
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_thread_environment_leaves_the_environment_as_qcengines_environ_context(pinned, monkeypatch):
+    """During and after the call, with the variables already pinned or not, and with a program that changes them."""
+    from qcengine.util import environ_context
+
+    from mbdask.engine import thread_environment
+
+    config = task_config(2)
+    seen = {}
+
+    def run(context) -> dict:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            monkeypatch.setenv(name, "2" if pinned else "5")
+        with context(config):
+            seen[context] = (os.environ["OMP_NUM_THREADS"], os.environ["MKL_NUM_THREADS"])
+            os.environ["OMP_NUM_THREADS"] = "7"
+            os.environ.pop("MKL_NUM_THREADS")
+        return {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+    theirs = run(lambda c: environ_context(config=c))
+    ours = run(thread_environment)
+    assert ours == theirs == {"OMP_NUM_THREADS": "2" if pinned else "5", "MKL_NUM_THREADS": "2" if pinned else "5"}
+    assert set(seen.values()) == {("2", "2")}
+
+
+@needs_xtb
+def test_run_unit_gives_the_same_numbers_with_and_without_kept_results():
+    """Kept results go through QCEngine's provenance step, others not: the numbers are bit for bit the same."""
+    from conftest import xtb_input
+    from mbdask.execute import ExpansionContext, run_unit
+
+    plan = mbdask.plan(xtb_input("water6-prism.xyz", driver="gradient"))
+    jobs = plan.jobs[:8]
+    plain = run_unit(ExpansionContext(plan.input, plan.specifications, False), jobs, 1, None, None, [0.1] * len(jobs))
+    kept = run_unit(ExpansionContext(plan.input, plan.specifications, True), jobs, 1, None, None, [0.1] * len(jobs))
+    for job in jobs:
+        ours, theirs = plain[job.label], kept[job.label]
+        assert "result" not in ours and theirs["result"].provenance.wall_time > 0 and ours["predicted"] == 0.1
+        assert ours["values"].keys() == theirs["values"].keys() == {"energy", "gradient"}
+        for key in ours["values"]:
+            assert np.asarray(ours["values"][key]).tobytes() == np.asarray(theirs["values"][key]).tobytes(), job.label
