@@ -21,7 +21,7 @@ from distributed import Client, Future, as_completed
 from qcmanybody.models.v2 import ManyBodyResult
 
 from .batching import UNITS_PER_WORKER, Unit, make_units
-from .cluster import ClientLike, Connection, connect, worker_resources
+from .cluster import ClientLike, Connection, connect, usable_cores, want_dashboard, worker_resources
 from .cost import CostModel
 from .errors import FragmentFailedError, InputError
 from .execute import ExpansionContext
@@ -271,6 +271,23 @@ def _units(plan: Plan, known: dict[str, dict], workers: list[dict], resources: F
     return units
 
 
+def local_cluster_options(
+    plan: Plan, n_workers: Optional[int] = None, threads_per_worker: Optional[int] = None, dashboard: Optional[bool] = None
+) -> dict[str, Any]:
+    """What :func:`mbdask.cluster.connect` needs to start a LocalCluster suited to ``plan``.
+
+    The QC programs' modules (imported before the workers are forked, so no worker imports
+    them again) and whether to serve the dashboard, judged by the predicted work per core.
+    """
+    cores = (n_workers or 0) * (threads_per_worker or 1) or usable_cores()
+    cost = CostModel.for_plan(plan)
+    per_core = math.fsum(cost.seconds(job) for job in plan.jobs) / cores
+    return {
+        "worker_imports": program_modules(plan.program(m) for m in plan.models),
+        "dashboard": want_dashboard(per_core, dashboard),
+    }
+
+
 def check_options(
     *, cores_per_fragment: Union[int, str] = 1, memory_per_fragment: Optional[float] = None, retries: int = 0, order: str = "levels"
 ) -> None:
@@ -312,6 +329,7 @@ def start(
     memory_limit: Union[str, int, float, None] = None,
     check_installed: bool = True,
     security: Any = None,
+    dashboard: Optional[bool] = None,
 ) -> Submission:
     """Plan ``inp`` (or take a :class:`Plan`), build its graph and send it to the scheduler; returns at once.
 
@@ -336,6 +354,9 @@ def start(
       (what ``python -m mbdask run`` draws on a terminal).
     * ``n_workers``/``threads_per_worker``/``memory_limit``/``security``: for the
       LocalCluster mbdask starts, or the scheduler it connects to.
+    * ``dashboard``: whether a LocalCluster mbdask starts serves Dask's dashboard (default:
+      Dask config ``mbdask.local-cluster.dashboard``, "auto": for runs predicted to take
+      20 s per core or more; see :func:`mbdask.cluster.want_dashboard`).
     """
     the_plan = inp if isinstance(inp, Plan) else make_plan(inp, check_installed=check_installed, screening=screening)
     settings = the_plan.screened.settings if the_plan.screened is not None else None
@@ -347,7 +368,7 @@ def start(
     fragment_store = _open_store(store)
     conn = connect(
         client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security,
-        worker_imports=program_modules(the_plan.program(m) for m in the_plan.models),
+        **(local_cluster_options(the_plan, n_workers, threads_per_worker, dashboard) if client is None else {}),
     )
     try:
         if check_installed:

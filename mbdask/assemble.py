@@ -118,6 +118,7 @@ def _timings(all_outputs: list[dict], cluster_cores: Optional[int] = None) -> di
                 "worker": out["worker"],
                 "ncores": out["ncores"],
                 "predicted": out.get("predicted"),
+                "own_seconds": out.get("own"),
             }
         )
     for frag, calibrated in zip(per_fragment, calibrated_during_run(per_fragment)):

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--energy-thresholds", metavar="N:KCAL,...",
         help="screening: keep an N-body cluster only if its GFN2-xTB increment exceeds KCAL kcal/mol in magnitude, e.g. 2:0.05,3:0.01",
     )
+    run.add_argument(
+        "--dashboard", action=argparse.BooleanOptionalAction, default=None,
+        help="serve Dask's dashboard from the LocalCluster (default: only for runs predicted to take 20 s per core or more)",
+    )
     run.add_argument("--profile", metavar="FILE", help="write where the run's time went (phases, QC programs, mbdask, Dask) as JSON here, and print it")
     run.add_argument("--no-batch", action="store_true", help="one Dask task per fragment even for cheap fragments")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal)")
@@ -233,7 +237,6 @@ def _run(args: argparse.Namespace) -> int:
     from .cluster import connect
     from .outputs import check_writable, write_atomic
     from .profile import RunProfile
-    from .programs import program_modules
     from .store import FragmentStore
 
     profile = RunProfile()
@@ -254,13 +257,14 @@ def _run(args: argparse.Namespace) -> int:
     profile.mark("planned")
 
     wall_start = time.perf_counter()
+    local = {} if args.scheduler else api.local_cluster_options(plan, args.workers, args.threads_per_worker, args.dashboard)
     conn = connect(
         args.scheduler,
         n_workers=args.workers,
         threads_per_worker=args.threads_per_worker,
         memory_limit=args.memory_limit,
         security=security,
-        worker_imports=program_modules(plan.program(m) for m in plan.models),
+        **local,
     )
     profile.mark("cluster")
     try:
@@ -376,3 +380,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"mbdask: internal error: {type(exc).__name__}: {exc} (set MBDASK_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_FAILED
+
+
+def entry() -> None:
+    """``python -m mbdask`` and the ``mbdask`` command: :func:`main`, then leave at once.
+
+    Everything the run opened is closed by then (cluster, workers, store) and every output
+    written atomically. What remains of a normal interpreter exit is tearing down the
+    modules of Dask, QCElemental and the QC programs, about 0.3 s here (benchmarks/bench_overhead.py),
+    a few percent of a short run, for nothing: so the streams and logging are flushed and
+    the process ends with ``os._exit``. Library calls of :func:`main` (tests) return normally.
+    """
+    code = main()
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

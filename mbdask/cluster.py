@@ -219,10 +219,12 @@ def connect(
     memory_limit: Union[str, int, float, None] = None,
     security=None,
     worker_imports: Sequence[str] = (),
+    dashboard: bool = True,
 ) -> Connection:
     """Resolve ``client``: a Client is used as is, a string is a scheduler address, None
     means the default client if there is one, otherwise a new LocalCluster sized from the machine
-    (``worker_imports``: modules its workers need, imported before they are forked)."""
+    (``worker_imports``: modules its workers need, imported before they are forked; ``dashboard``:
+    whether its scheduler serves Dask's dashboard, which costs about 0.4 s to start here)."""
     if isinstance(client, Client):
         return Connection(client)
     if isinstance(client, (str, os.PathLike)):
@@ -234,8 +236,34 @@ def connect(
             from distributed import default_client
 
             return Connection(default_client())
-    cluster = start_local_cluster(ClusterSize.from_machine(n_workers, threads_per_worker, memory_limit), worker_imports=worker_imports)
+    size = ClusterSize.from_machine(n_workers, threads_per_worker, memory_limit)
+    extra = {} if dashboard else {"dashboard_address": None}
+    cluster = start_local_cluster(size, worker_imports=worker_imports, **extra)
     return Connection(Client(cluster, set_as_default=False), cluster=cluster, owns_client=True)
+
+
+#: Dashboard of a LocalCluster mbdask starts (Dask config ``mbdask.local-cluster.dashboard``):
+#: "auto" serves it for runs predicted to take at least :data:`DASHBOARD_MIN_SECONDS` per core.
+DASHBOARD_MIN_SECONDS = 20.0
+
+
+def want_dashboard(predicted_seconds_per_core: float, choice: Union[bool, str, None] = None) -> bool:
+    """Whether a LocalCluster mbdask starts should serve Dask's dashboard.
+
+    ``choice`` True/False decides; None reads ``mbdask.local-cluster.dashboard`` (default
+    "auto"); "auto" serves it where there is time to watch: starting it (Bokeh and its
+    server) costs about 0.4 s, a tenth of a short xtb run, and nobody opens a dashboard for
+    a run that ends in a few seconds.
+    """
+    if choice is None:
+        choice = dask.config.get("mbdask.local-cluster.dashboard", "auto")
+    if isinstance(choice, str) and choice.lower() in ("true", "false"):
+        choice = choice.lower() == "true"
+    if isinstance(choice, bool):
+        return choice
+    if choice != "auto":
+        raise ValueError(f"mbdask.local-cluster.dashboard must be auto, true or false, not {choice!r}")
+    return predicted_seconds_per_core >= DASHBOARD_MIN_SECONDS
 
 
 def worker_resources(client: Client) -> list[dict]:

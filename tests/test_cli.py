@@ -115,6 +115,7 @@ def test_run_bundled_example_end_to_end(tmp_path):
     assert [row["phase"] for row in spent["phases"]][0] == "Python start and imports" and len(spent["phases"]) == 9
     assert sum(row["seconds"] for row in spent["phases"]) == pytest.approx(spent["wall_seconds"], rel=1e-9)
     assert spent["fragments"] == 41 and 0 < spent["efficiency"] <= 1.0
+    assert spent["fragment_span"]["mbdask_own_ms_per_fragment"] > 0  # recorded by the workers
     assert "mbdask profile:" in proc.stderr and "fragments (first start to last stop)" in proc.stderr
     assert "N-Body: Non-Counterpoise Corrected (NoCP) energies" in proc.stdout
     assert re.search(r"mbdask: 41 fragment calculations on [12] workers?; wall time", proc.stdout), proc.stdout  # workers that ran fragments

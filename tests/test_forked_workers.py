@@ -70,3 +70,23 @@ def test_unknown_start_method_is_refused():
     with dask.config.set({"mbdask.local-cluster.workers": "threads"}):
         with pytest.raises(ValueError, match="auto, spawn"):
             worker_start_method()
+
+
+def test_dashboard_only_for_runs_long_enough_to_watch():
+    import dask
+
+    import mbdask
+    from mbdask.api import local_cluster_options
+    from mbdask.cluster import DASHBOARD_MIN_SECONDS, want_dashboard
+
+    assert not want_dashboard(DASHBOARD_MIN_SECONDS / 10) and want_dashboard(DASHBOARD_MIN_SECONDS)
+    assert want_dashboard(0.1, True) and not want_dashboard(1e6, False)
+    with dask.config.set({"mbdask.local-cluster.dashboard": "true"}):
+        assert want_dashboard(0.1)
+    with dask.config.set({"mbdask.local-cluster.dashboard": "sometimes"}):
+        with pytest.raises(ValueError, match="auto, true or false"):
+            want_dashboard(0.1)
+    small = mbdask.plan(EXAMPLES / "water6-gfn2.json")  # 41 xtb calculations: a second or two
+    options = local_cluster_options(small, n_workers=2)
+    assert options["dashboard"] is False and "xtb.interface" in options["worker_imports"]
+    assert local_cluster_options(small, n_workers=2, dashboard=True)["dashboard"] is True

@@ -92,3 +92,51 @@ def test_pinned_threads_limits_blas_and_openmp_pools():
 
     with pinned_threads(1):
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+
+
+CONCURRENT_PINNING = """
+import json, os, threading
+from threadpoolctl import threadpool_info
+from mbdask.execute import pinned_threads
+
+os.environ["OMP_NUM_THREADS"] = "7"
+first_in, second_in, first_done = threading.Event(), threading.Event(), threading.Event()
+seen = {}
+
+def first():  # enters first, finishes first
+    with pinned_threads(1):
+        first_in.set()
+        second_in.wait(60)
+    first_done.set()
+
+def second():  # enters second, still runs when the first has finished
+    first_in.wait(60)
+    with pinned_threads(1):
+        second_in.set()
+        first_done.wait(60)
+        seen["env"] = os.environ["OMP_NUM_THREADS"]
+        seen["blas"] = sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
+
+threads = [threading.Thread(target=first), threading.Thread(target=second)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(60)
+seen["after"] = os.environ["OMP_NUM_THREADS"]
+print(json.dumps(seen))
+"""
+
+
+def test_concurrent_calculations_in_one_process_keep_their_pinning_until_the_last_ends():
+    """A worker with two threads: the first calculation to finish must not reset the other's pools.
+
+    In a fresh interpreter: this test process may run in-process workers' calculations.
+    """
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", CONCURRENT_PINNING], capture_output=True, text=True, check=True, timeout=120).stdout
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen["env"] == "1" and seen["blas"] == [1]
+    assert seen["after"] == "7"  # the last one out restored what the first found
