@@ -43,8 +43,9 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} logical cores, {mem:.0f} GiB, Python {platform.python_version()}"
 
 
-#: Sections of docs/benchmarks.md that other scripts write (bench_screening.py); run_all keeps them.
-KEPT_SECTIONS = ("## Screened expansions", "## Screening, read")
+#: Sections of docs/benchmarks.md that other scripts write (bench_screening.py, bench_overhead.py,
+#: bench_fragment_overhead.py's table); run_all keeps them.
+KEPT_SECTIONS = ("## Screened expansions", "## Screening, read", "## Overhead: whole processes", "## Overhead per fragment", "## Overhead, read")
 
 
 def _kept_sections(text: str) -> str:
