@@ -7,6 +7,7 @@ the 2-body result while trimers still run, and whose ``result()`` waits for the 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pkgutil
@@ -21,9 +22,20 @@ from distributed import Client, Future, as_completed
 from qcmanybody.models.v2 import ManyBodyResult
 
 from .batching import UNITS_PER_WORKER, Unit, make_units
-from .cluster import ClientLike, Connection, connect, usable_cores, want_dashboard, worker_resources
+from .cluster import (
+    DEFAULT_WORKER_TIMEOUT,
+    ClientLike,
+    Connection,
+    connect,
+    count_workers,
+    usable_cores,
+    wait_for_workers,
+    want_dashboard,
+    worker_resources,
+)
+from .cluster import worker_timeout as cluster_worker_timeout
 from .cost import CostModel
-from .errors import FragmentFailedError, InputError
+from .errors import FragmentFailedError, InputError, NoWorkersError
 from .execute import ExpansionContext
 from .graph import ORDERS, ExpansionGraph, FragmentResources, build_graph, result_function
 from .inputs import InputLike
@@ -59,6 +71,8 @@ class Submission:
     progress: Optional[Progress] = field(default=None, repr=False)
     #: started with ``keep_going=True``: :meth:`result` gives the partial result after a failure
     keep_going: bool = False
+    #: seconds :meth:`result` waits for workers when none is left (see :func:`mbdask.cluster.worker_timeout`)
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
 
     @property
     def client(self) -> Client:
@@ -121,6 +135,14 @@ def _fragment_resources(workers: list[dict], cores: int, memory_gib: Optional[fl
     if not workers:
         raise InputError("the Dask cluster has no workers")
     declared_cores = all("cores" in w["resources"] for w in workers)
+    if (cores > 1 or auto_cores) and not declared_cores:
+        # without a 'cores' resource Dask runs a task per thread: two 2-core fragments would share a worker's threads
+        wanted = "'auto' cores" if auto_cores else f"{cores} cores"
+        raise InputError(
+            f"fragments with {wanted} need workers that declare a 'cores' resource, and some of these do not; "
+            "start them with e.g. `dask worker ADDRESS --nthreads 8 --resources cores=8` (dask-jobqueue: "
+            "worker_extra_args=['--resources', 'cores=8']), or use cores_per_fragment=1"
+        )
     declared_memory = all("memory" in w["resources"] for w in workers)
     one_thread_one_core = all(w["nthreads"] <= w["resources"].get("cores", 0) for w in workers)
     annotate_cores = declared_cores and (cores > 1 or auto_cores or not one_thread_one_core)
@@ -330,6 +352,7 @@ def start(
     check_installed: bool = True,
     security: Any = None,
     dashboard: Optional[bool] = None,
+    worker_timeout: Optional[float] = None,
 ) -> Submission:
     """Plan ``inp`` (or take a :class:`Plan`), build its graph and send it to the scheduler; returns at once.
 
@@ -357,6 +380,10 @@ def start(
     * ``dashboard``: whether a LocalCluster mbdask starts serves Dask's dashboard (default:
       Dask config ``mbdask.local-cluster.dashboard``, "auto": for runs predicted to take
       20 s per core or more; see :func:`mbdask.cluster.want_dashboard`).
+    * ``worker_timeout``: seconds to wait for workers to join a scheduler that has none (batch
+      jobs start late), and, while the run goes on, for workers to come back when none is
+      left, before giving up with :class:`~mbdask.errors.NoWorkersError` (default: Dask config
+      ``mbdask.worker-timeout``, else 600).
     """
     the_plan = inp if isinstance(inp, Plan) else make_plan(inp, check_installed=check_installed, screening=screening)
     settings = the_plan.screened.settings if the_plan.screened is not None else None
@@ -371,6 +398,11 @@ def start(
         **(local_cluster_options(the_plan, n_workers, threads_per_worker, dashboard) if client is None else {}),
     )
     try:
+        waiting = cluster_worker_timeout(worker_timeout)
+        try:
+            wait_for_workers(conn.client, waiting, say)
+        except TimeoutError as exc:
+            raise NoWorkersError(f"{exc}; start workers (dask worker ADDRESS) or check the batch jobs") from None
         if check_installed:
             _check_workers(conn.client, the_plan, [settings.cheap_model["program"]] if energy_screening else [])
         workers = worker_resources(conn.client)
@@ -403,7 +435,8 @@ def start(
     held = {key: by_key[key] for key in graph.units} if keep_going else {}
     watch = Progress({by_key[key]: unit for key, unit in graph.units.items()}, started) if progress else None
     return Submission(
-        the_plan, graph, by_key[graph.result], levels, conn, held, fragment_store, len(from_store), watch, keep_going=keep_going
+        the_plan, graph, by_key[graph.result], levels, conn, held, fragment_store, len(from_store), watch, keep_going=keep_going,
+        worker_timeout=0.0 if _nothing_rejoins(conn) else waiting,
     )
 
 
@@ -431,13 +464,59 @@ def compute(inp: InputLike, client: ClientLike = None, **options: Any) -> ManyBo
         sub.connection.close()
 
 
+#: Seconds between looks at the scheduler's workers while waiting for a result.
+WATCH_INTERVAL = 2.0
+_log = logging.getLogger("mbdask")
+
+
+def say(message: str) -> None:
+    """A notice for the user (stderr by default): the ``mbdask`` logger at WARNING."""
+    _log.warning(message)
+
+
+def _nothing_rejoins(conn: Connection) -> bool:
+    """A cluster of forked workers that mbdask started: no nanny or queue brings a lost worker back."""
+    return conn.cluster is not None and getattr(conn.cluster, "worker_start_method", None) == "fork"
+
+
 def result_of(sub: Submission, *, keep_going: bool = False, timeout: Optional[float] = None) -> ManyBodyResult:
-    """Wait for ``sub`` (at most ``timeout`` seconds); on a fragment failure with ``keep_going``, its partial result if any."""
+    """Wait for ``sub`` (at most ``timeout`` seconds); on a fragment failure with ``keep_going``, its partial result if any.
+
+    While waiting, the scheduler's workers are looked at every :data:`WATCH_INTERVAL`
+    seconds: when none is left (batch jobs at their wall time), the user is told at once,
+    and after ``sub.worker_timeout`` seconds without a worker the wait ends with
+    :class:`~mbdask.errors.NoWorkersError`; what finished is in the store, if there is one.
+    """
     try:
-        return sub.future.result(timeout=timeout)
+        return _watched_result(sub, timeout)
     except FragmentFailedError:
         if keep_going:
             partial = sub.partial_result()
             if partial is not None:
                 return partial
         raise
+
+
+def _watched_result(sub: Submission, timeout: Optional[float]) -> ManyBodyResult:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    alone_since: Optional[float] = None
+    while True:
+        wait = WATCH_INTERVAL if deadline is None else max(0.0, min(WATCH_INTERVAL, deadline - time.monotonic()))
+        try:
+            return sub.future.result(timeout=wait)
+        except TimeoutError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+        if count_workers(sub.client):
+            if alone_since is not None:
+                say("mbdask: workers joined again; the run goes on")
+            alone_since = None
+            continue
+        now = time.monotonic()
+        if alone_since is None:
+            alone_since = now
+            kept = " (finished fragments are in the store)" if sub.store is not None else ""
+            say(f"mbdask: no worker is left on the scheduler{kept}; waiting up to {sub.worker_timeout:g} s for workers to join")
+        if now - alone_since >= sub.worker_timeout:
+            kept = f"; rerun with the same store to reuse the finished fragments" if sub.store is not None else ""
+            raise NoWorkersError(f"no worker was left for {sub.worker_timeout:g} s (--worker-timeout), the run stopped{kept}")

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tls-ca-file", metavar="PEM", help="with --scheduler tls://...: CA certificate that signed the scheduler's")
     run.add_argument("--tls-cert", metavar="PEM", help="client certificate for TLS (with --tls-key)")
     run.add_argument("--tls-key", metavar="PEM", help="client private key for TLS")
+    run.add_argument(
+        "--worker-timeout", type=_seconds, metavar="SECONDS",
+        help="with --scheduler: wait this long for workers to join (batch jobs start late) and, during the run, for workers "
+        "to come back when none is left, then stop with exit code 1 (default 600, Dask config mbdask.worker-timeout)",
+    )
     run.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: one per core)")
     run.add_argument("--threads-per-worker", type=int, metavar="N", help="LocalCluster threads (cores) per worker (default 1)")
     run.add_argument("--memory-limit", type=_byte_size, metavar="SIZE", help="LocalCluster memory per worker, e.g. 4GiB (default: 90%% of RAM / workers)")
@@ -150,6 +155,19 @@ def _bsse_types(text: str) -> list[str]:
     return names
 
 
+def _seconds(text: str) -> float:
+    """A positive number of seconds (Dask's forms such as '10m' or '2h' too)."""
+    from dask.utils import parse_timedelta
+
+    try:
+        value = float(parse_timedelta(text, default="s"))
+    except (TypeError, ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"expected seconds, e.g. 600 or 10m, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive time, got {text!r}")
+    return value
+
+
 def _is_xyz(path: str) -> bool:
     return str(path).lower().endswith(".xyz")
 
@@ -234,7 +252,7 @@ def _xyz_input(args: argparse.Namespace) -> dict:
 
 def _run(args: argparse.Namespace) -> int:
     from . import api
-    from .cluster import connect
+    from .cluster import connect, dashboard_link
     from .outputs import check_writable, write_atomic
     from .profile import RunProfile
     from .store import FragmentStore
@@ -268,7 +286,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     profile.mark("cluster")
     try:
-        link = getattr(conn.client, "dashboard_link", None)
+        link = dashboard_link(conn.client)
         if link:
             print(f"mbdask: dashboard at {link}", file=sys.stderr)
         sub = api.start(
@@ -282,6 +300,7 @@ def _run(args: argparse.Namespace) -> int:
             store=store,
             keep_going=args.keep_going,
             progress=not args.no_progress and sys.stderr.isatty(),
+            worker_timeout=args.worker_timeout,
         )
         profile.mark("submitted")
         if sub.from_store:

@@ -8,15 +8,17 @@ on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import weakref
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import dask
 import psutil
+from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster, SpecCluster
 
 from .forked_workers import can_fork_workers
@@ -264,6 +266,69 @@ def want_dashboard(predicted_seconds_per_core: float, choice: Union[bool, str, N
     if choice != "auto":
         raise ValueError(f"mbdask.local-cluster.dashboard must be auto, true or false, not {choice!r}")
     return predicted_seconds_per_core >= DASHBOARD_MIN_SECONDS
+
+
+#: Seconds to wait for workers (none yet, or none left) before giving up (Dask config
+#: ``mbdask.worker-timeout``, CLI ``--worker-timeout``): batch-queue jobs start when the queue
+#: lets them, and jobs that reached their wall time leave a cluster with no workers.
+DEFAULT_WORKER_TIMEOUT = 600.0
+
+
+def worker_timeout(seconds: Optional[float] = None) -> float:
+    """``seconds``, else Dask config ``mbdask.worker-timeout``, else :data:`DEFAULT_WORKER_TIMEOUT`."""
+    value = seconds if seconds is not None else dask.config.get("mbdask.worker-timeout", DEFAULT_WORKER_TIMEOUT)
+    try:
+        value = float(parse_timedelta(value, default="s"))
+    except (TypeError, ValueError, KeyError):
+        raise ValueError(f"worker timeout must be a number of seconds, got {value!r}") from None
+    if value <= 0:
+        raise ValueError(f"worker timeout must be positive, got {value!r}")
+    return value
+
+
+def scheduler_address(client: Client) -> str:
+    return str(getattr(client.scheduler, "address", "") or "")
+
+
+def count_workers(client: Client) -> int:
+    """Workers the scheduler has now (asked, not the client's periodic copy)."""
+    return len(client.nthreads())
+
+
+def wait_for_workers(client: Client, timeout: float, say: Callable[[str], None]) -> None:
+    """Return once the scheduler has a worker; ``say`` why we wait; ``TimeoutError`` after ``timeout`` seconds."""
+    if count_workers(client):
+        return
+    say(f"mbdask: waiting for workers to join the scheduler at {scheduler_address(client)} (up to {timeout:g} s; --worker-timeout)")
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except (TimeoutError, asyncio.TimeoutError):
+        raise TimeoutError(f"no worker joined the scheduler at {scheduler_address(client)} within {timeout:g} s") from None
+
+
+def dashboard_link(client: Client) -> Optional[str]:
+    """The link to the scheduler's own dashboard, or None where it serves none.
+
+    ``Client.dashboard_link`` falls back to a template (``127.0.0.1:8787``), which on a remote
+    or batch-queue cluster names another process's dashboard or nothing. The scheduler's HTTP
+    server runs even without the dashboard (health and metrics routes), so its port alone
+    does not say that a dashboard is there: the status page is asked for (one request).
+    """
+    import urllib.error
+    import urllib.request
+
+    from distributed.utils import format_dashboard_link
+
+    port = client.scheduler_info().get("services", {}).get("dashboard")
+    if not port:
+        return None
+    host = scheduler_address(client).split("://", 1)[-1].rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+    link = format_dashboard_link(host, port)
+    try:
+        with urllib.request.urlopen(link, timeout=2) as reply:
+            return link if reply.status == 200 else None
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
 
 
 def worker_resources(client: Client) -> list[dict]:

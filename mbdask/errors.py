@@ -22,6 +22,12 @@ class InputError(MbdaskError, ValueError):
     exit_code = 2
 
 
+class NoWorkersError(MbdaskError, RuntimeError):
+    """No worker joined the scheduler, or none was left, for longer than the worker timeout (exit 1)."""
+
+    exit_code = 1
+
+
 class FragmentFailedError(MbdaskError, RuntimeError):
     """A QC program failed on one fragment calculation.
 
