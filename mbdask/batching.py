@@ -23,7 +23,7 @@ from itertools import groupby
 from typing import Optional, Sequence
 
 from .cost import CostModel
-from .plan import FragmentJob
+from .plan import FragmentJob, gc_paused
 
 #: Bounds of a batch's predicted duration, in seconds.
 MIN_BATCH_SECONDS = 0.05
@@ -71,17 +71,29 @@ def make_units(
     max_cores: int = 1,
 ) -> list[Unit]:
     """Units over ``jobs`` (kept in the plan's order, so a batch holds neighbouring clusters)."""
-    seconds = {job: cost.seconds(job) for job in jobs}
-    share = math.fsum(seconds.values()) / max(1, workers * max(cores, 1))
+    with gc_paused():  # hundreds of thousands of jobs: no collection is worth it here
+        return _make_units(jobs, cost, workers, batch, cores, auto_cores, max_cores)
+
+
+def _make_units(jobs: Sequence[FragmentJob], cost: CostModel, workers: int, batch: bool, cores: int, auto_cores: bool, max_cores: int) -> list[Unit]:
+    jobs = list(jobs)
+    seconds = cost.seconds_all(jobs)
+    share = math.fsum(seconds) / max(1, workers * max(cores, 1))
     units: list[Unit] = []
-    for _, group in groupby(jobs, key=lambda j: (j.model, j.nbody)):
-        group = list(group)
-        total = unbatched = math.fsum(seconds[j] for j in group)
+    slots = max(1, workers)
+    end = 0
+    for _, group in groupby(jobs, key=lambda j: (j.model, len(j.real))):
+        begin = end
+        end = begin + sum(1 for _ in group)
+        times = seconds[begin:end]
+        total = unbatched = math.fsum(times)
         single = batch_target(total, workers) if batch else 0.0
+        # batch_target(total, workers, unbatched), unrolled: the loop runs once per job
+        cap = min(MAX_BATCH_SECONDS, total / (UNITS_PER_WORKER * slots))
         pending: list[FragmentJob] = []
+        pending_times: list[float] = []
         pending_seconds = 0.0
-        for job in group:
-            t = seconds[job]
+        for job, t in zip(jobs[begin:end], times):
             if not batch or t >= single:
                 n = cores
                 if auto_cores and t > share:
@@ -90,11 +102,12 @@ def make_units(
                 unbatched -= t
                 continue
             pending.append(job)
+            pending_times.append(t)
             pending_seconds += t
-            if pending_seconds >= batch_target(total, workers, unbatched):
-                units.append(Unit(tuple(pending), pending_seconds, cores, tuple(seconds[j] for j in pending)))
+            if pending_seconds >= MIN_BATCH_SECONDS and pending_seconds >= max(MIN_BATCH_SECONDS, min(cap, unbatched / (2 * slots))):
+                units.append(Unit(tuple(pending), pending_seconds, cores, tuple(pending_times)))
                 unbatched -= pending_seconds
-                pending, pending_seconds = [], 0.0
+                pending, pending_times, pending_seconds = [], [], 0.0
         if pending:
-            units.append(Unit(tuple(pending), pending_seconds, cores, tuple(seconds[j] for j in pending)))
+            units.append(Unit(tuple(pending), pending_seconds, cores, tuple(pending_times)))
     return units

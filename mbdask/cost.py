@@ -134,6 +134,29 @@ class CostModel:
         scale = self.kind_scale.get(kind_of(job.model, job.real, job.basis), 1.0) if self.kind_scale else 1.0
         return self.models[job.model].seconds(job.basis) * scale
 
+    def seconds_all(self, jobs: Iterable[Any]) -> list[float]:
+        """``[self.seconds(job) for job in jobs]``, the same numbers, computed once per model, kind and size.
+
+        Where every fragment of a model chemistry has the same size, a job's size follows from
+        its number of basis fragments (summed in the same order, so to the same float).
+        """
+        uniform = {model: len(set(cost.per_fragment_size.values())) <= 1 for model, cost in self.models.items()}
+        sizes = {model: cost.per_fragment_size.__getitem__ for model, cost in self.models.items()}
+        memo: dict[tuple, float] = {}
+        out: list[float] = []
+        append = out.append
+        for job in jobs:
+            model, basis = job.model, job.basis
+            if uniform[model]:
+                key = (model, len(job.real), len(basis))
+            else:
+                key = (model, len(job.real), len(basis), sum(map(sizes[model], basis)))
+            seconds = memo.get(key)
+            if seconds is None:
+                seconds = memo[key] = self.seconds(job)
+            append(seconds)
+        return out
+
     def calibrate(self, samples: Iterable[tuple[Any, float]]) -> "CostModel":
         """Fit the model to measured ``(job, seconds)``: per model chemistry, then per kind of calculation.
 

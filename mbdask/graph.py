@@ -25,18 +25,22 @@ dashboard's progress bars show one row per model chemistry and n-body order.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Hashable, Optional, Union
+from typing import Any, Hashable, Iterator, Optional, Sequence, Union
 
+import numpy as np
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from .assemble import assemble_result, increment_energies, level_sum, merge_units
 from .batching import Unit, make_units
 from .cost import CostModel
 from .execute import ExpansionContext, run_unit
-from .plan import FragmentJob, Increment, Plan
+from .plan import FragmentJob, Increment, IncrementBlock, Plan, gc_paused, label_prefix
 
 Key = tuple
 
@@ -71,8 +75,12 @@ def unit_key(unit: Unit, index: int, token: str) -> Key:
 
 def increment_key(inc: Increment, token: str, batch: Optional[Key] = None) -> Key:
     """Key of the increment of ``inc``'s cluster, or of all increments anchored in the unit ``batch``."""
-    name = _indices(inc.cluster) if batch is None else f"batch {batch[2]}"
-    return (f"incr {inc.bsse} {_order(inc.nbody)}", token, name)
+    return _increment_key(inc.bsse, inc.nbody, inc.cluster, token, batch)
+
+
+def _increment_key(bsse: str, nbody: Union[int, str], cluster: Sequence[int], token: str, batch: Optional[Key] = None) -> Key:
+    name = _indices(cluster) if batch is None else f"batch {batch[2]}"
+    return (f"incr {bsse} {_order(nbody)}", token, name)
 
 
 def level_key(bsse: str, nbody: Union[int, str], token: str) -> Key:
@@ -134,6 +142,49 @@ class FragmentResources:
         return res
 
 
+def cluster_increments(model: str, basis: str, shape: tuple, signs: tuple, full: tuple, clusters: np.ndarray, *units: dict[str, dict]) -> list[float]:
+    """:func:`increment_energies` of ``clusters`` (one row each), their terms rebuilt here from
+    the positions ``shape`` of each subsystem in the cluster, ``signs`` and the basis rule
+    (:data:`mbdask.plan.BASIS_RULES`): the graph carries the clusters, not millions of labels."""
+    prefix = label_prefix(model)
+    rows = clusters.tolist()
+    columns = []
+    for positions, sign in zip(shape, signs):
+        if basis == "own":
+            texts = [str([row[p] for p in positions]) for row in rows]
+            labels = [f"{prefix}{text}, {text}]" for text in texts]
+        elif basis == "full":
+            tail = f", {list(full)}]"
+            labels = [f"{prefix}{[row[p] for p in positions]}{tail}" for row in rows]
+        else:
+            labels = [f"{prefix}{[row[p] for p in positions]}, {row}]" for row in rows]
+        columns.append([(label, sign) for label in labels])
+    return increment_energies(list(zip(*columns)), *units)
+
+
+def level_of_clusters(bsse: str, nbody: Union[int, str], model: str, clusters: np.ndarray, previous: Optional[dict], *groups: list[float]) -> dict:
+    """:func:`level_sum` with the clusters as one array (a row each)."""
+    return level_sum(bsse, nbody, model, clusters.tolist(), previous, *groups)
+
+
+class IncrementGroups(Mapping):
+    """Increment node key -> the :class:`Increment` objects it computes, made when asked for (tests, tools)."""
+
+    def __init__(self, jobs: Sequence[FragmentJob], groups: dict[Key, tuple[IncrementBlock, np.ndarray]]):
+        self._jobs = jobs
+        self._groups = groups
+
+    def __getitem__(self, key: Key) -> list[Increment]:
+        block, rows = self._groups[key]
+        return block.increments(self._jobs, rows)
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._groups)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+
 @dataclass
 class ExpansionGraph:
     """A built graph and the keys a caller wants futures for."""
@@ -142,7 +193,8 @@ class ExpansionGraph:
     result: Key
     levels: dict[tuple[str, Union[int, str]], Key]
     units: dict[Key, Unit]
-    increments: dict[Key, list[Increment]] = field(repr=False)
+    #: increment node key -> its increments (a :class:`IncrementGroups`, made on access)
+    increments: Mapping[Key, list[Increment]] = field(repr=False)
 
     def dependencies(self, key: Key) -> set[Hashable]:
         """Keys a node depends on (used by tests to check the graph's shape)."""
@@ -183,6 +235,18 @@ def _anchor(inc: Increment) -> FragmentJob:
     return max((job for job, _ in inc.terms), key=lambda j: (j.nbody, len(j.basis)))
 
 
+def _anchor_column(block: IncrementBlock, jobs: Sequence[FragmentJob]) -> int:
+    """The term of :func:`_anchor`, the same column for every cluster of a block (sizes depend on the column only)."""
+    row = block.terms[0].tolist()
+    return max(range(len(row)), key=lambda c: (jobs[row[c]].nbody, len(jobs[row[c]].basis)))
+
+
+def _first_seen(values: np.ndarray) -> np.ndarray:
+    """The distinct values in the order they first appear."""
+    distinct, first = np.unique(values, return_index=True)
+    return distinct[np.argsort(first, kind="stable")]
+
+
 def result_function(plan: Plan, upto: Optional[int] = None) -> Any:
     """``assemble_result``, told the kept clusters' coefficients when the expansion is screened."""
     if plan.screened is None:
@@ -190,6 +254,27 @@ def result_function(plan: Plan, upto: Optional[int] = None) -> Any:
     from .screening import coefficients
 
     return functools.partial(assemble_result, screening={"coefficients": coefficients(plan.increments, upto), "summary": plan.screened.summary()})
+
+
+def _unit_of_jobs(jobs: Sequence[FragmentJob], units: Sequence[Unit]) -> np.ndarray:
+    """Per job of the plan, the index of the unit that runs it (-1: none)."""
+    sizes = [len(unit.jobs) for unit in units]
+    if sum(sizes) == len(jobs) and all(map(operator.is_, itertools.chain.from_iterable(unit.jobs for unit in units), jobs)):
+        return np.repeat(np.arange(len(units), dtype=np.int32), sizes)  # the plan's jobs in order, as make_units leaves them
+    position = {id(job): i for i, job in enumerate(jobs)}
+    unit_of = np.full(len(jobs), -1, dtype=np.int32)
+    by_value: Optional[dict[FragmentJob, int]] = None
+    for u, unit in enumerate(units):
+        for job in unit.jobs:
+            i = position.get(id(job))
+            if i is None:  # an equal job, not the plan's own object
+                if by_value is None:
+                    by_value = {j: k for k, j in enumerate(jobs)}
+                i = by_value.get(job)
+                if i is None:
+                    continue
+            unit_of[i] = u
+    return unit_of
 
 
 def build_graph(
@@ -213,6 +298,23 @@ def build_graph(
     ``increment_tasks`` caps the increment nodes per n-body level (neighbouring clusters
     share a node), so that bookkeeping tasks do not outnumber the work.
     """
+    with gc_paused():
+        return _build_graph(plan, token, resources, units, known, retries, keep_cluster_results, order, store, increment_tasks, cluster_cores)
+
+
+def _build_graph(
+    plan: Plan,
+    token: str,
+    resources: FragmentResources,
+    units: Optional[list[Unit]],
+    known: Optional[dict[str, dict]],
+    retries: int,
+    keep_cluster_results: Optional[bool],
+    order: str,
+    store: Any,
+    increment_tasks: Optional[int],
+    cluster_cores: Optional[int],
+) -> ExpansionGraph:
     if keep_cluster_results is None:
         keep_cluster_results = plan.input.specification.protocols.cluster_results.value == "all"
     ctx = ExpansionContext(plan.input, plan.specifications, keep_cluster_results, store, cluster_cores)
@@ -223,39 +325,59 @@ def build_graph(
 
     unit_tasks: dict[Key, Any] = {}
     unit_keys: dict[Key, Unit] = {}
-    key_of_job: dict[FragmentJob, Key] = {}
+    keys: list[Key] = []
     for index, unit in enumerate(units):
         key = unit_key(unit, index, token)
         unit_keys[key] = unit
-        have = {job.label: known[job.label] for job in unit.jobs if job.label in known}
+        keys.append(key)
+        have = {job.label: known[job.label] for job in unit.jobs if job.label in known} if known else None
         unit_tasks[key] = (run_unit, ctx_key, list(unit.jobs), unit.cores, resources.memory_gib, have or None, list(unit.predicted))
-        for job in unit.jobs:
-            key_of_job[job] = key
     priorities = _priorities(unit_keys, order)
+    unit_of = _unit_of_jobs(plan.jobs, units)
+    unit_size = np.array([len(unit.jobs) for unit in units], dtype=np.int64)
 
     # increments: one node per cluster, or per unit of anchor calculations when batched;
     # consecutive nodes of one level merged so that a level has at most increment_tasks
-    anchored: dict[Key, list[Increment]] = {}
-    for inc in plan.increments:
-        anchor_unit = key_of_job[_anchor(inc)]
-        group = increment_key(inc, token, anchor_unit if len(unit_keys[anchor_unit].jobs) > 1 else None)
-        anchored.setdefault(group, []).append(inc)
-    groups: dict[Key, list[Increment]] = {}
-    per_level: dict[tuple[str, Union[int, str]], list[Key]] = {}
-    for key, incs in anchored.items():
-        per_level.setdefault((incs[0].bsse, incs[0].nbody), []).append(key)
-    for keys in per_level.values():
-        size = math.ceil(len(keys) / increment_tasks) if increment_tasks else 1
-        for i in range(0, len(keys), size):
-            chunk = keys[i : i + size]
-            groups[chunk[0]] = [inc for key in chunk for inc in anchored[key]]
+    full = tuple(range(1, plan.nfragments + 1))
+    groups: dict[Key, tuple[IncrementBlock, np.ndarray]] = {}
     inc_tasks: dict[Key, Any] = {}
-    by_level: dict[tuple[str, Union[int, str]], list[tuple[Key, list[Increment]]]] = {}
-    for key, incs in groups.items():
-        deps = list(dict.fromkeys(key_of_job[job] for inc in incs for job, _ in inc.terms))
-        terms = [[(job.label, sign) for job, sign in inc.terms] for inc in incs]
-        inc_tasks[key] = (increment_energies, terms) + tuple(deps)
-        by_level.setdefault((incs[0].bsse, incs[0].nbody), []).append((key, incs))
+    by_level: dict[tuple[str, Union[int, str]], list[tuple[Key, IncrementBlock, np.ndarray]]] = {}
+    for block in plan.blocks:
+        if not len(block):
+            continue
+        terms_units = unit_of[block.terms]
+        if (terms_units < 0).any():
+            missing = plan.jobs[int(block.terms[terms_units < 0][0])]
+            raise KeyError(missing)
+        anchors = terms_units[:, _anchor_column(block, plan.jobs)]
+        batched = unit_size[anchors] > 1
+        # a node per anchor unit (batched) or per cluster, in the order the clusters first name them
+        node = np.where(batched, anchors, len(units) + np.arange(len(block)))
+        distinct, first, inverse = np.unique(node, return_index=True, return_inverse=True)
+        rank = np.empty(len(distinct), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(distinct))
+        node_rank = rank[inverse.ravel()]
+        rows = np.argsort(node_rank, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(node_rank, minlength=len(distinct)))])
+        size = math.ceil(len(distinct) / increment_tasks) if increment_tasks else 1
+        level = by_level.setdefault((block.bsse, block.nbody), [])
+        small = block.terms.shape[1] * size < 64
+        for start in range(0, len(distinct), size):
+            chunk = rows[bounds[start] : bounds[min(start + size, len(distinct))]]
+            head = int(chunk[0])
+            batch = keys[int(anchors[head])] if batched[head] else None
+            key = _increment_key(block.bsse, block.nbody, block.clusters[head].tolist(), token, batch)
+            if small:
+                deps = [keys[u] for u in dict.fromkeys(terms_units[chunk].ravel().tolist())]
+            else:
+                deps = [keys[u] for u in _first_seen(terms_units[chunk].ravel()).tolist()]
+            if block.shape is None:  # the supersystem correction: explicit terms
+                terms = [[(plan.jobs[i].label, sign) for i, sign in zip(row, block.signs)] for row in block.terms[chunk].tolist()]
+                inc_tasks[key] = (increment_energies, terms) + tuple(deps)
+            else:
+                inc_tasks[key] = (cluster_increments, block.model, block.basis, block.shape, block.signs, full, block.clusters[chunk]) + tuple(deps)
+            groups[key] = (block, chunk)
+            level.append((key, block, chunk))
 
     if plan.screened is not None:
         # an order whose screening kept no cluster still has its level: it contributes zero
@@ -270,8 +392,11 @@ def build_graph(
         for nbody in sorted((nb for b, nb in by_level if b == bsse), key=_level_order):
             members = by_level[(bsse, nbody)]
             key = level_key(bsse, nbody, token)
-            meta = [list(inc.cluster) for _, incs in members for inc in incs]
-            level_tasks[key] = (level_sum, bsse, nbody, model_of[nbody], meta, previous) + tuple(k for k, _ in members)
+            if members:
+                clusters = np.concatenate([block.clusters[rows] for _, block, rows in members])
+            else:
+                clusters = np.zeros((0, 0 if nbody == "supersystem" else nbody), dtype=np.int64)
+            level_tasks[key] = (level_of_clusters, bsse, nbody, model_of[nbody], clusters, previous) + tuple(k for k, _, _ in members)
             level_keys[(bsse, nbody)] = key
             previous = key
 
@@ -307,4 +432,4 @@ def build_graph(
         "result": {"context", "collect", "levels"},
     }
     graph = HighLevelGraph(layers, deps)
-    return ExpansionGraph(graph, res_key, level_keys, unit_keys, groups)
+    return ExpansionGraph(graph, res_key, level_keys, unit_keys, IncrementGroups(plan.jobs, groups))

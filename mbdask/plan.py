@@ -9,18 +9,23 @@ which of those calculations they combine and with which sign.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import gc
 import itertools
+import json
 import math
+import operator
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
+import numpy as np
 import pydantic
 import qcelemental
 from qcmanybody import ManyBodyCore
 from qcmanybody.models.v2 import ManyBodyInput
-from qcmanybody.utils import labeler
 from qcmanybody.v2 import ManyBodyComputer
 
 from .errors import InputError
@@ -30,6 +35,38 @@ from .screening import ScreenedSet, Screening, ScreeningLike, check_screenable, 
 #: Programs that ignore ghost atoms: cp/vmfc with them would silently be nocp.
 PROGRAMS_WITHOUT_GHOSTS = frozenset({"xtb", "mopac", "aimnet2", "mace", "torchani", "openmm", "rdkit", "dftd3", "dftd4", "s-dftd3", "gcp", "mp2d"})
 SUPPORTED_DRIVERS = ("energy", "gradient", "hessian")
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: building hundreds of thousands of small objects
+    otherwise triggers collections that walk them all again and again (3x slower plans)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            if not gc.get_freeze_count():
+                # what was made here goes straight to the oldest generation: otherwise the first
+                # young collection walks every one of those objects, and later ones again
+                gc.freeze()
+                gc.unfreeze()
+            gc.enable()
+
+
+def label_prefix(model: str) -> str:
+    """The start of every label of ``model``: see :func:`job_label`."""
+    return "[" + json.dumps(str(model)) + ", "
+
+
+def job_label(model: str, real: Sequence[int], basis: Sequence[int]) -> str:
+    """``qcmanybody.utils.labeler(model, real, basis)``, the same string, several times faster.
+
+    QCManyBody's label is ``json.dumps([str(model), real, basis])``; for Python ints a
+    list's ``str`` is its JSON. (tests/test_plan_scale.py checks the two agree.)
+    """
+    return f"{label_prefix(model)}{[int(i) for i in real]}, {[int(i) for i in basis]}]"
 
 
 @dataclass(frozen=True)
@@ -43,7 +80,7 @@ class FragmentJob:
     @cached_property
     def label(self) -> str:
         """QCManyBody's label, the key of ``cluster_properties`` (computed once: graphs use it per term)."""
-        return labeler(self.model, self.real, self.basis)
+        return job_label(self.model, self.real, self.basis)
 
     @property
     def nbody(self) -> int:
@@ -52,6 +89,16 @@ class FragmentJob:
     @property
     def ghosts(self) -> tuple[int, ...]:
         return tuple(sorted(set(self.basis) - set(self.real)))
+
+
+_new_object = object.__new__
+
+
+def _make_job(model: str, real: tuple[int, ...], basis: tuple[int, ...], label: str) -> FragmentJob:
+    """``FragmentJob(model, real, basis)`` with its label already set (plans make hundreds of thousands)."""
+    job = _new_object(FragmentJob)
+    job.__dict__.update(model=model, real=real, basis=basis, label=label)
+    return job
 
 
 @dataclass(frozen=True)
@@ -70,6 +117,46 @@ class Increment:
     terms: tuple[tuple[FragmentJob, int], ...]
 
 
+#: How a term's basis follows from its cluster: its own fragments (nocp, and cp at 1-body),
+#: the full system (cp) or the cluster itself (vmfc).
+BASIS_RULES = ("own", "full", "cluster")
+
+
+@dataclass(frozen=True, eq=False)
+class IncrementBlock:
+    """The increments of one BSSE treatment and n-body order, compactly: one row per cluster.
+
+    Every cluster of an order combines its subsystems with the same signs, so a block keeps
+    the clusters (``clusters``, 1-based fragment indices, one row each) and, per cluster,
+    the index in ``Plan.jobs`` of each term (``terms``, columns in the order of ``signs``).
+    ``shape`` (the positions of each term's fragments within the cluster) and ``basis`` (one
+    of :data:`BASIS_RULES`) say how a term follows from its cluster; both are None for the
+    supersystem correction, whose one row lists its calculations explicitly.
+    :meth:`increments` gives the same :class:`Increment` objects one by one.
+    """
+
+    bsse: str
+    model: str
+    nbody: Union[int, str]
+    clusters: np.ndarray
+    signs: tuple[int, ...]
+    terms: np.ndarray
+    shape: Optional[tuple[tuple[int, ...], ...]] = None
+    basis: Optional[str] = None
+
+    def __len__(self) -> int:
+        return len(self.clusters)
+
+    def increments(self, jobs: Sequence[FragmentJob], rows: Optional[np.ndarray] = None) -> list[Increment]:
+        """The :class:`Increment` of each cluster (of ``rows`` only, when given)."""
+        clusters, terms = (self.clusters, self.terms) if rows is None else (self.clusters[rows], self.terms[rows])
+        signs = self.signs
+        return [
+            Increment(self.bsse, self.model, tuple(cluster), self.nbody, tuple(zip([jobs[i] for i in row], signs)))
+            for cluster, row in zip(clusters.tolist(), terms.tolist())
+        ]
+
+
 @dataclass
 class Plan:
     """Everything mbdask needs to build a graph, computed without running anything."""
@@ -77,11 +164,20 @@ class Plan:
     input: ManyBodyInput
     computer: ManyBodyComputer
     jobs: list[FragmentJob]
-    increments: list[Increment]
+    #: the increments, per BSSE treatment and order (:attr:`increments` lists them one by one)
+    blocks: list[IncrementBlock]
     natoms_per_fragment: dict[int, int]
     specifications: dict[str, dict] = field(repr=False)
     #: the kept clusters of a screened expansion (None: every cluster runs)
     screened: Optional[ScreenedSet] = None
+
+    @cached_property
+    def increments(self) -> list[Increment]:
+        """Every increment as an :class:`Increment`, per BSSE treatment and order, clusters in order.
+
+        Made from :attr:`blocks` on first use; at scale prefer the blocks (679,120 increments
+        of (H2O)64 at 4-body take seconds and gigabytes as objects)."""
+        return [inc for block in self.blocks for inc in block.increments(self.jobs)]
 
     @property
     def core(self) -> ManyBodyCore:
@@ -125,16 +221,18 @@ class Plan:
         calculation and per increment): an upper bound on what ``start`` sends after batching."""
         from .graph import collect_size
 
-        levels = {(inc.bsse, inc.nbody) for inc in self.increments}
+        blocks = [block for block in self.blocks if len(block)]
+        levels = {(block.bsse, block.nbody) for block in blocks}
         chains = len({bsse for bsse, _ in levels})
+        increments = sum(len(block) for block in blocks)
         collects = math.ceil(len(self.jobs) / collect_size(len(self.jobs)))
         edges = len(self.jobs)  # context -> fragment
-        edges += sum(len(inc.terms) for inc in self.increments)  # fragment -> increment
-        edges += len(self.increments) + len(levels) - chains  # increment -> level, level -> next level
+        edges += sum(block.terms.size for block in blocks)  # fragment -> increment
+        edges += increments + len(levels) - chains  # increment -> level, level -> next level
         edges += len(self.jobs)  # fragment -> collect
         edges += 1 + collects + len(levels)  # context, collects and levels -> result
-        nodes = 1 + len(self.jobs) + len(self.increments) + len(levels) + collects + 1
-        return {"nodes": nodes, "edges": edges, "fragments": len(self.jobs), "increments": len(self.increments), "levels": len(levels)}
+        nodes = 1 + len(self.jobs) + increments + len(levels) + collects + 1
+        return {"nodes": nodes, "edges": edges, "fragments": len(self.jobs), "increments": increments, "levels": len(levels)}
 
     def summary(self) -> str:
         """Human-readable table: calculations per model chemistry and n-body order."""
@@ -192,28 +290,264 @@ def _specifications(model: ManyBodyInput, computer: ManyBodyComputer) -> dict[st
     return specs
 
 
-def _jobs(core: ManyBodyCore) -> list[FragmentJob]:
-    """Unique calculations in QCManyBody's compute map, in a stable order (model, size, indices)."""
-    seen: set[tuple] = set()
-    jobs = []
+#: Lookup tables :class:`JobIndex` allocates densely (code -> job): up to this many entries, or up to
+#: ``DENSE_TABLE_RATIO`` entries per calculation; beyond, sorted codes and bisection.
+DENSE_TABLE_ENTRIES = 1 << 23
+DENSE_TABLE_RATIO = 4
+#: Most fragments a rank is computed for; larger calculations (a supersystem) are looked up in a dict.
+MAX_RANKED = 16
+
+
+@dataclass
+class _Bucket:
+    """The calculations of one model chemistry with ``k`` real and ``L`` basis fragments, consecutive in ``Plan.jobs``.
+
+    ``kind``: "own" (basis = real fragments), "same" (one basis for all, ``basis``),
+    "pairs" (anything else) or "dict" (too large to rank: ``pairs`` maps (real, basis) to
+    the job index). A calculation's code is the colex rank of its real fragments, times
+    C(n, L) plus the rank of its basis for "pairs"; ``find`` maps codes to job indices.
+    """
+
+    start: int
+    k: int
+    L: int
+    kind: str
+    codes: Optional[np.ndarray] = None  # code of each calculation, in job order
+    basis: Optional[tuple[int, ...]] = None
+    table: Optional[np.ndarray] = None  # dense: code -> job index or -1
+    order: Optional[np.ndarray] = None  # sparse: argsort of codes
+    pairs: Optional[dict[tuple, int]] = None
+
+    def find(self, codes: np.ndarray) -> np.ndarray:
+        if self.table is not None:
+            return self.table[codes]
+        sorted_codes = self.codes[self.order]
+        at = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
+        return np.where(sorted_codes[at] == codes, self.start + self.order[at], -1)
+
+
+class JobIndex:
+    """Vectorised ``(model, real, basis) -> index in Plan.jobs``: a compact plan looks up millions of terms."""
+
+    def __init__(self, nfragments: int):
+        self.n = nfragments
+        self.binom = np.zeros((nfragments, 1), dtype=np.int64)
+        self.buckets: dict[tuple[str, int, int], _Bucket] = {}
+
+    def _ranked(self, k: int) -> bool:
+        return k <= MAX_RANKED
+
+    def _fits(self, k: int, L: int) -> bool:
+        """Whether codes of ``k`` real fragments (and ``L`` basis fragments for "pairs", else 0) fit in int64."""
+        return k <= MAX_RANKED and L <= MAX_RANKED and math.comb(self.n, k) * math.comb(self.n, L) < 2**62
+
+    def rank(self, rows: np.ndarray) -> np.ndarray:
+        """Colex rank among C(n, k) of each row of sorted 1-based fragment indices."""
+        k = rows.shape[1]
+        if self.binom.shape[1] <= k:
+            self.binom = np.array([[min(math.comb(v, j), 2**62) for j in range(k + 1)] for v in range(self.n)], dtype=np.int64)
+        rank = np.zeros(len(rows), dtype=np.int64)
+        for j in range(k):
+            rank += self.binom[rows[:, j] - 1, j + 1]
+        return rank
+
+    def add(self, model: str, jobs: Sequence[FragmentJob], start: int, reals: np.ndarray, bases: Optional[np.ndarray], kind: str) -> None:
+        """The calculations ``jobs[start:]``, all of one model chemistry and size; ``reals``/``bases`` as arrays."""
+        k, L = len(jobs[start].real), len(jobs[start].basis)
+        if not self._fits(k, L if kind == "pairs" else 0):
+            pairs = {(jobs[i].real, jobs[i].basis): i for i in range(start, len(jobs))}
+            self.buckets[(model, k, L)] = _Bucket(start, k, L, "dict", pairs=pairs)
+            return
+        codes = self.rank(reals)
+        space = math.comb(self.n, k)
+        if kind == "pairs":
+            codes = codes * math.comb(self.n, L) + self.rank(bases)
+            space *= math.comb(self.n, L)
+        bucket = _Bucket(start, k, L, kind, codes, jobs[start].basis if kind == "same" else None)
+        if space <= max(DENSE_TABLE_ENTRIES, DENSE_TABLE_RATIO * len(codes)):
+            bucket.table = np.full(space, -1, dtype=np.int64)
+            bucket.table[codes] = np.arange(start, start + len(codes))
+        else:
+            bucket.order = np.argsort(codes, kind="stable")
+        self.buckets[(model, k, L)] = bucket
+
+    def lookup(self, model: str, reals: np.ndarray, basis: Union[str, np.ndarray, tuple]) -> np.ndarray:
+        """Job index of each row of ``reals`` with basis ``basis`` ("own": the real fragments;
+        a tuple: the same for all; an array: one row each), -1 where the plan has no such calculation."""
+        k = reals.shape[1]
+        L = k if isinstance(basis, str) else (len(basis) if isinstance(basis, tuple) else basis.shape[1])
+        bucket = self.buckets.get((model, k, L))
+        missing = np.full(len(reals), -1, dtype=np.int64)
+        if bucket is None or not len(reals):
+            return missing
+        if isinstance(basis, str):
+            bases = reals
+        elif isinstance(basis, tuple):
+            bases = np.broadcast_to(np.array(basis, dtype=np.int64), (len(reals), L))
+        else:
+            bases = basis
+        if bucket.kind == "dict":
+            get = bucket.pairs.get
+            return np.array([get((tuple(r), tuple(b)), -1) for r, b in zip(reals.tolist(), bases.tolist())], dtype=np.int64)
+        if bucket.kind == "pairs":
+            return bucket.find(self.rank(reals) * math.comb(self.n, L) + self.rank(bases))
+        found = bucket.find(self.rank(reals))
+        if bucket.kind == "own":
+            same = True if isinstance(basis, str) else (reals == bases).all(axis=1)
+        else:
+            same = (bases == np.array(bucket.basis, dtype=np.int64)).all(axis=1)
+        return np.where(same, found, missing)
+
+
+def _rows(tuples: Sequence[tuple[int, ...]], width: int) -> np.ndarray:
+    """Tuples of ``width`` ints as the rows of an array."""
+    return np.fromiter(itertools.chain.from_iterable(tuples), dtype=np.int64, count=len(tuples) * width).reshape(len(tuples), width)
+
+
+def _jobs(core: ManyBodyCore) -> tuple[list[FragmentJob], JobIndex]:
+    """Unique calculations in QCManyBody's compute map, in a stable order (model, size, indices), and their index.
+
+    The order is that of sorting each model's (real, basis) pairs by
+    ``(len(real), len(basis), (real, basis))``, done with numpy; each job's label is made
+    alongside (the same string QCManyBody's labeler gives).
+    """
+    nfr = core.nfragments
+    index = JobIndex(nfr)
+    jobs: list[FragmentJob] = []
     for model, compute_dict in core.compute_map.items():
-        found = set().union(*compute_dict["all"].values())
-        for real, basis in sorted(found, key=lambda rb: (len(rb[0]), len(rb[1]), rb)):
-            key = (model, tuple(real), tuple(basis))
-            if key not in seen:
-                seen.add(key)
-                jobs.append(FragmentJob(model, tuple(real), tuple(basis)))
-    return jobs
+        found = list(set().union(*compute_dict["all"].values()))
+        if not found:
+            continue
+        reals_all = list(map(operator.itemgetter(0), found))
+        bases_all = list(map(operator.itemgetter(1), found))
+        size = np.fromiter(map(len, reals_all), dtype=np.int64, count=len(found)) * (nfr + 1)
+        size += np.fromiter(map(len, bases_all), dtype=np.int64, count=len(found))
+        by_size = np.argsort(size, kind="stable")
+        sizes, starts = np.unique(size[by_size], return_index=True)
+        prefix = label_prefix(model)
+        for code, begin, end in zip(sizes.tolist(), starts.tolist(), [*starts[1:].tolist(), len(found)]):
+            k, L = divmod(code, nfr + 1)
+            members = by_size[begin:end].tolist()
+            real_tuples = list(map(reals_all.__getitem__, members))
+            basis_tuples = list(map(bases_all.__getitem__, members))
+            reals = _rows(real_tuples, k)
+            bases = None
+            first = basis_tuples[0]
+            if L == k:  # the real fragments are among the basis fragments: the same
+                kind = "own"
+            elif basis_tuples.count(first) == len(basis_tuples):
+                kind = "same"
+            else:
+                kind = "pairs"
+                bases = _rows(basis_tuples, L)
+            order = np.lexsort((reals if bases is None else np.hstack([reals, bases])).T[::-1])
+            reals = reals[order]
+            order = order.tolist()
+            real_tuples = list(map(real_tuples.__getitem__, order))
+            start = len(jobs)
+            if kind == "own":
+                labels = [f"{prefix}{text}, {text}]" for text in map(str, map(list, real_tuples))]
+                jobs.extend(map(_make_job, itertools.repeat(model), real_tuples, real_tuples, labels))
+            elif kind == "same":
+                tail = f", {list(first)}]"
+                labels = [f"{prefix}{text}{tail}" for text in map(str, map(list, real_tuples))]
+                jobs.extend(map(_make_job, itertools.repeat(model), real_tuples, itertools.repeat(first), labels))
+            else:
+                basis_tuples = list(map(basis_tuples.__getitem__, order))
+                bases = bases[order]
+                labels = [f"{prefix}{list(r)}, {list(b)}]" for r, b in zip(real_tuples, basis_tuples)]
+                jobs.extend(map(_make_job, itertools.repeat(model), real_tuples, basis_tuples, labels))
+            del labels, real_tuples, basis_tuples
+            index.add(model, jobs, start, reals, bases, kind)
+    return jobs, index
 
 
-def _increments(core: ManyBodyCore, jobs: list[FragmentJob], kept: Optional[dict[int, set]] = None) -> list[Increment]:
-    """Per BSSE treatment, the increment of every cluster whose terms were all computed.
+def _term_shape(nbody: int) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
+    """Positions within a cluster of each subsystem, smallest first, and their signs."""
+    shape = [(sub, (-1) ** (nbody - k)) for k in range(1, nbody + 1) for sub in itertools.combinations(range(nbody), k)]
+    return tuple(p for p, _ in shape), tuple(s for _, s in shape)
+
+
+def basis_rule(bsse: str, nbody: int) -> str:
+    """The basis of an increment's terms (:data:`BASIS_RULES`) for ``bsse`` at ``nbody``."""
+    if bsse == "nocp" or (bsse == "cp" and nbody == 1):
+        return "own"
+    return "full" if bsse == "cp" else "cluster"
+
+
+def _cluster_dtype(nfragments: int) -> type:
+    """The smallest integer type for fragment indices: blocks and graph nodes carry clusters in it."""
+    return np.int16 if nfragments < 2**15 else np.int32
+
+
+def _cluster_rows(nfr: int, nbody: int, kept: Optional[dict[int, set]]) -> np.ndarray:
+    """The clusters of one order in lexicographic order, one row each (1-based)."""
+    if kept is not None:
+        clusters = sorted(kept[nbody])
+        flat = itertools.chain.from_iterable(clusters)
+        count = len(clusters)
+    else:
+        flat = itertools.chain.from_iterable(itertools.combinations(range(1, nfr + 1), nbody))
+        count = math.comb(nfr, nbody)
+    return np.fromiter(flat, dtype=np.int64, count=count * nbody).reshape(count, nbody)
+
+
+def _increment_blocks(core: ManyBodyCore, jobs: list[FragmentJob], index: JobIndex, kept: Optional[dict[int, set]] = None) -> list[IncrementBlock]:
+    """Per BSSE treatment and order, the increments of every cluster whose terms were all computed.
 
     nocp uses each subsystem in its own basis, cp in the full-cluster basis (the 1-body
     increment is the monomer in its own basis, as QCManyBody reports it), vmfc in the
     basis of the cluster itself. Clusters whose terms are not in the plan (for example
     intermediate orders with ``supersystem_ie_only``) get no increment. With ``kept``
-    (screening), only the kept clusters of each order.
+    (screening), only the kept clusters of each order. :func:`_increments` is the same,
+    one Increment at a time (tests compare them).
+    """
+    nfr = core.nfragments
+    full = tuple(range(1, nfr + 1))
+    model_of = {nb: mc for mc, nbs in core.nbodies_per_mc_level.items() for nb in nbs if nb != "supersystem"}
+    blocks = []
+    for bsse in (b.value for b in core.bsse_type):
+        for nbody in range(1, core.max_nbody + 1):
+            model = model_of[nbody]
+            shape, signs = _term_shape(nbody)
+            rule = basis_rule(bsse, nbody)
+            clusters = _cluster_rows(nfr, nbody, kept)
+            basis = {"own": "own", "full": full, "cluster": clusters}[rule]
+            terms = np.empty((len(clusters), len(shape)), dtype=np.int32 if len(jobs) < 2**31 - 1 else np.int64)
+            for column, positions in enumerate(shape):
+                terms[:, column] = index.lookup(model, clusters[:, list(positions)], basis)
+            complete = (terms >= 0).all(axis=1)
+            if not complete.all():  # some term not computed (e.g. supersystem_ie_only): no increment
+                clusters, terms = clusters[complete], terms[complete]
+            if not len(clusters):
+                continue
+            blocks.append(IncrementBlock(bsse, model, nbody, clusters.astype(_cluster_dtype(nfr)), signs, terms, shape, rule))
+    if core.has_supersystem:
+        have = {(j.model, j.real, j.basis): i for i, j in enumerate(jobs) if j.model == core.levels["supersystem"]}
+        model = core.levels["supersystem"]
+        terms = [((model, full, full), 1)]
+        for nbody in range(1, core.max_nbody + 1):
+            for cluster in itertools.combinations(full, nbody):
+                for k in range(1, nbody + 1):
+                    for sub in itertools.combinations(cluster, k):
+                        terms.append(((model, sub, sub), -((-1) ** (nbody - k))))
+        merged: dict[tuple, int] = defaultdict(int)
+        for key, sign in terms:
+            merged[key] += sign
+        if all(key in have for key in merged):
+            ss = [(have[key], sign) for key, sign in merged.items() if sign]
+            for bsse in (b.value for b in core.bsse_type):
+                blocks.append(IncrementBlock(
+                    bsse, model, "supersystem", np.array([full], dtype=_cluster_dtype(nfr)), tuple(s for _, s in ss),
+                    np.array([[i for i, _ in ss]], dtype=np.int64),
+                ))
+    return blocks
+
+
+def _increments(core: ManyBodyCore, jobs: list[FragmentJob], kept: Optional[dict[int, set]] = None) -> list[Increment]:
+    """The straightforward form of :func:`_increment_blocks`: one :class:`Increment` per cluster, built term by term.
+
+    Kept as the reference the compact plan must agree with (tests/test_plan_scale.py).
     """
     have = {(j.model, j.real, j.basis): j for j in jobs}
     nfr = core.nfragments
@@ -319,6 +653,11 @@ def make_plan(inp: InputLike, *, check_installed: bool = True, screening: Screen
 
     ``screening`` (:mod:`mbdask.screening`) keeps only some clusters per order.
     """
+    with gc_paused():
+        return _make_plan(inp, check_installed, screening)
+
+
+def _make_plan(inp: InputLike, check_installed: bool, screening: ScreeningLike) -> Plan:
     settings = Screening.from_options(screening)
     model = load_input(inp)
     keywords = model.specification.keywords
@@ -341,24 +680,33 @@ def make_plan(inp: InputLike, *, check_installed: bool = True, screening: Screen
             f"levels name model chemistries {sorted(missing)} that specification.specification does not define "
             f"(defined: {sorted(specs)}){hint}"
         )
-    jobs = _jobs(core)
+    jobs, index = _jobs(core)
     _check_programs(jobs, specs, check_installed, list(model.molecule.symbols))
     sizes = {i + 1: len(frag) for i, frag in enumerate(core.molecule.fragments)}
     screened = None
     if settings is not None:
         check_screenable([b.value for b in keywords.bsse_type], core.has_supersystem)
         screened = kept_clusters(settings, fragment_distances(model.molecule), core.max_nbody)
-    increments = _increments(core, jobs, screened.kept if screened else None)
+    blocks = _increment_blocks(core, jobs, index, screened.kept if screened else None)
+    del index
+    if getattr(core, "mc_compute_dict", None) is not None:
+        # QCManyBody's cached compute map (sets of every calculation, 100+ MB at scale) is
+        # not needed after this; ``core.compute_map`` makes it again if asked
+        core.mc_compute_dict = None
     if screened is not None:
         # QCManyBody adds cp by itself where vmfc's calculations hold it; a screened set does not
-        increments = [inc for inc in increments if inc.bsse != "cp"]
-        needed = {job for inc in increments for job, _ in inc.terms}
-        jobs = [job for job in jobs if job in needed]
+        blocks = [block for block in blocks if block.bsse != "cp"]
+        needed = np.zeros(len(jobs), dtype=bool)
+        for block in blocks:
+            needed[block.terms.ravel()] = True
+        renumber = np.cumsum(needed) - 1
+        jobs = [job for job, keep in zip(jobs, needed.tolist()) if keep]
+        blocks = [dataclasses.replace(block, terms=renumber[block.terms].astype(block.terms.dtype)) for block in blocks]
     return Plan(
         input=model,
         computer=computer,
         jobs=jobs,
-        increments=increments,
+        blocks=blocks,
         natoms_per_fragment=sizes,
         specifications=specs,
         screened=screened,
