@@ -62,14 +62,15 @@ async def _session(ws_url: str, page_url: str, expression: str, ready: str, time
     await call("Page.enable")
     await call("Page.navigate", url=page_url)
     deadline = time.monotonic() + timeout
-    value = None
     while time.monotonic() < deadline:
-        reply = await call("Runtime.evaluate", expression=expression, returnByValue=True)
-        value = reply.get("result", {}).get("value")
         done = await call("Runtime.evaluate", expression=ready, returnByValue=True)
         if done.get("result", {}).get("value") is True:
             break
         await asyncio.sleep(0.25)
+    # asked once the page is ready (or at the deadline), never before: a value read just
+    # before the page finished rendering would describe a page that no longer exists
+    reply = await call("Runtime.evaluate", expression=expression, returnByValue=True)
+    value = reply.get("result", {}).get("value")
     conn.close()
     return value, errors
 
