@@ -525,15 +525,7 @@ def _increment_blocks(core: ManyBodyCore, jobs: list[FragmentJob], index: JobInd
     if core.has_supersystem:
         have = {(j.model, j.real, j.basis): i for i, j in enumerate(jobs) if j.model == core.levels["supersystem"]}
         model = core.levels["supersystem"]
-        terms = [((model, full, full), 1)]
-        for nbody in range(1, core.max_nbody + 1):
-            for cluster in itertools.combinations(full, nbody):
-                for k in range(1, nbody + 1):
-                    for sub in itertools.combinations(cluster, k):
-                        terms.append(((model, sub, sub), -((-1) ** (nbody - k))))
-        merged: dict[tuple, int] = defaultdict(int)
-        for key, sign in terms:
-            merged[key] += sign
+        merged = _supersystem_terms(core)
         if all(key in have for key in merged):
             ss = [(have[key], sign) for key, sign in merged.items() if sign]
             for bsse in (b.value for b in core.bsse_type):
@@ -542,6 +534,20 @@ def _increment_blocks(core: ManyBodyCore, jobs: list[FragmentJob], index: JobInd
                     np.array([[i for i, _ in ss]], dtype=np.int64),
                 ))
     return blocks
+
+
+def _supersystem_terms(core: ManyBodyCore) -> dict[tuple, int]:
+    """The supersystem correction as (model, real, basis) -> coefficient: the full system minus its own MBE."""
+    model = core.levels["supersystem"]
+    full = tuple(range(1, core.nfragments + 1))
+    merged: dict[tuple, int] = defaultdict(int)
+    merged[(model, full, full)] += 1
+    for nbody in range(1, core.max_nbody + 1):
+        for cluster in itertools.combinations(full, nbody):
+            for k in range(1, nbody + 1):
+                for sub in itertools.combinations(cluster, k):
+                    merged[(model, sub, sub)] -= (-1) ** (nbody - k)
+    return merged
 
 
 def _increments(core: ManyBodyCore, jobs: list[FragmentJob], kept: Optional[dict[int, set]] = None) -> list[Increment]:
@@ -577,15 +583,7 @@ def _increments(core: ManyBodyCore, jobs: list[FragmentJob], kept: Optional[dict
                 increments.append(Increment(bsse, model, cluster, nbody, tuple(terms)))
     if core.has_supersystem:
         model = core.levels["supersystem"]
-        terms = [((model, full, full), 1)]
-        for nbody in range(1, core.max_nbody + 1):
-            for cluster in itertools.combinations(full, nbody):
-                for k in range(1, nbody + 1):
-                    for sub in itertools.combinations(cluster, k):
-                        terms.append(((model, sub, sub), -((-1) ** (nbody - k))))
-        merged: dict[tuple, int] = defaultdict(int)
-        for key, sign in terms:
-            merged[key] += sign
+        merged = _supersystem_terms(core)
         if all(key in have for key in merged):
             ss_terms = tuple((have[key], sign) for key, sign in merged.items() if sign)
             for bsse in (b.value for b in core.bsse_type):
