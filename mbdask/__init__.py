@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what the names below are, for type checkers and the API docs
     from .api import Submission, compute, plan, start, submit
     from .cluster import ClusterSize, connect, start_local_cluster
-    from .errors import FragmentFailedError, InputError, MbdaskError
+    from .errors import FragmentFailedError, InputError, MbdaskError, NoWorkersError
     from .inputs import load_input
     from .plan import FragmentJob, Increment, Plan
     from .programs import register_programs
@@ -42,6 +42,7 @@ _EXPORTS = {
     "FragmentFailedError": "errors",
     "InputError": "errors",
     "MbdaskError": "errors",
+    "NoWorkersError": "errors",
     "load_input": "inputs",
     "FragmentJob": "plan",
     "Increment": "plan",
@@ -102,6 +103,7 @@ __all__ = [
     "Increment",
     "InputError",
     "MbdaskError",
+    "NoWorkersError",
     "Plan",
     "Screening",
     "Submission",
