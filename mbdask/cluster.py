@@ -8,10 +8,10 @@ on 127.0.0.1 only.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -300,10 +300,13 @@ def wait_for_workers(client: Client, timeout: float, say: Callable[[str], None])
     if count_workers(client):
         return
     say(f"mbdask: waiting for workers to join the scheduler at {scheduler_address(client)} (up to {timeout:g} s; --worker-timeout)")
-    try:
-        client.wait_for_workers(1, timeout=timeout)
-    except (TimeoutError, asyncio.TimeoutError):
-        raise TimeoutError(f"no worker joined the scheduler at {scheduler_address(client)} within {timeout:g} s") from None
+    # asked every half second rather than Client.wait_for_workers, whose timeout leaves an
+    # unretrieved future behind ("Future exception was never retrieved" at exit)
+    deadline = time.monotonic() + timeout
+    while not count_workers(client):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no worker joined the scheduler at {scheduler_address(client)} within {timeout:g} s")
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
 def dashboard_link(client: Client) -> Optional[str]:
