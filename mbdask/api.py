@@ -302,8 +302,7 @@ def local_cluster_options(
     them again) and whether to serve the dashboard, judged by the predicted work per core.
     """
     cores = (n_workers or 0) * (threads_per_worker or 1) or usable_cores()
-    cost = CostModel.for_plan(plan)
-    per_core = math.fsum(cost.seconds(job) for job in plan.jobs) / cores
+    per_core = math.fsum(CostModel.for_plan(plan).seconds_all(plan.jobs)) / cores
     return {
         "worker_imports": program_modules(plan.program(m) for m in plan.models),
         "dashboard": want_dashboard(per_core, dashboard),
@@ -475,8 +474,13 @@ def say(message: str) -> None:
 
 
 def _nothing_rejoins(conn: Connection) -> bool:
-    """A cluster of forked workers that mbdask started: no nanny or queue brings a lost worker back."""
-    return conn.cluster is not None and getattr(conn.cluster, "worker_start_method", None) == "fork"
+    """A cluster of forked workers that mbdask started: no nanny or queue brings a lost worker back.
+
+    The cluster is the connection's own, or the one behind the client it was given (the
+    command line starts the cluster and hands its client to :func:`start`).
+    """
+    cluster = conn.cluster or getattr(conn.client, "cluster", None)
+    return getattr(cluster, "worker_start_method", None) == "fork"
 
 
 def result_of(sub: Submission, *, keep_going: bool = False, timeout: Optional[float] = None) -> ManyBodyResult:
@@ -518,5 +522,5 @@ def _watched_result(sub: Submission, timeout: Optional[float]) -> ManyBodyResult
             kept = " (finished fragments are in the store)" if sub.store is not None else ""
             say(f"mbdask: no worker is left on the scheduler{kept}; waiting up to {sub.worker_timeout:g} s for workers to join")
         if now - alone_since >= sub.worker_timeout:
-            kept = f"; rerun with the same store to reuse the finished fragments" if sub.store is not None else ""
+            kept = "; rerun with the same store to reuse the finished fragments" if sub.store is not None else ""
             raise NoWorkersError(f"no worker was left for {sub.worker_timeout:g} s (--worker-timeout), the run stopped{kept}")

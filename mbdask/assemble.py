@@ -77,6 +77,11 @@ def level_sum(
     }
 
 
+def monomers_not_computed(model: Optional[str]) -> dict:
+    """The 1-body row of a treatment whose monomers were not computed in their own basis: no total, interaction 0."""
+    return {"model": model, "contribution": None, "through": None, "interaction": 0.0, "nclusters": 0}
+
+
 def level_table(levels: list[dict], core: Any) -> dict[str, dict[str, dict]]:
     """``extras["mbdask"]["levels"]``: per BSSE treatment, one row per n-body order, 1-body always first.
 
@@ -91,7 +96,7 @@ def level_table(levels: list[dict], core: Any) -> dict[str, dict[str, dict]]:
     for level in levels:
         rows = table.setdefault(level["bsse"], {})
         if level["nbody"] != 1 and "1" not in rows:
-            rows["1"] = {"model": model_of.get(1), "contribution": None, "through": None, "interaction": 0.0, "nclusters": 0}
+            rows["1"] = monomers_not_computed(model_of.get(1))
         rows[str(level["nbody"])] = {
             "model": level["model"],
             "contribution": level["contribution"],

@@ -80,7 +80,6 @@ def _make_units(jobs: Sequence[FragmentJob], cost: CostModel, workers: int, batc
     seconds = cost.seconds_all(jobs)
     share = math.fsum(seconds) / max(1, workers * max(cores, 1))
     units: list[Unit] = []
-    slots = max(1, workers)
     end = 0
     for _, group in groupby(jobs, key=lambda j: (j.model, len(j.real))):
         begin = end
@@ -88,8 +87,6 @@ def _make_units(jobs: Sequence[FragmentJob], cost: CostModel, workers: int, batc
         times = seconds[begin:end]
         total = unbatched = math.fsum(times)
         single = batch_target(total, workers) if batch else 0.0
-        # batch_target(total, workers, unbatched), unrolled: the loop runs once per job
-        cap = min(MAX_BATCH_SECONDS, total / (UNITS_PER_WORKER * slots))
         pending: list[FragmentJob] = []
         pending_times: list[float] = []
         pending_seconds = 0.0
@@ -104,7 +101,8 @@ def _make_units(jobs: Sequence[FragmentJob], cost: CostModel, workers: int, batc
             pending.append(job)
             pending_times.append(t)
             pending_seconds += t
-            if pending_seconds >= MIN_BATCH_SECONDS and pending_seconds >= max(MIN_BATCH_SECONDS, min(cap, unbatched / (2 * slots))):
+            # batch_target is never below MIN_BATCH_SECONDS: only a batch that reaches it need ask
+            if pending_seconds >= MIN_BATCH_SECONDS and pending_seconds >= batch_target(total, workers, unbatched):
                 units.append(Unit(tuple(pending), pending_seconds, cores, tuple(pending_times)))
                 unbatched -= pending_seconds
                 pending, pending_times, pending_seconds = [], [], 0.0

@@ -280,7 +280,7 @@ def worker_timeout(seconds: Optional[float] = None) -> float:
     try:
         value = float(parse_timedelta(value, default="s"))
     except (TypeError, ValueError, KeyError):
-        raise ValueError(f"worker timeout must be a number of seconds, got {value!r}") from None
+        raise ValueError(f"worker timeout must be a number of seconds (e.g. 600 or 10m), got {value!r}") from None
     if value <= 0:
         raise ValueError(f"worker timeout must be positive, got {value!r}")
     return value

@@ -13,7 +13,7 @@ thread pool (say, a notebook that already ran PySCF) hangs the child at its firs
 region. So mbdask forks only while this process has exactly one thread (Linux
 ``/proc/self/task``), before the scheduler's event-loop thread starts, and otherwise lets
 Dask spawn its workers as usual (:func:`mbdask.cluster.start_local_cluster`). The command
-line keeps its own BLAS/OpenMP pools at one thread (``mbdask.cli.main``), so that numpy's
+line keeps its own BLAS/OpenMP pools at one thread (``mbdask.cli.entry``), so that numpy's
 OpenBLAS starts no threads in it; each fragment raises the pools to its cores as it runs.
 
 The children are plain ``distributed.Worker`` processes without a nanny, driven by

@@ -73,12 +73,8 @@ def unit_key(unit: Unit, index: int, token: str) -> Key:
     return (f"frag {dashboard_name(unit.model)} {unit.nbody}-body", token, f"batch {index} {_job_name(unit.jobs[0])}+{len(unit.jobs) - 1}")
 
 
-def increment_key(inc: Increment, token: str, batch: Optional[Key] = None) -> Key:
-    """Key of the increment of ``inc``'s cluster, or of all increments anchored in the unit ``batch``."""
-    return _increment_key(inc.bsse, inc.nbody, inc.cluster, token, batch)
-
-
-def _increment_key(bsse: str, nbody: Union[int, str], cluster: Sequence[int], token: str, batch: Optional[Key] = None) -> Key:
+def increment_key(bsse: str, nbody: Union[int, str], cluster: Sequence[int], token: str, batch: Optional[Key] = None) -> Key:
+    """Key of the increment of ``cluster``, or of all increments anchored in the unit ``batch``."""
     name = _indices(cluster) if batch is None else f"batch {batch[2]}"
     return (f"incr {bsse} {_order(nbody)}", token, name)
 
@@ -230,13 +226,9 @@ def _priorities(units: dict[Key, Unit], order: str) -> dict[Key, float]:
     return {key: (max_nbody - unit.nbody) * 2.0 + priorities[key] / top for key, unit in units.items()}
 
 
-def _anchor(inc: Increment) -> FragmentJob:
-    """The calculation that defines an increment's cluster: its largest term."""
-    return max((job for job, _ in inc.terms), key=lambda j: (j.nbody, len(j.basis)))
-
-
 def _anchor_column(block: IncrementBlock, jobs: Sequence[FragmentJob]) -> int:
-    """The term of :func:`_anchor`, the same column for every cluster of a block (sizes depend on the column only)."""
+    """The column of a block's anchor term: the calculation that defines an increment's cluster (its largest
+    term, most real fragments then most basis fragments), the same column for every cluster of a block."""
     row = block.terms[0].tolist()
     return max(range(len(row)), key=lambda c: (jobs[row[c]].nbody, len(jobs[row[c]].basis)))
 
@@ -366,7 +358,7 @@ def _build_graph(
             chunk = rows[bounds[start] : bounds[min(start + size, len(distinct))]]
             head = int(chunk[0])
             batch = keys[int(anchors[head])] if batched[head] else None
-            key = _increment_key(block.bsse, block.nbody, block.clusters[head].tolist(), token, batch)
+            key = increment_key(block.bsse, block.nbody, block.clusters[head].tolist(), token, batch)
             if small:
                 deps = [keys[u] for u in dict.fromkeys(terms_units[chunk].ravel().tolist())]
             else:

@@ -77,8 +77,8 @@ class RunProfile:
         timing = result.extras["mbdask"]["timing"]
         fragments = timing["fragments"]
         cores = timing.get("cluster_cores") or 1
-        span = (self.marks.get("last_fragment", 0.0) - self.marks.get("first_fragment", 0.0)) if fragments else 0.0
-        program = sum(f["seconds"] for f in fragments)
+        span = timing["span_seconds"]
+        program = timing["sum_task_seconds"]
         own = sum(f.get("own_seconds") or 0.0 for f in fragments)
         recorded = any(f.get("own_seconds") is not None for f in fragments)
         inside = {

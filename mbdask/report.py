@@ -143,13 +143,15 @@ def normalized_levels(levels: dict) -> dict[str, dict[str, dict]]:
     Those had no ``interaction`` and, for cp without monomers in their own basis, no 1-body
     row and interaction energies under ``through``.
     """
+    from .assemble import monomers_not_computed  # here: the rest of this module needs no QCManyBody
+
     out: dict[str, dict[str, dict]] = {}
     for bsse, by_nbody in levels.items():
         if all("interaction" in row for row in by_nbody.values()):
             out[bsse] = by_nbody
             continue
         first = by_nbody.get("1", {}).get("through")
-        rows = {} if "1" in by_nbody else {"1": {"model": None, "contribution": None, "through": None, "interaction": 0.0, "nclusters": 0}}
+        rows = {} if "1" in by_nbody else {"1": monomers_not_computed(None)}
         for nbody, row in by_nbody.items():
             if first is None:
                 rows[nbody] = {**row, "through": None, "interaction": row["through"]}

@@ -28,12 +28,16 @@ if __name__ == "__main__":
     # a forked worker runs this very command line; a spawned one, multiprocessing's spawn entry point
     forked = sorted(set(conn.client.run(lambda: psutil.Process().cmdline() == psutil.Process(os.getppid()).cmdline()).values()))
     method = getattr(conn.cluster, "worker_start_method", "spawn")
+    # lost forked workers never come back: say so whether the cluster or only its client is at hand (the CLI's case)
+    from mbdask.api import _nothing_rejoins
+    from mbdask.cluster import Connection
+    gone_for_good = [_nothing_rejoins(conn), _nothing_rejoins(Connection(conn.client))]
     energy = mbdask.compute(plan, conn.client).properties.return_energy
     conn.close()
     time.sleep(0.2)
     left = [p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
     zombies = [p.pid for p in psutil.Process().children(recursive=True) if p.status() == psutil.STATUS_ZOMBIE]
-    print(json.dumps({"method": method, "forked": forked, "energy": energy, "left": left, "zombies": zombies}))
+    print(json.dumps({"method": method, "forked": forked, "gone_for_good": gone_for_good, "energy": energy, "left": left, "zombies": zombies}))
 """
 
 
@@ -50,9 +54,11 @@ def _run(tmp_path, mode: str, workers: str = "auto") -> dict:
 def test_single_threaded_process_forks_its_workers_and_gets_the_spawned_numbers(tmp_path):
     forked = _run(tmp_path, "plain")
     assert forked["method"] == "fork" and forked["forked"] == [True]
+    assert forked["gone_for_good"] == [True, True]
     assert forked["left"] == [] and forked["zombies"] == []  # closed and reaped
     spawned = _run(tmp_path, "plain", workers="spawn")
     assert spawned["method"] == "spawn" and spawned["forked"] == [False]  # Dask's nannies spawned them
+    assert spawned["gone_for_good"] == [False, False]  # nannies restart their workers
     assert forked["energy"] == spawned["energy"]
 
 
