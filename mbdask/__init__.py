@@ -23,11 +23,13 @@ if TYPE_CHECKING:  # what the names below are, for type checkers and the API doc
     from .cluster import ClusterSize, connect, start_local_cluster
     from .errors import FragmentFailedError, InputError, MbdaskError, NoWorkersError
     from .inputs import load_input
+    from .outputs import load_result, save_result
     from .plan import FragmentJob, Increment, Plan
     from .programs import register_programs
     from .report import figures, report, summary_table
     from .screening import Screening
     from .store import FragmentStore
+    from .tables import Rows
 
 #: Public name -> the module of the package that defines it.
 _EXPORTS = {
@@ -44,6 +46,8 @@ _EXPORTS = {
     "MbdaskError": "errors",
     "NoWorkersError": "errors",
     "load_input": "inputs",
+    "load_result": "outputs",
+    "save_result": "outputs",
     "FragmentJob": "plan",
     "Increment": "plan",
     "Plan": "plan",
@@ -52,6 +56,7 @@ _EXPORTS = {
     "summary_table": "report",
     "Screening": "screening",
     "FragmentStore": "store",
+    "Rows": "tables",
     "register_programs": "programs",
 }
 #: Functions named like a module of the package (``mbdask.plan`` is the function, the module
@@ -105,6 +110,7 @@ __all__ = [
     "MbdaskError",
     "NoWorkersError",
     "Plan",
+    "Rows",
     "Screening",
     "Submission",
     "__version__",
@@ -112,9 +118,11 @@ __all__ = [
     "connect",
     "figures",
     "load_input",
+    "load_result",
     "plan",
     "register_programs",
     "report",
+    "save_result",
     "start",
     "start_local_cluster",
     "submit",

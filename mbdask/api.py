@@ -43,7 +43,7 @@ from .plan import Plan, make_plan, truncated_input
 from .programs import program_modules
 from .progress import Progress
 from .screening import ScreeningLike
-from .store import FragmentStore
+from .store import FragmentStore, StoreWriter
 
 StoreLike = Union[str, os.PathLike, FragmentStore, None]
 #: Fragments loaded from a store travel in units of at most this many (they cost nothing to run).
@@ -69,6 +69,8 @@ class Submission:
     from_store: int = 0
     #: fragment calculations done per model chemistry and n-body order (``start(..., progress=True)``)
     progress: Optional[Progress] = field(default=None, repr=False)
+    #: writes each finished unit's outputs into ``store``, in this process (see :class:`~mbdask.store.StoreWriter`)
+    writer: Optional[StoreWriter] = field(default=None, repr=False)
     #: started with ``keep_going=True``: :meth:`result` gives the partial result after a failure
     keep_going: bool = False
     #: seconds :meth:`result` waits for workers when none is left (see :func:`mbdask.cluster.worker_timeout`)
@@ -87,6 +89,11 @@ class Submission:
         exists, as :func:`compute` does.
         """
         return result_of(self, keep_going=self.keep_going, timeout=timeout)
+
+    def close_store(self) -> None:
+        """Write every finished fragment into the store, and stop writing (:func:`result_of` does this when the run ends)."""
+        if self.writer is not None:
+            self.writer.close()
 
     def as_completed_levels(self) -> Iterator[dict]:
         """Yield each n-body level's dict (bsse, nbody, contribution, through, increments) as it resolves."""
@@ -268,14 +275,12 @@ def _open_store(store: StoreLike) -> Optional[FragmentStore]:
     return FragmentStore.open(store)
 
 
-def _from_store(plan: Plan, store: Optional[FragmentStore], skip: Collection[str] = ()) -> dict[str, dict]:
+def _from_store(plan: Plan, store: Optional[FragmentStore], skip: Collection[str] = (), ctx: Optional[ExpansionContext] = None) -> dict[str, dict]:
     """Outputs of the plan's calculations already in the store, by label (labels in ``skip`` not looked up)."""
     if store is None:
         return {}
-    ctx = ExpansionContext(plan.input, plan.specifications, False)
-    keys = {ctx.store_key(job): job for job in plan.jobs if job.label not in skip}
-    found = store.get_many(keys)
-    return {keys[k].label: {**out, "label": keys[k].label, "stored": True} for k, out in found.items()}
+    ctx = ctx or ExpansionContext(plan.input, plan.specifications, False)
+    return store.find((job for job in plan.jobs if job.label not in skip), ctx.store_key)
 
 
 def _units(plan: Plan, known: dict[str, dict], workers: list[dict], resources: FragmentResources, *, batch: bool, auto_cores: bool) -> list[Unit]:
@@ -364,8 +369,10 @@ def start(
     * ``order``: "levels" (n-body orders complete one after another, longest first within
       each) or "cost" (longest first overall).
     * ``batch``: group cheap fragments into tasks of ~0.05-0.5 s predicted (default on).
-    * ``store``: path of a checkpoint store (:mod:`mbdask.store`); fragments found there are
-      not recomputed and every finished fragment is written to it at once.
+    * ``store``: path of a checkpoint store (:mod:`mbdask.store`), a file on this machine (a
+      relative path is taken from the current directory); fragments found there are not
+      recomputed, and this process writes every finished fragment to it as its result comes
+      in (workers never open it).
     * ``keep_going``: hold every unit's future so that :meth:`Submission.partial_result`
       (and so :meth:`Submission.result`) can return the highest complete n-body order
       after a failure.
@@ -415,28 +422,52 @@ def start(
                 memory_gib=resources.memory_gib, annotation=resources.annotation() or None, store=fragment_store, retries=retries,
             )
             the_plan, computed = screened.plan, screened.outputs
-        from_store = _from_store(the_plan, fragment_store, skip=computed)
+        key_ctx = ExpansionContext(the_plan.input, the_plan.specifications, False)  # store keys, on this side only
+        from_store = _from_store(the_plan, fragment_store, skip=computed, ctx=key_ctx)
         known = {**from_store, **computed}
         units = _units(the_plan, known, workers, resources, batch=batch, auto_cores=auto_cores)
         graph = build_graph(
             the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known,
-            retries=retries, order=order, store=fragment_store, increment_tasks=increment_tasks(workers),
-            cluster_cores=total_cores(workers),
+            retries=retries, order=order, increment_tasks=increment_tasks(workers), cluster_cores=total_cores(workers),
         )
-        keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going or progress else ())]
+        # units that compute something: their outputs come back here and go into the store
+        to_store = [key for key, unit in graph.units.items() if any(job.label not in known for job in unit.jobs)] if fragment_store is not None else []
+        keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going or progress else to_store)]
         started = time.monotonic()
         futures = conn.client.get(graph.graph, keys, sync=False)
+        by_key = dict(zip(keys, futures))
+        writer = _store_writer(fragment_store, conn.client, graph, to_store, by_key, known, key_ctx, shared=keep_going or progress)
     except BaseException:
         conn.close()
         raise
-    by_key = dict(zip(keys, futures))
     levels = {name: by_key[key] for name, key in graph.levels.items()}
     held = {key: by_key[key] for key in graph.units} if keep_going else {}
     watch = Progress({by_key[key]: unit for key, unit in graph.units.items()}, started) if progress else None
+    stored = len(from_store) + sum(1 for out in computed.values() if out.get("stored"))
     return Submission(
-        the_plan, graph, by_key[graph.result], levels, conn, held, fragment_store, len(from_store), watch, keep_going=keep_going,
+        the_plan, graph, by_key[graph.result], levels, conn, held, fragment_store, stored, watch, writer, keep_going=keep_going,
         worker_timeout=0.0 if _nothing_rejoins(conn) else waiting,
     )
+
+
+def _store_writer(
+    store: Optional[FragmentStore], client: Client, graph: ExpansionGraph, keys: list, by_key: dict, known: dict, ctx: ExpansionContext,
+    *, shared: bool,
+) -> Optional[StoreWriter]:
+    """A writer tracking the units ``keys`` (their futures in ``by_key``), or None without a store.
+
+    ``shared``: those futures are held elsewhere too (progress, keep-going), so the writer
+    gets its own references to release.
+    """
+    if store is None:
+        return None
+    writer = StoreWriter(store, client)
+    for key in keys:
+        jobs = graph.units[key].jobs
+        skip = frozenset(job.label for job in jobs if job.label in known) or None
+        writer.track(Future(key, client) if shared else by_key.pop(key), jobs, ctx.store_key, skip)
+    writer.seal()
+    return writer
 
 
 def submit(inp: InputLike, client: ClientLike = None, **options: Any) -> Future:
@@ -490,7 +521,22 @@ def result_of(sub: Submission, *, keep_going: bool = False, timeout: Optional[fl
     seconds: when none is left (batch jobs at their wall time), the user is told at once,
     and after ``sub.worker_timeout`` seconds without a worker the wait ends with
     :class:`~mbdask.errors.NoWorkersError`; what finished is in the store, if there is one.
+
+    When the run ends (a result, a failure, no workers, an interrupt; not the ``timeout``
+    of a run that goes on), every unit that finished is in the store before this returns.
     """
+    ended = True
+    try:
+        return _result_or_partial(sub, keep_going, timeout)
+    except TimeoutError:
+        ended = sub.future.done()
+        raise
+    finally:
+        if ended:
+            sub.close_store()
+
+
+def _result_or_partial(sub: Submission, keep_going: bool, timeout: Optional[float]) -> ManyBodyResult:
     try:
         return _watched_result(sub, timeout)
     except FragmentFailedError:

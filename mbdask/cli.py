@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--profile", metavar="FILE", help="write where the run's time went (phases, QC programs, mbdask, Dask) as JSON here, and print it")
     run.add_argument("--no-batch", action="store_true", help="one Dask task per fragment even for cheap fragments")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar (also off when stderr is not a terminal)")
+    run.add_argument("--no-progress", action="store_true", help="no progress (on a terminal: bars redrawn in place; otherwise a line every 60 s, Dask config mbdask.progress.log-interval)")
 
     plan = sub.add_parser(
         "plan",
@@ -235,8 +235,14 @@ def _xyz_input(args: argparse.Namespace) -> dict:
     label = f"{method}/{args.basis}" if args.basis else method
     frag_charges = molecule.get("fragment_charges") or [0.0] * len(molecule["fragments"])
     print(f"mbdask: {len(molecule['fragments'])} fragments in {args.input}:", file=sys.stderr)
-    for i, (atoms, q) in enumerate(zip(molecule["fragments"], frag_charges), start=1):
-        print(f"  {i:4d}  {formula([molecule['symbols'][a] for a in atoms]):8s} charge {q:+.0f}", file=sys.stderr)
+    # one line per run of alike neighbours: 64 waters are "1-64  H2O  charge +0", not 64 lines
+    kinds = [(formula([molecule["symbols"][a] for a in atoms]), q) for atoms, q in zip(molecule["fragments"], frag_charges)]
+    first = 0
+    for i in range(1, len(kinds) + 1):
+        if i == len(kinds) or kinds[i] != kinds[first]:
+            span = f"{first + 1}" if i == first + 1 else f"{first + 1}-{i}"
+            print(f"  {span:>9}  {kinds[first][0]:8s} charge {kinds[first][1]:+.0f}", file=sys.stderr)
+            first = i
     return {
         "specification": {
             "driver": args.driver,
@@ -250,7 +256,7 @@ def _xyz_input(args: argparse.Namespace) -> dict:
 def _run(args: argparse.Namespace) -> int:
     from . import api
     from .cluster import connect, dashboard_link
-    from .outputs import check_writable, write_atomic
+    from .outputs import check_writable, save_result
     from .profile import RunProfile
     from .store import FragmentStore
 
@@ -282,6 +288,7 @@ def _run(args: argparse.Namespace) -> int:
         **local,
     )
     profile.mark("cluster")
+    sub = None
     try:
         link = dashboard_link(conn.client)
         if link:
@@ -296,7 +303,7 @@ def _run(args: argparse.Namespace) -> int:
             batch=not args.no_batch,
             store=store,
             keep_going=args.keep_going,
-            progress=not args.no_progress and sys.stderr.isatty(),
+            progress=not args.no_progress,
             worker_timeout=args.worker_timeout,
         )
         profile.mark("submitted")
@@ -311,6 +318,8 @@ def _run(args: argparse.Namespace) -> int:
         result = api.result_of(sub, keep_going=args.keep_going)
         profile.mark("result")
     finally:
+        if sub is not None:
+            sub.close_store()  # also on Ctrl-C during the progress display: what finished is in the store
         conn.close()
     profile.mark("closed")
     wall = time.perf_counter() - wall_start
@@ -323,8 +332,9 @@ def _run(args: argparse.Namespace) -> int:
     print(f"mbdask: {calculations_phrase(result)}; wall time {wall:.2f} s, sum of task times {timing['sum_task_seconds']:.2f} s")
     print(f"mbdask: {energy_phrase(result)}")
     if args.output:
-        write_atomic(args.output, result.model_dump_json(indent=1))
-        print(f"mbdask: result written to {args.output}")
+        written = save_result(result, args.output)
+        tables = f" (tables beside it: {', '.join(p.name for p in written[:-1])})" if len(written) > 1 else ""
+        print(f"mbdask: result written to {args.output}{tables}")
     if args.report:
         report(result, args.report, title=f"mbdask report: {os.path.basename(str(args.input))}")
         print(f"mbdask: report written to {args.report}")

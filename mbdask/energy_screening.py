@@ -42,7 +42,7 @@ from .execute import ExpansionContext, run_unit
 from .graph import dashboard_name
 from .plan import FragmentJob, Increment, Plan, make_plan
 from .screening import Screening, fragment_distances, subclusters_kept, within_cutoff
-from .store import FragmentStore
+from .store import FragmentStore, StoreWriter
 
 CHEAP_LABEL = "screening"
 #: Dask priority of cheap screening units: ahead of any expensive fragment, since decisions unlock work.
@@ -190,12 +190,16 @@ def screen_and_compute(
     report, and the outputs of its expensive calculations, by label, for the graph to
     assemble. ``workers`` (single-core slots) sizes the batches; ``cores``,
     ``memory_gib`` and ``annotation`` (Dask resources) are what each expensive unit gets.
+
+    With a ``store``, cheap and expensive calculations found there are not submitted (found
+    expensive outputs are returned marked ``stored``), and this process writes each new
+    output into it as its unit finishes (workers never open the store).
     """
     started = time.perf_counter()
     cheap_plan = make_plan(_cheap_input(plan, settings.cheap_model, 1), check_installed=False)
-    cheap_ctx = ExpansionContext(cheap_plan.input, cheap_plan.specifications, False, store)
+    cheap_ctx = ExpansionContext(cheap_plan.input, cheap_plan.specifications, False)
     keep_results = plan.input.specification.protocols.cluster_results.value == "all"
-    ctx = ExpansionContext(plan.input, plan.specifications, keep_results, store)
+    ctx = ExpansionContext(plan.input, plan.specifications, keep_results)
     cheap_cost, cost = CostModel.for_plan(cheap_plan), CostModel.for_plan(plan)
     by_cluster: dict[Cluster, list[Increment]] = {}
     for inc in plan.increments:
@@ -211,6 +215,11 @@ def screen_and_compute(
     submitted: set[FragmentJob] = set()
     counter = itertools.count()
 
+    cheap_jobs: dict[Future, tuple[FragmentJob, ...]] = {}
+    #: expensive outputs the store already had, by label
+    found: dict[str, dict] = {}
+    writer = StoreWriter(store, client) if store is not None else None
+
     def submit(units: list, context: Future, kind: str, memory: Optional[float], priority: Optional[float], resources: Optional[dict]) -> list[Future]:
         out = []
         for unit in units:
@@ -222,31 +231,56 @@ def screen_and_compute(
         return out
 
     def flush() -> None:
-        cheap, kept = decisions.take_work()
-        jobs = [FragmentJob(CHEAP_LABEL, c, c) for c in sorted(cheap, key=lambda c: (len(c), c))]
-        cheap_units.update(submit(make_units(jobs, cheap_cost, workers=workers), cheap_ctx_f, "cheap", None, CHEAP_PRIORITY, None))
-        new = []
-        for cluster in kept:
-            for inc in by_cluster.get(cluster, ()):
-                for job, _ in inc.terms:
-                    if job not in submitted:
-                        submitted.add(job)
-                        new.append(job)
-        new.sort(key=lambda j: (j.model, j.nbody, j.real, j.basis))
-        expensive.extend(submit(make_units(new, cost, workers=workers, cores=cores), ctx_f, "frag", memory_gib, None, annotation))
+        # energies the store had are taken in at once, and may open more work: until there is none
+        while True:
+            cheap, kept = decisions.take_work()
+            if not cheap and not kept:
+                return
+            jobs = [FragmentJob(CHEAP_LABEL, c, c) for c in sorted(cheap, key=lambda c: (len(c), c))]
+            stored = store.find(jobs, cheap_ctx.store_key) if store is not None else {}
+            units = make_units([job for job in jobs if job.label not in stored], cheap_cost, workers=workers)
+            futures = submit(units, cheap_ctx_f, "cheap", None, CHEAP_PRIORITY, None)
+            if writer is not None:
+                cheap_jobs.update(zip(futures, (unit.jobs for unit in units)))
+            cheap_units.update(futures)
+            new = []
+            for cluster in kept:
+                for inc in by_cluster.get(cluster, ()):
+                    for job, _ in inc.terms:
+                        if job not in submitted:
+                            submitted.add(job)
+                            new.append(job)
+            new.sort(key=lambda j: (j.model, j.nbody, j.real, j.basis))
+            have = store.find(new, ctx.store_key) if store is not None else {}
+            found.update(have)
+            units = make_units([job for job in new if job.label not in have], cost, workers=workers, cores=cores)
+            futures = submit(units, ctx_f, "frag", memory_gib, None, annotation)
+            expensive.extend(futures)
+            if writer is not None:
+                for future, unit in zip(futures, units):
+                    writer.track(Future(future.key, client), unit.jobs, ctx.store_key)  # its own reference, released once written
+            for label, output in stored.items():
+                decisions.cheap_energy(tuple(delabeler(label)[1]), output["values"]["energy"])
 
-    decisions.start()
-    flush()
-    for future in cheap_units:  # ends once no cheap unit is left, including those flush() adds meanwhile
-        for label, output in future.result().items():
-            decisions.cheap_energy(tuple(delabeler(label)[1]), output["values"]["energy"])
-        future.release()
+    try:
+        decisions.start()
         flush()
-    decided_at = time.perf_counter()
-    if decisions.waiting:  # cannot happen with a closed kept set; guard against a silent wrong answer
-        raise RuntimeError(f"energy screening left {len(decisions.waiting)} clusters undecided")
-    done_before = sum(f.status == "finished" for f in expensive)
-    outputs = merge_units(*client.gather(expensive))
+        for future in cheap_units:  # ends once no cheap unit is left, including those flush() adds meanwhile
+            outputs = future.result()
+            if writer is not None:
+                writer.add(outputs, cheap_jobs.pop(future), cheap_ctx.store_key)
+            for label, output in outputs.items():
+                decisions.cheap_energy(tuple(delabeler(label)[1]), output["values"]["energy"])
+            future.release()
+            flush()
+        decided_at = time.perf_counter()
+        if decisions.waiting:  # cannot happen with a closed kept set; guard against a silent wrong answer
+            raise RuntimeError(f"energy screening left {len(decisions.waiting)} clusters undecided")
+        done_before = sum(f.status == "finished" for f in expensive)
+        outputs = {**found, **merge_units(*client.gather(expensive))}
+    finally:
+        if writer is not None:
+            writer.close()  # everything finished is in the store, whatever happened
     report = decisions.report(settings.cheap_model)
     report["screening_seconds"] = decided_at - started
     report["expensive_units_done_when_decided"] = f"{done_before}/{len(expensive)}"

@@ -27,7 +27,8 @@ from .engine import ProgramRunner, fill_machine_info
 from .errors import FragmentFailedError
 from .fragments import FragmentFactory, deepcopy_plain
 from .plan import FragmentJob
-from .store import GEOMETRY_DECIMALS, FragmentStore, fragment_identity
+from .programs import with_program_defaults
+from .store import GEOMETRY_DECIMALS, fragment_identity
 
 _warm_lock = threading.Lock()
 _warm = False
@@ -136,12 +137,15 @@ def pinned_threads(ncores: int) -> Iterator[None]:
 
 @dataclass
 class ExpansionContext:
-    """What every fragment task needs besides its own indices; one graph node, sent once per worker."""
+    """What every fragment task needs besides its own indices; one graph node, sent once per worker.
+
+    It holds no checkpoint store: the client alone reads and writes the store
+    (:class:`mbdask.store.StoreWriter`); the client uses :meth:`store_key` for its keys.
+    """
 
     input: ManyBodyInput
     specifications: dict[str, dict]
     keep_cluster_results: bool
-    store: Optional[FragmentStore] = None
     #: cores of the whole cluster when the graph was built (for the report's utilization)
     cluster_cores: Optional[int] = None
 
@@ -154,9 +158,11 @@ class ExpansionContext:
 
         As QCManyBody's ``ManyBodyComputer`` builds it, with a deep copy of the
         specification (a harness may change its input's keywords in place), made by
-        :func:`~mbdask.fragments.deepcopy_plain` (the specification is plain data).
+        :func:`~mbdask.fragments.deepcopy_plain` (the specification is plain data), and the
+        program's :data:`~mbdask.programs.PROGRAM_DEFAULT_KEYWORDS` where the user set none.
         """
-        return AtomicInput(molecule=molecule, specification=deepcopy_plain(self.specifications[model]["specification"]))
+        spec = self.specifications[model]
+        return AtomicInput(molecule=molecule, specification=with_program_defaults(spec["program"], deepcopy_plain(spec["specification"])))
 
     def store_key(self, job: FragmentJob) -> str:
         """The checkpoint-store key of ``job`` (see :mod:`mbdask.store`)."""
@@ -281,8 +287,8 @@ def run_unit(
 
     Cheap fragments travel in batches so that Dask's per-task cost stays small beside the
     work. Outputs already known (found in the store when the graph was built) are passed
-    through; with a store, each finished fragment is written at once, and a fragment found
-    there is not recomputed (this is what a task rerun after a lost worker finds).
+    through. Nothing here touches the checkpoint store: the client writes the outputs it
+    receives (:class:`mbdask.store.StoreWriter`).
     ``predicted`` (seconds per job, from the cost model) is recorded beside the measured time.
     """
     with pinned_threads(int(ncores)):
@@ -298,13 +304,5 @@ def _run_unit_pinned(ctx: ExpansionContext, jobs: Sequence[FragmentJob], unit: U
         if job.label in known:
             outputs[job.label] = known[job.label]
             continue
-        key = ctx.store_key(job) if ctx.store is not None else None
-        stored = ctx.store.get(key) if key is not None else None
-        if stored is not None:
-            outputs[job.label] = {**stored, "label": job.label, "stored": True}
-            continue
-        output = _run_pinned(ctx, job, unit)
-        if key is not None:
-            ctx.store.put(key, job.label, output)
-        outputs[job.label] = output
+        outputs[job.label] = _run_pinned(ctx, job, unit)
     return outputs

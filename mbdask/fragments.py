@@ -145,6 +145,8 @@ class FragmentFactory:
         self._layout: Optional[_Layout] = None
         #: per composition (:meth:`_template_key`): the validated molecule and its fields holding arrays, lists or dicts
         self._templates: dict[tuple, tuple[Molecule, tuple[str, ...]]] = {}
+        #: per number of decimals: each atom's rounded coordinates as text, each fragment's atoms, each atom's fragment
+        self._identity_parts: dict[int, tuple[list[list[str]], list[list[int]], list[int]]] = {}
 
     def __getstate__(self) -> dict:
         return {"parent": self.parent}
@@ -180,18 +182,28 @@ class FragmentFactory:
         The same content ``molecule`` builds from, with the geometry rounded to ``decimals``
         (bohr), without the name or the fragments' indices in the parent.
         """
-        geometry, symbols, _, at2fr, _, fcharges, fmults = self._parent_arrays()
+        _, symbols, _, _, _, fcharges, fmults = self._parent_arrays()
+        coordinates, fragment_atoms, atom_fragment = self._identity_arrays(decimals)
         real_set = {x - 1 for x in real}
-        used = {x - 1 for x in basis} | real_set
-        atoms = [i for i in range(len(symbols)) if at2fr[i] in used]
+        atoms = sorted(a for f in {x - 1 for x in basis} | real_set for a in fragment_atoms[f])
         return {
             "symbols": [symbols[i] for i in atoms],
-            "geometry": [f"{v:.{decimals}f}" for v in (np.round(geometry[atoms], decimals) + 0.0).ravel().tolist()],
-            "real": [bool(at2fr[i] in real_set) for i in atoms],
+            "geometry": [text for i in atoms for text in coordinates[i]],
+            "real": [atom_fragment[i] in real_set for i in atoms],
             "fragment_charges": [fcharges[i] for i in sorted(real_set)],
             "fragment_multiplicities": [fmults[i] for i in sorted(real_set)],
             "fix_symmetry": self.parent.fix_symmetry,
         }
+
+    def _identity_arrays(self, decimals: int) -> tuple[list[list[str]], list[list[int]], list[int]]:
+        """What :meth:`identity` picks from, made once per parent (a (H2O)64 4-body run asks 679,120 times)."""
+        parts = self._identity_parts.get(decimals)
+        if parts is None:
+            geometry, _, _, at2fr, fragments, _, _ = self._parent_arrays()
+            texts = [f"{v:.{decimals}f}" for v in (np.round(geometry, decimals) + 0.0).ravel().tolist()]
+            coordinates = [texts[3 * i : 3 * i + 3] for i in range(len(texts) // 3)]
+            parts = self._identity_parts[decimals] = (coordinates, [f.tolist() for f in fragments], at2fr.tolist())
+        return parts
 
     def _name(self, real0: list[int], ghost0: list[int]) -> str:
         return (self.parent.name if self.parent.name is not None else "") + " (" + str(real0) + "," + str(ghost0) + ")"

@@ -36,7 +36,7 @@ from typing import Any, Hashable, Iterator, Optional, Sequence, Union
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from .assemble import assemble_result, increment_energies, level_sum, merge_units
+from .assemble import assemble_result, increment_energies, inline_limit, level_sum, merge_units
 from .batching import Unit, make_units
 from .cost import CostModel
 from .execute import ExpansionContext, run_unit
@@ -158,11 +158,6 @@ def cluster_increments(model: str, basis: str, shape: tuple, signs: tuple, full:
     return increment_energies(list(zip(*columns)), *units)
 
 
-def level_of_clusters(bsse: str, nbody: Union[int, str], model: str, clusters: np.ndarray, previous: Optional[dict], *groups: list[float]) -> dict:
-    """:func:`level_sum` with the clusters as one array (a row each)."""
-    return level_sum(bsse, nbody, model, clusters.tolist(), previous, *groups)
-
-
 class IncrementGroups(Mapping):
     """Increment node key -> the :class:`Increment` objects it computes, made when asked for (tests, tools)."""
 
@@ -240,12 +235,15 @@ def _first_seen(values: np.ndarray) -> np.ndarray:
 
 
 def result_function(plan: Plan, upto: Optional[int] = None) -> Any:
-    """``assemble_result``, told the kept clusters' coefficients when the expansion is screened."""
+    """``assemble_result``, told whether the rows are tables (decided here, on the client, from its Dask config)
+    and the kept clusters' coefficients when the expansion is screened."""
+    tables = len(plan.jobs) > inline_limit()
     if plan.screened is None:
-        return assemble_result
+        return functools.partial(assemble_result, tables=tables)
     from .screening import coefficients
 
-    return functools.partial(assemble_result, screening={"coefficients": coefficients(plan.increments, upto), "summary": plan.screened.summary()})
+    screening = {"coefficients": coefficients(plan.increments, upto), "summary": plan.screened.summary()}
+    return functools.partial(assemble_result, screening=screening, tables=tables)
 
 
 def _unit_of_jobs(jobs: Sequence[FragmentJob], units: Sequence[Unit]) -> np.ndarray:
@@ -279,19 +277,19 @@ def build_graph(
     retries: int = 0,
     keep_cluster_results: Optional[bool] = None,
     order: str = "levels",
-    store: Any = None,
     increment_tasks: Optional[int] = None,
     cluster_cores: Optional[int] = None,
 ) -> ExpansionGraph:
     """Translate a plan into a HighLevelGraph with per-task annotations.
 
     ``units`` default to one per calculation, costed by :class:`CostModel`; ``known`` are outputs by label already at
-    hand (from a checkpoint store), passed to their units instead of being recomputed.
+    hand (from a checkpoint store), passed to their units instead of being recomputed. The
+    graph holds no store: the client writes finished outputs (:class:`mbdask.store.StoreWriter`).
     ``increment_tasks`` caps the increment nodes per n-body level (neighbouring clusters
     share a node), so that bookkeeping tasks do not outnumber the work.
     """
     with gc_paused():
-        return _build_graph(plan, token, resources, units, known, retries, keep_cluster_results, order, store, increment_tasks, cluster_cores)
+        return _build_graph(plan, token, resources, units, known, retries, keep_cluster_results, order, increment_tasks, cluster_cores)
 
 
 def _build_graph(
@@ -303,13 +301,12 @@ def _build_graph(
     retries: int,
     keep_cluster_results: Optional[bool],
     order: str,
-    store: Any,
     increment_tasks: Optional[int],
     cluster_cores: Optional[int],
 ) -> ExpansionGraph:
     if keep_cluster_results is None:
         keep_cluster_results = plan.input.specification.protocols.cluster_results.value == "all"
-    ctx = ExpansionContext(plan.input, plan.specifications, keep_cluster_results, store, cluster_cores)
+    ctx = ExpansionContext(plan.input, plan.specifications, keep_cluster_results, cluster_cores)
     ctx_key = context_key(token)
     known = known or {}
     if units is None:
@@ -388,7 +385,7 @@ def _build_graph(
                 clusters = np.concatenate([block.clusters[rows] for _, block, rows in members])
             else:
                 clusters = np.zeros((0, 0 if nbody == "supersystem" else nbody), dtype=np.int64)
-            level_tasks[key] = (level_of_clusters, bsse, nbody, model_of[nbody], clusters, previous) + tuple(k for k, _, _ in members)
+            level_tasks[key] = (level_sum, bsse, nbody, model_of[nbody], clusters, previous) + tuple(k for k, _, _ in members)
             level_keys[(bsse, nbody)] = key
             previous = key
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Any, Iterator, Union
 
 from .errors import InputError
 
@@ -23,20 +24,72 @@ def check_writable(path: Union[str, os.PathLike]) -> Path:
     return path
 
 
-def write_atomic(path: Union[str, os.PathLike], text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+@contextlib.contextmanager
+def replacing(path: Union[str, os.PathLike]) -> Iterator[str]:
+    """A temporary path beside ``path`` to write; renamed onto ``path`` when the block succeeds, removed if not."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a result file is as readable as any other
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: Union[str, os.PathLike], text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    with replacing(path) as tmp, open(tmp, "w") as handle:
+        handle.write(text)
+
+
+def save_result(result: Any, path: Union[str, os.PathLike]) -> list[Path]:
+    """Write a ``ManyBodyResult`` as JSON to ``path``, its tables (large expansions) as CSV files beside it.
+
+    Each :class:`~mbdask.tables.Rows` in ``extras["mbdask"]`` becomes
+    ``<name>.<where>.csv.gz`` (``result.increments.nocp.csv.gz``...) and the JSON names it;
+    the tables are written before the JSON, so a JSON on disk never names a missing file.
+    Returns the paths written, the JSON last. :func:`load_result` reads it all back.
+    """
+    from .tables import replaced, table_files
+
+    path = Path(path)
+    mbdask_extras = result.extras.get("mbdask") or {}
+    files = table_files(path, mbdask_extras)
+    for where, file in files.items():
+        rows = _at(mbdask_extras, where)
+        with replacing(file) as tmp:
+            rows.write_csv(tmp, gzipped=True)
+    if files:
+        reference = lambda where, rows: {"table": files[where].name, "rows": len(rows), "columns": list(rows.names)}  # noqa: E731
+        result = result.model_copy(update={"extras": {**result.extras, "mbdask": replaced(mbdask_extras, reference)}})
+    write_atomic(path, result.model_dump_json(indent=1))
+    return [*files.values(), path]
+
+
+def load_result(path: Union[str, os.PathLike]) -> Any:
+    """A ``ManyBodyResult`` saved by :func:`save_result` (or any result JSON), its CSV tables read back as rows."""
+    from qcmanybody.models.v2 import ManyBodyResult
+
+    from .tables import Rows, replaced
+
+    path = Path(path)
+    result = ManyBodyResult.model_validate_json(path.read_text())
+    mbdask_extras = result.extras.get("mbdask")
+    if not mbdask_extras:
+        return result
+    read = lambda where, ref: ref if isinstance(ref, Rows) else Rows.read_csv(path.with_name(ref["table"]))  # noqa: E731
+    return result.model_copy(update={"extras": {**result.extras, "mbdask": replaced(mbdask_extras, read)}})
+
+
+def _at(node: Any, where: tuple[str, ...]) -> Any:
+    for key in where:
+        node = node[key]
+    return node

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Optional
 
+import dask.config
 from distributed import Future
 
 from .batching import Unit
@@ -103,8 +104,23 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def show(progress: Progress, stream: IO[str] = sys.stderr, interval: float = 0.5) -> None:
-    """Redraw ``progress`` in place on a terminal until every unit has finished or one failed."""
+#: Seconds between progress lines where stderr is not a terminal (a batch job's log):
+#: Dask config ``mbdask.progress.log-interval``.
+LOG_INTERVAL = 60.0
+
+
+def show(progress: Progress, stream: IO[str] = sys.stderr, interval: float = 0.5, live: Optional[bool] = None) -> None:
+    """Show ``progress`` until every unit has finished or one failed.
+
+    On a terminal (``live``, default: ``stream.isatty()``) the bars are redrawn in place;
+    elsewhere, in a batch job's log, one line with the counts and the time left is written
+    every ``mbdask.progress.log-interval`` seconds (default 60) and once at the end.
+    """
+    if live is None:
+        live = stream.isatty()
+    if not live:
+        _log(progress, stream, float(dask.config.get("mbdask.progress.log-interval", LOG_INTERVAL)), interval)
+        return
     drawn = 0
     while True:
         finished = progress.poll()
@@ -117,3 +133,15 @@ def show(progress: Progress, stream: IO[str] = sys.stderr, interval: float = 0.5
         if finished:
             return
         time.sleep(interval)
+
+
+def _log(progress: Progress, stream: IO[str], every: float, interval: float) -> None:
+    last = time.monotonic()
+    while not progress.poll():
+        if time.monotonic() - last >= every:
+            stream.write(f"mbdask: {progress.lines()[-1].lstrip()}\n")
+            stream.flush()
+            last = time.monotonic()
+        time.sleep(interval)
+    stream.write(f"mbdask: {progress.lines()[-1].lstrip()}\n")
+    stream.flush()

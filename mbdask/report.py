@@ -2,7 +2,7 @@
 
 Everything here reads only the ``ManyBodyResult`` (``extras["mbdask"]``: increments, levels,
 per-fragment timings), so a report can be made later from a saved result file:
-``mbdask.report(ManyBodyResult.model_validate_json(text), "report.html")``.
+``mbdask.report(mbdask.load_result("result.json"), "report.html")``.
 
 The HTML report is one file with BokehJS inlined (it opens without a network): the n-body
 table, a pair-interaction heat map, the n-body convergence, a timeline per worker, predicted
@@ -12,17 +12,21 @@ fragments.
 
 from __future__ import annotations
 
+import heapq
 import html
 import math
 import os
 from collections import defaultdict
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from qcelemental import constants
 
 HARTREE_TO_KCAL = constants.hartree2kcalmol
 #: Rows in the table of slowest fragments.
 SLOWEST = 10
+#: Fragments a plot draws one by one at most (timeline, predicted vs measured): a run of
+#: 679k calculations draws its longest ones, so the HTML stays a few MB.
+PLOTTED_FRAGMENTS = 20_000
 
 
 def _extras(result: Any) -> dict:
@@ -244,11 +248,20 @@ def _pair_heatmap(increments: dict, nfragments: int):
     return fig
 
 
-def _timeline(fragments: list[dict]):
+def _drawn(fragments: Sequence[dict], limit: Optional[int] = None) -> tuple[list[dict], str]:
+    """The fragments a plot draws one by one: all, or the ``limit`` longest (and a title note saying so)."""
+    limit = PLOTTED_FRAGMENTS if limit is None else limit
+    if len(fragments) <= limit:
+        return list(fragments), ""
+    return heapq.nlargest(limit, fragments, key=lambda f: f["seconds"]), f" (the {limit:,} longest of {len(fragments):,} fragments)"
+
+
+def _timeline(all_fragments: Sequence[dict]):
     from bokeh.models import ColumnDataSource
     from bokeh.palettes import Category10_10
     from bokeh.plotting import figure
 
+    fragments, note = _drawn(all_fragments)
     t0 = min(f["start"] for f in fragments)
     workers = sorted({f["worker"] for f in fragments})
     data = {
@@ -261,7 +274,7 @@ def _timeline(fragments: list[dict]):
         "nbody": [len(f["real"]) for f in fragments],
     }
     fig = figure(
-        title="task timeline per worker (colour: n-body order)", y_range=workers, x_axis_label="seconds since the first fragment started",
+        title=f"task timeline per worker (colour: n-body order){note}", y_range=workers, x_axis_label="seconds since the first fragment started",
         width=1000, height=max(200, 28 * len(workers) + 90), tooltips=[("fragment", "@name"), ("model", "@model"), ("seconds", "@seconds{0.000}")],
     )
     for nbody in sorted(set(data["nbody"])):
@@ -281,13 +294,14 @@ def _legend_outside(fig: Any) -> None:
         fig.add_layout(legend, "right")
 
 
-def _predicted_vs_measured(fragments: list[dict]):
+def _predicted_vs_measured(fragments: Sequence[dict]):
     """Measured seconds against the prediction calibrated during the run (the cost model's own beside it, faint)."""
     from bokeh.models import ColumnDataSource
     from bokeh.palettes import Category10_10
     from bokeh.plotting import figure
 
-    rows = [f for f in fragments if f.get("predicted") and f["seconds"] > 0]
+    drawn, note = _drawn(fragments)
+    rows = [f for f in drawn if f.get("predicted") and f["seconds"] > 0]
     if not rows:
         return None
     data = {
@@ -299,7 +313,7 @@ def _predicted_vs_measured(fragments: list[dict]):
         "colour": [Category10_10[(len(f["real"]) - 1) % 10] for f in rows],
     }
     fig = figure(
-        title="predicted versus measured seconds per fragment", x_axis_type="log", y_axis_type="log", width=560, height=400,
+        title=f"predicted versus measured seconds per fragment{note}", x_axis_type="log", y_axis_type="log", width=560, height=400,
         x_axis_label="predicted [s] (calibrated by the fragments of its kind finished before it)", y_axis_label="measured [s]",
         tooltips=[("fragment", "@name"), ("calibrated", "@calibrated{0.000}"), ("cost model", "@prior{0.000}"), ("measured", "@measured{0.000}")],
     )
@@ -373,7 +387,7 @@ def report_html(result: Any, title: str = "mbdask report") -> str:
     items.append(row(*[figs[name] for name in ("convergence", "pairs") if name in figs]))
     if fragments:
         items += [figs["timeline"], figs["utilization"]]
-        slowest = sorted(fragments, key=lambda f: f["seconds"], reverse=True)[:SLOWEST]
+        slowest = heapq.nlargest(SLOWEST, fragments, key=lambda f: f["seconds"])
         table = _table(
             ["fragment", "model", "seconds", "predicted (calibrated)", "cores", "worker"],
             [[fragment_name(f["real"], f["basis"]), f["model"], f"{f['seconds']:.3f}", _seconds(f.get("calibrated") or f.get("predicted")), f["ncores"], f["worker"]] for f in slowest],

@@ -1,11 +1,18 @@
 """A checkpoint store of finished fragment calculations: one SQLite file, plain JSON inside.
 
-Why SQLite: it ships with Python, needs no server, survives a killed process mid-write
-(journal), and lets several processes (workers of one run, or two runs) write the same
-file at once. Entries are JSON, never pickles, so opening someone else's store cannot run
-code. Each entry carries the SHA-256 of its payload; an entry whose payload no longer
-matches (disk corruption, a truncated copy, a hand edit) is reported, deleted and
-recomputed, never used.
+The store is a file on the machine where mbdask runs (the client), and only the client
+process opens it: it looks up what the store already has before the graph is built, and
+writes each fragment's output as its unit's result reaches it (:class:`StoreWriter`, one
+transaction per batch). Workers never open it, so no shared file system is needed for it,
+and a relative path means the client's working directory.
+
+Why SQLite: it ships with Python, needs no server, and survives a killed process
+mid-write (journal). Its WAL journal also lets the client's threads (the writer, a
+look-up) and two runs on the same machine use one file at once; it is not meant for a
+network file system shared across hosts, and mbdask never uses it that way. Entries are
+JSON, never pickles, so opening someone else's store cannot run code. Each entry carries
+the SHA-256 of its payload; an entry whose payload no longer matches (disk corruption, a
+truncated copy, a hand edit) is reported, deleted and recomputed, never used.
 
 The key of an entry is the SHA-256 of everything that determines the numbers: program,
 the atomic specification (method, basis, keywords, driver, protocols) and the fragment
@@ -20,15 +27,19 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
 
 logger = logging.getLogger(__name__)
 
@@ -97,18 +108,20 @@ def _checksum(payload: str) -> str:
 
 
 class FragmentStore:
-    """Finished fragment outputs by key. Picklable (only the path travels); one connection per thread."""
+    """Finished fragment outputs by key, in one SQLite file opened by the client process only.
+
+    The path is made absolute when the store is made (a relative one is taken from the
+    current working directory). A store is not picklable: it never travels to a worker.
+    One connection per thread.
+    """
 
     def __init__(self, path: Union[str, os.PathLike]):
-        self.path = str(Path(path).expanduser())
+        self.path = os.path.abspath(Path(path).expanduser())
         self._local = threading.local()
         self.corrupted: list[str] = []
 
     def __getstate__(self) -> dict:
-        return {"path": self.path}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"])
+        raise TypeError(f"{self!r} stays in the process that opened it: workers never open the checkpoint store")
 
     def __repr__(self) -> str:
         return f"FragmentStore({self.path!r})"
@@ -116,10 +129,10 @@ class FragmentStore:
     @classmethod
     def open(cls, path: Union[str, os.PathLike]) -> "FragmentStore":
         """Open (creating if needed) and check it is a store; ``InputError`` if it cannot be."""
-        target = Path(path).expanduser()
+        store = cls(path)
+        target = Path(store.path)
         if not target.parent.is_dir():
             raise InputError(f"store {path}: directory {target.parent} does not exist")
-        store = cls(target)
         try:
             store.count()
         except sqlite3.DatabaseError as exc:
@@ -146,15 +159,41 @@ class FragmentStore:
 
     def put(self, key: str, label: str, output: dict) -> None:
         """Store one output (replacing an entry of the same key)."""
-        payload = encode_output(output)
-        seconds = float(output.get("stop", 0.0) - output.get("start", 0.0))
-        self._db.execute(
-            "INSERT OR REPLACE INTO fragments (key, label, payload, checksum, seconds, created) VALUES (?, ?, ?, ?, ?, ?)",
-            (key, label, payload, _checksum(payload), seconds, time.time()),
-        )
+        self.put_many([(key, label, output)])
+
+    def put_many(self, entries: Iterable[tuple[str, str, dict]]) -> int:
+        """Store ``(key, label, output)`` entries in one transaction; returns how many.
+
+        The payloads are encoded before the transaction starts, so the file is locked only
+        for the inserts themselves.
+        """
+        now = time.time()
+        rows = []
+        for key, label, output in entries:
+            payload = encode_output(output)
+            seconds = float(output.get("stop", 0.0) - output.get("start", 0.0))
+            rows.append((key, label, payload, _checksum(payload), seconds, now))
+        if not rows:
+            return 0
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT OR REPLACE INTO fragments (key, label, payload, checksum, seconds, created) VALUES (?, ?, ?, ?, ?, ?)", rows
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return len(rows)
 
     def get(self, key: str) -> Optional[dict]:
         return self.get_many([key]).get(key)
+
+    def find(self, jobs: Iterable[Any], key_of: Callable[[Any], str]) -> dict[str, dict]:
+        """Outputs of ``jobs`` found here, by label, marked ``stored`` (a run passes them to its units instead of computing them)."""
+        keys = {key_of(job): job for job in jobs}
+        return {keys[k].label: {**out, "label": keys[k].label, "stored": True} for k, out in self.get_many(keys).items()}
 
     def get_many(self, keys: Iterable[str]) -> dict[str, dict]:
         """Outputs found for ``keys``; corrupted entries are reported, deleted and left out."""
@@ -177,3 +216,169 @@ class FragmentStore:
             self.corrupted.extend(bad)
             self._db.executemany("DELETE FROM fragments WHERE key = ?", [(k,) for k in bad])
         return found
+
+
+#: Unit results fetched from the cluster in one request and written in one transaction
+#: (bounds the outputs the client holds at once).
+WRITE_CHUNK = 200
+#: Seconds :meth:`StoreWriter.close` waits for the writer without it writing anything.
+CLOSE_PATIENCE = 30.0
+#: Keys of fragment outputs that are not stored (``stored``: it came from the store; ``predicted``: this run's model).
+_NOT_STORED = ("stored", "predicted")
+
+_STOP = object()
+
+#: What the writer needs of a tracked unit: its jobs, their store key, labels not to write.
+_UnitInfo = tuple[Sequence[Any], Callable[[Any], str], Optional[Collection[str]]]
+
+
+class StoreWriter:
+    """Writes fragment outputs into a store, in the client process, as their units finish.
+
+    :meth:`track` takes the future of a unit (a task of :func:`mbdask.execute.run_unit`):
+    once it has finished, a thread of the client fetches its result, writes the outputs
+    it computed (not those that came from the store, nor labels in ``skip``) with one
+    transaction per batch, and releases the future, so that the client holds an output
+    only as long as it takes to write it. Failed or cancelled units are skipped; their
+    error reaches the caller through the result. :meth:`add` writes outputs already at
+    hand. :meth:`close` writes whatever has finished by then and stops.
+    """
+
+    def __init__(self, store: FragmentStore, client: "Client"):
+        self.store = store
+        self.client = client
+        #: fragment outputs written so far
+        self.written = 0
+        #: the last error writing met (logged as it happened), if any
+        self.error: Optional[BaseException] = None
+        self._lock = threading.Lock()
+        self._pending: dict["Future", _UnitInfo] = {}
+        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._sealed = False
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="mbdask-store-writer", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"StoreWriter({self.store.path!r}, written={self.written}, pending={len(self._pending)})"
+
+    @property
+    def pending(self) -> int:
+        """Tracked units not written (nor skipped) yet."""
+        return len(self._pending)
+
+    def track(self, future: "Future", jobs: Sequence[Any], key_of: Callable[[Any], str], skip: Optional[Collection[str]] = None) -> None:
+        """Write ``future``'s outputs of ``jobs`` (keyed by ``key_of(job)``) once it finishes; the writer owns the future."""
+        with self._lock:
+            if self._closing:
+                future.release()
+                return
+            self._pending[future] = (jobs, key_of, skip)
+        future.add_done_callback(self._queue.put)
+
+    def add(self, outputs: dict[str, dict], jobs: Sequence[Any], key_of: Callable[[Any], str]) -> None:
+        """Write ``outputs`` (by label) of ``jobs``, already at hand (not those that came from the store)."""
+        self._queue.put((outputs, jobs, key_of))
+
+    def seal(self) -> None:
+        """No more units will be tracked: the thread ends once the tracked ones are written."""
+        self._sealed = True
+        self._queue.put(None)
+
+    def close(self, patience: float = CLOSE_PATIENCE) -> None:
+        """Write what has finished by now (in the queue, or tracked and finished), release the rest, and stop.
+
+        Returns once the writer is done, or when it has written nothing for ``patience``
+        seconds (a result that can no longer be fetched, e.g. on a worker that is gone).
+        """
+        with self._lock:
+            self._closing = True
+        self._queue.put(_STOP)
+        written, since = self.written, time.monotonic()
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.2)
+            if self.written != written:
+                written, since = self.written, time.monotonic()
+            elif time.monotonic() - since > patience:
+                logger.warning("store %s: gave up writing %d finished units after %g s", self.store.path, len(self._pending), patience)
+                break
+
+    def _finished(self) -> bool:
+        return (self._sealed and not self._pending and self._queue.empty()) or self.client.status in ("closing", "closed")
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                items = [self._queue.get(timeout=1.0)]
+            except queue.Empty:
+                if self._finished():
+                    return
+                continue
+            while len(items) < WRITE_CHUNK:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is _STOP for item in items)
+            try:
+                self._write([item for item in items if item is not None and item is not _STOP])
+                if stop:
+                    with self._lock:
+                        rest = [f for f in self._pending if f.status == "finished"]
+                    self._write(rest)
+            except BaseException as exc:  # cancelled, client closed, disk full: logged, never raised in this thread
+                self.error = exc
+                closed = self.client.status in ("closing", "closed")
+                (logger.debug if closed else logger.warning)("store %s: could not write finished fragments (%s: %s)", self.store.path, type(exc).__name__, exc)
+            if stop:
+                with self._lock:
+                    rest = list(self._pending)
+                    self._pending.clear()
+                for future in rest:
+                    future.release()
+                return
+            if self._finished():
+                return
+
+    def _write(self, items: list[Any]) -> None:
+        entries: list[tuple[str, str, dict]] = []
+        futures: list["Future"] = []
+        for item in items:
+            if isinstance(item, tuple):
+                entries.extend(self._entries(*item))
+            else:
+                futures.append(item)
+        self._put(entries)
+        with self._lock:
+            infos = {f: self._pending.pop(f) for f in futures if f in self._pending}
+        finished = [f for f in infos if f.status == "finished"]
+        for future in infos:
+            if future.status != "finished":
+                future.release()  # failed or cancelled: the result says why
+        for i in range(0, len(finished), WRITE_CHUNK):
+            chunk = finished[i : i + WRITE_CHUNK]
+            try:
+                results = self.client.gather({f.key: f for f in chunk}, errors="skip")
+                entries = []
+                for future in chunk:
+                    if future.key in results:
+                        entries.extend(self._entries(results[future.key], *infos[future]))
+                del results
+                self._put(entries)
+            finally:
+                for future in chunk:
+                    future.release()
+
+    @staticmethod
+    def _entries(outputs: dict[str, dict], jobs: Sequence[Any], key_of: Callable[[Any], str], skip: Optional[Collection[str]] = None) -> list:
+        entries = []
+        for job in jobs:
+            output = outputs.get(job.label)
+            if output is None or output.get("stored") or (skip and job.label in skip):
+                continue
+            entries.append((key_of(job), job.label, {k: v for k, v in output.items() if k not in _NOT_STORED}))
+        return entries
+
+    def _put(self, entries: list) -> None:
+        if entries:
+            self.written += self.store.put_many(entries)

@@ -231,3 +231,29 @@ def test_run_unit_gives_the_same_numbers_with_and_without_kept_results():
         assert ours["values"].keys() == theirs["values"].keys() == {"energy", "gradient"}
         for key in ours["values"]:
             assert np.asarray(ours["values"][key]).tobytes() == np.asarray(theirs["values"][key]).tobytes(), job.label
+
+
+@needs_xtb
+def test_xtb_fragments_leak_no_file_descriptors_and_keep_the_users_keywords():
+    """xtb-python's harness keeps one file open per calculation at its default verbosity
+    (a worker stopped with "Too many open files" after ~20,000 (H2O)64 trimers); mbdask's
+    fragment inputs ask for no output unless the user set a verbosity."""
+    from mbdask.execute import ExpansionContext, run_unit
+
+    plan = mbdask.plan({
+        "specification": {
+            "driver": "energy", "keywords": {"bsse_type": ["nocp"], "levels": {2: "gfn2"}},
+            "specification": {"gfn2": {"program": "xtb", "model": {"method": "gfn2-xtb"}, "keywords": {"accuracy": 0.01}}},
+        },
+        "molecule": {"symbols": ["O", "H", "H"] * 3, "geometry": [c + 5.0 * (i // 9) for i, c in enumerate(WATER["geometry"] * 3)],
+                     "fragments": [[0, 1, 2], [3, 4, 5], [6, 7, 8]]},
+    })
+    ctx = ExpansionContext(plan.input, plan.specifications, False)
+    job = plan.jobs[0]
+    assert ctx.atomic_input(job.model, ctx.factory.molecule(job.real, job.basis)).specification.keywords == {"verbosity": "muted", "accuracy": 0.01}
+    assert plan.specifications[job.model]["specification"]["keywords"] == {"accuracy": 0.01}  # the store key's and the result's
+    run_unit(ctx, plan.jobs)  # warm-up: the program's own files
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        run_unit(ctx, plan.jobs)
+    assert len(os.listdir("/proc/self/fd")) - before < len(plan.jobs)  # 30 calculations

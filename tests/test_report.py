@@ -124,7 +124,7 @@ def test_report_of_a_result_without_mbdask_extras_is_refused(water6_result):
 def test_progress_counts_every_fragment_per_order(process_client):
     sub = mbdask.start(xtb_input(EXAMPLES / "water6-prism.xyz"), process_client, progress=True)
     out = io.StringIO()
-    show(sub.progress, out, interval=0.05)
+    show(sub.progress, out, interval=0.05, live=True)  # bars as on a terminal
     result = sub.result()
     progress = sub.progress
     assert progress.done == progress.total == result.extras["mbdask"]["nfragment_calculations"]

@@ -25,6 +25,22 @@ PROGRAM_DRIVERS = {"xtb": ("energy", "gradient")}
 XTB_METHODS = ("gfn2-xtb", "gfn2xtb", "gfn1-xtb", "gfn1xtb", "ipea-xtb", "ipeaxtb", "gfn0-xtb", "gfn0xtb", "gfn-ff", "gfnff")
 
 
+#: Keywords mbdask adds to each fragment's input where the user did not set them (the store
+#: key and the result's input keep the user's specification). xtb: xtb-python's harness
+#: (22.1) writes a full output to a temporary file per calculation and its library keeps
+#: that file open: one file descriptor leaked per fragment, so a worker stops with "Too many
+#: open files" after ~20,000 calculations (the default limit here); ``muted`` writes none.
+PROGRAM_DEFAULT_KEYWORDS = {"xtb": {"verbosity": "muted"}}
+
+
+def with_program_defaults(program: str, specification: dict) -> dict:
+    """``specification`` (a plain-data copy) with :data:`PROGRAM_DEFAULT_KEYWORDS` filled in."""
+    defaults = PROGRAM_DEFAULT_KEYWORDS.get(program)
+    if defaults:
+        specification["keywords"] = {**defaults, **(specification.get("keywords") or {})}
+    return specification
+
+
 def check_specification(program: str, specification: dict, symbols: list[str]) -> None:
     """Raise (one line) if ``program`` cannot run ``specification`` on these elements.
 

@@ -1,0 +1,126 @@
+"""The checkpoint store is the client's file: workers never open it, the client writes what they finish.
+
+Real xtb on real Dask workers (process workers, so that they can stand in another working
+directory than the client's, as the nodes of a cluster do).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import cloudpickle
+import pytest
+from distributed import Client, get_task_stream
+
+import mbdask
+from conftest import EXAMPLES, needs_xtb, xtb_input
+from mbdask.store import FragmentStore, StoreWriter
+from test_graph import sleep_input
+
+
+@needs_xtb
+def test_relative_store_is_the_clients_file_and_workers_never_open_it(tmp_path, monkeypatch):
+    """Workers in another directory than the client; ``store="run.sqlite"`` is the client's file (issue #17)."""
+    from mbdask.cluster import ClusterSize, start_local_cluster
+
+    here, there = tmp_path / "client", tmp_path / "workers"
+    here.mkdir()
+    there.mkdir()
+    monkeypatch.chdir(here)
+    inp = xtb_input("water3-uud.xyz", levels={2: "gfn2"}, max_nbody=2)  # 3 monomers, 3 dimers
+    with start_local_cluster(ClusterSize(2, 1, 2 * 2**30), dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as client:
+        client.run(os.chdir, str(there))
+        assert set(client.run(os.getcwd).values()) == {str(there)}
+        first = mbdask.compute(inp, client, store="run.sqlite")
+        computed = first.extras["mbdask"]["nfragment_calculations"]
+        assert computed == 6 and len(first.extras["mbdask"]["timing"]["fragments"]) == 6
+        # every fragment is in the client's file as compute() returns, nothing in the workers' directory
+        assert FragmentStore(here / "run.sqlite").count() == 6
+        assert sorted(os.listdir(there)) == []
+        sub = mbdask.start(inp, client, store="run.sqlite")
+        second = sub.result()
+        assert sub.store.path == str(here / "run.sqlite")
+        assert sub.from_store == 6
+        assert second.extras["mbdask"]["timing"]["fragments"] == []  # a rerun computes nothing
+        assert second.properties.return_energy == first.properties.return_energy
+        assert sorted(os.listdir(there)) == []
+
+
+def test_nothing_sent_to_workers_holds_the_store(inprocess_client, tmp_path):
+    store = FragmentStore.open(tmp_path / "store.sqlite")
+    with pytest.raises(TypeError, match="workers never open the checkpoint store"):
+        pickle.dumps(store)
+    sub = mbdask.start(sleep_input(), inprocess_client, store=store)
+    sub.result()
+    tasks = dict(sub.graph.graph)
+    (ctx,) = [value for key, value in tasks.items() if "context" in str(key)]
+    assert not hasattr(ctx, "store")
+    assert b"store.sqlite" not in cloudpickle.dumps(ctx)
+    assert b"store.sqlite" not in cloudpickle.dumps(tasks)  # no task of the graph names it
+    assert store.count() == 41
+
+
+def test_keep_going_failure_leaves_every_finished_fragment_in_the_store(inprocess_client, tmp_path):
+    path = tmp_path / "store.sqlite"
+    inp = sleep_input()
+    inp["specification"]["specification"]["sleepy"]["keywords"]["fail"] = ["3"]
+    partial = mbdask.compute(inp, inprocess_client, keep_going=True, store=path)
+    computed = partial.extras["mbdask"]["timing"]["fragments"]
+    assert partial.extras["mbdask"]["partial"]["complete_nbody"] == 2
+    assert len(computed) >= 21  # 6 monomers and 15 dimers
+    assert FragmentStore(path).count() == len(computed)  # written before compute() returned
+    with pytest.raises(mbdask.FragmentFailedError):
+        mbdask.compute(inp, inprocess_client, store=path)
+    assert FragmentStore(path).count() == len(computed)  # the rerun found them all and wrote nothing new
+
+
+def test_writer_writes_new_outputs_only_and_releases_each_future(inprocess_client, tmp_path):
+    from mbdask.execute import ExpansionContext, run_unit
+
+    plan = mbdask.plan(sleep_input(), check_installed=False)
+    ctx = ExpansionContext(plan.input, plan.specifications, False)
+    store = FragmentStore(tmp_path / "store.sqlite")
+    writer = StoreWriter(store, inprocess_client)
+    jobs, extra = list(plan.jobs[:4]), plan.jobs[5]
+    known = {jobs[0].label: {"label": jobs[0].label, "values": {"energy": -1.0}, "start": 0.0, "stop": 1.0, "stored": True}}
+    future = inprocess_client.submit(run_unit, ctx, jobs, 1, None, known, [0.5] * 4, pure=False)
+    key = future.key
+    writer.track(future, jobs, ctx.store_key, skip={jobs[1].label})
+    del future
+    writer.add({extra.label: {"label": extra.label, "values": {"energy": -2.0}, "start": 0.0, "stop": 0.5}}, [extra], ctx.store_key)
+    writer.seal()
+    deadline = time.monotonic() + 30
+    while writer.pending and time.monotonic() < deadline:  # the sealed writer ends once the unit is written
+        time.sleep(0.01)
+    writer.close()
+    found = store.get_many(ctx.store_key(job) for job in plan.jobs[:6])
+    # jobs[0] came from the store, jobs[1] was to be skipped, jobs[4] was never asked for
+    assert set(found) == {ctx.store_key(job) for job in (jobs[2], jobs[3], extra)}
+    assert writer.written == 3 and writer.pending == 0
+    assert "predicted" not in found[ctx.store_key(jobs[2])]  # this run's prediction is not stored
+    deadline = time.monotonic() + 10
+    while key in inprocess_client.refcount and time.monotonic() < deadline:  # the release reaches the client's loop
+        time.sleep(0.01)
+    assert key not in inprocess_client.refcount  # released once written
+
+
+@needs_xtb
+def test_energy_screening_reads_and_writes_the_store_on_the_client(process_client, tmp_path):
+    inp = xtb_input(EXAMPLES / "water6-prism.xyz", levels={3: "gfn1"})
+    screening = {"energy_thresholds": {2: 1.0, 3: 0.1}}
+    path = tmp_path / "store.sqlite"
+    first = mbdask.compute(inp, process_client, screening=screening, store=path)
+    expensive = len(first.extras["mbdask"]["timing"]["fragments"])
+    stored = FragmentStore(path).count()
+    assert stored > expensive > 0  # the cheap model's calculations are stored too
+    with get_task_stream(process_client) as stream:
+        sub = mbdask.start(inp, process_client, screening=screening, store=path)
+        second = sub.result()
+    assert second.extras["mbdask"]["timing"]["fragments"] == []
+    assert sub.from_store == expensive
+    assert not [t for t in stream.data if str(t["key"]).startswith("('cheap")]  # no cheap calculation submitted
+    assert second.return_result == first.return_result
+    assert second.extras["mbdask"]["screening"]["orders"] == first.extras["mbdask"]["screening"]["orders"]
+    assert FragmentStore(path).count() == stored

@@ -1,0 +1,104 @@
+"""Large results: rows kept as columns (mbdask.Rows), written beside the JSON as CSV, read back.
+
+The threshold (``mbdask.result.inline-limit``) is lowered to a few calculations, so that a
+(H2O)6 GFN2-xTB run through a real LocalCluster takes the path a 679k-calculation run takes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import dask
+import numpy as np
+import pytest
+from conftest import EXAMPLES, needs_xtb, xtb_input
+
+import mbdask
+from mbdask.assemble import parse_label
+from mbdask.tables import Rows
+
+
+def test_rows_read_like_the_list_of_dicts_they_hold_and_survive_csv(tmp_path):
+    rows = Rows(
+        [
+            ({"fragments": np.array([[1, 2], [3, 4]]), "energy": np.array([0.1, 1 / 3])}, {"nbody": 2, "model": "m"}),
+            ({"fragments": np.array([[1, 2, 3]]), "energy": np.array([-2e-17])}, {"nbody": 3, "model": "m"}),
+        ],
+        ["nbody", "model", "fragments", "energy"],
+    )
+    plain = [
+        {"nbody": 2, "model": "m", "fragments": [1, 2], "energy": 0.1},
+        {"nbody": 2, "model": "m", "fragments": [3, 4], "energy": 1 / 3},
+        {"nbody": 3, "model": "m", "fragments": [1, 2, 3], "energy": -2e-17},
+    ]
+    assert len(rows) == 3 and list(rows) == plain and rows == plain
+    assert rows[-1] == plain[-1] and rows[1:] == plain[1:] and rows.column("nbody") == [2, 2, 3]
+    with pytest.raises(IndexError):
+        rows[3]
+    path = tmp_path / "t.csv.gz"
+    rows.write_csv(path)
+    assert gzip.open(path, "rt").read().splitlines()[:2] == ["nbody,model,fragments,energy", "2,m,1 2,0.1"]
+    assert Rows.read_csv(path) == plain  # floats at full precision
+
+
+def test_labels_parse_as_qcmanybody_reads_them():
+    from qcmanybody.utils import delabeler, labeler
+
+    for model, real, basis in [("gfn2", [1], [1]), ("hf/6-31g*", [3, 12], [1, 3, 12]), ('odd"name', [2], [2])]:
+        assert parse_label(labeler(model, real, basis)) == (model, real, basis)
+        got_model, got_real, got_basis = delabeler(labeler(model, real, basis))
+        assert (got_model, list(got_real), list(got_basis)) == (model, real, basis)
+
+
+@needs_xtb
+def test_large_result_keeps_tables_and_saves_them_beside_the_json(process_client, tmp_path):
+    inp = xtb_input(EXAMPLES / "water6-prism.xyz")
+    inline = mbdask.compute(inp, process_client)
+    with dask.config.set({"mbdask.result.inline-limit": 5}):
+        large = mbdask.compute(inp, process_client)
+
+    # the same numbers, by QCManyBody's analysis; only where the rows live differs
+    assert large.properties.return_energy == inline.properties.return_energy
+    assert large.extras["mbdask"]["levels"] == inline.extras["mbdask"]["levels"]
+    extras = large.extras["mbdask"]
+    assert isinstance(extras["increments"]["nocp"], Rows) and isinstance(extras["timing"]["fragments"], Rows)
+    assert extras["increments"]["nocp"] == inline.extras["mbdask"]["increments"]["nocp"]
+    assert large.cluster_properties == {}
+    energies = {tuple(r["real"]): r["energy"] for r in extras["cluster_energies"]}
+    assert energies == {tuple(parse_label(label)[1]): props.return_energy for label, props in inline.cluster_properties.items()}
+    assert [f["real"] for f in extras["timing"]["fragments"]] == [f["real"] for f in large.extras["mbdask"]["timing"]["fragments"]]
+
+    written = mbdask.save_result(large, tmp_path / "result.json")
+    assert [p.name for p in written] == [
+        "result.increments.nocp.csv.gz", "result.timing.fragments.csv.gz", "result.cluster_energies.csv.gz", "result.json"
+    ]
+    saved = json.loads((tmp_path / "result.json").read_text())["extras"]["mbdask"]
+    assert saved["increments"]["nocp"] == {"table": "result.increments.nocp.csv.gz", "rows": 41, "columns": ["nbody", "model", "fragments", "energy"]}
+    back = mbdask.load_result(tmp_path / "result.json")
+    assert back.extras["mbdask"]["increments"]["nocp"] == extras["increments"]["nocp"]
+    assert back.extras["mbdask"]["timing"]["fragments"] == extras["timing"]["fragments"]
+    assert back.extras["mbdask"]["cluster_energies"] == extras["cluster_energies"]
+    assert "<html" in mbdask.report(back).lower()
+    # pydantic still writes a large result whole (rows inline), as a small one is written
+    assert json.loads(large.model_dump_json())["extras"]["mbdask"]["increments"]["nocp"] == inline.extras["mbdask"]["increments"]["nocp"]
+
+
+@needs_xtb
+def test_cli_writes_the_tables_of_a_large_result_and_logs_progress_off_a_terminal(tmp_path):
+    env = {**os.environ, "DASK_MBDASK__RESULT__INLINE_LIMIT": "5", "DASK_MBDASK__PROGRESS__LOG_INTERVAL": "0"}
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mbdask", "run", str(EXAMPLES / "water6-gfn2.json"), "--workers", "1", "-o", str(out)],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "tables beside it: r.increments.nocp.csv.gz" in proc.stdout
+    # stderr is a pipe here, as in a batch job's log: plain progress lines, the last one complete
+    lines = [line for line in proc.stderr.splitlines() if "fragment calculations," in line]
+    assert lines and lines[-1].startswith("mbdask: 41/41 fragment calculations, ") and "\x1b" not in proc.stderr
+    result = mbdask.load_result(out)
+    assert len(result.extras["mbdask"]["increments"]["nocp"]) == result.extras["mbdask"]["nfragment_calculations"] == 41
