@@ -45,7 +45,10 @@ def machine() -> str:
 
 #: Sections of docs/benchmarks.md that other scripts write (bench_screening.py, bench_overhead.py,
 #: bench_fragment_overhead.py's table); run_all keeps them.
-KEPT_SECTIONS = ("## Screened expansions", "## Screening, read", "## Overhead: whole processes", "## Overhead per fragment", "## Overhead, read")
+KEPT_SECTIONS = (
+    "## Screened expansions", "## Screening, read", "## Overhead: whole processes", "## Overhead per fragment", "## Overhead, read",
+    "## (H2O)64 at 4-body end to end", "## Screening models for (H2O)64",
+)
 
 
 def _kept_sections(text: str) -> str:

@@ -23,7 +23,6 @@ from qcmanybody.models.v2 import ManyBodyResult
 
 from .batching import UNITS_PER_WORKER, Unit, make_units
 from .cluster import (
-    DEFAULT_WORKER_TIMEOUT,
     ClientLike,
     Connection,
     connect,
@@ -74,7 +73,7 @@ class Submission:
     #: started with ``keep_going=True``: :meth:`result` gives the partial result after a failure
     keep_going: bool = False
     #: seconds :meth:`result` waits for workers when none is left (see :func:`mbdask.cluster.worker_timeout`)
-    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
+    worker_timeout: float = field(default_factory=lambda: cluster_worker_timeout())
 
     @property
     def client(self) -> Client:
@@ -434,7 +433,11 @@ def start(
         to_store = [key for key, unit in graph.units.items() if any(job.label not in known for job in unit.jobs)] if fragment_store is not None else []
         keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going or progress else to_store)]
         started = time.monotonic()
-        futures = conn.client.get(graph.graph, keys, sync=False)
+        with warnings.catch_warnings():
+            # the fragments are the graph's data: a (H2O)64 4-body graph is ~80 MB by design, and
+            # Dask's advice for dataframes ("load the data with Dask directly") does not apply
+            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+            futures = conn.client.get(graph.graph, keys, sync=False)
         by_key = dict(zip(keys, futures))
         writer = _store_writer(fragment_store, conn.client, graph, to_store, by_key, known, key_ctx, shared=keep_going or progress)
     except BaseException:

@@ -11,19 +11,15 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Union
 
-import dask.config
 import numpy as np
 from qcmanybody.models.v2 import ManyBodyResult
 from qcmanybody.utils import delabeler, labeler
 from qcmanybody.v2 import ManyBodyComputer
 
+from . import config
 from .cost import calibrated_during_run
 from .tables import Rows
 
-#: Calculations above which a result keeps its per-row data (increments, fragment timings,
-#: fragment energies) as :class:`~mbdask.tables.Rows` and saved results put them in CSV files
-#: beside the JSON (Dask config ``mbdask.result.inline-limit``).
-INLINE_LIMIT = 20_000
 #: Columns of the per-cluster increments table, per BSSE treatment.
 INCREMENT_COLUMNS = ("nbody", "model", "fragments", "energy")
 #: Columns of the per-fragment timings table.
@@ -32,7 +28,7 @@ TIMING_COLUMNS = ("model", "real", "basis", "seconds", "start", "worker", "ncore
 
 def inline_limit() -> int:
     """Calculations up to which a result carries its rows as plain lists (``mbdask.result.inline-limit``)."""
-    return int(dask.config.get("mbdask.result.inline-limit", INLINE_LIMIT))
+    return int(config.get("mbdask.result.inline-limit"))
 
 
 def parse_label(label: str) -> tuple[str, list[int], list[int]]:

@@ -7,6 +7,7 @@ input (one line on stderr, nothing written).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -307,6 +308,10 @@ def _run(args: argparse.Namespace) -> int:
             worker_timeout=args.worker_timeout,
         )
         profile.mark("submitted")
+        # The plan and graph are millions of objects that live until the process ends: out of the
+        # garbage collector's sight, its full collections stop walking them again and again while
+        # results arrive (unpickling a 679k-calculation result took minutes with them in view).
+        gc.freeze()
         if sub.from_store:
             print(f"mbdask: {sub.from_store} of {len(plan.jobs)} fragment calculations found in {args.store}", file=sys.stderr)
         if store is not None and store.corrupted:

@@ -21,6 +21,7 @@ import psutil
 from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster, SpecCluster
 
+from . import config
 from .forked_workers import can_fork_workers
 
 ClientLike = Union[Client, str, None]
@@ -110,7 +111,7 @@ WORKER_START_METHODS = ("auto", "spawn")
 
 
 def worker_start_method() -> str:
-    method = dask.config.get("mbdask.local-cluster.workers", "auto")
+    method = config.get("mbdask.local-cluster.workers")
     if method not in WORKER_START_METHODS:
         raise ValueError(f"mbdask.local-cluster.workers must be one of {', '.join(WORKER_START_METHODS)}, not {method!r}")
     return method
@@ -258,7 +259,7 @@ def want_dashboard(predicted_seconds_per_core: float, choice: Union[bool, str, N
     a run that ends in a few seconds.
     """
     if choice is None:
-        choice = dask.config.get("mbdask.local-cluster.dashboard", "auto")
+        choice = config.get("mbdask.local-cluster.dashboard")
     if isinstance(choice, str) and choice.lower() in ("true", "false"):
         choice = choice.lower() == "true"
     if isinstance(choice, bool):
@@ -268,15 +269,11 @@ def want_dashboard(predicted_seconds_per_core: float, choice: Union[bool, str, N
     return predicted_seconds_per_core >= DASHBOARD_MIN_SECONDS
 
 
-#: Seconds to wait for workers (none yet, or none left) before giving up (Dask config
-#: ``mbdask.worker-timeout``, CLI ``--worker-timeout``): batch-queue jobs start when the queue
-#: lets them, and jobs that reached their wall time leave a cluster with no workers.
-DEFAULT_WORKER_TIMEOUT = 600.0
-
-
 def worker_timeout(seconds: Optional[float] = None) -> float:
-    """``seconds``, else Dask config ``mbdask.worker-timeout``, else :data:`DEFAULT_WORKER_TIMEOUT`."""
-    value = seconds if seconds is not None else dask.config.get("mbdask.worker-timeout", DEFAULT_WORKER_TIMEOUT)
+    """Seconds to wait for workers (none yet, or none left) before giving up: ``seconds``, else
+    Dask config ``mbdask.worker-timeout`` (mbdask.yaml: 600). Batch-queue jobs start when the
+    queue lets them, and jobs that reached their wall time leave a cluster with no workers."""
+    value = seconds if seconds is not None else config.get("mbdask.worker-timeout")
     try:
         value = float(parse_timedelta(value, default="s"))
     except (TypeError, ValueError, KeyError):

@@ -63,8 +63,9 @@ class RunProfile:
         """The fragment span's ends, from the result's own per-fragment timings (worker clocks)."""
         fragments = result.extras["mbdask"]["timing"]["fragments"]
         if fragments:
-            self.marks["first_fragment"] = min(f["start"] for f in fragments)
-            self.marks["last_fragment"] = max(f["start"] + f["seconds"] for f in fragments)
+            starts, seconds = _column(fragments, "start"), _column(fragments, "seconds")
+            self.marks["first_fragment"] = min(starts)
+            self.marks["last_fragment"] = max(a + b for a, b in zip(starts, seconds))
 
     def summary(self, result: Any) -> dict:
         """Phases in seconds and the fragment span's split, as JSON-friendly data."""
@@ -79,8 +80,9 @@ class RunProfile:
         cores = timing.get("cluster_cores") or 1
         span = timing["span_seconds"]
         program = timing["sum_task_seconds"]
-        own = sum(f.get("own_seconds") or 0.0 for f in fragments)
-        recorded = any(f.get("own_seconds") is not None for f in fragments)
+        own_column = _column(fragments, "own_seconds")
+        own = sum(value or 0.0 for value in own_column)
+        recorded = any(value is not None for value in own_column)
         inside = {
             "cores": cores,
             "core_seconds": span * cores,
@@ -90,7 +92,7 @@ class RunProfile:
             "dask_and_idle_seconds": max(0.0, span * cores - program - own),
         }
         wall = previous - start
-        bound = max(program / cores, max((f["seconds"] for f in fragments), default=0.0))
+        bound = max(program / cores, max(_column(fragments, "seconds"), default=0.0))
         return {
             "wall_seconds": wall,
             "phases": phases,
@@ -100,6 +102,12 @@ class RunProfile:
             "zero_overhead_bound_seconds": bound,
             "efficiency": bound / wall if wall > 0 else None,
         }
+
+
+def _column(fragments: Any, name: str) -> list:
+    """One field of every fragment record: a table's column at once (large results), else from each dict."""
+    column = getattr(fragments, "column", None)
+    return column(name) if column is not None else [f.get(name) for f in fragments]
 
 
 def format_summary(summary: dict) -> str:

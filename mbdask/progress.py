@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import IO, Optional
 
-import dask.config
 from distributed import Future
 
+from . import config
 from .batching import Unit
 
 BAR_WIDTH = 24
@@ -104,11 +104,6 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-#: Seconds between progress lines where stderr is not a terminal (a batch job's log):
-#: Dask config ``mbdask.progress.log-interval``.
-LOG_INTERVAL = 60.0
-
-
 def show(progress: Progress, stream: IO[str] = sys.stderr, interval: float = 0.5, live: Optional[bool] = None) -> None:
     """Show ``progress`` until every unit has finished or one failed.
 
@@ -119,7 +114,7 @@ def show(progress: Progress, stream: IO[str] = sys.stderr, interval: float = 0.5
     if live is None:
         live = stream.isatty()
     if not live:
-        _log(progress, stream, float(dask.config.get("mbdask.progress.log-interval", LOG_INTERVAL)), interval)
+        _log(progress, stream, float(config.get("mbdask.progress.log-interval")), interval)
         return
     drawn = 0
     while True:

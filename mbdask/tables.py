@@ -43,16 +43,76 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _compact(values: list) -> Any:
-    """``values`` as a NumPy array where they are all numbers of one kind (a tenth of the memory), else the list."""
+class Ragged(Sequence):
+    """Lists of integers of varying length (a fragment list per row) as one flat array and offsets.
+
+    679,120 short lists are millions of Python objects: slow to pickle and unpickle (the
+    cyclic garbage collector walks them again and again while they are made) and ~100 bytes
+    each. Two arrays are neither.
+    """
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray):
+        self.flat, self.offsets = flat, offsets
+
+    @classmethod
+    def from_lists(cls, lists: Sequence[Sequence[int]]) -> "Ragged":
+        lengths = np.fromiter((len(item) for item in lists), dtype=np.int64, count=len(lists))
+        flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(lengths.sum()))
+        return cls(flat, np.concatenate([[0], np.cumsum(lengths)]))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> list[int]:  # type: ignore[override]
+        index = range(len(self))[index]
+        return self.flat[self.offsets[index] : self.offsets[index + 1]].tolist()
+
+    def tolist(self) -> list[list[int]]:
+        flat, bounds = self.flat.tolist(), self.offsets.tolist()
+        return [flat[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+class Coded(Sequence):
+    """Texts from a few distinct values (model and worker names) as codes into those values."""
+
+    def __init__(self, values: list, codes: np.ndarray):
+        self.values, self.codes = values, codes
+
+    @classmethod
+    def from_list(cls, items: Sequence[Optional[str]]) -> "Coded":
+        index: dict[Optional[str], int] = {}
+        codes = np.fromiter((index.setdefault(item, len(index)) for item in items), dtype=np.int32, count=len(items))
+        return cls(list(index), codes)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, index: int) -> Optional[str]:  # type: ignore[override]
+        return self.values[self.codes[index]]
+
+    def tolist(self) -> list:
+        return [self.values[code] for code in self.codes.tolist()]
+
+
+def _compact(values: Any) -> Any:
+    """A list column in its compact form: numbers as a NumPy array, index lists as :class:`Ragged`,
+    texts with few distinct values as :class:`Coded`; anything else stays a list."""
+    if not isinstance(values, list) or not values:
+        return values
     kinds = {type(value) for value in values}
-    if kinds and kinds <= {float} or kinds and kinds <= {int}:
+    if kinds <= {float} or kinds <= {int}:
         return np.array(values)
+    if kinds <= {list, tuple} and all(isinstance(x, int) for x in values[0]):
+        return Ragged.from_lists(values)
+    if kinds <= {str, type(None)}:
+        coded = Coded.from_list(values)
+        if len(coded.values) * 4 <= len(values):
+            return coded
     return values
 
 
 def _column_list(column: Any) -> list:
-    return column.tolist() if isinstance(column, np.ndarray) else list(column)
+    return column.tolist() if hasattr(column, "tolist") else list(column)
 
 
 class Rows(Sequence):
@@ -75,6 +135,7 @@ class Rows(Sequence):
         self._ends: list[int] = []
         total = 0
         for columns, constants in blocks:
+            columns = {name: _compact(column) for name, column in columns.items()}
             lengths = {len(column) for column in columns.values()}
             if len(lengths) > 1:
                 raise ValueError(f"columns of one block differ in length: {sorted(lengths)}")
@@ -93,7 +154,7 @@ class Rows(Sequence):
     @classmethod
     def from_dicts(cls, rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> "Rows":
         """The columns ``names`` of ``rows`` (missing values None), numbers as arrays."""
-        return cls([({name: _compact([row.get(name) for row in rows]) for name in names}, {})], names)
+        return cls([({name: [row.get(name) for row in rows] for name in names}, {})], names)
 
     @classmethod
     def concat(cls, tables: Sequence["Rows"]) -> "Rows":
@@ -199,7 +260,7 @@ def _from_csv(texts: list[str], name: str) -> Any:
             values = [None if text == "" else kind(text) for text in texts]
         except ValueError:
             continue
-        return _compact(values)
+        return values
     return [None if text == "" else text for text in texts]
 
 

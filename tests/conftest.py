@@ -79,3 +79,26 @@ def write_json(path: Path, data) -> Path:
 
 def assert_close(a, b, atol=1e-10):
     np.testing.assert_allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=0, atol=atol)
+
+
+def _selects_explicitly(markexpr: str, marker: str) -> bool:
+    """Whether ``-m markexpr`` asks for ``marker`` itself: true for a test with only that marker, false for one without."""
+    if not markexpr:
+        return False
+    try:
+        from _pytest.mark.expression import Expression
+
+        expr = Expression.compile(markexpr)
+        return expr.evaluate(lambda name, **_: name == marker) and not expr.evaluate(lambda name, **_: False)
+    except Exception:  # pytest's expression module moved: fall back to the word
+        return marker in markexpr.replace(f"not {marker}", "").split()
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slurm`` tests bring up SLURM on this machine (root, apt-get): they run only when asked for with ``-m slurm``."""
+    if _selects_explicitly(config.getoption("markexpr", ""), "slurm"):
+        return
+    skip = pytest.mark.skip(reason="brings up a one-node SLURM (root, apt-get): run with -m slurm")
+    for item in items:
+        if "slurm" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,36 @@
+"""mbdask's settings, through Dask's configuration.
+
+The defaults live in ``mbdask/mbdask.yaml`` (each key documented there) and are merged
+into ``dask.config`` the first time a setting is read, so that users set them where they
+already configure Dask on a cluster: their Dask YAML files, ``DASK_MBDASK__...``
+environment variables, or ``dask.config.set``. This is dask-jobqueue's convention for
+``jobqueue.yaml``. Loaded on first use rather than at ``import mbdask``, which stays cheap.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import dask.config
+import yaml
+
+DEFAULTS = Path(__file__).with_name("mbdask.yaml")
+_lock = threading.Lock()
+_loaded = False
+
+
+def load_defaults() -> None:
+    """Merge ``mbdask.yaml`` into Dask's defaults (once; values the user set stay as they are)."""
+    global _loaded
+    with _lock:
+        if not _loaded:
+            dask.config.update_defaults(yaml.safe_load(DEFAULTS.read_text()))
+            _loaded = True
+
+
+def get(key: str) -> Any:
+    """The setting ``key`` (``"mbdask.worker-timeout"``...): the user's value, else mbdask.yaml's."""
+    load_defaults()
+    return dask.config.get(key)
