@@ -192,6 +192,7 @@ class OneNodeSlurm:
         self.conf_backup: Optional[str] = None
         self.wrote_conf = False
         self.clean_state = False
+        self.made_socket_dir = False
         self.user = os.environ.get("USER") or "root"
 
     def __enter__(self) -> "OneNodeSlurm":
@@ -223,6 +224,7 @@ class OneNodeSlurm:
         else:
             if not Path("/etc/munge/munge.key").exists():
                 raise Skip("munge has no key (/etc/munge/munge.key); reinstall munge or run mungekey")
+            self.made_socket_dir = not MUNGE_SOCKET_DIR.exists()
             MUNGE_SOCKET_DIR.mkdir(parents=True, exist_ok=True)
             shutil.chown(MUNGE_SOCKET_DIR, "munge", "munge")
             munged = subprocess.Popen(["/usr/sbin/munged", "-F"], user="munge", group="munge",
@@ -271,6 +273,9 @@ class OneNodeSlurm:
         for name, proc in reversed(self.procs):
             stop_process(proc, name)
         self.procs.clear()
+        if self.made_socket_dir:
+            shutil.rmtree(MUNGE_SOCKET_DIR, ignore_errors=True)
+            self.made_socket_dir = False
         # job steps (slurmstepd) outlive slurmd; after scancel none should be left
         left = [line.split()[0] for line in sh("ps", "-o", "pid=,stat=", "-C", "slurmstepd", check=False).stdout.splitlines()
                 if "Z" not in line.split()[1]]  # zombies go with this process
@@ -343,6 +348,17 @@ class Watcher(threading.Thread):
     def stop(self) -> None:
         self.halt.set()
         self.join(5)
+
+    def replaced(self) -> bool:
+        """A job submitted after the first ones has a worker on the scheduler (what ``adapt`` should do after a loss)."""
+        if not self.jobs_seen:
+            return False
+        first = min(self.jobs_seen.values())
+        later = [t for t in self.jobs_seen.values() if t > first + 2]
+        if not later:
+            return False
+        counts = self.worker_counts
+        return any(t >= min(later) and n >= 1 and n > counts[i - 1][1] for i, (t, n) in enumerate(counts) if i)
 
 
 class Notices(logging.Handler):
@@ -501,19 +517,21 @@ def slurm_library_run(name: str, workdir: Path, cluster_json: Path, user: str, r
             except Exception as exc:  # reported, not raised: the other checks still run
                 error, energy = f"{type(exc).__name__}: {exc}", None
             t_result = time.monotonic() - t0
-            if adapt and watcher.cancelled is not None:
+            if adapt:
                 # adapt replaces a lost job once SpecCluster forgets it (distributed.deploy.lost-worker-timeout,
-                # 15 s): often after a short run has ended; watch on until the replacement's worker is there
+                # 15 s): often after this short run has ended; watch on until a replacement's worker is there
                 lag = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout")) + 20
-                wait_until(lambda: any(t > watcher.cancelled for t in watcher.jobs_seen.values())
-                           and watcher.worker_counts[-1][1] >= 2, lag)
+                wait_until(watcher.replaced, lag)
             watcher.stop()
             try:
                 settings = worker_settings(client) if client.nthreads() else {}
             except Exception:
                 settings = {}
         waiting = notices.first("waiting for workers")
+        logs = [workdir / "job-logs" / f"dask-worker-{job}.err" for job in watcher.jobs_seen]
+        left_gracefully = sum(f.read_text(errors="replace").count("Closing worker gracefully") for f in logs if f.exists())
         out.update({
+            "workers_left_gracefully": left_gracefully,
             "compute_called_s": round(t_compute, 2),
             "waiting_notice": waiting[1] if waiting else None,
             "first_worker_s": watcher.first_worker,
@@ -653,6 +671,12 @@ def checks(report: dict, worker_timeout: float) -> dict:
             submit_to_first_worker_s=clean["first_worker_s"], submit_to_first_fragment_s=clean["first_fragment_s"],
             submit_to_result_s=clean["result_s"],
         )
+        settings = clean["worker_settings"]
+        verdict(
+            "docs/hpc.md's worker yaml (here through DASK_CONFIG in the job script): no MALLOC_TRIM_THRESHOLD_, profile every 100ms",
+            bool(settings) and all(w["malloc_trim"] is None and w["profile_interval"] == "100ms" for w in settings.values()),
+            workers=settings,
+        )
     one = report.get("cancel_one")
     if one:
         mid = one["cancelled_at_s"] is not None and one["cancelled_at_s"] < one["result_s"] and (one["rows_at_cancel"] or 0) < one["fragments_total"]
@@ -681,8 +705,10 @@ def checks(report: dict, worker_timeout: float) -> dict:
             f"workers with --lifetime {life['lifetime'][0]} --lifetime-stagger {life['lifetime'][1]} and adapt: they leave, are "
             "replaced, and the run gives the local energy",
             life["error"] is None and life["abs_diff_vs_local"] is not None and life["abs_diff_vs_local"] <= 1e-10
-            and len(life["jobs_seen"]) > 2,
-            abs_diff=life["abs_diff_vs_local"], error=life["error"], jobs=life["jobs_seen"], worker_counts=life["worker_counts"],
+            and life["workers_left_gracefully"] > 0 and len(life["jobs_seen"]) > 2,
+            abs_diff=life["abs_diff_vs_local"], error=life["error"], left_gracefully=life["workers_left_gracefully"],
+            jobs_first_seen_s=life["jobs_seen"], worker_counts=life["worker_counts"],
+            no_worker_notices=sum("no worker is left" in m for _, m in life["notices"]),
             submit_to_result_s=life["result_s"],
         )
     gone = report.get("all_cancelled")
@@ -748,16 +774,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     cancel_at = max(1, int(args.cancel_at * total))
     log(f"{args.xyz} GFN2-xTB nocp {args.max_nbody}-body: {total} fragment calculations; cancelling at {cancel_at} in the store")
 
-    energy, seconds = local_reference(cluster_json)
-    report["local"] = {"energy": energy, "seconds": round(seconds, 2)}
-    log(f"local run (LocalCluster, 2 workers): {energy:.10f} Eh in {seconds:.1f} s")
-
     # stop the SLURM daemons also on SIGTERM (a test's time-out, kill): the context managers run
     signal.signal(signal.SIGTERM, _interrupted)
     status = 1
     try:
         with OneNodeSlurm(workdir) as slurm:
             user = slurm.user
+            energy, seconds = local_reference(cluster_json)
+            report["local"] = {"energy": energy, "seconds": round(seconds, 2)}
+            log(f"local run (LocalCluster, 2 workers): {energy:.10f} Eh in {seconds:.1f} s")
             common = {"total": total, "worker_timeout": args.worker_timeout}
             log("point 1: compute right after scale(jobs=2)")
             report["point1"] = slurm_library_run("point1", workdir, cluster_json, user, energy, cancel_at=None, adapt=False, **common)
