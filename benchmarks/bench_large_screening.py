@@ -76,7 +76,7 @@ def scan(clusters, values, dist, grid) -> list[dict]:
         effective = np.inf
         per_order = {}
         for n in sorted(spans):
-            effective = min(effective, cutoffs[n])
+            effective = min(effective, cutoffs.get(n, np.inf))  # an order without a cutoff keeps all
             keep = spans[n] <= effective
             kept_calcs += int(keep.sum())
             dropped += float(values[n][~keep].sum())
@@ -87,10 +87,10 @@ def scan(clusters, values, dist, grid) -> list[dict]:
     return rows
 
 
-def run_screened(cutoffs: dict[int, float], workdir: Path) -> dict:
+def run_screened(cutoffs: dict[int, float], workdir: Path, geometry: str) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     text = ",".join(f"{n}:{r:g}" for n, r in sorted(cutoffs.items()))
-    cmd = [sys.executable, "-m", "mbdask", "run", str(HERE / "data" / "water64-droplet.xyz"), "--program", "xtb", "--method", "gfn2-xtb",
+    cmd = [sys.executable, "-m", "mbdask", "run", str(HERE / "data" / f"water64-{geometry}.xyz"), "--program", "xtb", "--method", "gfn2-xtb",
            "--max-nbody", "4", "--distance-cutoffs", text, "-o", "result.json", "--profile", "profile.json"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True,
@@ -113,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     dist = pair_distances(HERE / "data" / f"water64-{args.geometry}.xyz")
     clusters, values, levels = increments(args.reference)
-    grid = [{2: r2, 3: r3, 4: r4} for r2 in (6.0, 8.0, 10.0, 12.0, 99.0) for r3 in (3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0) for r4 in (2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
+    grid = [{2: r2, 3: r3, 4: r4} for r2 in (8.0, 12.0, 99.0) for r3 in (4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0) for r4 in (3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
             if r4 <= r3 <= r2]
     rows = scan(clusters, values, dist, grid)
     out: dict = {"reference_through": levels, "scan": rows}
@@ -124,7 +124,7 @@ def main() -> None:
     if args.run:
         cutoffs = {int(n): float(r) for n, r in (part.split(":") for part in args.run.split(","))}
         predicted = scan(clusters, values, dist, [cutoffs])[0]
-        real = run_screened(cutoffs, args.reference.parent / (args.reference.name + "-screened"))
+        real = run_screened(cutoffs, args.reference.parent / (args.reference.name + "-screened"), args.geometry)
         real["predicted_calculations"] = predicted["calculations"]
         real["error_per_monomer_kcal"] = abs(real["through_4"] - levels["4"]["through"]) * KCAL / 64
         real["predicted_error_per_monomer_kcal"] = predicted["error_per_monomer_kcal"]

@@ -27,6 +27,7 @@ from .cluster import (
     Connection,
     connect,
     count_workers,
+    startup_environment,
     usable_cores,
     wait_for_workers,
     want_dashboard,
@@ -173,18 +174,7 @@ def _worker_setup() -> dict:
     from .programs import register_programs
 
     register_programs()
-    return {"programs": sorted(qcengine.list_available_programs()), "malloc_trim": _startup_environment().get("MALLOC_TRIM_THRESHOLD_")}
-
-
-def _startup_environment() -> dict[str, str]:
-    """The environment this process started with (what glibc's malloc read), where Linux shows it."""
-    try:
-        with open("/proc/self/environ", "rb") as handle:
-            entries = handle.read().split(b"\0")
-    except OSError:
-        return dict(os.environ)
-    pairs = (entry.decode(errors="replace").partition("=") for entry in entries if b"=" in entry)
-    return {key: value for key, _, value in pairs}
+    return {"programs": sorted(qcengine.list_available_programs()), "malloc_trim": startup_environment().get("MALLOC_TRIM_THRESHOLD_")}
 
 
 def _check_workers(client: Client, plan: Plan, also: Collection[str] = ()) -> None:

@@ -72,7 +72,22 @@ class ClusterSize:
 #: unmapped afresh, and an xtb fragment takes about 1.7x as long (benchmarks/bench_executors.py).
 #: A value the user exported before importing mbdask is still honoured.
 DROPPED_WORKER_ENVIRONMENT = ("MALLOC_TRIM_THRESHOLD_",)
-_USER_ENVIRONMENT = {name: os.environ.get(name) for name in DROPPED_WORKER_ENVIRONMENT}
+
+
+def startup_environment() -> dict[str, str]:
+    """The environment this process started with (what glibc's malloc read, and what the user
+    set, as opposed to what a Dask cluster started here put into ``os.environ`` later), where
+    Linux shows it."""
+    try:
+        with open("/proc/self/environ", "rb") as handle:
+            entries = handle.read().split(b"\0")
+    except OSError:
+        return dict(os.environ)
+    pairs = (entry.decode(errors="replace").partition("=") for entry in entries if b"=" in entry)
+    return {key: value for key, _, value in pairs}
+
+
+_USER_ENVIRONMENT = {name: startup_environment().get(name) for name in DROPPED_WORKER_ENVIRONMENT}
 
 
 #: How often each worker samples its running task's stack for the dashboard's Profile page.
@@ -82,6 +97,15 @@ _USER_ENVIRONMENT = {name: os.environ.get(name) for name in DROPPED_WORKER_ENVIR
 #: 100 ms keeps the Profile page.
 PROFILE_INTERVAL = "100ms"
 _DASK_PROFILE_INTERVAL = "10ms"
+
+
+def drop_dask_environment() -> None:
+    """In a forked worker: remove :data:`DROPPED_WORKER_ENVIRONMENT` that the user did not set
+    (a Dask cluster started earlier in the parent leaves them in its environment, and the QC
+    programs a worker starts would inherit them)."""
+    for name, user in _USER_ENVIRONMENT.items():
+        if user is None:
+            os.environ.pop(name, None)
 
 
 @contextlib.contextmanager

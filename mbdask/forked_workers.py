@@ -172,6 +172,10 @@ def _child_main(settings_fd: int, address_fd: int) -> None:
 async def _run_worker(settings: dict, address_fd: int) -> None:
     from distributed import Worker
 
+    from .cluster import drop_dask_environment
+
+    drop_dask_environment()  # what a spawned worker's nanny leaves out
+
     logging.getLogger("distributed").setLevel(settings.pop("log_level", logging.WARNING))
     scheduler = settings.pop("scheduler")
     async with Worker(scheduler, **settings) as worker:

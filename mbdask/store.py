@@ -192,8 +192,8 @@ class FragmentStore:
 
     def find(self, jobs: Iterable[Any], key_of: Callable[[Any], str]) -> dict[str, dict]:
         """Outputs of ``jobs`` found here, by label, marked ``stored`` (a run passes them to its units instead of computing them)."""
-        if self.count() == 0:  # a new store: no key to make (679,120 keys are seconds of hashing)
-            return {}
+        if self._db.execute("SELECT 1 FROM fragments LIMIT 1").fetchone() is None:
+            return {}  # a new store: no key to make (679,120 keys are seconds of hashing)
         keys = {key_of(job): job for job in jobs}
         return {keys[k].label: {**out, "label": keys[k].label, "stored": True} for k, out in self.get_many(keys).items()}
 

@@ -114,7 +114,9 @@ def test_run_across_hosts_survives_a_lost_worker_host_and_keeps_its_store_on_the
             str(BIN / "dask"), "worker", address, "--name", host.name, "--host", host.address, "--nthreads", "1",
             "--memory-limit", "2GiB", "--resources", f"cores=1,memory={2 * 2**30}", "--no-dashboard", "--local-directory", str(client_dir),
         ]
-        env = {**os.environ, "DASK_CONFIG": str(config)}
+        # a compute node's environment: not what earlier Dask clusters in this test process left
+        # in it (a spawning nanny sets MALLOC_TRIM_THRESHOLD_ in its parent's os.environ)
+        env = {**{k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}, "DASK_CONFIG": str(config)}
         workers[host.name] = hosts.start(host, argv, log=logs / f"{host.name}.log", cwd=tmp_path, private_dir=client_dir, env=env)
     all_logs = sorted(logs.iterdir())
     _wait_for(lambda: (logs / "sched.log").read_text().count("Register worker") >= 2, 60, "both workers joining", all_logs)

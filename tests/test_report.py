@@ -179,3 +179,31 @@ def legends_of(fig) -> list:
     from bokeh.models import Legend
 
     return [entry for item in fig.right if isinstance(item, Legend) for entry in item.items]
+
+
+def test_time_left_follows_the_recent_rate_not_the_runs_average(monkeypatch):
+    """The cost model's error differs between n-body orders: after a slow first order, the
+    estimate uses the last two minutes' rate (here twice the run's average), not the average."""
+    import types
+
+    import mbdask.progress
+    from mbdask.batching import Unit
+    from mbdask.plan import FragmentJob
+
+    class Done:
+        status = "finished"
+
+        def done(self) -> bool:
+            return True
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(mbdask.progress, "time", types.SimpleNamespace(monotonic=lambda: clock["now"]))
+    units = {Done(): Unit((FragmentJob("m", (1,), (1,)),), 1000.0)}
+    progress = Progress(units, started=0.0)
+    progress._pending.clear()  # counted below by hand: predicted work done over time
+    for second in range(1, 301):
+        clock["now"] = float(second)
+        progress.predicted_done = second * 1.0 if second <= 150 else 150.0 + (second - 150) * 2.0
+        progress.poll()
+    # 450 of 1000 predicted seconds done; 2 per second over the last 120 s (1.5 on average)
+    assert progress.remaining_seconds() == pytest.approx(550.0 / 2.0)
