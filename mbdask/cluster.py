@@ -356,8 +356,13 @@ def dashboard_link(client: Client) -> Optional[str]:
 
 
 def worker_resources(client: Client) -> list[dict]:
-    """Per worker: threads, memory limit and declared resources, from the scheduler."""
-    info = client.scheduler_info()
+    """Per worker: threads, memory limit and declared resources, from the scheduler.
+
+    Asked of the scheduler directly: ``Client.scheduler_info()`` returns a cache that the
+    client's periodic refresh (which fetches no workers) can overwrite between its own fetch
+    and its return, so it sometimes says "no workers" on a cluster that has them.
+    """
+    info = client.sync(client.scheduler.identity, n_workers=-1)
     return [
         {
             "address": addr,
