@@ -58,20 +58,26 @@ def save_result(result: Any, path: Union[str, os.PathLike]) -> list[Path]:
     the tables are written before the JSON, so a JSON on disk never names a missing file.
     Returns the paths written, the JSON last. :func:`load_result` reads it all back.
     """
-    from .tables import replaced, table_files
+    from .tables import Rows, replaced
 
     path = Path(path)
-    mbdask_extras = result.extras.get("mbdask") or {}
-    files = table_files(path, mbdask_extras)
-    for where, file in files.items():
-        rows = _at(mbdask_extras, where)
+    stem = path.name[: -len(".json")] if path.name.endswith(".json") else path.name
+    files: list[Path] = []
+
+    def written(where: tuple[str, ...], rows: Any) -> Any:
+        if not isinstance(rows, Rows):  # already a reference to a table
+            return rows
+        file = path.with_name(f"{stem}.{'.'.join(where)}.csv.gz")
         with replacing(file) as tmp:
             rows.write_csv(tmp, gzipped=True)
+        files.append(file)
+        return {"table": file.name, "rows": len(rows), "columns": list(rows.names)}
+
+    mbdask_extras = replaced(result.extras.get("mbdask") or {}, written)
     if files:
-        reference = lambda where, rows: {"table": files[where].name, "rows": len(rows), "columns": list(rows.names)}  # noqa: E731
-        result = result.model_copy(update={"extras": {**result.extras, "mbdask": replaced(mbdask_extras, reference)}})
+        result = result.model_copy(update={"extras": {**result.extras, "mbdask": mbdask_extras}})
     write_atomic(path, result.model_dump_json(indent=1))
-    return [*files.values(), path]
+    return [*files, path]
 
 
 def load_result(path: Union[str, os.PathLike]) -> Any:
@@ -88,8 +94,3 @@ def load_result(path: Union[str, os.PathLike]) -> Any:
     read = lambda where, ref: ref if isinstance(ref, Rows) else Rows.read_csv(path.with_name(ref["table"]))  # noqa: E731
     return result.model_copy(update={"extras": {**result.extras, "mbdask": replaced(mbdask_extras, read)}})
 
-
-def _at(node: Any, where: tuple[str, ...]) -> Any:
-    for key in where:
-        node = node[key]
-    return node

@@ -94,9 +94,8 @@ class Progress:
         median error 3% against 8% for the run's average.
         """
         now = time.monotonic()
-        if self.predicted_done <= 0 or now <= self.started:
+        if self.predicted_done <= 0 or now <= self.started or not self._samples:
             return None
-        self._sample(now)
         then, done_then = self._samples[0]
         if now - then < RATE_WINDOW:  # the window reaches back to the start
             then, done_then = self.started, 0.0

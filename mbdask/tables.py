@@ -22,7 +22,6 @@ import gzip
 import itertools
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 import numpy as np
@@ -148,18 +147,13 @@ class Rows(Sequence):
         self.names: list[str] = list(names) if names is not None else [*first[1], *first[0]]
 
     @classmethod
-    def from_columns(cls, constants: Optional[Mapping[str, Any]] = None, **columns: Any) -> "Rows":
-        return cls([(columns, dict(constants or {}))])
+    def from_columns(cls, **columns: Any) -> "Rows":
+        return cls([(columns, {})])
 
     @classmethod
     def from_dicts(cls, rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> "Rows":
         """The columns ``names`` of ``rows`` (missing values None), numbers as arrays."""
         return cls([({name: [row.get(name) for row in rows] for name in names}, {})], names)
-
-    @classmethod
-    def concat(cls, tables: Sequence["Rows"]) -> "Rows":
-        names = next((t.names for t in tables if t.names), [])
-        return cls([block for table in tables for block in table._blocks], names)
 
     @property
     def blocks(self) -> list[Block]:
@@ -262,21 +256,6 @@ def _from_csv(texts: list[str], name: str) -> Any:
             continue
         return values
     return [None if text == "" else text for text in texts]
-
-
-def table_files(result_path: Union[str, os.PathLike], extras: Mapping[str, Any]) -> dict[tuple[str, ...], Path]:
-    """Where each :class:`Rows` of ``extras["mbdask"]`` goes beside ``result_path``, by its path in the extras."""
-    base = Path(result_path)
-    stem = base.name[: -len(".json")] if base.name.endswith(".json") else base.name
-    return {path: base.with_name(f"{stem}.{'.'.join(path)}.csv.gz") for path in _table_paths(extras)}
-
-
-def _table_paths(node: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    if isinstance(node, Rows):
-        yield prefix
-    elif isinstance(node, Mapping):
-        for key, value in node.items():
-            yield from _table_paths(value, prefix + (str(key),))
 
 
 def replaced(node: Any, replace: Any, prefix: tuple[str, ...] = ()) -> Any:
