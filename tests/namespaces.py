@@ -201,20 +201,23 @@ def watch(address: str, victim: str, fraction: float, timeout: float = 120.0) ->
     from distributed import Client
 
     def probe(dask_scheduler, victim=victim):
+        # a finished unit does not stay in memory: once the client has stored its outputs and the
+        # nodes that need it have run, it is released and forgotten; so count what is still to run
         units = [ts for ts in dask_scheduler.tasks.values() if isinstance(ts.key, tuple) and str(ts.key[0]).startswith("frag ")]
-        done = sum(ts.state == "memory" for ts in units)
+        pending = sum(ts.state in ("released", "waiting", "queued", "processing", "no-worker") for ts in units)
         ws = next((w for w in dask_scheduler.workers.values() if w.name == victim), None)
         busy = ws is not None and any(str(ts.key[0]).startswith("frag ") for ts in ws.processing if isinstance(ts.key, tuple))
-        return {"units": len(units), "done": done, "victim_busy": busy}
+        return {"units": len(units), "pending": pending, "victim_busy": busy}
 
-    seen_units = False
+    seen_units = 0  # the most unit tasks seen at once: the run's units (none is forgotten before the first look)
     with Client(address, timeout=30) as client:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             state = client.run_on_scheduler(probe)
             if state["units"]:
-                seen_units = True
-                if state["done"] >= fraction * state["units"] and state["victim_busy"]:
+                seen_units = max(seen_units, state["units"])
+                state["done"] = seen_units - state["pending"]
+                if state["done"] >= fraction * seen_units and state["victim_busy"]:
                     return {"triggered": True, **state}
             elif seen_units:
                 return {"triggered": False, "why": "the run ended first", **state}
