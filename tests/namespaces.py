@@ -175,6 +175,15 @@ class Hosts:
         for proc in host.processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
+        # SIGKILL is delivered at once but a process leaves its namespace only when its exit
+        # finishes (a worker freeing a large heap, reparented to init, can take a moment):
+        # the host is gone only once its namespace is empty.
+        deadline = time.monotonic() + 30
+        while (left := self.pids(host)) and time.monotonic() < deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
 
     def close(self) -> None:
         """Kill every process on every host, then delete the namespaces (bridge and veths go with them)."""
