@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers and the API doc
     from .report import figures, report, summary_table
     from .screening import Screening
     from .store import FragmentStore
+    from .structures import ManyResults, compute_many, read_structures, start_many, submit_many
     from .tables import Rows
 
 #: Public name -> the module of the package that defines it.
@@ -56,6 +57,11 @@ _EXPORTS = {
     "summary_table": "report",
     "Screening": "screening",
     "FragmentStore": "store",
+    "ManyResults": "structures",
+    "compute_many": "structures",
+    "read_structures": "structures",
+    "start_many": "structures",
+    "submit_many": "structures",
     "Rows": "tables",
     "register_programs": "programs",
 }
@@ -107,6 +113,7 @@ __all__ = [
     "FragmentStore",
     "Increment",
     "InputError",
+    "ManyResults",
     "MbdaskError",
     "NoWorkersError",
     "Plan",
@@ -115,16 +122,20 @@ __all__ = [
     "Submission",
     "__version__",
     "compute",
+    "compute_many",
     "connect",
     "figures",
     "load_input",
     "load_result",
     "plan",
+    "read_structures",
     "register_programs",
     "report",
     "save_result",
     "start",
     "start_local_cluster",
+    "start_many",
     "submit",
+    "submit_many",
     "summary_table",
 ]

@@ -39,7 +39,7 @@ from .errors import FragmentFailedError, InputError, NoWorkersError
 from .execute import ExpansionContext
 from .graph import ORDERS, ExpansionGraph, FragmentResources, build_graph, result_function
 from .inputs import InputLike
-from .plan import Plan, make_plan, truncated_input
+from .plan import FragmentJob, Plan, make_plan, truncated_input
 from .programs import program_modules
 from .progress import Progress
 from .screening import ScreeningLike
@@ -272,18 +272,29 @@ def _from_store(plan: Plan, store: Optional[FragmentStore], skip: Collection[str
     return store.find((job for job in plan.jobs if job.label not in skip), ctx.store_key)
 
 
-def _units(plan: Plan, known: dict[str, dict], workers: list[dict], resources: FragmentResources, *, batch: bool, auto_cores: bool) -> list[Unit]:
-    """Units to run (batched by predicted cost) plus units carrying what the store had."""
+def _units(
+    plan: Plan, known: dict[str, dict], workers: list[dict], resources: FragmentResources, *, batch: bool, auto_cores: bool,
+    borrowed: Optional[dict[str, tuple[Future, str]]] = None,
+) -> list[Unit]:
+    """Units to run (batched by predicted cost), units carrying what the store had, and units taking
+    ``borrowed`` calculations (label: the future of another expansion's unit, and the label there)."""
     cost = CostModel.for_plan(plan)
     by_label = {job.label: job for job in plan.jobs}
     cost.calibrate((by_label[lab], out["stop"] - out["start"]) for lab, out in known.items() if "stop" in out)
     slots = total_cores(workers) // max(1, resources.cores)
     max_cores = max(_worker_cores(w) for w in workers)
-    todo = [job for job in plan.jobs if job.label not in known]
+    borrowed = {label: source for label, source in (borrowed or {}).items() if label not in known}
+    todo = [job for job in plan.jobs if job.label not in known and job.label not in borrowed]
     units = make_units(todo, cost, workers=slots, batch=batch, cores=resources.cores, auto_cores=auto_cores, max_cores=max_cores)
     done = [job for job in plan.jobs if job.label in known]
     for i in range(0, len(done), KNOWN_PER_UNIT):
         units.append(Unit(tuple(done[i : i + KNOWN_PER_UNIT]), 0.0, resources.cores))
+    by_source: dict[Any, list[tuple[FragmentJob, str]]] = {}
+    for label, (future, there) in borrowed.items():
+        by_source.setdefault(future.key, []).append((by_label[label], there))
+    for key, pairs in by_source.items():
+        future = borrowed[pairs[0][0].label][0]
+        units.append(Unit(tuple(job for job, _ in pairs), 0.0, resources.cores, source=future, source_labels=tuple(t for _, t in pairs)))
     return units
 
 
@@ -381,85 +392,129 @@ def start(
       ``mbdask.worker-timeout``, else 600).
     """
     the_plan = inp if isinstance(inp, Plan) else make_plan(inp, check_installed=check_installed, screening=screening)
-    settings = the_plan.screened.settings if the_plan.screened is not None else None
-    # energy screening decides with the cheap model once the cluster is up (not yet decided: no report)
-    energy_screening = settings is not None and bool(settings.energy_thresholds) and settings.energy_report is None
     check_options(cores_per_fragment=cores_per_fragment, memory_per_fragment=memory_per_fragment, retries=retries, order=order)
-    auto_cores = cores_per_fragment == "auto"
-    cores = 1 if auto_cores else int(cores_per_fragment)
     fragment_store = _open_store(store)
     conn = connect(
         client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security,
         **(local_cluster_options(the_plan, n_workers, threads_per_worker, dashboard) if client is None else {}),
     )
     try:
-        waiting = cluster_worker_timeout(worker_timeout)
-        try:
-            wait_for_workers(conn.client, waiting, say)
-        except TimeoutError as exc:
-            raise NoWorkersError(f"{exc}; start workers (dask worker ADDRESS) or check the batch jobs") from None
-        if check_installed:
-            _check_workers(conn.client, the_plan, [settings.cheap_model["program"]] if energy_screening else [])
-        workers = worker_resources(conn.client)
-        resources = _fragment_resources(workers, cores, memory_per_fragment, auto_cores=auto_cores)
-        computed: dict[str, dict] = {}
-        if energy_screening:
-            from .energy_screening import screen_and_compute
-
-            screened = screen_and_compute(
-                the_plan, settings, conn.client, workers=total_cores(workers) // max(1, cores), cores=cores,
-                memory_gib=resources.memory_gib, annotation=resources.annotation() or None, store=fragment_store, retries=retries,
-            )
-            the_plan, computed = screened.plan, screened.outputs
-        key_ctx = ExpansionContext(the_plan.input, the_plan.specifications, False)  # store keys, on this side only
-        from_store = _from_store(the_plan, fragment_store, skip=computed, ctx=key_ctx)
-        known = {**from_store, **computed}
-        units = _units(the_plan, known, workers, resources, batch=batch, auto_cores=auto_cores)
-        graph = build_graph(
-            the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known,
-            retries=retries, order=order, increment_tasks=increment_tasks(workers), cluster_cores=total_cores(workers),
+        waiting = workers_ready(conn, worker_timeout)
+        return submit_plan(
+            the_plan, conn, cores_per_fragment=cores_per_fragment, memory_per_fragment=memory_per_fragment, retries=retries,
+            order=order, batch=batch, store=fragment_store, keep_going=keep_going, progress=progress,
+            check_installed=check_installed, worker_timeout=waiting,
         )
-        # units that compute something: their outputs come back here and go into the store
-        to_store = [key for key, unit in graph.units.items() if any(job.label not in known for job in unit.jobs)] if fragment_store is not None else []
-        keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going or progress else to_store)]
-        started = time.monotonic()
-        with warnings.catch_warnings():
-            # the fragments are the graph's data: a (H2O)64 4-body graph is ~80 MB by design, and
-            # Dask's advice for dataframes ("load the data with Dask directly") does not apply
-            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-            futures = conn.client.get(graph.graph, keys, sync=False)
-        by_key = dict(zip(keys, futures))
-        writer = _store_writer(fragment_store, conn.client, graph, to_store, by_key, known, key_ctx, shared=keep_going or progress)
     except BaseException:
         conn.close()
         raise
+
+
+def workers_ready(conn: Connection, worker_timeout: Optional[float] = None) -> float:
+    """Wait for the connection's first worker; returns the worker timeout in seconds it used
+    (:func:`mbdask.cluster.worker_timeout`). No worker in time: :class:`NoWorkersError`."""
+    waiting = cluster_worker_timeout(worker_timeout)
+    try:
+        wait_for_workers(conn.client, waiting, say)
+    except TimeoutError as exc:
+        raise NoWorkersError(f"{exc}; start workers (dask worker ADDRESS) or check the batch jobs") from None
+    return waiting
+
+
+def submit_plan(
+    the_plan: Plan,
+    conn: Connection,
+    *,
+    cores_per_fragment: Union[int, str] = 1,
+    memory_per_fragment: Optional[float] = None,
+    retries: int = 0,
+    order: str = "levels",
+    batch: bool = True,
+    store: Optional[FragmentStore] = None,
+    keep_going: bool = False,
+    progress: bool = False,
+    check_installed: bool = True,
+    worker_timeout: float = 0.0,
+    writer: Optional[StoreWriter] = None,
+    priority_offset: float = 0.0,
+    borrowed: Optional[dict[str, tuple[Future, str]]] = None,
+) -> Submission:
+    """Build ``the_plan``'s graph for the workers of ``conn`` (which has some) and send it; the options are :func:`start`'s.
+
+    ``writer``: a store writer shared with other submissions, which the caller seals and
+    closes (:mod:`mbdask.structures`); by default the submission has its own. ``priority_offset``
+    is added to every fragment's priority, so that expansions sent together run in order.
+    ``borrowed``: calculations another expansion sent already computes, by label: the future of
+    its unit and the label there (the outputs are taken from it, not computed twice).
+    """
+    settings = the_plan.screened.settings if the_plan.screened is not None else None
+    # energy screening decides with the cheap model once the cluster is up (not yet decided: no report)
+    energy_screening = settings is not None and bool(settings.energy_thresholds) and settings.energy_report is None
+    auto_cores = cores_per_fragment == "auto"
+    cores = 1 if auto_cores else int(cores_per_fragment)
+    if check_installed:
+        _check_workers(conn.client, the_plan, [settings.cheap_model["program"]] if energy_screening else [])
+    workers = worker_resources(conn.client)
+    resources = _fragment_resources(workers, cores, memory_per_fragment, auto_cores=auto_cores)
+    computed: dict[str, dict] = {}
+    if energy_screening:
+        from .energy_screening import screen_and_compute
+
+        screened = screen_and_compute(
+            the_plan, settings, conn.client, workers=total_cores(workers) // max(1, cores), cores=cores,
+            memory_gib=resources.memory_gib, annotation=resources.annotation() or None, store=store, retries=retries,
+        )
+        the_plan, computed = screened.plan, screened.outputs
+    key_ctx = ExpansionContext(the_plan.input, the_plan.specifications, False)  # store keys, on this side only
+    from_store = _from_store(the_plan, store, skip=computed, ctx=key_ctx)
+    known = {**from_store, **computed}
+    units = _units(the_plan, known, workers, resources, batch=batch, auto_cores=auto_cores, borrowed=borrowed)
+    graph = build_graph(
+        the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known, retries=retries, order=order,
+        increment_tasks=increment_tasks(workers), cluster_cores=total_cores(workers), priority_offset=priority_offset,
+    )
+    # units that compute something: their outputs come back here and go into the store
+    to_store = [key for key, unit in graph.units.items() if unit.source is None and any(job.label not in known for job in unit.jobs)] if store is not None else []
+    keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going or progress else to_store)]
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        # the fragments are the graph's data: a (H2O)64 4-body graph is ~80 MB by design, and
+        # Dask's advice for dataframes ("load the data with Dask directly") does not apply
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        futures = conn.client.get(graph.graph, keys, sync=False)
+    by_key = dict(zip(keys, futures))
+    own_writer = writer is None
+    writer = _store_writer(store, conn.client, graph, to_store, by_key, known, key_ctx, shared=keep_going or progress, writer=writer)
     levels = {name: by_key[key] for name, key in graph.levels.items()}
     held = {key: by_key[key] for key in graph.units} if keep_going else {}
     watch = Progress({by_key[key]: unit for key, unit in graph.units.items()}, started) if progress else None
     stored = len(from_store) + sum(1 for out in computed.values() if out.get("stored"))
     return Submission(
-        the_plan, graph, by_key[graph.result], levels, conn, held, fragment_store, stored, watch, writer, keep_going=keep_going,
-        worker_timeout=0.0 if _nothing_rejoins(conn) else waiting,
+        the_plan, graph, by_key[graph.result], levels, conn, held, store, stored, watch, writer if own_writer else None,
+        keep_going=keep_going, worker_timeout=0.0 if _nothing_rejoins(conn) else worker_timeout,
     )
 
 
 def _store_writer(
     store: Optional[FragmentStore], client: Client, graph: ExpansionGraph, keys: list, by_key: dict, known: dict, ctx: ExpansionContext,
-    *, shared: bool,
+    *, shared: bool, writer: Optional[StoreWriter] = None,
 ) -> Optional[StoreWriter]:
     """A writer tracking the units ``keys`` (their futures in ``by_key``), or None without a store.
 
     ``shared``: those futures are held elsewhere too (progress, keep-going), so the writer
-    gets its own references to release.
+    gets its own references to release. ``writer``: track them in this one (the caller seals
+    it) instead of a new writer sealed here.
     """
     if store is None:
         return None
-    writer = StoreWriter(store, client)
+    own = writer is None
+    writer = StoreWriter(store, client) if own else writer
     for key in keys:
         jobs = graph.units[key].jobs
         skip = frozenset(job.label for job in jobs if job.label in known) or None
         writer.track(Future(key, client) if shared else by_key.pop(key), jobs, ctx.store_key, skip)
-    writer.seal()
+    if own:
+        writer.seal()
     return writer
 
 

@@ -67,6 +67,14 @@ def merge_units(*units: dict[str, dict]) -> dict[str, dict]:
     return merged
 
 
+def borrowed_outputs(labels: list[tuple[str, str]], source: dict[str, dict]) -> dict[str, dict]:
+    """Outputs of the same calculations in another expansion's unit ``source``, under this expansion's labels.
+
+    Marked ``stored`` as outputs found in a store are: this expansion did not compute them.
+    """
+    return {label: {**source[there], "label": label, "stored": True} for label, there in labels}
+
+
 def increment_energies(terms: list[list[tuple[str, int]]], *units: dict[str, dict]) -> list[float]:
     """Per cluster, the signed sum of its subsystem energies (nocp, cp or vmfc by the terms)."""
     by_label = merge_units(*units)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .cost import CostModel
 from .plan import FragmentJob, gc_paused
@@ -41,6 +41,10 @@ class Unit:
     cores: int = 1
     #: predicted seconds of each job (they sum to ``seconds``); the report sets them beside the measured
     predicted: tuple[float, ...] = ()
+    #: a unit that computes nothing but takes its outputs from another expansion's unit (the same
+    #: calculations, :mod:`mbdask.structures`): that unit's Dask future, and the label of each job there
+    source: Any = None
+    source_labels: tuple[str, ...] = ()
 
     @property
     def model(self) -> str:

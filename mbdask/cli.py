@@ -36,12 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run an expansion and print QCManyBody's n-body table",
-        description="Run the expansion in INPUT (ManyBodyInput as JSON or YAML) on Dask.",
+        description="Run the expansion in INPUT (ManyBodyInput as JSON or YAML) on Dask. Several INPUTs, a directory "
+        "or a multi-frame XYZ file (a trajectory) run one expansion per structure, all on one cluster.",
     )
-    run.add_argument("input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below")
+    run.add_argument(
+        "inputs", nargs="+", metavar="INPUT",
+        help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below; several, a directory of them, "
+        "or a multi-frame XYZ file: one expansion per structure",
+    )
     _add_xyz_options(run)
     run.add_argument("-o", "--output", metavar="FILE", help="write the ManyBodyResult JSON here (atomically)")
-    run.add_argument("--report", metavar="FILE", help="write a self-contained HTML report (n-body table, plots, timeline) here")
+    run.add_argument(
+        "--output-dir", metavar="DIR",
+        help="several structures: write each one's result as DIR/NAME.json and the table of all as DIR/structures.csv",
+    )
+    run.add_argument(
+        "--report", metavar="FILE",
+        help="write a self-contained HTML report (n-body table, plots, timeline; for several structures their energies) here",
+    )
     run.add_argument("--scheduler", type=_scheduler_address, metavar="ADDR", help="address of a running Dask scheduler (default: start a LocalCluster)")
     run.add_argument("--tls-ca-file", metavar="PEM", help="with --scheduler tls://...: CA certificate that signed the scheduler's")
     run.add_argument("--tls-cert", metavar="PEM", help="client certificate for TLS (with --tls-key)")
@@ -214,9 +226,16 @@ def _security(args: argparse.Namespace):
     return Security(tls_ca_file=args.tls_ca_file, tls_client_cert=args.tls_cert, tls_client_key=args.tls_key, require_encryption=True)
 
 
-def _xyz_input(args: argparse.Namespace) -> dict:
-    """A ManyBodyInput dict from an XYZ file and the --program/--method/... options; prints the fragments."""
-    from .xyz import formula, molecule_from_xyz, parse_fragments
+def _model_options(args: argparse.Namespace):
+    """The XYZ options (--program, --method, ...) as :class:`mbdask.xyz.ModelOptions`."""
+    from .xyz import ModelOptions
+
+    return ModelOptions(args.program, args.method, args.basis, tuple(args.bsse), args.max_nbody, args.driver)
+
+
+def _xyz_charges_and_fragments(args: argparse.Namespace) -> tuple[Optional[list[float]], Optional[list[list[int]]]]:
+    """--fragment-charges and --fragments, read."""
+    from .xyz import parse_fragments
 
     charges = None
     if args.fragment_charges:
@@ -224,37 +243,112 @@ def _xyz_input(args: argparse.Namespace) -> dict:
             charges = [float(q) for q in args.fragment_charges.split(",")]
         except ValueError:
             raise InputError(f"--fragment-charges {args.fragment_charges!r}: expected numbers separated by commas") from None
-    fragments = parse_fragments(args.fragments) if args.fragments else None
+    return charges, parse_fragments(args.fragments) if args.fragments else None
+
+
+def _xyz_input(args: argparse.Namespace) -> dict:
+    """A ManyBodyInput dict from an XYZ file and the --program/--method/... options; prints the fragments."""
+    from .xyz import describe_fragments, molecule_from_xyz
+
+    charges, fragments = _xyz_charges_and_fragments(args)
     molecule = molecule_from_xyz(args.input, charges, fragments, guess_ions=True)
-    _positive("--max-nbody", args.max_nbody)
-    if args.basis and args.program == "xtb":
-        raise InputError(f"--basis {args.basis}: xtb takes no basis set (its GFN methods come with their own); leave --basis out")
-    method = args.method or ("gfn2-xtb" if args.program == "xtb" else None)
-    if not method:
-        raise InputError("XYZ input needs --method (and --basis for ab initio programs)")
-    model = {"method": method, **({"basis": args.basis} if args.basis else {})}
-    label = f"{method}/{args.basis}" if args.basis else method
-    frag_charges = molecule.get("fragment_charges") or [0.0] * len(molecule["fragments"])
+    inp = _model_options(args).input_for(molecule)
     print(f"mbdask: {len(molecule['fragments'])} fragments in {args.input}:", file=sys.stderr)
-    # one line per run of alike neighbours: 64 waters are "1-64  H2O  charge +0", not 64 lines
-    kinds = [(formula([molecule["symbols"][a] for a in atoms]), q) for atoms, q in zip(molecule["fragments"], frag_charges)]
-    first = 0
-    for i in range(1, len(kinds) + 1):
-        if i == len(kinds) or kinds[i] != kinds[first]:
-            span = f"{first + 1}" if i == first + 1 else f"{first + 1}-{i}"
-            print(f"  {span:>9}  {kinds[first][0]:8s} charge {kinds[first][1]:+.0f}", file=sys.stderr)
-            first = i
-    return {
-        "specification": {
-            "driver": args.driver,
-            "keywords": {"bsse_type": args.bsse, "levels": {args.max_nbody: label}},
-            "specification": {label: {"program": args.program, "model": model}},
-        },
-        "molecule": molecule,
-    }
+    for line in describe_fragments(molecule):
+        print(f"  {line}", file=sys.stderr)
+    return inp
+
+
+def _several_structures(paths: list[str]) -> bool:
+    """Several inputs, a directory, or an XYZ file of more than one frame."""
+    if len(paths) > 1 or os.path.isdir(paths[0]):
+        return True
+    if _is_xyz(paths[0]) and os.path.isfile(paths[0]):
+        from .xyz import read_xyz_frames
+
+        return len(read_xyz_frames(paths[0])) > 1
+    return False
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.output_dir or _several_structures(args.inputs):
+        return _run_many(args)
+    args.input = args.inputs[0]
+    return _run_one(args)
+
+
+def _run_many(args: argparse.Namespace) -> int:
+    """One expansion per structure, all on one cluster (:mod:`mbdask.structures`); exit 1 if any failed."""
+    from . import api
+    from .outputs import check_writable
+    from .structures import read_structures, start_many, write_structure_results
+
+    if args.output:
+        raise InputError("several structures: write their results with --output-dir DIR (one JSON each and structures.csv), not -o")
+    if args.profile:
+        raise InputError("--profile is for one structure; several structures report their times in --output-dir's structures.csv")
+    _positive("--workers", args.workers)
+    _positive("--threads-per-worker", args.threads_per_worker)
+    api.check_options(
+        cores_per_fragment=args.cores_per_fragment, memory_per_fragment=args.memory_per_fragment, retries=args.retries, order=args.order
+    )
+    if args.report:
+        check_writable(args.report)
+    if args.output_dir and os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise InputError(f"--output-dir {args.output_dir}: exists and is not a directory")
+    charges, fragments = _xyz_charges_and_fragments(args)
+    structures = read_structures(args.inputs, _model_options(args), fragment_charges=charges, fragments=fragments)
+    print(f"mbdask: {len(structures)} structures: {_names(list(structures))}", file=sys.stderr)
+    started = time.perf_counter()
+    many = start_many(
+        structures, args.scheduler, security=_security(args), n_workers=args.workers, threads_per_worker=args.threads_per_worker,
+        memory_limit=args.memory_limit, dashboard=args.dashboard, worker_timeout=args.worker_timeout,
+        cores_per_fragment=args.cores_per_fragment, memory_per_fragment=args.memory_per_fragment, retries=args.retries,
+        order=args.order, batch=not args.no_batch, store=args.store, keep_going=args.keep_going, progress=not args.no_progress,
+        screening=_screening(args),
+    )
+    try:
+        for name, error in many.errors.items():
+            print(f"mbdask: {name}: not run: {error}", file=sys.stderr)
+        from .cluster import dashboard_link
+
+        link = dashboard_link(many.connection.client)
+        if link:
+            print(f"mbdask: dashboard at {link}", file=sys.stderr)
+        gc.freeze()
+        if not args.no_progress:
+            from .progress import show
+
+            show(many.progress())
+        results = many.results(keep_going=args.keep_going)
+    finally:
+        many.close_store()
+        many.connection.close()
+    print(results.summary())
+    shared = f"; {results.shared} calculations shared between structures, computed once" if results.shared else ""
+    print(f"mbdask: {len(results)} of {len(results.order)} structures finished{shared}; wall time {time.perf_counter() - started:.2f} s")
+    if args.output_dir:
+        write_structure_results(results, args.output_dir)
+        print(f"mbdask: results written to {args.output_dir} (one JSON per structure, structures.csv)")
+    if args.report:
+        from .report import structures_report
+
+        structures_report(results, args.report)
+        print(f"mbdask: report written to {args.report}")
+    if results.errors:
+        print(f"mbdask: {len(results.errors)} structures failed: " + "; ".join(f"{n}: {e}" for n, e in results.errors.items()), file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _names(names: list[str], shown: int = 6) -> str:
+    """The first and last few names of a long list."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return ", ".join(names[: shown // 2]) + f", ... ({len(names) - shown} more), " + ", ".join(names[-(shown // 2) :])
+
+
+def _run_one(args: argparse.Namespace) -> int:
     from . import api
     from .cluster import connect, dashboard_link
     from .outputs import check_writable, save_result

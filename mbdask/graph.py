@@ -36,7 +36,7 @@ from typing import Any, Hashable, Iterator, Optional, Sequence, Union
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from .assemble import assemble_result, increment_energies, inline_limit, level_sum, merge_units
+from .assemble import assemble_result, borrowed_outputs, increment_energies, inline_limit, level_sum, merge_units
 from .batching import Unit, make_units
 from .cost import CostModel
 from .execute import ExpansionContext, run_unit
@@ -203,8 +203,13 @@ def _level_order(nbody: Union[int, str]) -> float:
 ORDERS = ("levels", "cost")
 
 
-def _priorities(units: dict[Key, Unit], order: str) -> dict[Key, float]:
-    """Dask priorities (higher runs first) from predicted durations.
+#: Priorities of one expansion's fragments span less than this (n-body orders below 49), so that
+#: expansions sent together with offsets a multiple of it apart never interleave (:func:`build_graph`).
+PRIORITY_SPAN = 100.0
+
+
+def _priorities(units: dict[Key, Unit], order: str, offset: float = 0.0) -> dict[Key, float]:
+    """Dask priorities (higher runs first) from predicted durations, ``offset`` plus less than :data:`PRIORITY_SPAN`.
 
     ``"cost"``: longest first, whatever the order. ``"levels"`` (default): lower n-body
     orders first and longest first within an order, so each n-body level completes (and
@@ -213,12 +218,13 @@ def _priorities(units: dict[Key, Unit], order: str) -> dict[Key, float]:
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, not {order!r}")
-    priorities = {key: unit.seconds for key, unit in units.items()}
-    if order == "cost" or not priorities:
-        return priorities
-    top = max(priorities.values()) or 1.0
+    if not units:
+        return {}
+    top = max(unit.seconds for unit in units.values()) or 1.0
+    if order == "cost":
+        return {key: offset + unit.seconds / top for key, unit in units.items()}
     max_nbody = max(unit.nbody for unit in units.values())
-    return {key: (max_nbody - unit.nbody) * 2.0 + priorities[key] / top for key, unit in units.items()}
+    return {key: offset + (max_nbody - unit.nbody) * 2.0 + unit.seconds / top for key, unit in units.items()}
 
 
 def _anchor_column(block: IncrementBlock, jobs: Sequence[FragmentJob]) -> int:
@@ -279,6 +285,7 @@ def build_graph(
     order: str = "levels",
     increment_tasks: Optional[int] = None,
     cluster_cores: Optional[int] = None,
+    priority_offset: float = 0.0,
 ) -> ExpansionGraph:
     """Translate a plan into a HighLevelGraph with per-task annotations.
 
@@ -286,10 +293,14 @@ def build_graph(
     hand (from a checkpoint store), passed to their units instead of being recomputed. The
     graph holds no store: the client writes finished outputs (:class:`mbdask.store.StoreWriter`).
     ``increment_tasks`` caps the increment nodes per n-body level (neighbouring clusters
-    share a node), so that bookkeeping tasks do not outnumber the work.
+    share a node), so that bookkeeping tasks do not outnumber the work. ``priority_offset``
+    is added to every fragment's priority: expansions sent together with decreasing offsets
+    run one after another, each one's tail filled by the next one's work.
     """
     with gc_paused():
-        return _build_graph(plan, token, resources, units, known, retries, keep_cluster_results, order, increment_tasks, cluster_cores)
+        return _build_graph(
+            plan, token, resources, units, known, retries, keep_cluster_results, order, increment_tasks, cluster_cores, priority_offset
+        )
 
 
 def _build_graph(
@@ -303,6 +314,7 @@ def _build_graph(
     order: str,
     increment_tasks: Optional[int],
     cluster_cores: Optional[int],
+    priority_offset: float = 0.0,
 ) -> ExpansionGraph:
     if keep_cluster_results is None:
         keep_cluster_results = plan.input.specification.protocols.cluster_results.value == "all"
@@ -319,9 +331,12 @@ def _build_graph(
         key = unit_key(unit, index, token)
         unit_keys[key] = unit
         keys.append(key)
+        if unit.source is not None:
+            unit_tasks[key] = (borrowed_outputs, [(job.label, there) for job, there in zip(unit.jobs, unit.source_labels)], unit.source)
+            continue
         have = {job.label: known[job.label] for job in unit.jobs if job.label in known} if known else None
         unit_tasks[key] = (run_unit, ctx_key, list(unit.jobs), unit.cores, resources.memory_gib, have or None, list(unit.predicted))
-    priorities = _priorities(unit_keys, order)
+    priorities = _priorities(unit_keys, order, priority_offset)
     unit_of = _unit_of_jobs(plan.jobs, units)
     unit_size = np.array([len(unit.jobs) for unit in units], dtype=np.int64)
 

@@ -406,3 +406,71 @@ def report(result: Any, path: Union[str, os.PathLike, None] = None, title: str =
 
         write_atomic(path, text)
     return text
+
+
+def structures_figure(results: Any):
+    """Energies across structures (a trajectory's frames in order): total energy relative to the lowest
+    and interaction energy, kcal/mol, one point per structure that finished."""
+    from bokeh.models import ColumnDataSource, HoverTool
+    from bokeh.plotting import figure
+
+    rows = [row for row in results.rows() if row["status"] != "failed"]
+    index = [i for i, row in enumerate(results.rows(), start=1) if row["status"] != "failed"]
+    if not rows:
+        return None
+    totals = [row.get("total_energy", row["return_energy"]) for row in rows]
+    lowest = min(totals)
+    source = ColumnDataSource({
+        "index": index, "name": [row["structure"] for row in rows],
+        "relative": [(e - lowest) * HARTREE_TO_KCAL for e in totals],
+        "interaction": [row.get("interaction_kcal", math.nan) for row in rows],
+    })
+    fig = figure(width=900, height=320, title="energies across structures", x_axis_label="structure (in the order given)",
+                 y_axis_label="kcal/mol", tools="pan,box_zoom,wheel_zoom,reset,save")
+    fig.line("index", "relative", source=source, legend_label="total energy - lowest total", color="#1f77b4")
+    fig.scatter("index", "relative", source=source, color="#1f77b4")
+    fig.line("index", "interaction", source=source, legend_label="interaction energy", color="#d62728")
+    fig.scatter("index", "interaction", source=source, color="#d62728", marker="square")
+    fig.add_tools(HoverTool(tooltips=[("structure", "@name"), ("relative", "@relative{0.000}"), ("interaction", "@interaction{0.000}")]))
+    fig.legend.location = "top_left"
+    return fig
+
+
+def structures_report(results: Any, path: Union[str, os.PathLike, None] = None, title: str = "mbdask report: structures") -> str:
+    """The HTML report of a many-structure run (:class:`mbdask.structures.ManyResults`): the energies across
+    structures as a plot and a table, the failures, and each structure's n-body table; written to ``path`` when given."""
+    from bokeh.embed import file_html
+    from bokeh.layouts import column
+    from bokeh.models import Div
+    from bokeh.resources import INLINE
+
+    rows = results.rows()
+    failed = [row for row in rows if row["status"] != "ok"]
+    head = (
+        f"{_STYLE}<h2>{html.escape(title)}</h2><p style='font:13px sans-serif'>{len(rows)} structures: "
+        f"{len(rows) - len(failed)} finished, {len(failed)} failed or partial; wall time {results.wall_seconds:.1f} s.</p>"
+    )
+    table = _table(
+        ["#", "structure", "status", "total energy / Eh", "interaction / kcal/mol", "calculations", "span s"],
+        [[i, row["structure"], row["status"], "" if "total_energy" not in row else f"{row['total_energy']:.10f}",
+          "" if "interaction_kcal" not in row else f"{row['interaction_kcal']:.4f}", row.get("calculations", ""), _seconds(row.get("span_seconds"))]
+         for i, row in enumerate(rows, start=1)],
+    )
+    items: list[Any] = [Div(text=head, width=1000)]
+    fig = structures_figure(results)
+    if fig is not None:
+        items.append(fig)
+    items.append(Div(text=f"{_STYLE}<h2>per structure</h2>{table}", width=1000))
+    if failed:
+        text = "".join(f"<li><b>{html.escape(row['structure'])}</b>: {html.escape(row['error'])}</li>" for row in failed)
+        items.append(Div(text=f"{_STYLE}<h2>failed or partial</h2><ul style='font:13px sans-serif'>{text}</ul>", width=1000))
+    nbody = "".join(
+        f"<h3>{html.escape(name)}</h3>{_nbody_table(_extras(results[name])['levels'])}" for name in results
+    )
+    items.append(Div(text=f"{_STYLE}<h2>n-body energies per structure</h2>{nbody}", width=1000))
+    text = file_html(column(*items), resources=INLINE, title=title)
+    if path is not None:
+        from .outputs import write_atomic
+
+        write_atomic(path, text)
+    return text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -25,6 +26,18 @@ BOND_TOLERANCE = 1.2
 _ELEMENTS = {symbol.lower(): symbol for symbol in qcelemental.periodictable.E[1:]}
 
 
+@dataclass
+class XYZFrame:
+    """One structure of an XYZ file: symbols, geometry in Angstrom, and its line 2's charge and multiplicity."""
+
+    symbols: list[str]
+    geometry: np.ndarray
+    charge: Optional[float]
+    multiplicity: Optional[int]
+    #: 1-based line number of its atom-count line (1 for the first frame)
+    line: int = 1
+
+
 def read_xyz(path: Union[str, os.PathLike]) -> tuple[list[str], np.ndarray, Optional[float], Optional[int]]:
     """Symbols, geometry in Angstrom, and line 2's charge and multiplicity (None where line 2 has none).
 
@@ -33,38 +46,85 @@ def read_xyz(path: Union[str, os.PathLike]) -> tuple[list[str], np.ndarray, Opti
     line 1 says (trailing blank lines are fine), each an element symbol (or atomic number)
     and three finite coordinates (further columns, as in extended XYZ, are ignored). A
     file that disagrees is refused with its file and line, since guessing which part is
-    wrong (a dropped atom, a stray line) silently changes the chemistry.
+    wrong (a dropped atom, a stray line) silently changes the chemistry. A file of several
+    frames (a trajectory) is refused here; :func:`read_xyz_frames` reads those.
+    """
+    frames = read_xyz_frames(path)
+    if len(frames) > 1:
+        raise InputError(f"{path}:{frames[1].line}: a second structure starts here ({len(frames)} frames); give one structure, or run them all")
+    frame = frames[0]
+    return frame.symbols, frame.geometry, frame.charge, frame.multiplicity
+
+
+def read_xyz_frames(path: Union[str, os.PathLike]) -> list[XYZFrame]:
+    """Every frame of an XYZ file (a trajectory: one block after another), each checked as :func:`read_xyz` says.
+
+    A frame ends after the atom lines its count line announces; the next frame starts with a
+    line holding only a whole number. Anything else after a frame is refused, as in a
+    single structure with too many atom lines.
     """
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read XYZ file ({getattr(exc, 'strerror', None) or exc})") from None
-    natoms = _atom_count(path, lines)
-    charge, mult = _charge_and_multiplicity(lines[1] if len(lines) > 1 else "")
-    numbered = [(number, line) for number, line in enumerate(lines[2:], start=3) if line.strip()]
-    if len(numbered) != natoms:
-        where = numbered[natoms][0] if len(numbered) > natoms else 1
-        only = "" if len(numbered) > natoms else "only "
-        raise InputError(f"{path}:{where}: line 1 says {natoms} atoms but {only}{len(numbered)} atom lines follow")
+    frames: list[XYZFrame] = []
+    start = 0
+    while True:
+        frames.append(_frame(path, lines, start))
+        start += 2 + len(frames[-1].symbols)
+        following = next((i for i in range(start, len(lines)) if lines[i].strip()), None)
+        if following is None:
+            return frames
+        if following != start or not _is_count_line(lines[following]):
+            atom_lines = _atom_lines(lines, start - len(frames[-1].symbols))
+            where = atom_lines[len(frames[-1].symbols)][0]
+            raise InputError(f"{path}:{where}: line {frames[-1].line} says {len(frames[-1].symbols)} atoms but {len(atom_lines)} atom lines follow")
+
+
+def _is_count_line(line: str) -> bool:
+    tokens = line.split()
+    return len(tokens) == 1 and tokens[0].isdigit()
+
+
+def _atom_lines(lines: list[str], first: int) -> list[tuple[int, str]]:
+    """(1-based number, text) of the non-blank lines from index ``first`` up to the next count line or the end."""
+    found = []
+    for index in range(first, len(lines)):
+        if _is_count_line(lines[index]) and found and index > first:
+            break
+        if lines[index].strip():
+            found.append((index + 1, lines[index]))
+    return found
+
+
+def _frame(path: Path, lines: list[str], start: int) -> XYZFrame:
+    """The frame whose count line is ``lines[start]``."""
+    natoms = _atom_count(path, lines, start)
+    charge, mult = _charge_and_multiplicity(lines[start + 1] if len(lines) > start + 1 else "")
     symbols, coords = [], []
-    for expected, (number, line) in enumerate(numbered, start=3):
-        if number != expected:
-            raise InputError(f"{path}:{expected}: blank line among the atom lines")
-        symbol, xyz = _atom_line(path, number, line)
+    for index in range(start + 2, start + 2 + natoms):
+        line = lines[index] if index < len(lines) else ""
+        if not line.strip() or _is_count_line(line):
+            found = _atom_lines(lines, start + 2)
+            if len(found) < natoms or _is_count_line(line):
+                counted = len(found) if not _is_count_line(line) else index - start - 2
+                raise InputError(f"{path}:{start + 1}: line {start + 1} says {natoms} atoms but only {counted} atom lines follow")
+            raise InputError(f"{path}:{index + 1}: blank line among the atom lines")
+        symbol, xyz = _atom_line(path, index + 1, line)
         symbols.append(symbol)
         coords.append(xyz)
-    return symbols, np.array(coords, dtype=float).reshape(-1, 3), charge, mult
+    return XYZFrame(symbols, np.array(coords, dtype=float).reshape(-1, 3), charge, mult, start + 1)
 
 
-def _atom_count(path: Path, lines: list[str]) -> int:
-    """Line 1: the number of atoms, a whole number of at least 1."""
+def _atom_count(path: Path, lines: list[str], start: int = 0) -> int:
+    """A frame's first line: the number of atoms, a whole number of at least 1."""
     try:
-        natoms = int(lines[0].split()[0])
+        natoms = int(lines[start].split()[0])
     except (IndexError, ValueError):
-        raise InputError(f"{path}:1: not an XYZ file (line 1 must be the atom count)") from None
+        raise InputError(f"{path}:{start + 1}: not an XYZ file (line {start + 1} must be the atom count)") from None
     if natoms < 1:
-        raise InputError(f"{path}:1: the atom count must be at least 1, got {natoms}")
+        raise InputError(f"{path}:{start + 1}: the atom count must be at least 1, got {natoms}")
     return natoms
 
 
@@ -182,9 +242,52 @@ def molecule_from_xyz(
     must sum to that charge, and the multiplicity must fit the electron count's parity:
     a file with an atom too few or too many otherwise runs as an ion without a word.
     """
-    symbols, geom, line2_charge, mult = read_xyz(path)
+    symbols, geom, charge, mult = read_xyz(path)
+    return _molecule(path, XYZFrame(symbols, geom, charge, mult), fragment_charges, fragments, guess_ions, Path(path).stem)
+
+
+def molecules_from_xyz(
+    path: Union[str, os.PathLike],
+    fragment_charges: list[float] | None = None,
+    fragments: list[list[int]] | None = None,
+    guess_ions: bool = False,
+) -> list[dict]:
+    """One molecule per frame of an XYZ file (a trajectory), as :func:`molecule_from_xyz` makes them.
+
+    Every frame must hold the same atoms in the same order. The fragments are found in the
+    first frame (unless given) and kept for all: along a trajectory a hydrogen bond that
+    stretches past the bonding cutoff must not change what a fragment is. Names are the
+    file's stem and the frame number from 1 (``traj-01``), one width for all.
+    """
+    frames = read_xyz_frames(path)
+    first = frames[0]
+    for frame in frames[1:]:
+        if frame.symbols != first.symbols:
+            raise InputError(f"{path}:{frame.line}: this frame's atoms differ from the first frame's (a trajectory keeps its atoms and their order)")
+    frags = fragments if fragments is not None else find_fragments(first.symbols, first.geometry)
+    stem, width = Path(path).stem, len(str(len(frames)))
+    if len(frames) == 1:
+        return [_molecule(path, first, fragment_charges, frags, guess_ions, stem, fragments is not None)]
+    return [
+        _molecule(path, frame, fragment_charges, frags, guess_ions, f"{stem}-{number:0{width}d}", fragments is not None)
+        for number, frame in enumerate(frames, start=1)
+    ]
+
+
+def _molecule(
+    path: Union[str, os.PathLike],
+    frame: XYZFrame,
+    fragment_charges: list[float] | None,
+    fragments: list[list[int]] | None,
+    guess_ions: bool,
+    name: str,
+    given: Optional[bool] = None,
+) -> dict:
+    """The molecule dict of one frame (see :func:`molecule_from_xyz`); ``given``: the fragments came from the user."""
+    symbols, geom, line2_charge, mult = frame.symbols, frame.geometry, frame.charge, frame.multiplicity
+    given = fragments is not None if given is None else given
     frags = fragments if fragments is not None else find_fragments(symbols, geom)
-    if fragments is not None and sorted(a for f in fragments for a in f) != list(range(len(symbols))):
+    if given and sorted(a for f in frags for a in f) != list(range(len(symbols))):
         raise InputError(f"fragments must list every atom 0..{len(symbols) - 1} exactly once")
     guessed = False
     if fragment_charges is None and guess_ions:
@@ -201,22 +304,67 @@ def molecule_from_xyz(
     _check_multiplicity(path, symbols, charge, mult)
     order = [i for frag in frags for i in frag]
     bohr = geom[order] / qcelemental.constants.bohr2angstroms
-    fragments, start = [], 0
+    contiguous, start = [], 0
     for frag in frags:
-        fragments.append(list(range(start, start + len(frag))))
+        contiguous.append(list(range(start, start + len(frag))))
         start += len(frag)
     mol = {
         "symbols": [symbols[i] for i in order],
         "geometry": bohr.ravel().tolist(),
-        "fragments": fragments,
+        "fragments": contiguous,
         "molecular_charge": charge,
-        "name": Path(path).stem,
+        "name": name,
     }
     if mult is not None:
         mol["molecular_multiplicity"] = mult
     if fragment_charges is not None:
         mol["fragment_charges"] = list(fragment_charges)
     return mol
+
+
+def describe_fragments(molecule: dict) -> list[str]:
+    """One line per run of alike neighbouring fragments: 64 waters are ``1-64  H2O  charge +0``, not 64 lines."""
+    charges = molecule.get("fragment_charges") or [0.0] * len(molecule["fragments"])
+    kinds = [(formula([molecule["symbols"][a] for a in atoms]), q) for atoms, q in zip(molecule["fragments"], charges)]
+    lines, first = [], 0
+    for i in range(1, len(kinds) + 1):
+        if i == len(kinds) or kinds[i] != kinds[first]:
+            span = f"{first + 1}" if i == first + 1 else f"{first + 1}-{i}"
+            lines.append(f"{span:>9}  {kinds[first][0]:8s} charge {kinds[first][1]:+.0f}")
+            first = i
+    return lines
+
+
+@dataclass
+class ModelOptions:
+    """The model chemistry and expansion an XYZ file runs with (the command line's XYZ options)."""
+
+    program: str = "xtb"
+    method: Optional[str] = None
+    basis: Optional[str] = None
+    bsse: tuple[str, ...] = ("nocp",)
+    max_nbody: int = 2
+    driver: str = "energy"
+
+    def input_for(self, molecule: dict) -> dict:
+        """A ManyBodyInput dict for ``molecule`` with this model chemistry."""
+        if self.max_nbody < 1:
+            raise InputError(f"--max-nbody must be at least 1, got {self.max_nbody}")
+        if self.basis and self.program == "xtb":
+            raise InputError(f"--basis {self.basis}: xtb takes no basis set (its GFN methods come with their own); leave --basis out")
+        method = self.method or ("gfn2-xtb" if self.program == "xtb" else None)
+        if not method:
+            raise InputError("XYZ input needs --method (and --basis for ab initio programs)")
+        model = {"method": method, **({"basis": self.basis} if self.basis else {})}
+        label = f"{method}/{self.basis}" if self.basis else method
+        return {
+            "specification": {
+                "driver": self.driver,
+                "keywords": {"bsse_type": list(self.bsse), "levels": {self.max_nbody: label}},
+                "specification": {label: {"program": self.program, "model": model}},
+            },
+            "molecule": molecule,
+        }
 
 
 def _check_line2_charge(
