@@ -7,8 +7,10 @@ calculations per frame). Routes, each a whole process timed from outside, interl
 best of ``REPEATS``:
 
 * ``one run``: ``python -m mbdask run traj.xyz --output-dir DIR``: every frame on one cluster;
-* ``shell loop``: ``python -m mbdask run frame-K.xyz -o K.json`` once per frame, what a
-  chemist's shell loop does;
+* ``shell loop``: ``python -m mbdask run traj-K.json -o K.json`` once per frame, what a
+  chemist's shell loop does (each frame's input as the one run builds it: the first frame's
+  fragments; found per frame from connectivity, a stretched O-H bond in one frame makes a
+  fragment of a lone H, whose trimers xtb cannot converge);
 * ``library loop``: one process, one cluster, ``mbdask.compute`` per frame in a loop (a
   notebook's loop: no start-up per frame, but each frame's tail idles).
 
@@ -47,7 +49,7 @@ if __name__ == "__main__":
     busy, energies = 0.0, []
     with Client(mbdask.start_local_cluster(mbdask.ClusterSize.from_machine())) as client:
         for path in paths:
-            result = mbdask.compute(mbdask.read_structures([path]).popitem()[1], client)
+            result = mbdask.compute(path, client)
             busy += result.extras["mbdask"]["timing"]["sum_task_seconds"]
             energies.append(result.properties.nocp_corrected_total_energy)
     print(json.dumps({"busy": busy, "energies": energies}))
@@ -90,7 +92,7 @@ def shell_loop(paths: list[Path], work: Path) -> dict:
     wall, busy, energies = 0.0, 0.0, []
     for number, path in enumerate(paths):
         out = work / f"{number}.json"
-        seconds, _ = _timed([sys.executable, "-m", "mbdask", "run", str(path), "--max-nbody", "3", "--no-progress", "-o", str(out)])
+        seconds, _ = _timed([sys.executable, "-m", "mbdask", "run", str(path), "--no-progress", "-o", str(out)])
         wall += seconds
         result = json.loads(out.read_text())
         busy += result["extras"]["mbdask"]["timing"]["sum_task_seconds"]
@@ -99,18 +101,19 @@ def shell_loop(paths: list[Path], work: Path) -> dict:
 
 
 def library_loop(paths: list[Path]) -> dict:
-    """Each frame as its own ManyBodyInput (3-body GFN2-xTB, as the command line builds it), one cluster."""
-    inputs = []
-    for path in paths:
-        data = json.loads(subprocess.run(
-            [sys.executable, "-c", "import json, sys, mbdask; from mbdask.xyz import ModelOptions; "
-             "print(json.dumps(ModelOptions(max_nbody=3).input_for(mbdask.xyz.molecule_from_xyz(sys.argv[1], guess_ions=True))))", str(path)],
-            capture_output=True, text=True, check=True, cwd=ROOT).stdout)
-        target = path.with_suffix(".json")
-        target.write_text(json.dumps(data))
-        inputs.append(target)
-    wall, stdout = _timed([sys.executable, "-c", LIBRARY_LOOP, *map(str, inputs)])
+    wall, stdout = _timed([sys.executable, "-c", LIBRARY_LOOP, *map(str, paths)])
     return {"wall": wall, **json.loads(stdout.strip().splitlines()[-1])}
+
+
+def frame_inputs(traj: Path, work: Path) -> list[Path]:
+    """Each frame's ManyBodyInput as a JSON file, exactly as the one run builds it (the first frame's fragments)."""
+    from mbdask.xyz import ModelOptions, molecules_from_xyz
+
+    paths = []
+    for molecule in molecules_from_xyz(traj, guess_ions=True):
+        paths.append(work / f"{molecule['name']}.json")
+        paths[-1].write_text(json.dumps(ModelOptions(max_nbody=3).input_for(molecule)))
+    return paths
 
 
 def measure(count: int, repeats: int) -> dict:
@@ -123,10 +126,7 @@ def measure(count: int, repeats: int) -> dict:
         texts = frames(count)
         traj = work / "traj.xyz"
         traj.write_text("".join(texts))
-        paths = []
-        for number, text in enumerate(texts, start=1):
-            paths.append(work / f"frame-{number:02d}.xyz")
-            paths[-1].write_text(text)
+        paths = frame_inputs(traj, work)
         for _ in range(repeats):
             routes["one run"].append(one_run(traj, work))
             routes["library loop"].append(library_loop(paths))
@@ -159,7 +159,7 @@ def section_markdown(result: dict, machine: str) -> str:
     names = {
         "one run": "`python -m mbdask run traj.xyz` (one run, one cluster)",
         "library loop": "`mbdask.compute` per frame on one cluster (a notebook loop)",
-        "shell loop": "`python -m mbdask run frame-K.xyz` per frame (a shell loop)",
+        "shell loop": "`python -m mbdask run traj-K.json` per frame (a shell loop)",
     }
     for row in result["rows"]:
         lines.append(

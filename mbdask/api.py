@@ -438,6 +438,7 @@ def submit_plan(
     writer: Optional[StoreWriter] = None,
     priority_offset: float = 0.0,
     borrowed: Optional[dict[str, tuple[Future, str]]] = None,
+    workers: Optional[list[dict]] = None,
 ) -> Submission:
     """Build ``the_plan``'s graph for the workers of ``conn`` (which has some) and send it; the options are :func:`start`'s.
 
@@ -446,6 +447,7 @@ def submit_plan(
     is added to every fragment's priority, so that expansions sent together run in order.
     ``borrowed``: calculations another expansion sent already computes, by label: the future of
     its unit and the label there (the outputs are taken from it, not computed twice).
+    ``workers``: :func:`mbdask.cluster.worker_resources` of the cluster, where the caller has them.
     """
     settings = the_plan.screened.settings if the_plan.screened is not None else None
     # energy screening decides with the cheap model once the cluster is up (not yet decided: no report)
@@ -454,7 +456,7 @@ def submit_plan(
     cores = 1 if auto_cores else int(cores_per_fragment)
     if check_installed:
         _check_workers(conn.client, the_plan, [settings.cheap_model["program"]] if energy_screening else [])
-    workers = worker_resources(conn.client)
+    workers = workers or worker_resources(conn.client)
     resources = _fragment_resources(workers, cores, memory_per_fragment, auto_cores=auto_cores)
     computed: dict[str, dict] = {}
     if energy_screening:

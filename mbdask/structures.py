@@ -166,7 +166,7 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
     fails, :class:`InputError` says why the first did.
     """
     from .api import check_options, local_cluster_options, submit_plan, workers_ready, _open_store
-    from .cluster import connect
+    from .cluster import connect, worker_resources
     from .graph import PRIORITY_SPAN
     from .plan import make_plan
     from .store import StoreWriter
@@ -199,6 +199,7 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
     held: list[Future] = []
     try:
         waiting = workers_ready(conn, worker_timeout)
+        workers = worker_resources(conn.client)
         writer = StoreWriter(store, conn.client) if store is not None else None
         submissions = {}
         sources: dict[tuple[str, str], tuple[Future, str]] = {}  # (structure, label) -> its unit's future, label
@@ -206,7 +207,7 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
             borrowed = {label: sources[origin] for label, origin in shared.borrowed.get(name, {}).items()}
             sub = submit_plan(
                 plan, conn, store=store, writer=writer, worker_timeout=waiting, check_installed=check_installed and number == 0,
-                priority_offset=(len(plans) - number) * PRIORITY_SPAN, borrowed=borrowed, **options,
+                priority_offset=(len(plans) - number) * PRIORITY_SPAN, borrowed=borrowed, workers=workers, **options,
             )
             submissions[name] = sub
             lent = shared.lent.get(name)
