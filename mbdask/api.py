@@ -196,6 +196,13 @@ def _check_workers(client: Client, plan: Plan, also: Collection[str] = ()) -> No
         _warn_malloc_trim(client, trims)
 
 
+def _check_programs_here(programs: Collection[str]) -> None:
+    """Refuse programs this process cannot run (for workers forked from it)."""
+    missing = sorted(set(programs) - set(_worker_setup()["programs"]))
+    if missing:
+        raise InputError(f"{', '.join(missing)} cannot run here (not installed in this environment)")
+
+
 def _check_workers_import_mbdask(client: Client) -> None:
     """Refuse, naming the workers and what their import says, where workers cannot import mbdask.
 
@@ -454,8 +461,11 @@ def submit_plan(
     energy_screening = settings is not None and bool(settings.energy_thresholds) and settings.energy_report is None
     auto_cores = cores_per_fragment == "auto"
     cores = 1 if auto_cores else int(cores_per_fragment)
-    if check_installed:
-        _check_workers(conn.client, the_plan, [settings.cheap_model["program"]] if energy_screening else [])
+    also = [settings.cheap_model["program"]] if energy_screening else []
+    if check_installed and not _forked_here(conn):
+        _check_workers(conn.client, the_plan, also)
+    elif check_installed and also:
+        _check_programs_here(also)  # forked workers have what this process has
     workers = workers or worker_resources(conn.client)
     resources = _fragment_resources(workers, cores, memory_per_fragment, auto_cores=auto_cores)
     computed: dict[str, dict] = {}
@@ -493,7 +503,7 @@ def submit_plan(
     stored = len(from_store) + sum(1 for out in computed.values() if out.get("stored"))
     return Submission(
         the_plan, graph, by_key[graph.result], levels, conn, held, store, stored, watch, writer if own_writer else None,
-        keep_going=keep_going, worker_timeout=0.0 if _nothing_rejoins(conn) else worker_timeout,
+        keep_going=keep_going, worker_timeout=0.0 if _forked_here(conn) else worker_timeout,
     )
 
 
@@ -554,10 +564,12 @@ def say(message: str) -> None:
     _log.warning(message)
 
 
-def _nothing_rejoins(conn: Connection) -> bool:
-    """A cluster of forked workers that mbdask started: no nanny or queue brings a lost worker back.
+def _forked_here(conn: Connection) -> bool:
+    """A cluster of workers that mbdask forked from this process.
 
-    The cluster is the connection's own, or the one behind the client it was given (the
+    No nanny or queue brings a lost worker back; and the workers have this process's
+    modules, programs and environment, so what the plan checked here holds there. The
+    cluster is the connection's own, or the one behind the client it was given (the
     command line starts the cluster and hands its client to :func:`start`).
     """
     cluster = conn.cluster or getattr(conn.client, "cluster", None)

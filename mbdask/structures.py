@@ -122,6 +122,8 @@ class ManySubmission:
 
     def progress(self) -> "ManyProgress":
         """Counts per structure and overall (needs ``start_many(..., progress=True)``)."""
+        if any(sub.progress is None for sub in self.submissions.values()):
+            raise ValueError("progress needs start_many(..., progress=True)")
         return ManyProgress({name: sub.progress for name, sub in self.submissions.items()}, self.errors, self.started)
 
     def results(self, keep_going: bool = False) -> "ManyResults":
@@ -276,7 +278,9 @@ def submit_many(structures: StructuresLike, client: Any = None, **options: Any) 
 
     Structures that could not be planned are left out (start_many's ``errors`` has them).
     With ``client=None`` and no default client, the LocalCluster mbdask starts stays up
-    until the last of the futures is released.
+    until the last of the futures is released. Outputs that structures share stay in the
+    workers' memory while the client lives; :func:`start_many` and
+    :meth:`ManySubmission.results` release them when the last result is in.
     """
     many = start_many(structures, client, **options)
     futures = many.futures

@@ -29,15 +29,19 @@ if __name__ == "__main__":
     forked = sorted(set(conn.client.run(lambda: psutil.Process().cmdline() == psutil.Process(os.getppid()).cmdline()).values()))
     method = getattr(conn.cluster, "worker_start_method", "spawn")
     # lost forked workers never come back: say so whether the cluster or only its client is at hand (the CLI's case)
-    from mbdask.api import _nothing_rejoins
+    from mbdask import api
     from mbdask.cluster import Connection
-    gone_for_good = [_nothing_rejoins(conn), _nothing_rejoins(Connection(conn.client))]
+    gone_for_good = [api._forked_here(conn), api._forked_here(Connection(conn.client))]
+    checked = []  # workers asked what they can run: not those forked from here, which have what the plan checked here
+    ask_workers = api._check_workers
+    api._check_workers = lambda *args: checked.append(1) or ask_workers(*args)
     energy = mbdask.compute(plan, conn.client).properties.return_energy
     conn.close()
     time.sleep(0.2)
     left = [p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
     zombies = [p.pid for p in psutil.Process().children(recursive=True) if p.status() == psutil.STATUS_ZOMBIE]
-    print(json.dumps({"method": method, "forked": forked, "gone_for_good": gone_for_good, "energy": energy, "left": left, "zombies": zombies}))
+    print(json.dumps({"method": method, "forked": forked, "gone_for_good": gone_for_good, "energy": energy, "left": left, "zombies": zombies,
+                      "workers_checked": len(checked)}))
 """
 
 
@@ -55,10 +59,12 @@ def test_single_threaded_process_forks_its_workers_and_gets_the_spawned_numbers(
     forked = _run(tmp_path, "plain")
     assert forked["method"] == "fork" and forked["forked"] == [True]
     assert forked["gone_for_good"] == [True, True]
+    assert forked["workers_checked"] == 0
     assert forked["left"] == [] and forked["zombies"] == []  # closed and reaped
     spawned = _run(tmp_path, "plain", workers="spawn")
     assert spawned["method"] == "spawn" and spawned["forked"] == [False]  # Dask's nannies spawned them
     assert spawned["gone_for_good"] == [False, False]  # nannies restart their workers
+    assert spawned["workers_checked"] == 1  # another interpreter: asked what it can run
     assert forked["energy"] == spawned["energy"]
 
 
