@@ -60,8 +60,8 @@ def read_xyz_frames(path: Union[str, os.PathLike]) -> list[XYZFrame]:
     """Every frame of an XYZ file (a trajectory: one block after another), each checked as :func:`read_xyz` says.
 
     A frame ends after the atom lines its count line announces; the next frame starts with a
-    line holding only a whole number. Anything else after a frame is refused, as in a
-    single structure with too many atom lines.
+    line holding only a whole number (blank lines before it are skipped). Anything else
+    after a frame is refused, as in a single structure with too many atom lines.
     """
     path = Path(path)
     try:
@@ -71,15 +71,17 @@ def read_xyz_frames(path: Union[str, os.PathLike]) -> list[XYZFrame]:
     frames: list[XYZFrame] = []
     start = 0
     while True:
-        frames.append(_frame(path, lines, start))
-        start += 2 + len(frames[-1].symbols)
-        following = next((i for i in range(start, len(lines)) if lines[i].strip()), None)
+        frame = _frame(path, lines, start)
+        frames.append(frame)
+        end = start + 2 + len(frame.symbols)
+        following = next((i for i in range(end, len(lines)) if lines[i].strip()), None)
         if following is None:
             return frames
-        if following != start or not _is_count_line(lines[following]):
-            atom_lines = _atom_lines(lines, start - len(frames[-1].symbols))
-            where = atom_lines[len(frames[-1].symbols)][0]
-            raise InputError(f"{path}:{where}: line {frames[-1].line} says {len(frames[-1].symbols)} atoms but {len(atom_lines)} atom lines follow")
+        if not _is_count_line(lines[following]):  # blank lines between frames are fine, stray atom lines are not
+            atom_lines = _atom_lines(lines, start + 2)
+            where = atom_lines[len(frame.symbols)][0]
+            raise InputError(f"{path}:{where}: line {frame.line} says {len(frame.symbols)} atoms but {len(atom_lines)} atom lines follow")
+        start = following
 
 
 def _is_count_line(line: str) -> bool:

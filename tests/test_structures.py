@@ -71,6 +71,9 @@ def test_a_frame_that_disagrees_with_itself_or_the_first_is_refused_with_its_lin
     other.write_text("\n".join(lines[:13] + ["He 0 0 0"] + lines[14:]) + "\n")
     with pytest.raises(InputError, match=r"other.xyz:12: this frame's atoms differ from the first frame's"):
         molecules_from_xyz(other)
+    spaced = tmp_path / "spaced.xyz"
+    spaced.write_text("\n".join(lines[:11] + ["", ""] + lines[11:]) + "\n")  # blank lines between frames
+    assert [f.line for f in read_xyz_frames(spaced)] == [1, 14]
     stray = tmp_path / "stray.xyz"
     stray.write_text("\n".join(lines[:11] + ["O 0 0 0"] + lines[11:]) + "\n")
     with pytest.raises(InputError, match=r"stray.xyz:12: line 1 says 9 atoms but 10 atom lines follow"):
