@@ -47,7 +47,8 @@ def machine() -> str:
 #: bench_fragment_overhead.py's table); run_all keeps them.
 KEPT_SECTIONS = (
     "## Screened expansions", "## Screening, read", "## Overhead: whole processes", "## Overhead per fragment", "## Overhead, read",
-    "## (H2O)64 at 4-body end to end", "## Screening models for (H2O)64",
+    "## (H2O)64 at 4-body end to end", "## Screening models for (H2O)64", "## Many structures in one run",
+    "## Geometry optimisation on MBE gradients", "## Energy screening at 10^5-10^6 candidates",
 )
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers and the API doc
     from .cluster import ClusterSize, connect, start_local_cluster
     from .errors import FragmentFailedError, InputError, MbdaskError, NoWorkersError
     from .inputs import load_input
+    from .optimize import OptimizationResult, optimize
     from .outputs import load_result, save_result
     from .plan import FragmentJob, Increment, Plan
     from .programs import register_programs
@@ -47,6 +48,8 @@ _EXPORTS = {
     "MbdaskError": "errors",
     "NoWorkersError": "errors",
     "load_input": "inputs",
+    "OptimizationResult": "optimize",
+    "optimize": "optimize",
     "load_result": "outputs",
     "save_result": "outputs",
     "FragmentJob": "plan",
@@ -67,14 +70,14 @@ _EXPORTS = {
 }
 #: Functions named like a module of the package (``mbdask.plan`` is the function, the module
 #: is ``sys.modules["mbdask.plan"]``, as before these names were lazy).
-_SHADOWED = ("plan", "report")
+_SHADOWED = ("plan", "report", "optimize")
 
 
 class _Package(types.ModuleType):
     """The package module, keeping :data:`_SHADOWED` names for the functions.
 
     Importing a submodule sets the package's attribute of that name to the submodule;
-    for ``plan`` and ``report`` that would hide the functions (``mbdask.plan(inp)``).
+    for ``plan``, ``report`` and ``optimize`` that would hide the functions (``mbdask.plan(inp)``).
     """
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -116,6 +119,7 @@ __all__ = [
     "ManyResults",
     "MbdaskError",
     "NoWorkersError",
+    "OptimizationResult",
     "Plan",
     "Rows",
     "Screening",
@@ -127,6 +131,7 @@ __all__ = [
     "figures",
     "load_input",
     "load_result",
+    "optimize",
     "plan",
     "read_structures",
     "register_programs",

@@ -401,9 +401,9 @@ def start(
     the_plan = inp if isinstance(inp, Plan) else make_plan(inp, check_installed=check_installed, screening=screening)
     check_options(cores_per_fragment=cores_per_fragment, memory_per_fragment=memory_per_fragment, retries=retries, order=order)
     fragment_store = _open_store(store)
-    conn = connect(
-        client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security,
-        **(local_cluster_options(the_plan, n_workers, threads_per_worker, dashboard) if client is None else {}),
+    conn = connect_for(
+        the_plan, client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security,
+        dashboard=dashboard,
     )
     try:
         waiting = workers_ready(conn, worker_timeout)
@@ -415,6 +415,23 @@ def start(
     except BaseException:
         conn.close()
         raise
+
+
+def connect_for(
+    plan: Plan,
+    client: ClientLike = None,
+    *,
+    n_workers: Optional[int] = None,
+    threads_per_worker: Optional[int] = None,
+    memory_limit: Union[str, int, float, None] = None,
+    security: Any = None,
+    dashboard: Optional[bool] = None,
+) -> Connection:
+    """:func:`mbdask.cluster.connect` for running ``plan`` (and what follows it on the same cluster):
+    a LocalCluster, where one is started, gets the plan's QC programs imported before its
+    workers are forked and a dashboard if the plan is long enough to watch."""
+    local = local_cluster_options(plan, n_workers, threads_per_worker, dashboard) if client is None else {}
+    return connect(client, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit, security=security, **local)
 
 
 def workers_ready(conn: Connection, worker_timeout: Optional[float] = None) -> float:
@@ -484,6 +501,7 @@ def submit_plan(
     graph = build_graph(
         the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known, retries=retries, order=order,
         increment_tasks=increment_tasks(workers), cluster_cores=total_cores(workers), priority_offset=priority_offset,
+        scatter=lambda ctx: conn.client.scatter(ctx, broadcast=True, hash=False),
     )
     # units that compute something: their outputs come back here and go into the store
     to_store = [key for key, unit in graph.units.items() if unit.source is None and any(job.label not in known for job in unit.jobs)] if store is not None else []

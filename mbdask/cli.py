@@ -1,4 +1,4 @@
-"""Command line: ``python -m mbdask run|plan INPUT``.
+"""Command line: ``python -m mbdask run|optimize|plan INPUT``.
 
 Exit codes: 0 success, 1 a fragment calculation failed (the message names it), 2 bad
 input (one line on stderr, nothing written).
@@ -11,7 +11,7 @@ import gc
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .errors import FragmentFailedError, InputError, MbdaskError
 
@@ -54,27 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", metavar="FILE",
         help="write a self-contained HTML report (n-body table, plots, timeline; for several structures their energies) here",
     )
-    run.add_argument("--scheduler", type=_scheduler_address, metavar="ADDR", help="address of a running Dask scheduler (default: start a LocalCluster)")
-    run.add_argument("--tls-ca-file", metavar="PEM", help="with --scheduler tls://...: CA certificate that signed the scheduler's")
-    run.add_argument("--tls-cert", metavar="PEM", help="client certificate for TLS (with --tls-key)")
-    run.add_argument("--tls-key", metavar="PEM", help="client private key for TLS")
-    run.add_argument(
-        "--worker-timeout", type=_seconds, metavar="SECONDS",
-        help="with --scheduler: wait this long for workers to join (batch jobs start late) and, during the run, for workers "
-        "to come back when none is left, then stop with exit code 1 (default 600, Dask config mbdask.worker-timeout)",
-    )
-    run.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: one per core)")
-    run.add_argument("--threads-per-worker", type=int, metavar="N", help="LocalCluster threads (cores) per worker (default 1)")
-    run.add_argument("--memory-limit", type=_byte_size, metavar="SIZE", help="LocalCluster memory per worker, e.g. 4GiB (default: 90%% of RAM / workers)")
-    run.add_argument(
-        "--cores-per-fragment", type=_cores, default=1, metavar="N|auto",
-        help="cores each QC calculation uses and reserves (default 1); 'auto': more cores for fragments predicted to finish the run alone",
-    )
-    run.add_argument("--memory-per-fragment", type=float, metavar="GIB", help="memory in GiB per QC calculation (default: worker share)")
-    run.add_argument("--retries", type=int, default=0, metavar="N", help="retries of a failed fragment before giving up (default 0)")
-    run.add_argument("--store", metavar="PATH", help="checkpoint store (SQLite file, created if missing): reuse fragments found there, save each finished one")
+    _add_run_options(run)
     run.add_argument("--keep-going", action="store_true", help="if a fragment fails, still write the result through the highest complete n-body order, marked partial (exit code 1)")
-    run.add_argument("--order", choices=("levels", "cost"), default="levels", help="levels: n-body orders finish one after another (default); cost: longest first overall")
     run.add_argument(
         "--distance-cutoffs", metavar="N:A,...",
         help="screening: keep an N-body cluster only if each pair of its fragments is within A Angstrom (closest atoms), e.g. 2:9,3:5,4:4 (nocp/vmfc)",
@@ -83,13 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--energy-thresholds", metavar="N:KCAL,...",
         help="screening: keep an N-body cluster only if its GFN2-xTB increment exceeds KCAL kcal/mol in magnitude, e.g. 2:0.05,3:0.01",
     )
-    run.add_argument(
-        "--dashboard", action=argparse.BooleanOptionalAction, default=None,
-        help="serve Dask's dashboard from the LocalCluster (default: only for runs predicted to take 20 s per core or more)",
-    )
     run.add_argument("--profile", metavar="FILE", help="write where the run's time went (phases, QC programs, mbdask, Dask) as JSON here, and print it")
-    run.add_argument("--no-batch", action="store_true", help="one Dask task per fragment even for cheap fragments")
     run.add_argument("--no-progress", action="store_true", help="no progress (on a terminal: bars redrawn in place; otherwise a line every 60 s, Dask config mbdask.progress.log-interval)")
+
+    opt = sub.add_parser(
+        "optimize",
+        help="optimise the geometry on MBE gradients (geomeTRIC), every step an expansion on one cluster",
+        description="Minimise the MBE energy of INPUT's molecule with geomeTRIC; each geometry's MBE gradient is one "
+        "expansion on a cluster started once. Needs geomeTRIC: pip install 'mbdask[optimize]'.",
+    )
+    opt.add_argument("input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below")
+    _add_xyz_options(opt)
+    opt.add_argument("--max-steps", type=int, default=100, metavar="N", help="geomeTRIC steps at most (default 100); reaching them is exit code 1")
+    opt.add_argument("--convergence", metavar="SET", help="geomeTRIC convergence set: GAU (default), GAU_LOOSE, GAU_TIGHT, GAU_VERYTIGHT, NWCHEM_LOOSE, TURBOMOLE, INTERFRAG_TIGHT")
+    opt.add_argument("-o", "--output", metavar="FILE", help="write the final geometry here: XYZ (.xyz) or the QCSchema molecule as JSON (.json)")
+    opt.add_argument("--trajectory", metavar="FILE", help="write every geometry here as a multi-frame XYZ, the energy in each comment line (rewritten after every step)")
+    opt.add_argument("--result", metavar="FILE", help="write the last step's ManyBodyResult JSON here")
+    _add_run_options(opt)
+    opt.add_argument("--distance-cutoffs", metavar="N:A,...", help="screening as for run")
+    opt.add_argument("--freeze-screening", action="store_true", help="keep the clusters screening kept at the start geometry for every step")
 
     plan = sub.add_parser(
         "plan",
@@ -100,6 +93,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_xyz_options(plan)
     plan.add_argument("--distance-cutoffs", metavar="N:A,...", help="screening as for run: count what it keeps")
     return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Where and how the fragments run: the cluster (started or reached) and each calculation's resources (run and optimize)."""
+    parser.add_argument("--scheduler", type=_scheduler_address, metavar="ADDR", help="address of a running Dask scheduler (default: start a LocalCluster)")
+    parser.add_argument("--tls-ca-file", metavar="PEM", help="with --scheduler tls://...: CA certificate that signed the scheduler's")
+    parser.add_argument("--tls-cert", metavar="PEM", help="client certificate for TLS (with --tls-key)")
+    parser.add_argument("--tls-key", metavar="PEM", help="client private key for TLS")
+    parser.add_argument(
+        "--worker-timeout", type=_seconds, metavar="SECONDS",
+        help="with --scheduler: wait this long for workers to join (batch jobs start late) and, during the run, for workers "
+        "to come back when none is left, then stop with exit code 1 (default 600, Dask config mbdask.worker-timeout)",
+    )
+    parser.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: one per core)")
+    parser.add_argument("--threads-per-worker", type=int, metavar="N", help="LocalCluster threads (cores) per worker (default 1)")
+    parser.add_argument("--memory-limit", type=_byte_size, metavar="SIZE", help="LocalCluster memory per worker, e.g. 4GiB (default: 90%% of RAM / workers)")
+    parser.add_argument(
+        "--cores-per-fragment", type=_cores, default=1, metavar="N|auto",
+        help="cores each QC calculation uses and reserves (default 1); 'auto': more cores for fragments predicted to finish the run alone",
+    )
+    parser.add_argument("--memory-per-fragment", type=float, metavar="GIB", help="memory in GiB per QC calculation (default: worker share)")
+    parser.add_argument("--retries", type=int, default=0, metavar="N", help="retries of a failed fragment before giving up (default 0)")
+    parser.add_argument("--store", metavar="PATH", help="checkpoint store (SQLite file, created if missing): reuse fragments found there, save each finished one")
+    parser.add_argument("--order", choices=("levels", "cost"), default="levels", help="levels: n-body orders finish one after another (default); cost: longest first overall")
+    parser.add_argument("--no-batch", action="store_true", help="one Dask task per fragment even for cheap fragments")
+    parser.add_argument(
+        "--dashboard", action=argparse.BooleanOptionalAction, default=None,
+        help="serve Dask's dashboard from the LocalCluster (default: only for runs predicted to take 20 s per core or more)",
+    )
 
 
 def _add_xyz_options(parser: argparse.ArgumentParser) -> None:
@@ -301,11 +323,8 @@ def _run_many(args: argparse.Namespace) -> int:
     print(f"mbdask: {len(structures)} structures: {_names(list(structures))}", file=sys.stderr)
     started = time.perf_counter()
     many = start_many(
-        structures, args.scheduler, security=_security(args), n_workers=args.workers, threads_per_worker=args.threads_per_worker,
-        memory_limit=args.memory_limit, dashboard=args.dashboard, worker_timeout=args.worker_timeout,
-        cores_per_fragment=args.cores_per_fragment, memory_per_fragment=args.memory_per_fragment, retries=args.retries,
-        order=args.order, batch=not args.no_batch, store=args.store, keep_going=args.keep_going, progress=not args.no_progress,
-        screening=_screening(args),
+        structures, args.scheduler, **_cluster_options(args, _security(args)), worker_timeout=args.worker_timeout,
+        **_run_options(args), keep_going=args.keep_going, progress=not args.no_progress, screening=_screening(args),
     )
     try:
         for name, error in many.errors.items():
@@ -341,6 +360,22 @@ def _run_many(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cluster_options(args: argparse.Namespace, security: Any) -> dict[str, Any]:
+    """The options that start (--workers, ...) or reach (TLS) the cluster, as the library names them."""
+    return {
+        "n_workers": args.workers, "threads_per_worker": args.threads_per_worker, "memory_limit": args.memory_limit,
+        "security": security, "dashboard": args.dashboard,
+    }
+
+
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What each expansion runs with (--cores-per-fragment, --retries, --store, ...), as the library names them."""
+    return {
+        "cores_per_fragment": args.cores_per_fragment, "memory_per_fragment": args.memory_per_fragment, "retries": args.retries,
+        "order": args.order, "batch": not args.no_batch, "store": args.store,
+    }
+
+
 def _names(names: list[str], shown: int = 6) -> str:
     """The first and last few names of a long list."""
     if len(names) <= shown:
@@ -350,7 +385,7 @@ def _names(names: list[str], shown: int = 6) -> str:
 
 def _run_one(args: argparse.Namespace) -> int:
     from . import api
-    from .cluster import connect, dashboard_link
+    from .cluster import dashboard_link
     from .outputs import check_writable, save_result
     from .profile import RunProfile
     from .store import FragmentStore
@@ -373,15 +408,7 @@ def _run_one(args: argparse.Namespace) -> int:
     profile.mark("planned")
 
     wall_start = time.perf_counter()
-    local = {} if args.scheduler else api.local_cluster_options(plan, args.workers, args.threads_per_worker, args.dashboard)
-    conn = connect(
-        args.scheduler,
-        n_workers=args.workers,
-        threads_per_worker=args.threads_per_worker,
-        memory_limit=args.memory_limit,
-        security=security,
-        **local,
-    )
+    conn = api.connect_for(plan, args.scheduler, **_cluster_options(args, security))
     profile.mark("cluster")
     sub = None
     try:
@@ -389,16 +416,7 @@ def _run_one(args: argparse.Namespace) -> int:
         if link:
             print(f"mbdask: dashboard at {link}", file=sys.stderr)
         sub = api.start(
-            plan,
-            conn.client,
-            cores_per_fragment=args.cores_per_fragment,
-            memory_per_fragment=args.memory_per_fragment,
-            retries=args.retries,
-            order=args.order,
-            batch=not args.no_batch,
-            store=store,
-            keep_going=args.keep_going,
-            progress=not args.no_progress,
+            plan, conn.client, **{**_run_options(args), "store": store}, keep_going=args.keep_going, progress=not args.no_progress,
             worker_timeout=args.worker_timeout,
         )
         profile.mark("submitted")
@@ -457,6 +475,40 @@ def _run_one(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _optimize(args: argparse.Namespace) -> int:
+    """Geometry optimisation (:func:`mbdask.optimize.optimize`); exit 1 if it stopped at --max-steps."""
+    from .optimize import optimize
+    from .outputs import check_writable, save_result, write_atomic
+
+    _positive("--workers", args.workers)
+    _positive("--threads-per-worker", args.threads_per_worker)
+    for path in (args.output, args.trajectory, args.result):
+        if path:
+            check_writable(path)
+    if args.output and not args.output.lower().endswith((".xyz", ".json")):
+        raise InputError(f"-o {args.output}: the final geometry is written as .xyz or .json")
+    inp = _xyz_input(args) if _is_xyz(args.input) else args.input
+    opt = optimize(
+        inp, args.scheduler, max_steps=args.max_steps, convergence=args.convergence, freeze_screening=args.freeze_screening,
+        trajectory=args.trajectory, screening=_screening(args), worker_timeout=args.worker_timeout,
+        **_cluster_options(args, _security(args)), **_run_options(args),
+    )
+    state = "converged" if opt.converged else f"NOT converged after {opt.steps} steps (--max-steps)"
+    print(f"mbdask: optimisation {state}: {opt.steps} steps, {opt.evaluations} expansions, final MBE energy {opt.energy:.10f} Eh")
+    if args.output:
+        if args.output.lower().endswith(".xyz"):
+            opt.to_xyz(args.output)
+        else:
+            write_atomic(args.output, opt.molecule.model_dump_json(indent=1))
+        print(f"mbdask: final geometry written to {args.output}")
+    if args.trajectory:
+        print(f"mbdask: trajectory written to {args.trajectory}")
+    if args.result:
+        save_result(opt.final_result, args.result)
+        print(f"mbdask: last step's result written to {args.result}")
+    return EXIT_OK if opt.converged else EXIT_FAILED
+
+
 def _plan(args: argparse.Namespace) -> int:
     from . import api
 
@@ -486,7 +538,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit code instead of raising for anything expected."""
     args = build_parser().parse_args(argv)
     try:
-        return {"run": _run, "plan": _plan}[args.command](args)
+        return {"run": _run, "optimize": _optimize, "plan": _plan}[args.command](args)
     except InputError as exc:
         print(f"mbdask: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -31,7 +31,7 @@ import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Hashable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Hashable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
@@ -186,6 +186,10 @@ class ExpansionGraph:
     units: dict[Key, Unit]
     #: increment node key -> its increments (a :class:`IncrementGroups`, made on access)
     increments: Mapping[Key, list[Increment]] = field(repr=False)
+    #: what every fragment task is given: the :class:`ExpansionContext`, and how the tasks name it
+    #: (its key in this graph, or the future of it scattered to every worker)
+    context: Any = field(default=None, repr=False)
+    context_ref: Any = field(default=None, repr=False)
 
     def dependencies(self, key: Key) -> set[Hashable]:
         """Keys a node depends on (used by tests to check the graph's shape)."""
@@ -286,6 +290,7 @@ def build_graph(
     increment_tasks: Optional[int] = None,
     cluster_cores: Optional[int] = None,
     priority_offset: float = 0.0,
+    scatter: Optional[Callable[[Any], Any]] = None,
 ) -> ExpansionGraph:
     """Translate a plan into a HighLevelGraph with per-task annotations.
 
@@ -296,10 +301,19 @@ def build_graph(
     share a node), so that bookkeeping tasks do not outnumber the work. ``priority_offset``
     is added to every fragment's priority: expansions sent together with decreasing offsets
     run one after another, each one's tail filled by the next one's work.
+
+    ``scatter``: puts the :class:`ExpansionContext` on the workers and returns its future
+    (``client.scatter(..., broadcast=True)``), which the tasks then take. Without it the
+    context is a node of the graph, held by the one worker that "computes" it, and every
+    fragment task depends on that worker's data: once Dask has learned how short the
+    fragment tasks are, it sends most of them there rather than move the context, and
+    stealing them back is not worth its while for tasks that short (one worker busy, the
+    other half idle, seen in repeated runs on one cluster).
     """
     with gc_paused():
         return _build_graph(
-            plan, token, resources, units, known, retries, keep_cluster_results, order, increment_tasks, cluster_cores, priority_offset
+            plan, token, resources, units, known, retries, keep_cluster_results, order, increment_tasks, cluster_cores, priority_offset,
+            scatter,
         )
 
 
@@ -315,11 +329,12 @@ def _build_graph(
     increment_tasks: Optional[int],
     cluster_cores: Optional[int],
     priority_offset: float = 0.0,
+    scatter: Optional[Callable[[Any], Any]] = None,
 ) -> ExpansionGraph:
     if keep_cluster_results is None:
         keep_cluster_results = plan.input.specification.protocols.cluster_results.value == "all"
     ctx = ExpansionContext(plan.input, plan.specifications, keep_cluster_results, cluster_cores)
-    ctx_key = context_key(token)
+    ctx_key = context_key(token) if scatter is None else scatter(ctx)  # a key of this graph, or a future on every worker
     known = known or {}
     if units is None:
         units = make_units(plan.jobs, CostModel.for_plan(plan), workers=1, batch=False, cores=resources.cores)
@@ -420,7 +435,7 @@ def _build_graph(
     # Cheap bookkeeping nodes go ahead of any fragment so results stream as soon as possible.
     top = {"priority": 1e300}
     layers = {
-        "context": MaterializedLayer({ctx_key: ctx}),
+        "context": MaterializedLayer({ctx_key: ctx} if scatter is None else {}),
         "fragments": MaterializedLayer(unit_tasks, annotations=frag_annotations),
         "increments": MaterializedLayer(inc_tasks, annotations=dict(top)),
         "levels": MaterializedLayer(level_tasks, annotations=dict(top)),
@@ -436,4 +451,4 @@ def _build_graph(
         "result": {"context", "collect", "levels"},
     }
     graph = HighLevelGraph(layers, deps)
-    return ExpansionGraph(graph, res_key, level_keys, unit_keys, IncrementGroups(plan.jobs, groups))
+    return ExpansionGraph(graph, res_key, level_keys, unit_keys, IncrementGroups(plan.jobs, groups), ctx, ctx_key)

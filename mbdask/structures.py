@@ -167,8 +167,8 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
     A structure whose planning fails is left out and named in ``errors``; if every one
     fails, :class:`InputError` says why the first did.
     """
-    from .api import check_options, local_cluster_options, submit_plan, workers_ready, _open_store
-    from .cluster import connect, worker_resources
+    from .api import _open_store, check_options, connect_for, submit_plan, workers_ready
+    from .cluster import worker_resources
     from .graph import PRIORITY_SPAN
     from .plan import make_plan
     from .store import StoreWriter
@@ -177,8 +177,8 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
     if not named:
         raise InputError("no structures given")
     screening = options.pop("screening", None)
-    cluster_options = {key: options.pop(key, None) for key in ("n_workers", "threads_per_worker", "memory_limit", "security")}
-    dashboard, worker_timeout = options.pop("dashboard", None), options.pop("worker_timeout", None)
+    cluster_options = {key: options.pop(key, None) for key in ("n_workers", "threads_per_worker", "memory_limit", "security", "dashboard")}
+    worker_timeout = options.pop("worker_timeout", None)
     check_installed = options.pop("check_installed", True)
     check_options(**{key: options[key] for key in ("cores_per_fragment", "memory_per_fragment", "retries", "order") if key in options})
     plans, errors = {}, {}
@@ -192,10 +192,7 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
         raise InputError(f"no structure could be planned; {first}: {errors[first]}")
     store = _open_store(options.pop("store", None))
     largest = max(plans.values(), key=lambda p: len(p.jobs))
-    conn = connect(
-        client, **cluster_options,
-        **(local_cluster_options(largest, cluster_options["n_workers"], cluster_options["threads_per_worker"], dashboard) if client is None else {}),
-    )
+    conn = connect_for(largest, client, **cluster_options)
     writer = None
     shared = _shared_calculations(plans)
     held: list[Future] = []

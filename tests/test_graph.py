@@ -199,3 +199,13 @@ def test_batched_run_gives_the_same_result(inprocess_client):
     single = mbdask.compute(inp, inprocess_client, batch=False)
     assert batched.properties.return_energy == single.properties.return_energy
     assert batched.extras["mbdask"]["levels"] == single.extras["mbdask"]["levels"]
+
+
+def test_every_worker_holds_the_expansion_context(inprocess_client):
+    """The context every fragment task takes is on all workers, not a graph node on one: a node on
+    one worker draws the short fragment tasks to it once Dask has learned their durations."""
+    sub = mbdask.start(sleep_input(), inprocess_client)
+    sub.result()
+    assert not any("context" in str(key) for key in dict(sub.graph.graph))
+    (holders,) = inprocess_client.who_has(sub.graph.context_ref).values()
+    assert set(holders) == set(inprocess_client.scheduler_info()["workers"])
