@@ -296,7 +296,7 @@ def write_section(text: str, page: Path = ROOT / "docs" / "benchmarks.md", secti
         page.write_text(old.rstrip("\n") + "\n\n" + text)
         return
     end = old.find("\n## ", start + len(section))
-    page.write_text(old[:start] + text + (old[end + 1 :] if end >= 0 else ""))
+    page.write_text(old[:start] + text.rstrip("\n") + "\n" + (("\n" + old[end + 1 :]) if end >= 0 else ""))
 
 
 def main() -> None:

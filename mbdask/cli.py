@@ -493,6 +493,10 @@ def _optimize(args: argparse.Namespace) -> int:
         trajectory=args.trajectory, screening=_screening(args), worker_timeout=args.worker_timeout,
         **_cluster_options(args, _security(args)), **_run_options(args),
     )
+    print(f"{'step':>5}  {'MBE energy / Eh':>20}  {'change / Eh':>12}  {'RMS gradient':>12}  {'max gradient':>12}")
+    for step, (energy, rms, largest) in enumerate(zip(opt.energies, opt.gradient_rms, opt.gradient_max)):
+        change = "" if step == 0 else f"{energy - opt.energies[step - 1]:+.3e}"
+        print(f"{step:>5}  {energy:>20.10f}  {change:>12}  {rms:>12.3e}  {largest:>12.3e}")
     state = "converged" if opt.converged else f"NOT converged after {opt.steps} steps (--max-steps)"
     print(f"mbdask: optimisation {state}: {opt.steps} steps, {opt.evaluations} expansions, final MBE energy {opt.energy:.10f} Eh")
     if args.output:

@@ -283,6 +283,7 @@ def test_cli_optimize_writes_the_final_geometry_and_the_trajectory(tmp_path, cap
     ])
     out = capsys.readouterr().out
     assert code == 1 and "NOT converged after 3 steps" in out  # stopped at --max-steps: exit 1, files still written
+    assert "MBE energy / Eh" in out and len([line for line in out.splitlines() if line[:5].strip() in {"0", "1", "2", "3"}]) == 4
     frames = read_xyz_frames(path)
     assert len(frames) == 4 and len(read_xyz_frames(final)) == 1  # the start and three steps
     assert np.allclose(read_xyz_frames(final)[0].geometry, frames[-1].geometry, atol=1e-6)
