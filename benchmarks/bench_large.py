@@ -53,12 +53,13 @@ def _seconds(text: str) -> float:
 
 
 class MemorySampler(threading.Thread):
-    """Peak RSS of a process and, separately, of each of its descendants, sampled every second."""
+    """Peak RSS of a process and, separately, of each of its descendants, and the process's last CPU seconds, sampled every second."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.pid = pid
         self.main_peak = 0
+        self.main_cpu = 0.0
         self.child_peaks: dict[int, int] = {}
         self.stop = threading.Event()
 
@@ -70,6 +71,8 @@ class MemorySampler(threading.Thread):
         while not self.stop.is_set():
             try:
                 self.main_peak = max(self.main_peak, proc.memory_info().rss)
+                times = proc.cpu_times()
+                self.main_cpu = times.user + times.system
                 for child in proc.children(recursive=True):
                     try:
                         self.child_peaks[child.pid] = max(self.child_peaks.get(child.pid, 0), child.memory_info().rss)

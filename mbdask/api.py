@@ -299,7 +299,7 @@ def _units(
     by_source: dict[Any, list[tuple[FragmentJob, str]]] = {}
     for label, (future, there) in borrowed.items():
         by_source.setdefault(future.key, []).append((by_label[label], there))
-    for key, pairs in by_source.items():
+    for pairs in by_source.values():
         future = borrowed[pairs[0][0].label][0]
         units.append(Unit(tuple(job for job, _ in pairs), 0.0, resources.cores, source=future, source_labels=tuple(t for _, t in pairs)))
     return units
