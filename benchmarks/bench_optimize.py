@@ -96,16 +96,16 @@ def sequential_mbe(inp: dict):
 def run_mbdask(inp: dict, max_steps: int, workers: int, *, running: bool = False) -> dict:
     """``mbdask.optimize`` with no client (it starts and closes a LocalCluster, timed), or with ``running``
     on a LocalCluster started beforehand (untimed), as in a notebook."""
-    from distributed import Client
 
-    import mbdask
+    from mbdask.cluster import connected
     from mbdask.optimize import optimize
 
     with contextlib.ExitStack() as stack:
         client, where = None, "cluster start included"
         if running:
-            cluster = stack.enter_context(mbdask.start_local_cluster(mbdask.ClusterSize.from_machine(n_workers=workers), dashboard_address=None))
-            client, where = stack.enter_context(Client(cluster, set_as_default=False)), "on a running cluster"
+            # the LocalCluster mbdask itself starts (workers forked from this process), started before the clock
+            conn = stack.enter_context(connected(n_workers=workers, dashboard=False))
+            client, where = conn.client, "on a running cluster"
         start = time.perf_counter()
         result = optimize(inp, client, max_steps=max_steps, n_workers=workers)
         wall = time.perf_counter() - start

@@ -82,10 +82,11 @@ if __name__ == "__main__":
 WARM = """
 import json, sys, time
 import mbdask
-from distributed import Client
+from mbdask.cluster import connected
 if __name__ == "__main__":
     paths, repeats = sys.argv[1:-1], int(sys.argv[-1])
-    with Client(mbdask.start_local_cluster(mbdask.ClusterSize.from_machine())) as client:
+    with connected() as conn:  # the LocalCluster mbdask.compute would start here: workers forked from this process
+        client = conn.client
         for path in paths:
             inp = mbdask.load_input(path)
             mbdask.compute(inp, client)  # warm-up: the workers import the QC program
@@ -148,7 +149,8 @@ def _muted_xtb(inp: dict) -> dict | None:
 
 
 def warm(paths: list[Path], repeats: int = 3) -> list[dict]:
-    """Each input through ``mbdask.compute`` on a cluster that is already up, as in a notebook (one process)."""
+    """Each input through ``mbdask.compute`` on a cluster that is already up, as in a script's loop: one
+    process, the LocalCluster mbdask starts (workers forked from it), one warm-up run, then best of 3."""
     _, stdout = _timed([sys.executable, "-c", WARM, *map(str, paths), str(repeats)], {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
     return [json.loads(line) for line in stdout.strip().splitlines() if line.startswith("{")]
 
@@ -257,8 +259,8 @@ def section_markdown(result: dict, machine: str) -> str:
             lines.append(f"| {row['case']} | " + " | ".join(cells) + " |")
     if any("warm" in row for row in result.get("rows", [])):
         lines += [
-            "", "The same inputs through `mbdask.compute` on a cluster that is already up (one process: cluster started, "
-            "one warm-up run, then best of 3, as in a notebook):", "",
+            "", "The same inputs through `mbdask.compute` on a cluster that is already up (one process, the LocalCluster "
+            "mbdask starts, with workers forked from it; one warm-up run, then best of 3: a script's loop):", "",
             "| case | wall s | bound s | efficiency | call to first fragment s |", "|---|---|---|---|---|",
         ]
         for row in result["rows"]:

@@ -12,7 +12,7 @@ best of ``REPEATS``:
   fragments; found per frame from connectivity, a stretched O-H bond in one frame makes a
   fragment of a lone H, whose trimers xtb cannot converge);
 * ``library loop``: one process, one cluster, ``mbdask.compute`` per frame in a loop (a
-  notebook's loop: no start-up per frame, but each frame's tail idles).
+  script's loop on mbdask's own LocalCluster: no start-up per frame, but each frame's tail idles).
 
 Idle-core share = 1 - (sum of the fragments' QC program seconds) / (cores x wall time).
 
@@ -42,12 +42,13 @@ SECTION = "## Many structures in one run"
 LIBRARY_LOOP = """
 import json, sys, time
 import mbdask
-from distributed import Client
+from mbdask.cluster import connected
 if __name__ == "__main__":
     paths = sys.argv[1:]
     start = time.perf_counter()
     busy, energies = 0.0, []
-    with Client(mbdask.start_local_cluster(mbdask.ClusterSize.from_machine())) as client:
+    with connected() as conn:  # the LocalCluster mbdask starts: workers forked from this process
+        client = conn.client
         for path in paths:
             result = mbdask.compute(path, client)
             busy += result.extras["mbdask"]["timing"]["sum_task_seconds"]
@@ -158,7 +159,7 @@ def section_markdown(result: dict, machine: str) -> str:
     ]
     names = {
         "one run": "`python -m mbdask run traj.xyz` (one run, one cluster)",
-        "library loop": "`mbdask.compute` per frame on one cluster (a notebook loop)",
+        "library loop": "`mbdask.compute` per frame on one cluster (a script's loop)",
         "shell loop": "`python -m mbdask run traj-K.json` per frame (a shell loop)",
     }
     for row in result["rows"]:

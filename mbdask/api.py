@@ -16,7 +16,7 @@ import uuid
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Collection, Iterator, Optional, Union
+from typing import Any, Callable, Collection, Iterator, Optional, Union
 
 from distributed import Client, Future, as_completed
 from qcmanybody.models.v2 import ManyBodyResult
@@ -501,7 +501,7 @@ def submit_plan(
     graph = build_graph(
         the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known, retries=retries, order=order,
         increment_tasks=increment_tasks(workers), cluster_cores=total_cores(workers), priority_offset=priority_offset,
-        scatter=lambda ctx: conn.client.scatter(ctx, broadcast=True, hash=False),
+        scatter=_scatter_to_all(conn.client) if _forked_here(conn) else None,
     )
     # units that compute something: their outputs come back here and go into the store
     to_store = [key for key, unit in graph.units.items() if unit.source is None and any(job.label not in known for job in unit.jobs)] if store is not None else []
@@ -580,6 +580,16 @@ _log = logging.getLogger("mbdask")
 def say(message: str) -> None:
     """A notice for the user (stderr by default): the ``mbdask`` logger at WARNING."""
     _log.warning(message)
+
+
+def _scatter_to_all(client: Client) -> Callable[[Any], Future]:
+    """Put an object on every worker and return its future (:func:`mbdask.graph.build_graph`'s ``scatter``).
+
+    Only for workers forked from this process: scattered data cannot be recomputed, and if
+    every worker holding it left (a batch system ending its jobs), the run could not go on
+    with the workers that join next. Those clusters keep the context a node of the graph.
+    """
+    return lambda value: client.scatter(value, broadcast=True, hash=False)
 
 
 def _forked_here(conn: Connection) -> bool:

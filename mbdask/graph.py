@@ -304,11 +304,12 @@ def build_graph(
 
     ``scatter``: puts the :class:`ExpansionContext` on the workers and returns its future
     (``client.scatter(..., broadcast=True)``), which the tasks then take. Without it the
-    context is a node of the graph, held by the one worker that "computes" it, and every
-    fragment task depends on that worker's data: once Dask has learned how short the
-    fragment tasks are, it sends most of them there rather than move the context, and
-    stealing them back is not worth its while for tasks that short (one worker busy, the
-    other half idle, seen in repeated runs on one cluster).
+    context is a node of the graph, held by the one worker that "computes" it: Dask sends a
+    task only to workers holding its dependencies and leaves the rest to work stealing,
+    which, once Dask has learned how short the fragment tasks are, no longer finds them worth
+    moving (one worker busy, the other half idle, seen in repeated runs on one cluster). A
+    graph node can be recomputed when every worker has left, scattered data cannot: mbdask
+    scatters only to workers it forked (:func:`mbdask.api.submit_plan`).
     """
     with gc_paused():
         return _build_graph(

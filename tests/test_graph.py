@@ -201,9 +201,17 @@ def test_batched_run_gives_the_same_result(inprocess_client):
     assert batched.extras["mbdask"]["levels"] == single.extras["mbdask"]["levels"]
 
 
-def test_every_worker_holds_the_expansion_context(inprocess_client):
-    """The context every fragment task takes is on all workers, not a graph node on one: a node on
-    one worker draws the short fragment tasks to it once Dask has learned their durations."""
+def test_the_expansion_context_is_on_every_worker_it_may_be(inprocess_client, monkeypatch):
+    """On workers mbdask forked, the context every fragment task takes is scattered to all of them: a
+    graph node on one worker draws the short fragment tasks to it once Dask has learned their
+    durations. Elsewhere it stays a node of the graph, which Dask recomputes when every worker has
+    left (a batch system's jobs; test_scheduler_waits.py), and scattered data it cannot."""
+    from mbdask import api
+
+    sub = mbdask.start(sleep_input(), inprocess_client)
+    sub.result()
+    assert any("context" in str(key) for key in dict(sub.graph.graph))
+    monkeypatch.setattr(api, "_forked_here", lambda conn: True)
     sub = mbdask.start(sleep_input(), inprocess_client)
     sub.result()
     assert not any("context" in str(key) for key in dict(sub.graph.graph))
