@@ -36,7 +36,7 @@ from .cluster import (
 from .cluster import worker_timeout as cluster_worker_timeout
 from .cost import CostModel
 from .errors import FragmentFailedError, InputError, NoWorkersError
-from .execute import ExpansionContext
+from .execute import ExpansionContext, SharedContext
 from .graph import ORDERS, ExpansionGraph, FragmentResources, build_graph, result_function
 from .inputs import InputLike
 from .plan import FragmentJob, Plan, make_plan, truncated_input
@@ -501,7 +501,7 @@ def submit_plan(
     graph = build_graph(
         the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known, retries=retries, order=order,
         increment_tasks=increment_tasks(workers), cluster_cores=total_cores(workers), priority_offset=priority_offset,
-        scatter=_scatter_to_all(conn.client) if _forked_here(conn) else None,
+        share=_scatter_to_all(conn.client) if _forked_here(conn) else _kept_by_scheduler(conn.client),
     )
     # units that compute something: their outputs come back here and go into the store
     to_store = [key for key, unit in graph.units.items() if unit.source is None and any(job.label not in known for job in unit.jobs)] if store is not None else []
@@ -583,13 +583,23 @@ def say(message: str) -> None:
 
 
 def _scatter_to_all(client: Client) -> Callable[[Any], Future]:
-    """Put an object on every worker and return its future (:func:`mbdask.graph.build_graph`'s ``scatter``).
+    """Put an object on every worker and return its future (for :func:`mbdask.graph.build_graph`'s ``share``).
 
     Only for workers forked from this process: scattered data cannot be recomputed, and if
     every worker holding it left (a batch system ending its jobs), the run could not go on
-    with the workers that join next. Those clusters keep the context a node of the graph.
+    with the workers that join next. Other clusters get it from the scheduler
+    (:func:`_kept_by_scheduler`); scattering costs no round trip per worker.
     """
     return lambda value: client.scatter(value, broadcast=True, hash=False)
+
+
+def _kept_by_scheduler(client: Client) -> Callable[[Any], SharedContext]:
+    """Give the context to the scheduler, which hands it to each worker once (:class:`~mbdask.execute.SharedContext`).
+
+    For clusters whose workers may all leave and others join (batch systems): nothing
+    is lost with a worker, and no task depends on one worker's data.
+    """
+    return lambda ctx: SharedContext(f"mbdask-context-{uuid.uuid4().hex}").publish(ctx, client)
 
 
 def _forked_here(conn: Connection) -> bool:
@@ -624,6 +634,8 @@ def result_of(sub: Submission, *, keep_going: bool = False, timeout: Optional[fl
     finally:
         if ended:
             sub.close_store()
+            if isinstance(sub.graph.context_ref, SharedContext):
+                sub.graph.context_ref.withdraw(sub.client)
 
 
 def _result_or_partial(sub: Submission, keep_going: bool, timeout: Optional[float]) -> ManyBodyResult:

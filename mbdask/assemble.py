@@ -212,6 +212,9 @@ def assemble_result(
     expansions); the graph decides it on the client, where the user's Dask config is; by
     default, more calculations than :func:`inline_limit`.
     """
+    from .execute import resolve_context
+
+    ctx = resolve_context(ctx)
     with gc_paused():  # hundreds of thousands of objects made here: a third faster at 43,744 calculations
         return _assemble_result(ctx, levels, units, partial, screening, tables)
 

@@ -181,6 +181,61 @@ class ExpansionContext:
         return state
 
 
+@dataclass(frozen=True)
+class SharedContext:
+    """An :class:`ExpansionContext` the scheduler keeps (a ``distributed.Variable`` holding it pickled),
+    named in tasks instead of passed as data: each worker process fetches it once, at its first
+    task of the expansion (:func:`resolve_context`).
+
+    Why not a node of the graph or scattered data: a task goes only to workers holding its
+    dependencies, so a context on one worker draws the fragment tasks there (see
+    :func:`mbdask.graph.build_graph`), and scattered data is lost for good when every worker
+    leaves. A context the scheduler keeps is neither a dependency nor lost with a worker.
+    """
+
+    name: str
+
+    def publish(self, ctx: "ExpansionContext", client: Any) -> "SharedContext":
+        """Give ``ctx`` to the scheduler under this name; returns self, for the tasks."""
+        import pickle
+
+        from distributed import Variable
+
+        Variable(self.name, client=client).set(pickle.dumps(ctx, protocol=pickle.HIGHEST_PROTOCOL))
+        return self
+
+    def withdraw(self, client: Any) -> None:
+        """Drop the context from the scheduler (the expansion has ended)."""
+        from distributed import Variable
+
+        with contextlib.suppress(Exception):
+            Variable(self.name, client=client).delete()
+
+
+#: Contexts this process fetched, by name, the most recent last (a worker serves few expansions at once).
+_FETCHED: dict[str, "ExpansionContext"] = {}
+_FETCHED_KEPT = 8
+#: Seconds a task waits for the scheduler to hand out a context.
+CONTEXT_TIMEOUT = 60
+
+
+def resolve_context(ctx: Any) -> "ExpansionContext":
+    """``ctx`` itself, or for a :class:`SharedContext` the context it names, fetched from the scheduler once per process."""
+    if not isinstance(ctx, SharedContext):
+        return ctx
+    found = _FETCHED.get(ctx.name)
+    if found is None:
+        import pickle
+
+        from distributed import Variable, get_client
+
+        found = pickle.loads(Variable(ctx.name, client=get_client()).get(timeout=CONTEXT_TIMEOUT))
+        _FETCHED[ctx.name] = found
+        while len(_FETCHED) > _FETCHED_KEPT:
+            _FETCHED.pop(next(iter(_FETCHED)))
+    return found
+
+
 def _worker_name() -> str:
     try:
         from distributed import get_worker
@@ -291,6 +346,7 @@ def run_unit(
     receives (:class:`mbdask.store.StoreWriter`).
     ``predicted`` (seconds per job, from the cost model) is recorded beside the measured time.
     """
+    ctx = resolve_context(ctx)
     with pinned_threads(int(ncores)):
         outputs = _run_unit_pinned(ctx, jobs, UnitState.start(ctx, ncores, memory_gib), known or {})
     for job, seconds in zip(jobs, predicted):

@@ -187,7 +187,7 @@ class ExpansionGraph:
     #: increment node key -> its increments (a :class:`IncrementGroups`, made on access)
     increments: Mapping[Key, list[Increment]] = field(repr=False)
     #: what every fragment task is given: the :class:`ExpansionContext`, and how the tasks name it
-    #: (its key in this graph, or the future of it scattered to every worker)
+    #: (its key in this graph, a future of it scattered to every worker, or a SharedContext)
     context: Any = field(default=None, repr=False)
     context_ref: Any = field(default=None, repr=False)
 
@@ -290,7 +290,7 @@ def build_graph(
     increment_tasks: Optional[int] = None,
     cluster_cores: Optional[int] = None,
     priority_offset: float = 0.0,
-    scatter: Optional[Callable[[Any], Any]] = None,
+    share: Optional[Callable[[Any], Any]] = None,
 ) -> ExpansionGraph:
     """Translate a plan into a HighLevelGraph with per-task annotations.
 
@@ -302,19 +302,18 @@ def build_graph(
     is added to every fragment's priority: expansions sent together with decreasing offsets
     run one after another, each one's tail filled by the next one's work.
 
-    ``scatter``: puts the :class:`ExpansionContext` on the workers and returns its future
-    (``client.scatter(..., broadcast=True)``), which the tasks then take. Without it the
-    context is a node of the graph, held by the one worker that "computes" it: Dask sends a
-    task only to workers holding its dependencies and leaves the rest to work stealing,
-    which, once Dask has learned how short the fragment tasks are, no longer finds them worth
-    moving (one worker busy, the other half idle, seen in repeated runs on one cluster). A
-    graph node can be recomputed when every worker has left, scattered data cannot: mbdask
-    scatters only to workers it forked (:func:`mbdask.api.submit_plan`).
+    ``share``: hands the :class:`ExpansionContext` to the workers by other means than the
+    graph and returns what the tasks take instead (a future of it scattered to every worker,
+    or a :class:`~mbdask.execute.SharedContext` the scheduler keeps). Without it the context
+    is a node of the graph, held by the one worker that "computes" it: Dask sends a task only
+    to workers holding its dependencies and leaves the rest to work stealing, which, once
+    Dask has learned how short the fragment tasks are, no longer finds them worth moving
+    (one worker busy, the other half idle, seen in repeated runs on one cluster).
     """
     with gc_paused():
         return _build_graph(
             plan, token, resources, units, known, retries, keep_cluster_results, order, increment_tasks, cluster_cores, priority_offset,
-            scatter,
+            share,
         )
 
 
@@ -330,12 +329,12 @@ def _build_graph(
     increment_tasks: Optional[int],
     cluster_cores: Optional[int],
     priority_offset: float = 0.0,
-    scatter: Optional[Callable[[Any], Any]] = None,
+    share: Optional[Callable[[Any], Any]] = None,
 ) -> ExpansionGraph:
     if keep_cluster_results is None:
         keep_cluster_results = plan.input.specification.protocols.cluster_results.value == "all"
     ctx = ExpansionContext(plan.input, plan.specifications, keep_cluster_results, cluster_cores)
-    ctx_key = context_key(token) if scatter is None else scatter(ctx)  # a key of this graph, or a future on every worker
+    ctx_key = context_key(token) if share is None else share(ctx)  # a key of this graph, or what the workers take instead
     known = known or {}
     if units is None:
         units = make_units(plan.jobs, CostModel.for_plan(plan), workers=1, batch=False, cores=resources.cores)
@@ -436,7 +435,7 @@ def _build_graph(
     # Cheap bookkeeping nodes go ahead of any fragment so results stream as soon as possible.
     top = {"priority": 1e300}
     layers = {
-        "context": MaterializedLayer({ctx_key: ctx} if scatter is None else {}),
+        "context": MaterializedLayer({ctx_key: ctx} if share is None else {}),
         "fragments": MaterializedLayer(unit_tasks, annotations=frag_annotations),
         "increments": MaterializedLayer(inc_tasks, annotations=dict(top)),
         "levels": MaterializedLayer(level_tasks, annotations=dict(top)),

@@ -201,19 +201,25 @@ def test_batched_run_gives_the_same_result(inprocess_client):
     assert batched.extras["mbdask"]["levels"] == single.extras["mbdask"]["levels"]
 
 
-def test_the_expansion_context_is_on_every_worker_it_may_be(inprocess_client, monkeypatch):
-    """On workers mbdask forked, the context every fragment task takes is scattered to all of them: a
-    graph node on one worker draws the short fragment tasks to it once Dask has learned their
-    durations. Elsewhere it stays a node of the graph, which Dask recomputes when every worker has
-    left (a batch system's jobs; test_scheduler_waits.py), and scattered data it cannot."""
+def test_no_fragment_task_depends_on_one_workers_context(inprocess_client, monkeypatch):
+    """The context every fragment task takes is never data on one worker, which draws the short
+    fragment tasks to it once Dask has learned their durations. On workers mbdask forked it is
+    scattered to all of them; elsewhere the scheduler keeps it and each worker fetches it once,
+    so that it survives every worker leaving (a batch system's jobs; test_scheduler_waits.py),
+    which scattered data does not. It is withdrawn from the scheduler when the run ends."""
+    from distributed import Variable
+
     from mbdask import api
+    from mbdask.execute import SharedContext
 
     sub = mbdask.start(sleep_input(), inprocess_client)
-    sub.result()
-    assert any("context" in str(key) for key in dict(sub.graph.graph))
+    first = sub.result()
+    assert not any("context" in str(key) for key in dict(sub.graph.graph))
+    assert isinstance(sub.graph.context_ref, SharedContext)
+    with pytest.raises(TimeoutError):  # withdrawn
+        Variable(sub.graph.context_ref.name, client=inprocess_client).get(timeout=0.2)
     monkeypatch.setattr(api, "_forked_here", lambda conn: True)
     sub = mbdask.start(sleep_input(), inprocess_client)
-    sub.result()
-    assert not any("context" in str(key) for key in dict(sub.graph.graph))
+    assert sub.result().properties.return_energy == first.properties.return_energy
     (holders,) = inprocess_client.who_has(sub.graph.context_ref).values()
     assert set(holders) == set(inprocess_client.scheduler_info()["workers"])
