@@ -153,12 +153,18 @@ def optimize(
         check_writable(trajectory)
     with captured_geometric_log():
         _geometric_params(geometric, max_steps, convergence, geometric_options)  # refused now, not after the cluster started
+    from .execute import pinned_threads
+
     model = gradient_input(inp)
     first = _first_plan(model, screening, run_options.get("check_installed", True))
     conn = _connect(client, first, cluster_options)
     try:
         expansions = Expansions(model, conn.client, run_options, screening, freeze_screening, first)
-        with single_threaded_blas():
+        # This process's BLAS/OpenMP on one thread while geomeTRIC runs here and the expansions on the
+        # workers: geomeTRIC's matrices are small, but OpenBLAS's threads spin after each call and
+        # take the cores local workers need for the next step ((H2O)6 3-body GFN2-xTB on 2 cores
+        # took about 1.5x as long per step with them, benchmarks/bench_optimize.py).
+        with pinned_threads(1):
             run = minimise(
                 model.molecule, expansions, max_steps=max_steps, convergence=convergence, geometric_options=geometric_options,
                 trajectory=trajectory,
@@ -166,21 +172,6 @@ def optimize(
     finally:
         conn.close()
     return _result(run, expansions)
-
-
-@contextlib.contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """This process's BLAS on one thread while geomeTRIC runs here and the expansions run on the workers.
-
-    geomeTRIC's matrices are small (a few hundred internal coordinates), but OpenBLAS's
-    threads spin for a while after each call, taking the cores that local workers need
-    for the next step's fragments: (H2O)6 3-body GFN2-xTB on 2 cores took about 1.5x as
-    long per step with them (benchmarks/bench_optimize.py). A remote cluster loses nothing.
-    """
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 @dataclass

@@ -109,17 +109,21 @@ class Progress:
         width = max((len(c.model) for c in self.levels.values()), default=0)
         rows = []
         for (model, nbody), count in sorted(self.levels.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            filled = int(BAR_WIDTH * count.done / count.total) if count.total else BAR_WIDTH
-            bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-            rows.append(f"  {model:<{width}}  {nbody}-body  [{bar}] {count.done:>7d}/{count.total:<7d}")
+            rows.append(f"  {model:<{width}}  {nbody}-body  {bar(count.done, count.total)}")
         left = self.remaining_seconds()
-        tail = f"  {self.done}/{self.total} fragment calculations, {_duration(self.elapsed)} elapsed"
+        tail = f"  {self.done}/{self.total} fragment calculations, {duration(self.elapsed)} elapsed"
         if left is not None and self.done < self.total:
-            tail += f", about {_duration(left)} left"
+            tail += f", about {duration(left)} left"
         return rows + [tail]
 
 
-def _duration(seconds: float) -> str:
+def bar(done: int, total: int) -> str:
+    """``[#####-----]   done/total``, the bar every progress line draws."""
+    filled = int(BAR_WIDTH * done / total) if total else BAR_WIDTH
+    return f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {done:>7d}/{total:<7d}"
+
+
+def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds} s"

@@ -414,14 +414,14 @@ def structures_figure(results: Any):
     from bokeh.models import ColumnDataSource, HoverTool
     from bokeh.plotting import figure
 
-    rows = [row for row in results.rows() if row["status"] != "failed"]
-    index = [i for i, row in enumerate(results.rows(), start=1) if row["status"] != "failed"]
-    if not rows:
+    numbered = [(i, row) for i, row in enumerate(results.rows(), start=1) if row["status"] != "failed"]
+    if not numbered:
         return None
+    index, rows = zip(*numbered)
     totals = [row.get("total_energy", row["return_energy"]) for row in rows]
     lowest = min(totals)
     source = ColumnDataSource({
-        "index": index, "name": [row["structure"] for row in rows],
+        "index": list(index), "name": [row["structure"] for row in rows],
         "relative": [(e - lowest) * HARTREE_TO_KCAL for e in totals],
         "interaction": [row.get("interaction_kcal", math.nan) for row in rows],
     })

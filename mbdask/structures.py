@@ -405,7 +405,7 @@ class ManyProgress:
         return all(self._finished.values())
 
     def lines(self) -> list[str]:
-        from .progress import BAR_WIDTH, _duration
+        from .progress import bar, duration
 
         done = sum(p.done for p in self.structures.values())
         total = sum(p.total for p in self.structures.values())
@@ -415,16 +415,13 @@ class ManyProgress:
         width = max((len(name) for name in self.structures), default=0)
         rows = []
         for name in running[: self.SHOWN]:
-            p = self.structures[name]
-            filled = int(BAR_WIDTH * p.done / p.total) if p.total else BAR_WIDTH
-            rows.append(f"  {name:<{width}}  [{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {p.done:>7d}/{p.total:<7d}")
+            rows.append(f"  {name:<{width}}  {bar(self.structures[name].done, self.structures[name].total)}")
         if len(running) > self.SHOWN:
             rows.append(f"  ... {len(running) - self.SHOWN} more structures to run")
-        left = [p.remaining_seconds() for p in self.structures.values() if p.total]
         elapsed = time.monotonic() - self.started
         tail = (
             f"  structures: {finished} done, {failed} failed, {len(running)} to go of {len(self.structures) + len(self.errors)}; "
-            f"{done}/{total} fragment calculations, {_duration(elapsed)} elapsed"
+            f"{done}/{total} fragment calculations, {duration(elapsed)} elapsed"
         )
         return rows + [tail]
 
