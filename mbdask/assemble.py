@@ -9,6 +9,8 @@ must sum to QCManyBody's n-body energies, which the tests check.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -17,9 +19,9 @@ from qcmanybody.utils import delabeler, labeler
 from qcmanybody.v2 import ManyBodyComputer
 
 from . import config
-from .cost import calibrated_during_run
+from .cost import calibrated_predictions
 from .plan import gc_paused
-from .tables import Rows
+from .tables import Ragged, Rows
 
 #: Columns of the per-cluster increments table, per BSSE treatment.
 INCREMENT_COLUMNS = ("nbody", "model", "fragments", "energy")
@@ -43,20 +45,103 @@ def parse_label(label: str) -> tuple[str, list[int], list[int]]:
     if sep and head.startswith('["') and "\\" not in head and rest.endswith("]]"):
         real_text, sep2, basis_text = rest[:-2].partition("], [")
         if sep2:
-            real = list(map(int, real_text.split(", ")))
-            return head[2:], real, real[:] if basis_text == real_text else list(map(int, basis_text.split(", ")))
+            real = list(map(int, real_text.split(", "))) if real_text else []
+            return head[2:], real, real[:] if basis_text == real_text else list(map(int, basis_text.split(", "))) if basis_text else []
     model, real_t, basis_t = delabeler(label)
     return model, list(real_t), list(basis_t)
 
 
-def qcmanybody_order(core: Any) -> list[str]:
-    """Labels in the order QCManyBody's ``iterate_molecules`` yields them (no molecules built)."""
-    seen: dict[str, None] = {}
+def fast_label(model: str, real: Sequence[int], basis: Sequence[int]) -> str:
+    """QCManyBody's ``labeler(model, real, basis)`` (``json.dumps``), written directly where the model
+    name needs no JSON escaping: 679,120 labels in a fraction of a second instead of seconds."""
+    if '"' in model or "\\" in model or not model.isprintable() or not model.isascii():
+        return labeler(model, tuple(real), tuple(basis))
+    return f'["{model}", [{", ".join(map(str, real))}], [{", ".join(map(str, basis))}]]'
+
+
+def qcmanybody_order(core: Any) -> tuple[list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
+    """Labels in the order QCManyBody's ``iterate_molecules`` yields them (no molecules built), and
+    each one's (model, real, basis), so that nothing has to parse the labels again."""
+    seen: dict[tuple, None] = {}
     for model, compute_dict in core.compute_map.items():
         for compute_list in compute_dict["all"].values():
             for real, basis in compute_list:
-                seen.setdefault(labeler(model, real, basis))
-    return list(seen)
+                seen.setdefault((model, real, basis))
+    parts = list(seen)
+    return [fast_label(str(model), real, basis) for model, real, basis in parts], parts
+
+
+@dataclass
+class OutputColumns:
+    """Fragment outputs of many units as columns: what a collect node hands to the result node.
+
+    679,120 output dicts pickle, travel and unpickle in seconds and take gigabytes on the worker
+    that assembles the result; these columns move in milliseconds. The collect nodes make
+    them while fragments still run, so the work is off the end of the run. ``values`` is
+    kept only where an output holds more than its energy (gradients...), ``results`` only
+    for outputs that carry their ``AtomicResult``; missing numbers are NaN.
+    """
+
+    labels: list[str]
+    energy: np.ndarray
+    stored: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
+    predicted: np.ndarray
+    own: np.ndarray
+    ncores: np.ndarray
+    worker: list
+    values: Optional[list[dict]] = None
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, *units: dict[str, dict]) -> "OutputColumns":
+        """The outputs of ``units`` (dicts by label, as fragment units return them), later units winning."""
+        outputs = list(merge_units(*units).values())
+        nan = float("nan")
+        values = [out["values"] for out in outputs]
+        plain = all(len(v) == 1 and "energy" in v for v in values)
+        return cls(
+            labels=[out["label"] for out in outputs],
+            energy=np.array([v.get("energy", nan) for v in values], dtype=float),
+            stored=np.array([bool(out.get("stored")) for out in outputs], dtype=bool),
+            start=np.array([out.get("start", nan) for out in outputs], dtype=float),
+            stop=np.array([out.get("stop", nan) for out in outputs], dtype=float),
+            predicted=np.array([nan if out.get("predicted") is None else out["predicted"] for out in outputs], dtype=float),
+            own=np.array([nan if out.get("own") is None else out["own"] for out in outputs], dtype=float),
+            ncores=np.array([out.get("ncores", 0) for out in outputs], dtype=np.int64),
+            worker=[out.get("worker") for out in outputs],
+            values=None if plain else values,
+            results={out["label"]: out["result"] for out in outputs if "result" in out},
+        )
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Union["OutputColumns", dict[str, dict]]]) -> "OutputColumns":
+        """One table of ``parts`` (columns, or unit outputs by label), in order."""
+        cols = [part if isinstance(part, OutputColumns) else cls.of(part) for part in parts]
+        if len(cols) == 1:
+            return cols[0]
+        arrays = {name: np.concatenate([getattr(c, name) for c in cols]) if cols else np.zeros(0)
+                  for name in ("energy", "stored", "start", "stop", "predicted", "own", "ncores")}
+        plain = all(c.values is None for c in cols)
+        return cls(
+            labels=[label for c in cols for label in c.labels],
+            worker=[w for c in cols for w in c.worker],
+            values=None if plain else [v for c in cols for v in (c.values if c.values is not None else c.energy_values())],
+            results={k: v for c in cols for k, v in c.results.items()},
+            **arrays,
+        )
+
+    def energy_values(self) -> list[dict]:
+        """Per output, its ``values`` dict (only an energy unless :attr:`values` says otherwise)."""
+        if self.values is not None:
+            return self.values
+        return [{"energy": e} for e in self.energy.tolist()]
+
+
+def collect_outputs(*units: dict[str, dict]) -> OutputColumns:
+    """A collect node: the outputs of a few dozen units as one :class:`OutputColumns`."""
+    return OutputColumns.of(*units)
 
 
 def merge_units(*units: dict[str, dict]) -> dict[str, dict]:
@@ -148,50 +233,64 @@ def level_table(levels: list[dict], core: Any) -> dict[str, dict[str, dict]]:
     return table
 
 
-def _timings(all_outputs: list[dict], cluster_cores: Optional[int] = None, parsed: Optional[dict[str, tuple]] = None) -> dict[str, Any]:
+def _timings(
+    cols: OutputColumns, rows: np.ndarray, parts: Sequence[tuple[str, Sequence[int], Sequence[int]]], cluster_cores: Optional[int], tables: bool
+) -> dict[str, Any]:
     """Per computed fragment: when, where, how long; outputs loaded from a store are only counted.
 
-    ``parsed`` (labels already parsed, by label) is given for large expansions, whose
-    per-fragment records are then :class:`~mbdask.tables.Rows`.
+    ``rows`` are the positions in ``cols`` of the calculations in QCManyBody's order, ``parts``
+    their (model, real, basis). With ``tables`` the per-fragment records are
+    :class:`~mbdask.tables.Rows`, made from the columns without a dict per fragment.
     """
-    outputs = [out for out in all_outputs if not out.get("stored")]
-    per_fragment = []
-    for out in outputs:
-        model, real, basis = parsed[out["label"]] if parsed is not None else parse_label(out["label"])
-        per_fragment.append(
-            {
-                "model": model,
-                "real": real,
-                "basis": basis,
-                "seconds": out["stop"] - out["start"],
-                "start": out["start"],
-                "worker": out["worker"],
-                "ncores": out["ncores"],
-                "predicted": out.get("predicted"),
-                "own_seconds": out.get("own"),
-            }
-        )
-    for frag, calibrated in zip(per_fragment, calibrated_during_run(per_fragment)):
-        frag["calibrated"] = calibrated
-    starts = [o["start"] for o in outputs]
-    stops = [o["stop"] for o in outputs]
+    computed = ~cols.stored[rows]
+    sel = rows[computed]
+    picked = [parts[k] for k in np.flatnonzero(computed).tolist()]
+    models = [model for model, _, _ in picked]
+    reals = [list(real) for _, real, _ in picked]
+    bases = [list(basis) for _, _, basis in picked]
+    start, stop = cols.start[sel], cols.stop[sel]
+    seconds = stop - start
+    workers = [cols.worker[k] for k in sel.tolist()]
+    calibrated = calibrated_predictions(
+        [(m, len(r), len(b)) for m, r, b in zip(models, reals, bases)], start, seconds, cols.predicted[sel], workers
+    )
+    columns = {
+        "model": models,
+        "real": reals,
+        "basis": bases,
+        "seconds": seconds.tolist(),
+        "start": start.tolist(),
+        "worker": workers,
+        "ncores": cols.ncores[sel].tolist(),
+        "predicted": _none_for_nan(cols.predicted[sel]),
+        "own_seconds": _none_for_nan(cols.own[sel]),
+        "calibrated": _none_for_nan(calibrated),
+    }
+    if tables:
+        fragments: Any = Rows([(columns, {})], TIMING_COLUMNS)
+    else:
+        fragments = [dict(zip(TIMING_COLUMNS, values)) for values in zip(*(columns[name] for name in TIMING_COLUMNS))]
     return {
-        "fragments": Rows.from_dicts(per_fragment, TIMING_COLUMNS) if parsed is not None else per_fragment,
-        "sum_task_seconds": sum(f["seconds"] for f in per_fragment),
-        "span_seconds": (max(stops) - min(starts)) if outputs else 0.0,
-        "workers": sorted({o["worker"] for o in outputs}),
-        "from_store": len(all_outputs) - len(outputs),
+        "fragments": fragments,
+        "sum_task_seconds": sum(columns["seconds"]),
+        "span_seconds": float(stop.max() - start.min()) if len(sel) else 0.0,
+        "workers": sorted(set(workers)),
+        "from_store": len(rows) - len(sel),
         "cluster_cores": cluster_cores,
     }
 
 
-def _cluster_energies(order: list[str], by_label: dict[str, dict], parsed: dict[str, tuple]) -> Rows:
+def _none_for_nan(values: np.ndarray) -> list[Optional[float]]:
+    return [None if value != value else value for value in values.tolist()]
+
+
+def _cluster_energies(cols: OutputColumns, rows: np.ndarray, parts: Sequence[tuple[str, Sequence[int], Sequence[int]]]) -> Rows:
     """Every calculation's energy (what ``cluster_properties`` holds for a small result), as a table."""
     return Rows.from_columns(
-        model=[parsed[label][0] for label in order],
-        real=[parsed[label][1] for label in order],
-        basis=[parsed[label][2] for label in order],
-        energy=np.array([by_label[label]["values"]["energy"] for label in order], dtype=float),
+        model=[model for model, _, _ in parts],
+        real=Ragged.from_lists([real for _, real, _ in parts]),
+        basis=Ragged.from_lists([basis for _, _, basis in parts]),
+        energy=cols.energy[rows],
     )
 
 
@@ -214,34 +313,49 @@ def assemble_result(
     """
     from .execute import resolve_context
 
+    began = time.time()
     ctx = resolve_context(ctx)
     with gc_paused():  # hundreds of thousands of objects made here: a third faster at 43,744 calculations
-        return _assemble_result(ctx, levels, units, partial, screening, tables)
+        result = _assemble_result(ctx, levels, units, partial, screening, tables)
+    # when the assembly ran (worker clock, as the fragments' times): ``--profile`` shows it as a phase
+    result.extras["mbdask"]["timing"]["assembly"] = {"start": began, "stop": time.time()}
+    return result
 
 
 def _assemble_result(
-    ctx: Any, levels: list[dict], units: tuple[dict[str, dict], ...], partial: Optional[dict], screening: Optional[dict], tables: Optional[bool]
+    ctx: Any,
+    levels: list[dict],
+    units: tuple[Union[OutputColumns, dict[str, dict]], ...],
+    partial: Optional[dict],
+    screening: Optional[dict],
+    tables: Optional[bool],
 ) -> ManyBodyResult:
     computer = ManyBodyComputer.from_manybodyinput(ctx.input, build_tasks=False)
-    by_label = merge_units(*units)
+    cols = OutputColumns.concatenate(units)
+    position = dict(zip(cols.labels, range(len(cols.labels))))  # a label given twice: the later output, as merge_units
     if screening is None:
         # QCManyBody's order, so that its sums are carried out in the same order, bit for bit.
-        order = qcmanybody_order(computer.qcmb_core)
-        analyzed = computer.qcmb_core.analyze({label: by_label[label]["values"] for label in order})
+        order, parts = qcmanybody_order(computer.qcmb_core)
+    else:
+        order = list(position)
+        parts = [parse_label(label) for label in order]
+    at = np.fromiter((position[label] for label in order), dtype=np.int64, count=len(order))
+    all_values = cols.energy_values()
+    values = {label: all_values[row] for label, row in zip(order, at.tolist())}
+    if screening is None:
+        analyzed = computer.qcmb_core.analyze(values)
     else:
         from .screening import screened_analysis
 
-        order = list(by_label)
-        analyzed = screened_analysis(computer.qcmb_core, {label: by_label[label]["values"] for label in order}, screening["coefficients"])
+        analyzed = screened_analysis(computer.qcmb_core, values, screening["coefficients"])
     analyzed["nbody_number"] = len(order)
-    # a large expansion keeps its rows as tables (labels parsed once, for two of them)
+    # a large expansion keeps its rows as tables
     if tables is None:
         tables = len(order) > inline_limit()
-    parsed = {label: parse_label(label) for label in order} if tables else None
-    if parsed is not None:
+    if tables:
         # 679k validated AtomicProperties would be gigabytes: the energies go into a table instead
         analyzed["component_properties"] = {}
-    cluster_results = {label: by_label[label]["result"] for label in order if "result" in by_label[label]}
+    cluster_results = {label: cols.results[label] for label in order if label in cols.results}
     result = computer.get_results(external_results=analyzed, component_results=cluster_results)
 
     from . import __version__
@@ -250,17 +364,17 @@ def _assemble_result(
     for bsse in dict.fromkeys(level["bsse"] for level in levels):
         blocks = [(lv["increments"], {"nbody": lv["nbody"], "model": lv["model"]}) for lv in levels if lv["bsse"] == bsse]
         rows = Rows([(columns, {**constants, **const}) for table, const in blocks for columns, constants in table.blocks], INCREMENT_COLUMNS)
-        increments[bsse] = rows if parsed is not None else list(rows)
+        increments[bsse] = rows if tables else list(rows)
     extras = dict(result.extras)
     extras["mbdask"] = {
         "version": __version__,
         "increments": increments,
         "levels": level_table(levels, computer.qcmb_core),
         "nfragment_calculations": len(order),
-        "timing": _timings([by_label[label] for label in order], ctx.cluster_cores, parsed),
+        "timing": _timings(cols, at, parts, ctx.cluster_cores, tables),
     }
-    if parsed is not None:
-        extras["mbdask"]["cluster_energies"] = _cluster_energies(order, by_label, parsed)
+    if tables:
+        extras["mbdask"]["cluster_energies"] = _cluster_energies(cols, at, parts)
     if partial:
         extras["mbdask"]["partial"] = partial
     update: dict[str, Any] = {"extras": extras}

@@ -13,9 +13,9 @@ Shape (see docs/design.md):
   trimers still run;
 * one *level* node per BSSE treatment and n-body order (sum of that order's increments,
   chained to the previous order so it carries the cumulative result);
-* *collect* nodes, each merging the outputs of a few dozen units in the order they are
-  expected to finish, so that the result node fetches a hundred-odd keys at the end rather
-  than one per unit;
+* *collect* nodes, each turning the outputs of a few dozen units (in the order they are
+  expected to finish) into columns, so that the result node fetches a hundred-odd compact
+  keys at the end rather than one dict per calculation;
 * one *result* node that runs QCManyBody's ``analyze`` over all fragment results.
 
 Keys are tuples whose first element reads like ``"frag hf/cc_pvdz 2-body"``, so the
@@ -36,7 +36,7 @@ from typing import Any, Callable, Hashable, Iterator, Optional, Sequence, Union
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from .assemble import assemble_result, borrowed_outputs, increment_energies, inline_limit, level_sum, merge_units
+from .assemble import assemble_result, borrowed_outputs, collect_outputs, increment_energies, inline_limit, level_sum
 from .batching import Unit, make_units
 from .cost import CostModel
 from .execute import ExpansionContext, run_unit
@@ -419,7 +419,7 @@ def _build_graph(
             level_keys[(bsse, nbody)] = key
             previous = key
 
-    collect_tasks = {collect_key(i, token): (merge_units,) + tuple(chunk) for i, chunk in enumerate(collect_groups(list(unit_keys), priorities))}
+    collect_tasks = {collect_key(i, token): (collect_outputs,) + tuple(chunk) for i, chunk in enumerate(collect_groups(list(unit_keys), priorities))}
     res_key = result_key(token)
     result_task = {res_key: (result_function(plan), ctx_key, list(level_keys.values())) + tuple(collect_tasks)}
 

@@ -26,7 +26,9 @@ PHASES = (
     ("submitted", "worker checks, graph built and submitted"),
     ("first_fragment", "until the first fragment starts"),
     ("last_fragment", "fragments (first start to last stop)"),
-    ("result", "assembly and result"),
+    ("assembly_start", "last increments, levels, collects"),
+    ("assembly_stop", "assembly on a worker"),
+    ("result", "result to the client, store closed"),
     ("closed", "cluster closed"),
     ("written", "outputs written"),
 )
@@ -63,9 +65,12 @@ class RunProfile:
         """The fragment span's ends, from the result's own per-fragment timings (worker clocks)."""
         fragments = result.extras["mbdask"]["timing"]["fragments"]
         if fragments:
-            starts, seconds = _column(fragments, "start"), _column(fragments, "seconds")
+            starts, seconds = column_of(fragments, "start"), column_of(fragments, "seconds")
             self.marks["first_fragment"] = min(starts)
             self.marks["last_fragment"] = max(a + b for a, b in zip(starts, seconds))
+        assembly = result.extras["mbdask"]["timing"].get("assembly")
+        if assembly:
+            self.marks["assembly_start"], self.marks["assembly_stop"] = assembly["start"], assembly["stop"]
 
     def summary(self, result: Any) -> dict:
         """Phases in seconds and the fragment span's split, as JSON-friendly data."""
@@ -80,7 +85,7 @@ class RunProfile:
         cores = timing.get("cluster_cores") or 1
         span = timing["span_seconds"]
         program = timing["sum_task_seconds"]
-        own_column = _column(fragments, "own_seconds")
+        own_column = column_of(fragments, "own_seconds")
         own = sum(value or 0.0 for value in own_column)
         recorded = any(value is not None for value in own_column)
         inside = {
@@ -92,7 +97,7 @@ class RunProfile:
             "dask_and_idle_seconds": max(0.0, span * cores - program - own),
         }
         wall = previous - start
-        bound = max(program / cores, max(_column(fragments, "seconds"), default=0.0))
+        bound = max(program / cores, max(column_of(fragments, "seconds"), default=0.0))
         return {
             "wall_seconds": wall,
             "phases": phases,
@@ -104,7 +109,7 @@ class RunProfile:
         }
 
 
-def _column(fragments: Any, name: str) -> list:
+def column_of(fragments: Any, name: str) -> list:
     """One field of every fragment record: a table's column at once (large results), else from each dict."""
     column = getattr(fragments, "column", None)
     return column(name) if column is not None else [f.get(name) for f in fragments]

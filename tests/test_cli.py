@@ -112,7 +112,8 @@ def test_run_bundled_example_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     # --profile: every phase from process start to the outputs, adding up to the wall time
     spent = json.loads(profile.read_text())
-    assert [row["phase"] for row in spent["phases"]][0] == "Python start and imports" and len(spent["phases"]) == 9
+    assert [row["phase"] for row in spent["phases"]][0] == "Python start and imports" and len(spent["phases"]) == 11
+    assert "assembly on a worker" in [row["phase"] for row in spent["phases"]]
     assert sum(row["seconds"] for row in spent["phases"]) == pytest.approx(spent["wall_seconds"], rel=1e-9)
     assert spent["fragments"] == 41 and 0 < spent["efficiency"] <= 1.0
     assert spent["fragment_span"]["mbdask_own_ms_per_fragment"] > 0  # recorded by the workers

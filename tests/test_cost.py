@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from mbdask.cost import CostModel, ModelCost, calibrated_during_run, kind_of
@@ -48,3 +49,43 @@ def test_a_run_calibrates_each_kind_from_its_first_finished_fragments():
     assert calibrated == pytest.approx([0.5, 0.5, 0.5, 0.5, 0.5, 1.0, 0.5 * 2.2, 0.5, 2.0])
     assert calibrated_during_run([]) == []
     assert calibrated_during_run([{**fragments[0], "predicted": None}]) == [None]
+
+
+def _replayed_in_full(fragments: list[dict]) -> list:
+    """The straightforward replay (every fragment, in start order), the reference for the early stop."""
+    import heapq
+    import statistics
+
+    from mbdask.cost import CALIBRATION_SAMPLES
+
+    order = sorted(range(len(fragments)), key=lambda i: fragments[i]["start"])
+    warm_up = set({fragments[i].get("worker"): i for i in reversed(order)}.values())
+    finished, ratios, factor, out = [], {}, {}, [None] * len(fragments)
+    for i in order:
+        frag = fragments[i]
+        while finished and finished[0][0] <= frag["start"]:
+            _, j = heapq.heappop(finished)
+            done = fragments[j]
+            samples = ratios.setdefault(kind_of(done["model"], done["real"], done["basis"]), [])
+            if len(samples) < CALIBRATION_SAMPLES and j not in warm_up and done.get("predicted") and done["seconds"] > 0:
+                samples.append(done["seconds"] / done["predicted"])
+                factor[kind_of(done["model"], done["real"], done["basis"])] = statistics.median(samples)
+        heapq.heappush(finished, (frag["start"] + frag["seconds"], i))
+        if frag.get("predicted"):
+            out[i] = frag["predicted"] * factor.get(kind_of(frag["model"], frag["real"], frag["basis"]), 1.0)
+    return out
+
+
+def test_the_replay_stops_early_once_every_kind_is_calibrated_and_changes_nothing():
+    # thousands of fragments of three kinds, some without a prediction, on three workers: every
+    # kind fills its samples early, so the replay stops there and prices the rest in one step
+    rng = np.random.default_rng(7)
+    fragments = []
+    for i in range(3000):
+        real = tuple(range(1, 2 + i % 3))
+        fragments.append({**_fragment(real, float(rng.uniform(0, 100)), float(rng.uniform(0.1, 2.0)), worker=f"w{i % 3}"),
+                          "predicted": None if i % 17 == 0 else float(rng.uniform(0.1, 1.0))})
+    assert calibrated_during_run(fragments) == _replayed_in_full(fragments)
+    # a kind that never fills (five trimers) keeps the replay going to the end: same answer
+    few = fragments[:200] + [{**_fragment((1, 2, 3, 4), 50.0 + k, 1.0), "predicted": 0.5} for k in range(5)]
+    assert calibrated_during_run(few) == _replayed_in_full(few)

@@ -6,7 +6,9 @@ The threshold (``mbdask.result.inline-limit``) is lowered to a few calculations,
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 import os
 import subprocess
@@ -18,8 +20,8 @@ import pytest
 from conftest import EXAMPLES, needs_xtb, xtb_input
 
 import mbdask
-from mbdask.assemble import parse_label
-from mbdask.tables import Rows
+from mbdask.assemble import fast_label, parse_label
+from mbdask.tables import Coded, Ragged, Rows
 
 
 def test_rows_read_like_the_list_of_dicts_they_hold_and_survive_csv(tmp_path):
@@ -45,10 +47,40 @@ def test_rows_read_like_the_list_of_dicts_they_hold_and_survive_csv(tmp_path):
     assert Rows.read_csv(path) == plain  # floats at full precision
 
 
-def test_labels_parse_as_qcmanybody_reads_them():
+def _csv_writer_text(rows: Rows) -> str:
+    """What csv.writer writes for ``rows`` (index lists as "1 2 3", None empty): the reference for write_csv's fast path."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(rows.names)
+    for row in rows:
+        writer.writerow(["" if row[n] is None else " ".join(map(str, row[n])) if n in ("fragments", "real", "basis") else row[n] for n in rows.names])
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("model", ["gfn2", "hf, odd"])  # a comma: csv.writer quotes it, and so must the file
+def test_csv_of_columns_is_what_csv_writer_writes(tmp_path, model):
+    rows = Rows(
+        [
+            ({"real": Ragged.from_lists([[1], [2, 3], [], [10, 2, 64]]), "model": Coded.from_list([model, "x", model, None]),
+              "seconds": np.array([0.1, 1 / 3, 2.0, -1e-300]), "ncores": np.array([1, 2, 1, 4]), "predicted": [0.5, None, 1e20, None]},
+             {"nbody": 2}),
+            ({"real": np.array([[1, 2], [3, 4]]), "model": ["a", "b"], "seconds": np.array([5.0, 6.0]), "ncores": np.array([1, 1]),
+              "predicted": np.array([1.0, 2.0])}, {"nbody": 3}),
+        ],
+        ["nbody", "model", "real", "seconds", "ncores", "predicted"],
+    )
+    path = tmp_path / "t.csv"
+    rows.write_csv(path)
+    assert path.read_bytes().decode() == _csv_writer_text(rows)
+    assert Rows.read_csv(path) == list(rows)
+
+
+def test_labels_parse_as_qcmanybody_reads_them_and_are_written_as_its_labeler_writes_them():
     from qcmanybody.utils import delabeler, labeler
 
-    for model, real, basis in [("gfn2", [1], [1]), ("hf/6-31g*", [3, 12], [1, 3, 12]), ('odd"name', [2], [2])]:
+    for model, real, basis in [("gfn2", [1], [1]), ("hf/6-31g*", [3, 12], [1, 3, 12]), ('odd"name', [2], [2]), ("back\\slash", [1], [1, 2]),
+                               ("ünï", [4], [4]), ("mc", [], [])]:
+        assert fast_label(model, tuple(real), tuple(basis)) == labeler(model, tuple(real), tuple(basis))
         assert parse_label(labeler(model, real, basis)) == (model, real, basis)
         got_model, got_real, got_basis = delabeler(labeler(model, real, basis))
         assert (got_model, list(got_real), list(got_basis)) == (model, real, basis)
