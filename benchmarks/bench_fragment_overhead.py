@@ -2,7 +2,7 @@
 
 Everything runs in this one process, on one core, with the plan of the GFN2-xTB 3-body
 nocp expansion of ``data/water20-dodecahedron.xyz``; ``--fragments`` of its dimers and
-trimers run in units of ``--batch`` fragments (``MIN_BATCH_SECONDS`` gives about ten
+trimers run in units of ``--batch`` fragments (``mbdask.batching.min-seconds`` gives about ten
 xtb fragments per unit), as a worker runs them:
 
 * (a) ``run_unit(ctx, jobs, 1, None, None, predicted)``, per fragment;

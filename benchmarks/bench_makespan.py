@@ -21,11 +21,11 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from unittest import mock
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 import mbdask  # noqa: E402
@@ -126,7 +126,7 @@ def profiler_rows(nwaters: int = 16, workers: int = 16, repeats: int = 3) -> lis
     ratios: dict[str, list[float]] = {"10ms": [], "100ms": []}
     for _ in range(repeats):
         for interval in ratios:
-            with mock.patch.object(mbdask.cluster, "PROFILE_INTERVAL", interval):
+            with dask.config.set({"mbdask.local-cluster.profile-interval": interval}):
                 cluster = _cluster(workers, 1)
             with cluster, Client(cluster, set_as_default=False) as client:
                 client.wait_for_workers(workers)

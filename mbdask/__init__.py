@@ -91,12 +91,9 @@ sys.modules[__name__].__class__ = _Package
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
+        from .version import package_version
 
-        try:
-            value = version("mbdask")
-        except PackageNotFoundError:  # running from a source tree
-            value = "0.0.0+source"
+        value = package_version()
     elif name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     else:

@@ -21,13 +21,13 @@ from typing import Any, Callable, Collection, Iterator, Optional, Union
 from distributed import Client, Future, as_completed
 from qcmanybody.models.v2 import ManyBodyResult
 
-from .batching import UNITS_PER_WORKER, Unit, make_units
+from . import config
+from .batching import BatchLimits, Unit, make_units
 from .cluster import (
     ClientLike,
     Connection,
     connect,
     count_workers,
-    startup_environment,
     usable_cores,
     wait_for_workers,
     want_dashboard,
@@ -44,10 +44,9 @@ from .programs import program_modules
 from .progress import Progress
 from .screening import ScreeningLike
 from .store import FragmentStore, StoreWriter
+from .worker_environment import startup_environment
 
 StoreLike = Union[str, os.PathLike, FragmentStore, None]
-#: Fragments loaded from a store travel in units of at most this many (they cost nothing to run).
-KNOWN_PER_UNIT = 2000
 
 
 @dataclass
@@ -181,7 +180,7 @@ def _check_workers(client: Client, plan: Plan, also: Collection[str] = ()) -> No
     """Refuse before submission if some worker lacks mbdask or a program (a remote cluster's environment may differ).
 
     Warn where workers run with ``MALLOC_TRIM_THRESHOLD_`` (Dask's nanny sets it), which
-    slows QC programs down (see :data:`mbdask.cluster.DROPPED_WORKER_ENVIRONMENT`).
+    slows QC programs down (see :data:`mbdask.worker_environment.DROPPED_WORKER_ENVIRONMENT`).
     """
     _check_workers_import_mbdask(client)
     needed = {plan.program(m) for m in plan.models} | set(also)
@@ -262,7 +261,7 @@ def total_cores(workers: list[dict]) -> int:
 
 def increment_tasks(workers: list[dict]) -> int:
     """Increment nodes per n-body level: a few per core, enough to stream, few enough to cost nothing."""
-    return UNITS_PER_WORKER * sum(w["nthreads"] for w in workers)
+    return BatchLimits.from_config().units_per_worker * sum(w["nthreads"] for w in workers)
 
 
 def _open_store(store: StoreLike) -> Optional[FragmentStore]:
@@ -294,8 +293,9 @@ def _units(
     todo = [job for job in plan.jobs if job.label not in known and job.label not in borrowed]
     units = make_units(todo, cost, workers=slots, batch=batch, cores=resources.cores, auto_cores=auto_cores, max_cores=max_cores)
     done = [job for job in plan.jobs if job.label in known]
-    for i in range(0, len(done), KNOWN_PER_UNIT):
-        units.append(Unit(tuple(done[i : i + KNOWN_PER_UNIT]), 0.0, resources.cores))
+    per_unit = int(config.get("mbdask.store.known-per-unit"))  # they cost nothing to run
+    for i in range(0, len(done), per_unit):
+        units.append(Unit(tuple(done[i : i + per_unit]), 0.0, resources.cores))
     by_source: dict[Any, list[tuple[FragmentJob, str]]] = {}
     for label, (future, there) in borrowed.items():
         by_source.setdefault(future.key, []).append((by_label[label], there))
@@ -572,8 +572,6 @@ def compute(inp: InputLike, client: ClientLike = None, **options: Any) -> ManyBo
         sub.connection.close()
 
 
-#: Seconds between looks at the scheduler's workers while waiting for a result.
-WATCH_INTERVAL = 2.0
 _log = logging.getLogger("mbdask")
 
 
@@ -617,7 +615,7 @@ def _forked_here(conn: Connection) -> bool:
 def result_of(sub: Submission, *, keep_going: bool = False, timeout: Optional[float] = None) -> ManyBodyResult:
     """Wait for ``sub`` (at most ``timeout`` seconds); on a fragment failure with ``keep_going``, its partial result if any.
 
-    While waiting, the scheduler's workers are looked at every :data:`WATCH_INTERVAL`
+    While waiting, the scheduler's workers are looked at every ``mbdask.watch-interval``
     seconds: when none is left (batch jobs at their wall time), the user is told at once,
     and after ``sub.worker_timeout`` seconds without a worker the wait ends with
     :class:`~mbdask.errors.NoWorkersError`; what finished is in the store, if there is one.
@@ -651,9 +649,10 @@ def _result_or_partial(sub: Submission, keep_going: bool, timeout: Optional[floa
 
 def _watched_result(sub: Submission, timeout: Optional[float]) -> ManyBodyResult:
     deadline = None if timeout is None else time.monotonic() + timeout
+    interval = float(config.get("mbdask.watch-interval"))
     alone_since: Optional[float] = None
     while True:
-        wait = WATCH_INTERVAL if deadline is None else max(0.0, min(WATCH_INTERVAL, deadline - time.monotonic()))
+        wait = interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic()))
         try:
             return sub.future.result(timeout=wait)
         except TimeoutError:

@@ -22,6 +22,7 @@ from . import config
 from .cost import calibrated_predictions
 from .plan import gc_paused
 from .tables import Ragged, Rows
+from .version import package_version
 
 #: Columns of the per-cluster increments table, per BSSE treatment.
 INCREMENT_COLUMNS = ("nbody", "model", "fragments", "energy")
@@ -358,8 +359,6 @@ def _assemble_result(
     cluster_results = {label: cols.results[label] for label in order if label in cols.results}
     result = computer.get_results(external_results=analyzed, component_results=cluster_results)
 
-    from . import __version__
-
     increments: dict[str, Any] = {}
     for bsse in dict.fromkeys(level["bsse"] for level in levels):
         blocks = [(lv["increments"], {"nbody": lv["nbody"], "model": lv["model"]}) for lv in levels if lv["bsse"] == bsse]
@@ -367,7 +366,7 @@ def _assemble_result(
         increments[bsse] = rows if tables else list(rows)
     extras = dict(result.extras)
     extras["mbdask"] = {
-        "version": __version__,
+        "version": package_version(),
         "increments": increments,
         "levels": level_table(levels, computer.qcmb_core),
         "nfragment_calculations": len(order),

@@ -3,8 +3,9 @@
 Dask costs about a millisecond of scheduler and worker time per task; an xtb fragment
 takes five. Cheap fragments of one model chemistry and n-body order therefore travel in
 batches, while expensive fragments stay one per task so that the scheduler can balance
-them. A batch holds about 1/(``UNITS_PER_WORKER`` x workers) of its order's work, between
-``MIN_BATCH_SECONDS`` and ``MAX_BATCH_SECONDS``, so that per-task cost stays a few percent
+them. A batch holds about 1/(units per worker x workers) of its order's work, between a
+least and a most predicted duration (:class:`BatchLimits`, from ``mbdask.batching`` in
+mbdask.yaml), so that per-task cost stays a few percent
 of the work; in the order's last quarter the batches shrink as in guided
 self-scheduling (at most 1/(2 x workers) of the work still unbatched). Priorities run
 larger units first within an order, so an order ends with its smallest batches and the
@@ -22,14 +23,28 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any, Optional, Sequence
 
+from . import config
 from .cost import CostModel
 from .plan import FragmentJob, gc_paused
 
-#: Bounds of a batch's predicted duration, in seconds.
-MIN_BATCH_SECONDS = 0.05
-MAX_BATCH_SECONDS = 0.5
-#: Units per worker and n-body order that batching aims to leave, for load balance.
-UNITS_PER_WORKER = 8
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Bounds of a batch's predicted duration in seconds, and the units per worker thread and n-body
+    order that batching aims to leave for load balance (``mbdask.batching.*``), read once per plan."""
+
+    min_seconds: float
+    max_seconds: float
+    units_per_worker: int
+
+    @classmethod
+    def from_config(cls) -> "BatchLimits":
+        return cls(
+            float(config.get("mbdask.batching.min-seconds")),
+            float(config.get("mbdask.batching.max-seconds")),
+            int(config.get("mbdask.batching.units-per-worker")),
+        )
 
 
 @dataclass(frozen=True)
@@ -55,13 +70,14 @@ class Unit:
         return self.jobs[0].nbody
 
 
-def batch_target(total_seconds: float, workers: int, unbatched: Optional[float] = None) -> float:
+def batch_target(total_seconds: float, workers: int, unbatched: Optional[float] = None, limits: Optional[BatchLimits] = None) -> float:
     """Predicted seconds per batch for an order worth ``total_seconds``, ``unbatched`` of it still to batch."""
+    limits = limits or BatchLimits.from_config()
     workers = max(1, workers)
-    target = min(MAX_BATCH_SECONDS, total_seconds / (UNITS_PER_WORKER * workers))
+    target = min(limits.max_seconds, total_seconds / (limits.units_per_worker * workers))
     if unbatched is not None:
         target = min(target, unbatched / (2 * workers))
-    return max(MIN_BATCH_SECONDS, target)
+    return max(limits.min_seconds, target)
 
 
 def make_units(
@@ -81,6 +97,7 @@ def make_units(
 
 def _make_units(jobs: Sequence[FragmentJob], cost: CostModel, workers: int, batch: bool, cores: int, auto_cores: bool, max_cores: int) -> list[Unit]:
     jobs = list(jobs)
+    limits = BatchLimits.from_config()
     seconds = cost.seconds_all(jobs)
     share = math.fsum(seconds) / max(1, workers * max(cores, 1))
     units: list[Unit] = []
@@ -90,7 +107,7 @@ def _make_units(jobs: Sequence[FragmentJob], cost: CostModel, workers: int, batc
         end = begin + sum(1 for _ in group)
         times = seconds[begin:end]
         total = unbatched = math.fsum(times)
-        single = batch_target(total, workers) if batch else 0.0
+        single = batch_target(total, workers, limits=limits) if batch else 0.0
         pending: list[FragmentJob] = []
         pending_times: list[float] = []
         pending_seconds = 0.0
@@ -105,8 +122,8 @@ def _make_units(jobs: Sequence[FragmentJob], cost: CostModel, workers: int, batc
             pending.append(job)
             pending_times.append(t)
             pending_seconds += t
-            # batch_target is never below MIN_BATCH_SECONDS: only a batch that reaches it need ask
-            if pending_seconds >= MIN_BATCH_SECONDS and pending_seconds >= batch_target(total, workers, unbatched):
+            # batch_target is never below limits.min_seconds: only a batch that reaches it need ask
+            if pending_seconds >= limits.min_seconds and pending_seconds >= batch_target(total, workers, unbatched, limits):
                 units.append(Unit(tuple(pending), pending_seconds, cores, tuple(pending_times)))
                 unbatched -= pending_seconds
                 pending, pending_times, pending_seconds = [], [], 0.0

@@ -96,7 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    """Where and how the fragments run: the cluster (started or reached) and each calculation's resources (run and optimize)."""
+    """Where and how the fragments run: the cluster (started or reached) and each calculation's resources (run and optimize).
+
+    Defaults that are settings are shown as mbdask.yaml has them (read without importing Dask).
+    """
+    from .config import packaged_default
+
+    def default(key: str) -> object:
+        return packaged_default(f"mbdask.{key}")
+
     parser.add_argument("--scheduler", type=_scheduler_address, metavar="ADDR", help="address of a running Dask scheduler (default: start a LocalCluster)")
     parser.add_argument("--tls-ca-file", metavar="PEM", help="with --scheduler tls://...: CA certificate that signed the scheduler's")
     parser.add_argument("--tls-cert", metavar="PEM", help="client certificate for TLS (with --tls-key)")
@@ -104,11 +112,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--worker-timeout", type=_seconds, metavar="SECONDS",
         help="with --scheduler: wait this long for workers to join (batch jobs start late) and, during the run, for workers "
-        "to come back when none is left, then stop with exit code 1 (default 600, Dask config mbdask.worker-timeout)",
+        f"to come back when none is left, then stop with exit code 1 (default {default('worker-timeout')}, Dask config mbdask.worker-timeout)",
     )
     parser.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: one per core)")
     parser.add_argument("--threads-per-worker", type=int, metavar="N", help="LocalCluster threads (cores) per worker (default 1)")
-    parser.add_argument("--memory-limit", type=_byte_size, metavar="SIZE", help="LocalCluster memory per worker, e.g. 4GiB (default: 90%% of RAM / workers)")
+    parser.add_argument("--memory-limit", type=_byte_size, metavar="SIZE", help=f"LocalCluster memory per worker, e.g. 4GiB (default: {100 * default('local-cluster.memory-fraction'):g}%% of RAM / workers, "
+                        "Dask config mbdask.local-cluster.memory-fraction)")
     parser.add_argument(
         "--cores-per-fragment", type=_cores, default=1, metavar="N|auto",
         help="cores each QC calculation uses and reserves (default 1); 'auto': more cores for fragments predicted to finish the run alone",
@@ -120,7 +129,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-batch", action="store_true", help="one Dask task per fragment even for cheap fragments")
     parser.add_argument(
         "--dashboard", action=argparse.BooleanOptionalAction, default=None,
-        help="serve Dask's dashboard from the LocalCluster (default: only for runs predicted to take 20 s per core or more)",
+        help=f"serve Dask's dashboard from the LocalCluster (default: only for runs predicted to take {default('local-cluster.dashboard-min-seconds')} s "
+        "per core or more, Dask config mbdask.local-cluster.dashboard)",
     )
 
 
@@ -515,9 +525,12 @@ def _optimize(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from . import api
+    from .graph import graph_summary
 
     inp = _xyz_input(args) if _is_xyz(args.input) else args.input
-    print(api.plan(inp, screening=_screening(args)).summary())
+    planned = api.plan(inp, screening=_screening(args))
+    print(planned.summary())
+    print(graph_summary(planned))
     return EXIT_OK
 
 

@@ -23,12 +23,9 @@ from distributed import Client, LocalCluster, SpecCluster
 
 from . import config
 from .forked_workers import can_fork_workers
+from .worker_environment import DROPPED_WORKER_ENVIRONMENT, USER_ENVIRONMENT
 
 ClientLike = Union[Client, str, None]
-
-#: Fraction of the machine's memory that an automatic LocalCluster hands to its workers.
-MEMORY_FRACTION = 0.9
-
 
 def usable_cores() -> int:
     """Cores this process may run on (affinity and cgroup-limited containers included)."""
@@ -60,67 +57,39 @@ class ClusterSize:
         threads = threads_per_worker or 1
         workers = n_workers or max(1, cores // threads)
         if memory_limit is None:
-            memory = int(psutil.virtual_memory().total * MEMORY_FRACTION / workers)
+            memory = int(psutil.virtual_memory().total * float(config.get("mbdask.local-cluster.memory-fraction")) / workers)
         else:
             memory = int(parse_bytes(memory_limit) if isinstance(memory_limit, str) else memory_limit)
         return cls(workers, threads, memory)
 
 
-#: Environment that Dask's nanny sets before spawning a worker, which mbdask's LocalCluster leaves out.
-#: ``MALLOC_TRIM_THRESHOLD_`` (Dask sets 65536 against fragmentation in dataframe work) also switches
-#: off glibc's dynamic mmap threshold: every large array a QC program allocates is then mmap'd and
-#: unmapped afresh, and an xtb fragment takes about 1.7x as long (benchmarks/bench_executors.py).
-#: A value the user exported before importing mbdask is still honoured.
-DROPPED_WORKER_ENVIRONMENT = ("MALLOC_TRIM_THRESHOLD_",)
+def profile_interval() -> Optional[str]:
+    """How often the workers of mbdask's LocalCluster sample their running task's stack for the
+    dashboard's Profile page (``mbdask.local-cluster.profile-interval``; None: Dask's own setting).
 
-
-def startup_environment() -> dict[str, str]:
-    """The environment this process started with (what glibc's malloc read, and what the user
-    set, as opposed to what a Dask cluster started here put into ``os.environ`` later), where
-    Linux shows it."""
-    try:
-        with open("/proc/self/environ", "rb") as handle:
-            entries = handle.read().split(b"\0")
-    except OSError:
-        return dict(os.environ)
-    pairs = (entry.decode(errors="replace").partition("=") for entry in entries if b"=" in entry)
-    return {key: value for key, _, value in pairs}
-
-
-_USER_ENVIRONMENT = {name: startup_environment().get(name) for name in DROPPED_WORKER_ENVIRONMENT}
-
-
-#: How often each worker samples its running task's stack for the dashboard's Profile page.
-#: Dask's default (10 ms) walks the stack and takes the GIL a hundred times a second in every
-#: worker: 16 single-thread workers on 2 cores then spend about a quarter more CPU, and the
-#: makespan/bound of benchmarks/bench_makespan.py is about 0.02 higher (docs/benchmarks.md).
-#: 100 ms keeps the Profile page.
-PROFILE_INTERVAL = "100ms"
-_DASK_PROFILE_INTERVAL = "10ms"
-
-
-def drop_dask_environment() -> None:
-    """In a forked worker: remove :data:`DROPPED_WORKER_ENVIRONMENT` that the user did not set
-    (a Dask cluster started earlier in the parent leaves them in its environment, and the QC
-    programs a worker starts would inherit them)."""
-    for name, user in _USER_ENVIRONMENT.items():
-        if user is None:
-            os.environ.pop(name, None)
+    Dask's default (10 ms) walks the stack and takes the GIL a hundred times a second in every
+    worker: 16 single-thread workers on 2 cores then spend about a quarter more CPU, and the
+    makespan/bound of benchmarks/bench_makespan.py is about 0.02 higher (docs/benchmarks.md).
+    mbdask's 100 ms keeps the Profile page.
+    """
+    value = config.get("mbdask.local-cluster.profile-interval")
+    return None if value is None else str(value)
 
 
 @contextlib.contextmanager
 def _mbdask_worker_configuration() -> Iterator[None]:
     """Spawn workers without :data:`DROPPED_WORKER_ENVIRONMENT` (unless the user set it) and
-    with :data:`PROFILE_INTERVAL` (unless the user configured another interval than Dask's).
+    with :func:`profile_interval`.
 
     Dask's nanny writes its pre-spawn variables into this process's own environment, so a
     cluster started earlier here (any Dask cluster) leaves them for the next one to inherit.
     The nanny hands its Dask configuration to the worker it spawns.
     """
     settings: dict = {f"distributed.nanny.pre-spawn-environ.{name}": None for name in DROPPED_WORKER_ENVIRONMENT}
-    if dask.config.get("distributed.worker.profile.interval", _DASK_PROFILE_INTERVAL) == _DASK_PROFILE_INTERVAL:
-        settings["distributed.worker.profile.interval"] = PROFILE_INTERVAL
-    inherited = {name: os.environ.pop(name) for name, user in _USER_ENVIRONMENT.items() if user is None and name in os.environ}
+    interval = profile_interval()
+    if interval is not None:
+        settings["distributed.worker.profile.interval"] = interval
+    inherited = {name: os.environ.pop(name) for name, user in USER_ENVIRONMENT.items() if user is None and name in os.environ}
     try:
         with dask.config.set(settings):
             yield
@@ -148,7 +117,7 @@ def start_local_cluster(size: ClusterSize, *, worker_imports: Sequence[str] = ()
     of the cluster; :mod:`mbdask.forked_workers`), after importing the modules in ``worker_imports``
     (the QC programs the run needs) so that no worker imports them again. Otherwise Dask
     spawns them. Either way they run without Dask's ``MALLOC_TRIM_THRESHOLD_`` (see
-    :data:`DROPPED_WORKER_ENVIRONMENT`) and profile every :data:`PROFILE_INTERVAL`; Dask's
+    :data:`DROPPED_WORKER_ENVIRONMENT`) and profile every :func:`profile_interval`; Dask's
     thread variables (``OMP_NUM_THREADS=1`` and friends) stay, and each fragment raises
     them to its cores while it runs.
     """
@@ -270,8 +239,7 @@ def connect(
 
 
 #: Dashboard of a LocalCluster mbdask starts (Dask config ``mbdask.local-cluster.dashboard``):
-#: "auto" serves it for runs predicted to take at least :data:`DASHBOARD_MIN_SECONDS` per core.
-DASHBOARD_MIN_SECONDS = 20.0
+#: "auto" serves it for runs predicted to take at least ``mbdask.local-cluster.dashboard-min-seconds`` per core.
 
 
 def want_dashboard(predicted_seconds_per_core: float, choice: Union[bool, str, None] = None) -> bool:
@@ -290,7 +258,7 @@ def want_dashboard(predicted_seconds_per_core: float, choice: Union[bool, str, N
         return choice
     if choice != "auto":
         raise ValueError(f"mbdask.local-cluster.dashboard must be auto, true or false, not {choice!r}")
-    return predicted_seconds_per_core >= DASHBOARD_MIN_SECONDS
+    return predicted_seconds_per_core >= float(config.get("mbdask.local-cluster.dashboard-min-seconds"))
 
 
 def worker_timeout(seconds: Optional[float] = None) -> float:

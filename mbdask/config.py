@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import dask.config
 import yaml
 
 DEFAULTS = Path(__file__).with_name("mbdask.yaml")
@@ -24,13 +23,25 @@ _loaded = False
 def load_defaults() -> None:
     """Merge ``mbdask.yaml`` into Dask's defaults (once; values the user set stay as they are)."""
     global _loaded
+    import dask.config
+
     with _lock:
         if not _loaded:
             dask.config.update_defaults(yaml.safe_load(DEFAULTS.read_text()))
             _loaded = True
 
 
+def packaged_default(key: str) -> Any:
+    """The value ``key`` has in mbdask.yaml, read without importing Dask (``--help`` shows it and stays instant)."""
+    node: Any = yaml.safe_load(DEFAULTS.read_text())
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
 def get(key: str) -> Any:
     """The setting ``key`` (``"mbdask.worker-timeout"``...): the user's value, else mbdask.yaml's."""
+    import dask.config
+
     load_defaults()
     return dask.config.get(key)

@@ -27,6 +27,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from . import config
+
 _SCALING = (
     (("ccsd(t)", "ccsd[t]"), 7),
     (("ccsd", "cc2", "cc3"), 6),
@@ -88,8 +90,6 @@ class ModelCost:
 
 
 Kind = tuple[str, int, int]
-#: Measurements of one kind that calibrate the rest of that kind; later ones change nothing.
-CALIBRATION_SAMPLES = 32
 
 
 def kind_of(model: str, real: Iterable[int], basis: Iterable[int]) -> Kind:
@@ -203,7 +203,7 @@ def calibrated_during_run(fragments: list[dict]) -> list[Optional[float]]:
 
     ``fragments`` as in ``extras["mbdask"]["timing"]["fragments"]`` (model, real, basis,
     start, seconds, predicted, worker). The factor of a kind is the median of measured over
-    predicted seconds of its first :data:`CALIBRATION_SAMPLES` finished fragments, leaving
+    predicted seconds of its first ``mbdask.cost.calibration-samples`` finished fragments, leaving
     out the first fragment of each worker (it pays for importing the program); a fragment
     that started before any of its kind finished keeps its prediction. This is what a run
     learns as it goes, so the report's plot shows it without hindsight.
@@ -223,10 +223,11 @@ def calibrated_predictions(kinds: Sequence[Kind], start: np.ndarray, seconds: np
     """:func:`calibrated_during_run` over columns (NaN: no prediction), for 679,120 fragments in a second.
 
     The replay in start order stops as soon as no kind can gain a sample (each has
-    :data:`CALIBRATION_SAMPLES` or no fragment left to finish): from there on every factor is
+    its samples or no fragment left to finish): from there on every factor is
     fixed, and the rest is one array product.
     """
     n = len(kinds)
+    wanted = int(config.get("mbdask.cost.calibration-samples"))  # later measurements change nothing
     out = np.full(n, np.nan)
     if not n:
         return out
@@ -245,12 +246,12 @@ def calibrated_predictions(kinds: Sequence[Kind], start: np.ndarray, seconds: np
             _, j = heapq.heappop(finished)
             kind = kinds[j]
             samples = ratios.setdefault(kind, [])
-            full_before = len(samples) >= CALIBRATION_SAMPLES or pending[kind] == 0
-            if len(samples) < CALIBRATION_SAMPLES and j not in warm_up and preds[j] == preds[j] and preds[j] and secs[j] > 0:
+            full_before = len(samples) >= wanted or pending[kind] == 0
+            if len(samples) < wanted and j not in warm_up and preds[j] == preds[j] and preds[j] and secs[j] > 0:
                 samples.append(secs[j] / preds[j])
                 factor[kind] = statistics.median(samples)
             pending[kind] -= 1
-            if not full_before and (len(samples) >= CALIBRATION_SAMPLES or pending[kind] == 0):
+            if not full_before and (len(samples) >= wanted or pending[kind] == 0):
                 unsettled -= 1
         if not unsettled:
             rest = np.array(order[position:], dtype=np.int64)

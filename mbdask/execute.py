@@ -23,6 +23,7 @@ from qcelemental.models.v2 import AtomicInput, Molecule
 from qcmanybody.models.v2 import ManyBodyInput
 from threadpoolctl import ThreadpoolController
 
+from . import config
 from .engine import ProgramRunner, fill_machine_info
 from .errors import FragmentFailedError
 from .fragments import FragmentFactory, deepcopy_plain
@@ -215,8 +216,6 @@ class SharedContext:
 #: Contexts this process fetched, by name, the most recent last (a worker serves few expansions at once).
 _FETCHED: dict[str, "ExpansionContext"] = {}
 _FETCHED_KEPT = 8
-#: Seconds a task waits for the scheduler to hand out a context.
-CONTEXT_TIMEOUT = 60
 
 
 def resolve_context(ctx: Any) -> "ExpansionContext":
@@ -229,7 +228,7 @@ def resolve_context(ctx: Any) -> "ExpansionContext":
 
         from distributed import Variable, get_client
 
-        found = pickle.loads(Variable(ctx.name, client=get_client()).get(timeout=CONTEXT_TIMEOUT))
+        found = pickle.loads(Variable(ctx.name, client=get_client()).get(timeout=float(config.get("mbdask.context-timeout"))))
         _FETCHED[ctx.name] = found
         while len(_FETCHED) > _FETCHED_KEPT:
             _FETCHED.pop(next(iter(_FETCHED)))

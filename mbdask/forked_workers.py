@@ -39,10 +39,8 @@ from typing import Any, Optional
 
 from distributed.deploy.spec import ProcessInterface
 
-#: Seconds a forked child may take to start its worker and register with the scheduler.
-START_TIMEOUT = 60.0
-#: Seconds a closing worker gets to exit by itself before it is killed.
-CLOSE_TIMEOUT = 5.0
+from . import config
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -78,7 +76,7 @@ class _Child:
                 os.close(fd)
             except OSError:
                 pass
-        self.reap(CLOSE_TIMEOUT)
+        self.reap(float(config.get("mbdask.local-cluster.close-timeout")))
 
     def stop(self) -> None:
         """Ask the child's worker to close (SIGTERM), then reap it."""
@@ -86,7 +84,7 @@ class _Child:
             os.kill(self.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        self.reap(CLOSE_TIMEOUT)
+        self.reap(float(config.get("mbdask.local-cluster.close-timeout")))
 
     def reap(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the child to exit, then kill it; never leaves a zombie."""
@@ -172,7 +170,7 @@ def _child_main(settings_fd: int, address_fd: int) -> None:
 async def _run_worker(settings: dict, address_fd: int) -> None:
     from distributed import Worker
 
-    from .cluster import drop_dask_environment
+    from .worker_environment import drop_dask_environment
 
     drop_dask_environment()  # what a spawned worker's nanny leaves out
 
@@ -206,7 +204,7 @@ class ForkedWorker(ProcessInterface):
         settings = {**self.options, "scheduler": self.scheduler, "name": self.name, "log_level": logging.WARNING}
         self._child.send(settings)
         loop = asyncio.get_running_loop()
-        address = await asyncio.wait_for(loop.run_in_executor(None, _read_line, self._child.from_child), START_TIMEOUT)
+        address = await asyncio.wait_for(loop.run_in_executor(None, _read_line, self._child.from_child), float(config.get("mbdask.local-cluster.start-timeout")))
         if not address:
             raise RuntimeError(f"forked worker process {self._child.pid} exited before it started its worker")
         self.address = address

@@ -36,6 +36,7 @@ from typing import Any, Callable, Hashable, Iterator, Optional, Sequence, Union
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
+from . import config
 from .assemble import assemble_result, borrowed_outputs, collect_outputs, increment_energies, inline_limit, level_sum
 from .batching import Unit, make_units
 from .cost import CostModel
@@ -95,15 +96,11 @@ def collect_key(index: int, token: str) -> Key:
     return ("mbdask collect", token, index)
 
 
-#: Collect nodes per graph, about: enough that most finish while later fragments still run.
-COLLECT_NODES = 128
-#: Fewest units a collect node merges.
-MIN_COLLECT_UNITS = 16
-
-
 def collect_size(units: int) -> int:
-    """Units per collect node for a graph of ``units`` units."""
-    return max(MIN_COLLECT_UNITS, math.ceil(units / COLLECT_NODES))
+    """Units per collect node for a graph of ``units`` units: about ``mbdask.graph.collect-nodes``
+    nodes (enough that most finish while later fragments still run), each merging at least
+    ``mbdask.graph.min-collect-units`` units."""
+    return max(int(config.get("mbdask.graph.min-collect-units")), math.ceil(units / int(config.get("mbdask.graph.collect-nodes"))))
 
 
 def collect_groups(unit_keys: list[Key], priorities: dict[Key, float]) -> list[list[Key]]:
@@ -111,6 +108,32 @@ def collect_groups(unit_keys: list[Key], priorities: dict[Key, float]) -> list[l
     ordered = sorted(unit_keys, key=lambda key: -priorities[key])
     size = collect_size(len(ordered))
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def graph_size(plan: Plan) -> dict[str, int]:
+    """Nodes and edges of the graph :func:`build_graph` makes from ``plan`` unbatched (one task per
+    calculation and per increment): an upper bound on what ``start`` sends after batching."""
+    blocks = [block for block in plan.blocks if len(block)]
+    levels = {(block.bsse, block.nbody) for block in blocks}
+    chains = len({bsse for bsse, _ in levels})
+    increments = sum(len(block) for block in blocks)
+    collects = math.ceil(len(plan.jobs) / collect_size(len(plan.jobs)))
+    edges = len(plan.jobs)  # context -> fragment
+    edges += sum(block.terms.size for block in blocks)  # fragment -> increment
+    edges += increments + len(levels) - chains  # increment -> level, level -> next level
+    edges += len(plan.jobs)  # fragment -> collect
+    edges += 1 + collects + len(levels)  # context, collects and levels -> result
+    nodes = 1 + len(plan.jobs) + increments + len(levels) + collects + 1
+    return {"nodes": nodes, "edges": edges, "fragments": len(plan.jobs), "increments": increments, "levels": len(levels)}
+
+
+def graph_summary(plan: Plan) -> str:
+    """The line ``python -m mbdask plan`` prints under the plan's summary."""
+    size = graph_size(plan)
+    return (
+        f"  unbatched graph: {size['nodes']} nodes, {size['edges']} edges "
+        f"({size['fragments']} fragment, {size['increments']} increment, {size['levels']} level nodes)"
+    )
 
 
 @dataclass

@@ -215,25 +215,6 @@ class Plan:
             counts[job.model][job.nbody] += 1
         return {m: dict(sorted(c.items())) for m, c in counts.items()}
 
-    @cached_property
-    def graph_size(self) -> dict[str, int]:
-        """Nodes and edges of the graph ``graph.build_graph`` makes from this plan unbatched (one task per
-        calculation and per increment): an upper bound on what ``start`` sends after batching."""
-        from .graph import collect_size
-
-        blocks = [block for block in self.blocks if len(block)]
-        levels = {(block.bsse, block.nbody) for block in blocks}
-        chains = len({bsse for bsse, _ in levels})
-        increments = sum(len(block) for block in blocks)
-        collects = math.ceil(len(self.jobs) / collect_size(len(self.jobs)))
-        edges = len(self.jobs)  # context -> fragment
-        edges += sum(block.terms.size for block in blocks)  # fragment -> increment
-        edges += increments + len(levels) - chains  # increment -> level, level -> next level
-        edges += len(self.jobs)  # fragment -> collect
-        edges += 1 + collects + len(levels)  # context, collects and levels -> result
-        nodes = 1 + len(self.jobs) + increments + len(levels) + collects + 1
-        return {"nodes": nodes, "edges": edges, "fragments": len(self.jobs), "increments": increments, "levels": len(levels)}
-
     def summary(self) -> str:
         """Human-readable table: calculations per model chemistry and n-body order."""
         lines = [
@@ -259,11 +240,6 @@ class Plan:
                 taus = ", ".join(f"{k}-body {v:g} kcal/mol" for k, v in sorted(self.screened.settings.energy_thresholds.items()))
                 lines.append(f"  energy screening ({taus}) decides at run time with {self.screened.settings.cheap_model['model']['method']}; "
                              "counted above: the candidates it starts from")
-        size = self.graph_size
-        lines.append(
-            f"  unbatched graph: {size['nodes']} nodes, {size['edges']} edges "
-            f"({size['fragments']} fragment, {size['increments']} increment, {size['levels']} level nodes)"
-        )
         return "\n".join(lines)
 
 

@@ -22,8 +22,6 @@ from . import config
 from .batching import Unit
 
 BAR_WIDTH = 24
-#: Seconds of recent progress the time left is estimated from (:meth:`Progress.remaining_seconds`).
-RATE_WINDOW = 120.0
 
 
 @dataclass
@@ -50,7 +48,9 @@ class Progress:
             count.total += len(unit.jobs)
             self.predicted_total += unit.seconds
         self.failed = False
-        #: (time, predicted work done) as the estimate was asked for, over the last RATE_WINDOW seconds
+        #: seconds of recent progress the time left is estimated from (``mbdask.progress.rate-window``)
+        self.rate_window = float(config.get("mbdask.progress.rate-window"))
+        #: (time, predicted work done) as the estimate was asked for, over the last ``rate_window`` seconds
         self._samples: deque[tuple[float, float]] = deque()
 
     @property
@@ -80,12 +80,12 @@ class Progress:
     def _sample(self, now: float) -> None:
         """Remember the predicted work done by ``now``; keep one sample older than the window, drop the rest."""
         self._samples.append((now, self.predicted_done))
-        while len(self._samples) > 1 and self._samples[1][0] <= now - RATE_WINDOW:
+        while len(self._samples) > 1 and self._samples[1][0] <= now - self.rate_window:
             self._samples.popleft()
 
     def remaining_seconds(self) -> Optional[float]:
         """Estimated seconds left: predicted work left over the predicted work finished per second
-        in the last :data:`RATE_WINDOW` seconds (the whole run while it is shorter); None before any.
+        in the last ``mbdask.progress.rate-window`` seconds (the whole run while it is shorter); None before any.
 
         A recent rate rather than the run's average: the cost model's error differs between
         n-body orders (and with the load of a shared machine), and the orders run one after
@@ -97,7 +97,7 @@ class Progress:
         if self.predicted_done <= 0 or now <= self.started or not self._samples:
             return None
         then, done_then = self._samples[0]
-        if now - then < RATE_WINDOW:  # the window reaches back to the start
+        if now - then < self.rate_window:  # the window reaches back to the start
             then, done_then = self.started, 0.0
         rate = (self.predicted_done - done_then) / (now - then)
         if rate <= 0:

@@ -22,14 +22,10 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from qcelemental import constants
 
+from . import config
 from .profile import column_of
 
 HARTREE_TO_KCAL = constants.hartree2kcalmol
-#: Rows in the table of slowest fragments.
-SLOWEST = 10
-#: Fragments a plot draws one by one at most (timeline, predicted vs measured): a run of
-#: 679k calculations draws its longest ones, so the HTML stays a few MB.
-PLOTTED_FRAGMENTS = 20_000
 
 
 def _extras(result: Any) -> dict:
@@ -258,7 +254,9 @@ def _pair_heatmap(increments: dict, nfragments: int):
 
 def _drawn(fragments: Sequence[dict], limit: Optional[int] = None) -> tuple[list[dict], str]:
     """The fragments a plot draws one by one: all, or the ``limit`` longest (and a title note saying so)."""
-    limit = PLOTTED_FRAGMENTS if limit is None else limit
+    # a plot draws at most mbdask.report.plotted-fragments one by one (a run of 679k
+    # calculations draws its longest ones), so that the HTML stays a few MB
+    limit = int(config.get("mbdask.report.plotted-fragments")) if limit is None else limit
     if len(fragments) <= limit:
         return list(fragments), ""
     return heapq.nlargest(limit, fragments, key=lambda f: f["seconds"]), f" (the {limit:,} longest of {len(fragments):,} fragments)"
@@ -395,7 +393,7 @@ def report_html(result: Any, title: str = "mbdask report") -> str:
     items.append(row(*[figs[name] for name in ("convergence", "pairs") if name in figs]))
     if fragments:
         items += [figs["timeline"], figs["utilization"]]
-        slowest = heapq.nlargest(SLOWEST, fragments, key=lambda f: f["seconds"])
+        slowest = heapq.nlargest(int(config.get("mbdask.report.slowest")), fragments, key=lambda f: f["seconds"])
         table = _table(
             ["fragment", "model", "seconds", "predicted (calibrated)", "cores", "worker"],
             [[fragment_name(f["real"], f["basis"]), f["model"], f"{f['seconds']:.3f}", _seconds(f.get("calibrated") or f.get("predicted")), f["ncores"], f["worker"]] for f in slowest],

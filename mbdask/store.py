@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Optional,
 
 import numpy as np
 
+from . import config
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -220,11 +221,6 @@ class FragmentStore:
         return found
 
 
-#: Unit results fetched from the cluster in one request and written in one transaction
-#: (bounds the outputs the client holds at once).
-WRITE_CHUNK = 200
-#: Seconds :meth:`StoreWriter.close` waits for the writer without it writing anything.
-CLOSE_PATIENCE = 30.0
 #: Keys of fragment outputs that are not stored (``stored``: it came from the store; ``predicted``: this run's model).
 _NOT_STORED = ("stored", "predicted")
 
@@ -249,6 +245,8 @@ class StoreWriter:
     def __init__(self, store: FragmentStore, client: "Client"):
         self.store = store
         self.client = client
+        #: unit results fetched in one request and written in one transaction (bounds what the client holds at once)
+        self.write_chunk = int(config.get("mbdask.store.write-chunk"))
         #: fragment outputs written so far
         self.written = 0
         #: the last error writing met (logged as it happened), if any
@@ -287,12 +285,15 @@ class StoreWriter:
         self._sealed = True
         self._queue.put(None)
 
-    def close(self, patience: float = CLOSE_PATIENCE) -> None:
+    def close(self, patience: Optional[float] = None) -> None:
         """Write what has finished by now (in the queue, or tracked and finished), release the rest, and stop.
 
         Returns once the writer is done, or when it has written nothing for ``patience``
-        seconds (a result that can no longer be fetched, e.g. on a worker that is gone).
+        seconds (a result that can no longer be fetched, e.g. on a worker that is gone; default
+        ``mbdask.store.close-patience``).
         """
+        if patience is None:
+            patience = float(config.get("mbdask.store.close-patience"))
         with self._lock:
             self._closing = True
         self._queue.put(_STOP)
@@ -316,7 +317,7 @@ class StoreWriter:
                 if self._finished():
                     return
                 continue
-            while len(items) < WRITE_CHUNK:
+            while len(items) < self.write_chunk:
                 try:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
@@ -357,8 +358,8 @@ class StoreWriter:
         for future in infos:
             if future.status != "finished":
                 future.release()  # failed or cancelled: the result says why
-        for i in range(0, len(finished), WRITE_CHUNK):
-            chunk = finished[i : i + WRITE_CHUNK]
+        for i in range(0, len(finished), self.write_chunk):
+            chunk = finished[i : i + self.write_chunk]
             try:
                 results = self.client.gather({f.key: f for f in chunk}, errors="skip")
                 entries = []

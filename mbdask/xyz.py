@@ -16,10 +16,9 @@ from typing import Optional, Union
 import numpy as np
 import qcelemental
 
+from . import config
 from .errors import InputError
 
-#: Two atoms are bonded when closer than this factor times the sum of covalent radii.
-BOND_TOLERANCE = 1.2
 
 
 #: Element symbols by lower case (QCElemental's periodic table, without its dummy atom "X").
@@ -174,7 +173,8 @@ def find_fragments(symbols: list[str], geometry_angstrom: np.ndarray) -> list[li
     except Exception as exc:
         raise InputError(f"unknown element in XYZ: {exc}") from None
     dist = np.linalg.norm(geometry_angstrom[:, None, :] - geometry_angstrom[None, :, :], axis=-1)
-    bonded = dist < BOND_TOLERANCE * (radii[:, None] + radii[None, :])
+    # bonded: closer than ``mbdask.xyz.bond-tolerance`` times the sum of covalent radii
+    bonded = dist < float(config.get("mbdask.xyz.bond-tolerance")) * (radii[:, None] + radii[None, :])
     parent = list(range(len(symbols)))
 
     def root(i: int) -> int:

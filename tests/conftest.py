@@ -102,3 +102,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slurm" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Never skip quietly: name every test skipped because a package is missing, and how to get it.
+
+    ``pytest -q`` shows only a count of skipped tests; a missing optional package (xtb, PySCF,
+    mkdocs, zstandard...) would otherwise hide whole modules behind that count.
+    """
+    missing: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if "could not import" in reason or "not installed" in reason:
+            missing[reason.removeprefix("Skipped: ")] = missing.get(reason.removeprefix("Skipped: "), 0) + 1
+    if missing:
+        terminalreporter.section("skipped: packages missing (pip install -e '.[test,docs]' installs them)")
+        for reason, count in sorted(missing.items()):
+            terminalreporter.line(f"{count:4d} test(s): {reason}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -32,3 +33,40 @@ def test_dask_config_and_environment_override_the_defaults():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
     assert out == ["123", "45.0"]
 
+
+
+def _leaf_keys(node: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        keys += _leaf_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return keys
+
+
+def test_every_setting_is_documented_with_its_default():
+    from pathlib import Path
+
+    defaults = yaml.safe_load(config.DEFAULTS.read_text())
+    page = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip() for line in page.splitlines() if line.startswith("| `mbdask.")}
+    keys = _leaf_keys(defaults)
+    assert sorted(rows) == sorted(keys)
+    for key in keys:
+        assert rows[key] == str(config.packaged_default(key)).replace("None", "null"), key
+
+
+def test_a_setting_from_the_environment_changes_how_a_run_is_batched():
+    """DASK_MBDASK__BATCHING__...: batches of cheap calculations get longer, so there are fewer tasks."""
+    code = (
+        "import mbdask, sys; sys.path.insert(0, 'tests'); from conftest import xtb_input, EXAMPLES\n"
+        "from mbdask.batching import make_units; from mbdask.cost import CostModel\n"
+        "plan = mbdask.plan(xtb_input(EXAMPLES / 'water6-prism.xyz'), check_installed=False)\n"
+        "print(len(make_units(plan.jobs, CostModel.for_plan(plan), workers=1)))"
+    )
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    counts = []
+    for env in ({}, {"DASK_MBDASK__BATCHING__MIN_SECONDS": "10", "DASK_MBDASK__BATCHING__MAX_SECONDS": "100"}):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, cwd=root, check=True)
+        counts.append(int(out.stdout.split()[-1]))
+    assert counts[1] < counts[0], counts

@@ -56,7 +56,9 @@ def _replayed_in_full(fragments: list[dict]) -> list:
     import heapq
     import statistics
 
-    from mbdask.cost import CALIBRATION_SAMPLES
+    from mbdask import config
+
+    CALIBRATION_SAMPLES = config.get("mbdask.cost.calibration-samples")
 
     order = sorted(range(len(fragments)), key=lambda i: fragments[i]["start"])
     warm_up = set({fragments[i].get("worker"): i for i in reversed(order)}.values())

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import ROOT
 
-pytest.importorskip("mkdocs")
-pytest.importorskip("mkdocstrings_handlers.python")
+pytest.importorskip("mkdocs", reason="mkdocs is not installed (pip install 'mbdask[docs]')")
+pytest.importorskip("mkdocstrings_handlers.python", reason="mkdocstrings[python] is not installed (pip install 'mbdask[docs]')")
 
 
 def test_docs_build_strict_with_generated_cli_reference(tmp_path):

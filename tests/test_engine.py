@@ -92,9 +92,13 @@ def test_local_cluster_workers_profile_every_100_ms_unless_configured():
         return dask.config.get("distributed.worker.profile.interval")
 
     with mbdask.cluster.connected(n_workers=1) as conn:
-        assert list(conn.client.run(interval).values()) == [mbdask.cluster.PROFILE_INTERVAL]
-    with dask.config.set({"distributed.worker.profile.interval": "20ms"}), mbdask.cluster.connected(n_workers=1) as conn:
+        assert list(conn.client.run(interval).values()) == ["100ms"]
+    with dask.config.set({"mbdask.local-cluster.profile-interval": "20ms"}), mbdask.cluster.connected(n_workers=1) as conn:
         assert list(conn.client.run(interval).values()) == ["20ms"]
+    # null: Dask's own setting, whatever the user made it
+    settings = {"mbdask.local-cluster.profile-interval": None, "distributed.worker.profile.interval": "30ms"}
+    with dask.config.set(settings), mbdask.cluster.connected(n_workers=1) as conn:
+        assert list(conn.client.run(interval).values()) == ["30ms"]
 
 
 @needs_xtb

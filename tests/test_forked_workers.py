@@ -88,8 +88,11 @@ def test_dashboard_only_for_runs_long_enough_to_watch():
     import dask
 
     import mbdask
+    from mbdask import config
     from mbdask.api import local_cluster_options
-    from mbdask.cluster import DASHBOARD_MIN_SECONDS, want_dashboard
+    from mbdask.cluster import want_dashboard
+
+    DASHBOARD_MIN_SECONDS = config.get("mbdask.local-cluster.dashboard-min-seconds")
 
     assert not want_dashboard(DASHBOARD_MIN_SECONDS / 10) and want_dashboard(DASHBOARD_MIN_SECONDS)
     assert want_dashboard(0.1, True) and not want_dashboard(1e6, False)

@@ -8,7 +8,7 @@ import pytest
 
 
 import mbdask
-from mbdask.graph import FragmentResources, build_graph, fragment_key
+from mbdask.graph import FragmentResources, build_graph, fragment_key, graph_size
 from test_parity_component_data import replay_input
 
 
@@ -146,8 +146,8 @@ def test_fragment_larger_than_any_worker_is_refused_before_submission(inprocess_
 def test_plan_reports_the_size_of_the_graph_it_builds(bsse):
     plan = mbdask.plan(replay_input({1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", bsse=bsse), check_installed=False)
     deps = build_graph(plan, "t", resources=FragmentResources()).graph.get_all_dependencies()
-    assert plan.graph_size["nodes"] == len(deps)
-    assert plan.graph_size["edges"] == sum(len(d) for d in deps.values())
+    assert graph_size(plan)["nodes"] == len(deps)
+    assert graph_size(plan)["edges"] == sum(len(d) for d in deps.values())
 
 
 def test_cheap_fragments_are_batched_and_increments_follow_their_units():
@@ -168,21 +168,23 @@ def test_cheap_fragments_are_batched_and_increments_follow_their_units():
 
 def test_batches_shrink_at_the_end_of_each_order():
     """Guided self-scheduling: an order's last batches are its smallest, so workers finish together."""
-    from mbdask.batching import MIN_BATCH_SECONDS, make_units
+    from mbdask.batching import BatchLimits, make_units
     from mbdask.cost import CostModel
 
     plan = mbdask.plan(sleep_input("water10-pp1.xyz"), check_installed=False)
     units = [u for u in make_units(plan.jobs, CostModel.for_plan(plan), workers=2) if u.nbody == 3]
     sizes = [u.seconds for u in units]
     assert sizes[0] == max(sizes) and sizes[-2] < sizes[0] / 2
-    assert sizes[-2] < 2 * MIN_BATCH_SECONDS  # the last full batch is about the smallest allowed
+    assert sizes[-2] < 2 * BatchLimits.from_config().min_seconds  # the last full batch is about the smallest allowed
     assert sorted(j.label for u in units for j in u.jobs) == sorted(j.label for j in plan.jobs if j.nbody == 3)
 
 
 def test_result_node_fetches_collect_nodes_not_every_unit():
     from mbdask.batching import make_units
     from mbdask.cost import CostModel
-    from mbdask.graph import MIN_COLLECT_UNITS
+    from mbdask import config
+
+    MIN_COLLECT_UNITS = config.get("mbdask.graph.min-collect-units")
 
     plan = mbdask.plan(sleep_input("water10-pp1.xyz"), check_installed=False)
     graph = build_graph(plan, "t", resources=FragmentResources(), units=make_units(plan.jobs, CostModel.for_plan(plan), workers=1, batch=False))

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-pytest.importorskip("zstandard")
+pytest.importorskip("zstandard", reason="zstandard (QCManyBody's stored component data) is not installed (pip install 'mbdask[test]')")
 
 import mbdask  # noqa: E402
 from mbdask.report import HARTREE_TO_KCAL, _nbody_table, energy_phrase, normalized_levels, report_html  # noqa: E402

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import ROOT, needs_xtb
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install 'mbdask[test]')")
+nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (pip install 'mbdask[test]')")
 
 
 def execute(name: str):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("zstandard")
+pytest.importorskip("zstandard", reason="zstandard (QCManyBody's stored component data) is not installed (pip install 'mbdask[test]')")
 
 from qcmanybody.tests.common import mol_h2o_3  # noqa: E402
 from qcmanybody.tests.utils import load_ref_data  # noqa: E402

@@ -17,9 +17,9 @@ import pytest
 from qcmanybody.utils import labeler
 
 import mbdask
-from mbdask.batching import MIN_BATCH_SECONDS, Unit, batch_target, make_units
+from mbdask.batching import BatchLimits, Unit, batch_target, make_units
 from mbdask.cost import CostModel
-from mbdask.graph import FragmentResources, build_graph
+from mbdask.graph import FragmentResources, build_graph, graph_size
 from mbdask.plan import FragmentJob, _increments, job_label
 from test_parity_component_data import replay_input
 
@@ -162,7 +162,7 @@ def reference_units(jobs, cost, *, workers, batch=True, cores=1, auto_cores=Fals
 def test_make_units_is_the_straightforward_batching(workers, batch, auto_cores):
     plan = mbdask.plan(waters(10, 3, ("nocp", "vmfc")), check_installed=False)
     cost = CostModel.for_plan(plan)
-    cost.models["hf"].overhead = MIN_BATCH_SECONDS / 7  # batches of several calculations, some single
+    cost.models["hf"].overhead = BatchLimits.from_config().min_seconds / 7  # batches of several calculations, some single
     options = dict(workers=workers, batch=batch, cores=1, auto_cores=auto_cores, max_cores=4)
     assert make_units(plan.jobs, cost, **options) == reference_units(plan.jobs, cost, **options)
 
@@ -176,7 +176,7 @@ def test_graph_increment_nodes_sum_exactly_their_increments_terms(bsse, batched)
     units = None
     if batched:
         cost = CostModel.for_plan(plan)
-        cost.models["hf"].overhead = MIN_BATCH_SECONDS / 5
+        cost.models["hf"].overhead = BatchLimits.from_config().min_seconds / 5
         units = make_units(plan.jobs, cost, workers=2)
         assert any(len(u.jobs) > 1 for u in units)
     graph = build_graph(plan, "t", resources=FragmentResources(), units=units, increment_tasks=3 if batched else None)
@@ -214,7 +214,7 @@ def test_graph_of_units_with_copies_of_the_plans_jobs():
 def test_increments_of_a_large_plan_are_made_only_when_asked_for():
     plan = mbdask.plan(waters(10, 4), check_installed=False)
     assert "increments" not in plan.__dict__
-    assert plan.graph_size["increments"] == sum(math.comb(10, k) for k in range(1, 5))
+    assert graph_size(plan)["increments"] == sum(math.comb(10, k) for k in range(1, 5))
     assert "increments" not in plan.__dict__
-    assert len(plan.increments) == plan.graph_size["increments"]
+    assert len(plan.increments) == graph_size(plan)["increments"]
     assert all(len(inc.terms) == 2 ** len(inc.cluster) - 1 for inc in itertools.islice(plan.increments, 0, None, 37))

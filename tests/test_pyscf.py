@@ -7,7 +7,7 @@ import pytest
 import qcengine
 from qcelemental.models.v2 import AtomicInput, Molecule
 
-pyscf = pytest.importorskip("pyscf")
+pyscf = pytest.importorskip("pyscf", reason="PySCF is not installed (pip install 'mbdask[pyscf]')")
 from pyscf import cc, dft, gto, mp, scf  # noqa: E402
 
 import mbdask  # noqa: E402

@@ -86,6 +86,21 @@ def test_labels_parse_as_qcmanybody_reads_them_and_are_written_as_its_labeler_wr
         assert (got_model, list(got_real), list(got_basis)) == (model, real, basis)
 
 
+def test_labels_in_qcmanybodys_order_without_building_molecules():
+    """The order the result node feeds ``analyze`` in (QCManyBody sums in that order) and each label's parts."""
+    from mbdask.assemble import qcmanybody_order
+
+    from qcmanybody.v2 import ManyBodyComputer
+
+    from mbdask.inputs import load_input
+
+    inp = load_input(xtb_input("water6-prism.xyz", bsse=("nocp", "cp", "vmfc"), levels={1: "gfn1", 3: "gfn2"}))
+    core = ManyBodyComputer.from_manybodyinput(inp, build_tasks=False).qcmb_core  # xtb's missing ghosts do not matter here
+    labels, parts = qcmanybody_order(core)
+    assert labels == list(dict.fromkeys(label for _, label, _ in core.iterate_molecules()))
+    assert [parse_label(label) for label in labels] == [(model, list(real), list(basis)) for model, real, basis in parts]
+
+
 @needs_xtb
 def test_large_result_keeps_tables_and_saves_them_beside_the_json(process_client, tmp_path):
     inp = xtb_input(EXAMPLES / "water6-prism.xyz")
