@@ -346,7 +346,7 @@ def _assemble_result(
     if screening is None:
         analyzed = computer.qcmb_core.analyze(values)
     else:
-        from .screening import screened_analysis
+        from .manybody import screened_analysis
 
         analyzed = screened_analysis(computer.qcmb_core, values, screening["coefficients"])
     analyzed["nbody_number"] = len(order)

@@ -41,6 +41,7 @@ from .assemble import merge_units
 from .execute import ExpansionContext, run_unit
 from .graph import dashboard_name
 from .plan import FragmentJob, Increment, Plan, make_plan
+from .manybody import nocp_increment
 from .screening import Screening, fragment_distances, subclusters_kept, within_cutoff
 from .store import FragmentStore, StoreWriter
 
@@ -61,12 +62,6 @@ def _cheap_input(plan: Plan, cheap_model: dict, nbody: int) -> dict:
         },
         "molecule": plan.input.molecule,
     }
-
-
-def cheap_increment(cluster: Cluster, energies: dict[Cluster, float]) -> float:
-    """The cluster's n-body increment from the energies of all its sub-clusters (nocp)."""
-    n = len(cluster)
-    return math.fsum((-1) ** (n - k) * energies[sub] for k in range(1, n + 1) for sub in itertools.combinations(cluster, k))
 
 
 @dataclass
@@ -140,7 +135,7 @@ class _Decisions:
         if missing is not None:
             self.waiting.setdefault(missing, []).append(cluster)
             return
-        increment = cheap_increment(cluster, self.energies)
+        increment = nocp_increment(cluster, self.energies)
         row = self.orders[len(cluster)]
         if abs(increment) * constants.hartree2kcalmol > self.thresholds[len(cluster)]:
             row["kept"] += 1

@@ -164,7 +164,7 @@ class FragmentResources:
 def cluster_increments(model: str, basis: str, shape: tuple, signs: tuple, full: tuple, clusters: np.ndarray, *units: dict[str, dict]) -> list[float]:
     """:func:`increment_energies` of ``clusters`` (one row each), their terms rebuilt here from
     the positions ``shape`` of each subsystem in the cluster, ``signs`` and the basis rule
-    (:data:`mbdask.plan.BASIS_RULES`): the graph carries the clusters, not millions of labels."""
+    (:data:`mbdask.manybody.BASIS_RULES`): the graph carries the clusters, not millions of labels."""
     prefix = label_prefix(model)
     rows = clusters.tolist()
     columns = []
@@ -273,7 +273,7 @@ def result_function(plan: Plan, upto: Optional[int] = None) -> Any:
     tables = len(plan.jobs) > inline_limit()
     if plan.screened is None:
         return functools.partial(assemble_result, tables=tables)
-    from .screening import coefficients
+    from .manybody import coefficients
 
     screening = {"coefficients": coefficients(plan.increments, upto), "summary": plan.screened.summary()}
     return functools.partial(assemble_result, screening=screening, tables=tables)

@@ -155,18 +155,18 @@ def optimize(
         _geometric_params(geometric, max_steps, convergence, geometric_options)  # refused now, not after the cluster started
     from .execute import pinned_threads
 
-    model = gradient_input(inp)
-    first = _first_plan(model, screening, run_options.get("check_installed", True))
+    mbe_input = gradient_input(inp)
+    first = _first_plan(mbe_input, screening, run_options.get("check_installed", True))
     conn = _connect(client, first, cluster_options)
     try:
-        expansions = Expansions(model, conn.client, run_options, screening, freeze_screening, first)
+        expansions = Expansions(mbe_input, conn.client, run_options, screening, freeze_screening, first)
         # This process's BLAS/OpenMP on one thread while geomeTRIC runs here and the expansions on the
         # workers: geomeTRIC's matrices are small, but OpenBLAS's threads spin after each call and
         # take the cores local workers need for the next step ((H2O)6 3-body GFN2-xTB on 2 cores
         # took about 1.5x as long per step with them, benchmarks/bench_optimize.py).
         with pinned_threads(1):
             run = minimise(
-                model.molecule, expansions, max_steps=max_steps, convergence=convergence, geometric_options=geometric_options,
+                mbe_input.molecule, expansions, max_steps=max_steps, convergence=convergence, geometric_options=geometric_options,
                 trajectory=trajectory,
             )
     finally:
@@ -295,8 +295,8 @@ def gradient_input(inp: InputLike) -> Any:
     optimisation procedures do the same). Interaction-only gradients (``return_total_data``
     false) are refused: they are not the gradient of an energy of the whole system.
     """
-    model = load_input(inp)
-    spec = model.specification
+    loaded = load_input(inp)
+    spec = loaded.specification
     if spec.keywords.return_total_data is False:
         raise InputError("an optimisation needs total MBE gradients: remove return_total_data: false from the keywords")
     data = spec.model_dump()
@@ -309,8 +309,8 @@ def gradient_input(inp: InputLike) -> Any:
         from .inputs import describe_validation_error
 
         raise InputError(describe_validation_error(exc)) from None
-    molecule = model.molecule.model_copy(update={"fix_com": True, "fix_orientation": True})
-    return model.model_copy(update={"specification": new_spec, "molecule": molecule})
+    molecule = loaded.molecule.model_copy(update={"fix_com": True, "fix_orientation": True})
+    return loaded.model_copy(update={"specification": new_spec, "molecule": molecule})
 
 
 def molecule_at(molecule: Any, coords_bohr: np.ndarray) -> Any:
@@ -321,11 +321,11 @@ def molecule_at(molecule: Any, coords_bohr: np.ndarray) -> Any:
     return molecule.model_copy(update={"geometry": geometry})
 
 
-def _first_plan(model: Any, screening: Any, check_installed: bool) -> Any:
+def _first_plan(mbe_input: Any, screening: Any, check_installed: bool) -> Any:
     """The start geometry's plan: validates the input, screening and programs before any cluster starts."""
     from .plan import make_plan
 
-    return make_plan(model, check_installed=check_installed, screening=screening)
+    return make_plan(mbe_input, check_installed=check_installed, screening=screening)
 
 
 def _connect(client: Any, first_plan: Any, cluster_options: dict[str, Any]) -> Any:
@@ -345,8 +345,8 @@ class Expansions:
     exactly it at any geometry.
     """
 
-    def __init__(self, model: Any, client: Any, options: dict[str, Any], screening: Any, freeze: bool, first_plan: Any = None):
-        self.model = model
+    def __init__(self, mbe_input: Any, client: Any, options: dict[str, Any], screening: Any, freeze: bool, first_plan: Any = None):
+        self.mbe_input = mbe_input
         self.client = client
         self.options = dict(options)
         self.screening = screening
@@ -379,7 +379,7 @@ class Expansions:
         plan, self._first_plan = self._first_plan, None
         if plan is not None and np.array_equal(plan.input.molecule.geometry, coords):
             return plan
-        return self.model.model_copy(update={"molecule": molecule_at(self.model.molecule, coords)})
+        return self.mbe_input.model_copy(update={"molecule": molecule_at(self.mbe_input.molecule, coords)})
 
     def _keep(self, coords: np.ndarray, result: Any) -> None:
         self.results[coords.tobytes()] = result
@@ -494,7 +494,7 @@ def _result(run: GeometricRun, expansions: Expansions) -> OptimizationResult:
         final = next(reversed(expansions.results.values()))
     norms = [np.linalg.norm(f.gradient, axis=1) for f in run.frames]
     return OptimizationResult(
-        molecule=molecule_at(expansions.model.molecule, last.coords),
+        molecule=molecule_at(expansions.mbe_input.molecule, last.coords),
         energies=[f.energy for f in run.frames],
         gradient_rms=[float(np.sqrt(np.mean(n**2))) for n in norms],
         gradient_max=[float(n.max()) for n in norms],

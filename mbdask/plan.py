@@ -16,7 +16,7 @@ import itertools
 import json
 import math
 import operator
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterator, Optional, Sequence, Union
@@ -30,6 +30,7 @@ from qcmanybody.v2 import ManyBodyComputer
 
 from .errors import InputError
 from .inputs import InputLike, describe_validation_error, load_input
+from .manybody import basis_rule, supersystem_terms, term_shape
 from .screening import ScreenedSet, Screening, ScreeningLike, check_screenable, fragment_distances, kept_clusters
 
 #: Programs that ignore ghost atoms: cp/vmfc with them would silently be nocp.
@@ -117,9 +118,6 @@ class Increment:
     terms: tuple[tuple[FragmentJob, int], ...]
 
 
-#: How a term's basis follows from its cluster: its own fragments (nocp, and cp at 1-body),
-#: the full system (cp) or the cluster itself (vmfc).
-BASIS_RULES = ("own", "full", "cluster")
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,7 +128,7 @@ class IncrementBlock:
     the clusters (``clusters``, 1-based fragment indices, one row each) and, per cluster,
     the index in ``Plan.jobs`` of each term (``terms``, columns in the order of ``signs``).
     ``shape`` (the positions of each term's fragments within the cluster) and ``basis`` (one
-    of :data:`BASIS_RULES`) say how a term follows from its cluster; both are None for the
+    of :data:`mbdask.manybody.BASIS_RULES`) say how a term follows from its cluster; both are None for the
     supersystem correction, whose one row lists its calculations explicitly.
     :meth:`increments` gives the same :class:`Increment` objects one by one.
     """
@@ -243,21 +241,21 @@ class Plan:
         return "\n".join(lines)
 
 
-def _build_computer(model: ManyBodyInput) -> ManyBodyComputer:
+def _build_computer(inp: ManyBodyInput) -> ManyBodyComputer:
     """QCManyBody's own validation of the keywords, without running anything."""
     try:
-        return ManyBodyComputer.from_manybodyinput(model, build_tasks=False)
+        return ManyBodyComputer.from_manybodyinput(inp, build_tasks=False)
     except (pydantic.ValidationError, qcelemental.ValidationError, ValueError, KeyError, AssertionError) as exc:
         raise InputError(describe_validation_error(exc)) from None
 
 
-def _specifications(model: ManyBodyInput, computer: ManyBodyComputer) -> dict[str, dict]:
-    """Per model chemistry: program and atomic specification, driver set to the MBE driver.
+def _specifications(inp: ManyBodyInput, computer: ManyBodyComputer) -> dict[str, dict]:
+    """Per inp chemistry: program and atomic specification, driver set to the MBE driver.
 
     The same transformation QCManyBody's ``ManyBodyComputer.from_manybodyinput`` applies.
     """
     specs = {}
-    for name, spec in model.specification.specification.items():
+    for name, spec in inp.specification.specification.items():
         spec = spec.model_dump()
         program = spec.pop("program")
         spec["driver"] = computer.driver
@@ -438,19 +436,6 @@ def _jobs(core: ManyBodyCore) -> tuple[list[FragmentJob], JobIndex]:
     return jobs, index
 
 
-def _term_shape(nbody: int) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
-    """Positions within a cluster of each subsystem, smallest first, and their signs."""
-    shape = [(sub, (-1) ** (nbody - k)) for k in range(1, nbody + 1) for sub in itertools.combinations(range(nbody), k)]
-    return tuple(p for p, _ in shape), tuple(s for _, s in shape)
-
-
-def basis_rule(bsse: str, nbody: int) -> str:
-    """The basis of an increment's terms (:data:`BASIS_RULES`) for ``bsse`` at ``nbody``."""
-    if bsse == "nocp" or (bsse == "cp" and nbody == 1):
-        return "own"
-    return "full" if bsse == "cp" else "cluster"
-
-
 def _cluster_dtype(nfragments: int) -> type:
     """The smallest integer type for fragment indices: blocks and graph nodes carry clusters in it."""
     return np.int16 if nfragments < 2**15 else np.int32
@@ -485,7 +470,7 @@ def _increment_blocks(core: ManyBodyCore, jobs: list[FragmentJob], index: JobInd
     for bsse in (b.value for b in core.bsse_type):
         for nbody in range(1, core.max_nbody + 1):
             model = model_of[nbody]
-            shape, signs = _term_shape(nbody)
+            shape, signs = term_shape(nbody)
             rule = basis_rule(bsse, nbody)
             clusters = _cluster_rows(nfr, nbody, kept)
             basis = {"own": "own", "full": full, "cluster": clusters}[rule]
@@ -501,7 +486,7 @@ def _increment_blocks(core: ManyBodyCore, jobs: list[FragmentJob], index: JobInd
     if core.has_supersystem:
         have = {(j.model, j.real, j.basis): i for i, j in enumerate(jobs) if j.model == core.levels["supersystem"]}
         model = core.levels["supersystem"]
-        merged = _supersystem_terms(core)
+        merged = supersystem_terms(core)
         if all(key in have for key in merged):
             ss = [(have[key], sign) for key, sign in merged.items() if sign]
             for bsse in (b.value for b in core.bsse_type):
@@ -510,20 +495,6 @@ def _increment_blocks(core: ManyBodyCore, jobs: list[FragmentJob], index: JobInd
                     np.array([[i for i, _ in ss]], dtype=np.int64),
                 ))
     return blocks
-
-
-def _supersystem_terms(core: ManyBodyCore) -> dict[tuple, int]:
-    """The supersystem correction as (model, real, basis) -> coefficient: the full system minus its own MBE."""
-    model = core.levels["supersystem"]
-    full = tuple(range(1, core.nfragments + 1))
-    merged: dict[tuple, int] = defaultdict(int)
-    merged[(model, full, full)] += 1
-    for nbody in range(1, core.max_nbody + 1):
-        for cluster in itertools.combinations(full, nbody):
-            for k in range(1, nbody + 1):
-                for sub in itertools.combinations(cluster, k):
-                    merged[(model, sub, sub)] -= (-1) ** (nbody - k)
-    return merged
 
 
 def _increments(core: ManyBodyCore, jobs: list[FragmentJob], kept: Optional[dict[int, set]] = None) -> list[Increment]:
@@ -559,7 +530,7 @@ def _increments(core: ManyBodyCore, jobs: list[FragmentJob], kept: Optional[dict
                 increments.append(Increment(bsse, model, cluster, nbody, tuple(terms)))
     if core.has_supersystem:
         model = core.levels["supersystem"]
-        merged = _supersystem_terms(core)
+        merged = supersystem_terms(core)
         if all(key in have for key in merged):
             ss_terms = tuple((have[key], sign) for key, sign in merged.items() if sign)
             for bsse in (b.value for b in core.bsse_type):
@@ -687,13 +658,13 @@ def _make_plan(inp: InputLike, check_installed: bool, screening: ScreeningLike) 
     )
 
 
-def truncated_input(model: ManyBodyInput, nbody: int) -> ManyBodyInput:
+def truncated_input(inp: ManyBodyInput, nbody: int) -> ManyBodyInput:
     """The same expansion stopped at ``nbody`` (levels cut there, no supersystem).
 
     What a run that completed only through ``nbody`` can still answer exactly
-    (``keep_going``): each model chemistry keeps the orders it had up to ``nbody``.
+    (``keep_going``): each inp chemistry keeps the orders it had up to ``nbody``.
     """
-    keywords = model.specification.keywords
+    keywords = inp.specification.keywords
     levels = keywords.levels
     new_levels = None
     if levels:
@@ -704,5 +675,5 @@ def truncated_input(model: ManyBodyInput, nbody: int) -> ManyBodyInput:
             new_levels[min(top, nbody)] = levels[top]
             previous = top
     new_keywords = keywords.model_copy(update={"levels": new_levels, "max_nbody": nbody})
-    spec = model.specification.model_copy(update={"keywords": new_keywords})
-    return model.model_copy(update={"specification": spec})
+    spec = inp.specification.model_copy(update={"keywords": new_keywords})
+    return inp.model_copy(update={"specification": spec})

@@ -12,7 +12,7 @@ of two fragments is their closest atom-atom distance). Explicit cluster lists ca
 instead (or as well): then a cluster is kept only if it is listed.
 
 QCManyBody's own level formulas assume complete levels, so a screened result is assembled
-here from per-cluster coefficients (the signed count of each calculation over the kept
+(in :mod:`mbdask.manybody`) from per-cluster coefficients (the signed count of each calculation over the kept
 increments), for energies, gradients and Hessians alike, and then handed to QCManyBody's
 ``print_nbody_energy``/``collect_vars``/``get_results`` so that it has the same form.
 Screening is refused for cp (QCManyBody's cp computes every subsystem in the basis of the
@@ -177,61 +177,3 @@ def check_screenable(bsse_types: list[str], has_supersystem: bool) -> None:
         )
     if has_supersystem:
         raise InputError("screening cannot be combined with a supersystem level")
-
-
-def coefficients(increments: list, upto: Optional[int] = None) -> dict[str, dict[int, dict[str, int]]]:
-    """Per BSSE treatment and order, each calculation's signed count over that order's kept increments."""
-    table: dict[str, dict[int, dict[str, int]]] = {}
-    for inc in increments:
-        if upto is not None and inc.nbody > upto:
-            continue
-        per_label = table.setdefault(inc.bsse, {}).setdefault(inc.nbody, {})
-        for job, sign in inc.terms:
-            per_label[job.label] = per_label.get(job.label, 0) + sign
-    return {bsse: {n: {k: c for k, c in row.items() if c} for n, row in sorted(orders.items())} for bsse, orders in table.items()}
-
-
-def screened_analysis(core: Any, values: dict[str, dict[str, Any]], table: dict[str, dict[int, dict[str, int]]]) -> dict:
-    """What ``ManyBodyCore.analyze`` returns, computed from the kept clusters' coefficients.
-
-    ``values`` are the fragment results by label (energy, and gradient/Hessian in the
-    fragment's own atoms, resized here like QCManyBody does).
-    """
-    from qcmanybody.utils import collect_vars, delabeler, modelchem_labels, print_nbody_energy
-
-    properties = sorted({p for v in values.values() for p in v if p in ("energy", "gradient", "hessian")}) or ["energy"]
-    resize = {"gradient": core.resize_gradient, "hessian": core.resize_hessian}
-    return_bsse = core.return_bsse_type
-    all_results: dict[str, Any] = {}
-    component_properties: dict[str, dict] = {}
-    for prop in properties:
-        full = {label: resize[prop](v[prop], delabeler(label)[2]) if prop in resize else v[prop] for label, v in values.items() if prop in v}
-        body: dict[str, dict[int, Any]] = {}
-        for bsse, orders in table.items():
-            through: Any = 0.0
-            body[bsse] = {}
-            # an order that kept no cluster contributes zero (and has no row in ``table``)
-            for nbody in range(1, core.max_nbody + 1):
-                through = through + sum(c * full[label] for label, c in orders.get(nbody, {}).items())
-                body[bsse][nbody] = through
-        ret = body[return_bsse][core.max_nbody]
-        if not core.return_total_data:
-            ret = ret - body[return_bsse][1]
-        all_results[f"ret_{prop}"] = ret
-        all_results[f"{prop}_body_dict"] = body
-        for label, value in full.items():
-            component_properties.setdefault(label, {"calcinfo_natom": len(core.molecule.symbols)})[f"return_{prop}"] = value
-    stdout, results = "", {}
-    for bt in (b for b in core.bsse_type if b.value in table):
-        stdout += print_nbody_energy(
-            all_results["energy_body_dict"][bt.value], f"{bt.formal()} ({bt.abbr()})", core.nfragments,
-            modelchem_labels(core.nbodies_per_mc_level, presorted=True), False, core.supersystem_ie_only, None,
-        )
-        for prop in properties:
-            results.update(collect_vars(bt, prop, all_results[f"{prop}_body_dict"][bt.value], core.max_nbody, False, core.supersystem_ie_only, False))
-    ebd = all_results["energy_body_dict"]
-    all_results["energy_body_dict"] = {f"{k}{bt}": v for bt in ebd for k, v in ebd[bt].items()}
-    all_results["results"] = results
-    all_results["component_properties"] = component_properties
-    all_results["stdout"] = stdout
-    return all_results

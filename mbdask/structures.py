@@ -28,7 +28,6 @@ from typing import Any, Optional, Union
 from distributed import Future
 
 from .errors import FragmentFailedError, InputError, MbdaskError
-from .inputs import InputLike
 
 #: File suffixes a directory of structures is read for.
 STRUCTURE_SUFFIXES = (".json", ".yaml", ".yml", ".xyz")

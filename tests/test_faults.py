@@ -91,6 +91,10 @@ def test_killed_cli_resumes_from_its_store(inprocess_client, tmp_path):
     first = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(lambda: _trimer_calls(log) == 2, timeout=120)  # both workers in a trimer, held at the gate
+        # the client writes each finished unit as it arrives: the kill comes once it has written
+        # what finished before the two trimers (otherwise a fragment finished a moment before
+        # the kill is lost too, and the count below is off by one, as happened once)
+        _wait_for(lambda: FragmentStore(store).count() >= sum(_calls(log).values()) - 2, timeout=60)
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the whole process group, as a crashed terminal would
         first.wait()

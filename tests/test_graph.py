@@ -209,7 +209,7 @@ def test_no_fragment_task_depends_on_one_workers_context(inprocess_client, monke
     scattered to all of them; elsewhere the scheduler keeps it and each worker fetches it once,
     so that it survives every worker leaving (a batch system's jobs; test_scheduler_waits.py),
     which scattered data does not. It is withdrawn from the scheduler when the run ends."""
-    from distributed import Variable
+    from distributed import Future, Variable
 
     from mbdask import api
     from mbdask.execute import SharedContext
@@ -222,6 +222,10 @@ def test_no_fragment_task_depends_on_one_workers_context(inprocess_client, monke
         Variable(sub.graph.context_ref.name, client=inprocess_client).get(timeout=0.2)
     monkeypatch.setattr(api, "_forked_here", lambda conn: True)
     sub = mbdask.start(sleep_input(), inprocess_client)
+    assert isinstance(sub.graph.context_ref, Future)  # scattered, not a graph node
     assert sub.result().properties.return_energy == first.properties.return_energy
-    (holders,) = inprocess_client.who_has(sub.graph.context_ref).values()
+    # scattered to every worker (looked at at once: Dask's active memory manager may later
+    # drop the copies no task is waiting for, which costs a fetch at most)
+    scattered = api._scatter_to_all(inprocess_client)(sub.graph.context)
+    (holders,) = inprocess_client.who_has(scattered).values()
     assert set(holders) == set(inprocess_client.scheduler_info()["workers"])

@@ -203,7 +203,8 @@ def test_energy_screening_has_no_barrier_between_orders():
     and a kept dimer's expensive calculation is released at once (no per-order pass)."""
     import numpy as np
 
-    from mbdask.energy_screening import _Decisions, cheap_increment
+    from mbdask.energy_screening import _Decisions
+    from mbdask.manybody import nocp_increment
 
     decisions = _Decisions(4, 3, {2: 0.5, 3: 0.5}, {}, np.zeros((4, 4)))
     decisions.start()
@@ -222,7 +223,7 @@ def test_energy_screening_has_no_barrier_between_orders():
     assert cheap == [(1, 2, 3)]  # and the trimer is screened, while (1,4), (2,4), (3,4) are still undecided
     decisions.cheap_energy((1, 4), -5.0)  # increment 0: dropped
     decisions.cheap_energy((1, 2, 3), -6.0 + 3 * bound + 0.001)
-    assert cheap_increment((1, 2, 3), decisions.energies) == pytest.approx(0.001)
+    assert nocp_increment((1, 2, 3), decisions.energies) == pytest.approx(0.001)
     cheap, kept = decisions.take_work()
     assert kept == [(1, 2, 3)] and cheap == []  # 0.63 kcal/mol > 0.5; (1,2,4) never a candidate
     assert decisions.report({})["orders"]["2"] == {"threshold_kcal": 0.5, "candidates": 6, "kept": 3, "dropped_cheap_sum": 0.0}

@@ -1,0 +1,112 @@
+"""The many-body algebra in one place: how an increment's terms follow from its cluster, the
+coefficient of each calculation over a set of clusters, and the analysis built from them.
+
+QCManyBody's ``ManyBodyCore`` holds the same algebra for whole expansions, level by level;
+mbdask needs it cluster by cluster (per-cluster increments while the run goes on, screened
+expansions that keep some clusters of an order and not others, energy screening that decides
+from cheap increments). :mod:`mbdask.plan` builds the increments of a plan from these
+rules, :mod:`mbdask.graph` and :mod:`mbdask.assemble` evaluate them, :mod:`mbdask.screening`
+and :mod:`mbdask.energy_screening` choose the clusters.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from typing import Any, Mapping, Optional
+
+#: How a term's basis follows from its cluster: its own fragments (nocp, and cp at 1-body),
+#: the full system (cp) or the cluster itself (vmfc).
+BASIS_RULES = ("own", "full", "cluster")
+
+
+def term_shape(nbody: int) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
+    """Positions within a cluster of each subsystem, smallest first, and their signs."""
+    shape = [(sub, (-1) ** (nbody - k)) for k in range(1, nbody + 1) for sub in itertools.combinations(range(nbody), k)]
+    return tuple(p for p, _ in shape), tuple(s for _, s in shape)
+
+
+def basis_rule(bsse: str, nbody: int) -> str:
+    """The basis of an increment's terms (:data:`BASIS_RULES`) for ``bsse`` at ``nbody``."""
+    if bsse == "nocp" or (bsse == "cp" and nbody == 1):
+        return "own"
+    return "full" if bsse == "cp" else "cluster"
+
+
+def supersystem_terms(core: Any) -> dict[tuple, int]:
+    """The supersystem correction as (model, real, basis) -> coefficient: the full system minus its own MBE."""
+    model = core.levels["supersystem"]
+    full = tuple(range(1, core.nfragments + 1))
+    merged: dict[tuple, int] = defaultdict(int)
+    merged[(model, full, full)] += 1
+    for nbody in range(1, core.max_nbody + 1):
+        for cluster in itertools.combinations(full, nbody):
+            for k in range(1, nbody + 1):
+                for sub in itertools.combinations(cluster, k):
+                    merged[(model, sub, sub)] -= (-1) ** (nbody - k)
+    return merged
+
+
+def nocp_increment(cluster: tuple[int, ...], energies: Mapping[tuple[int, ...], float]) -> float:
+    """The cluster's n-body increment from the energies of all its sub-clusters (nocp)."""
+    n = len(cluster)
+    return math.fsum((-1) ** (n - k) * energies[sub] for k in range(1, n + 1) for sub in itertools.combinations(cluster, k))
+
+
+def coefficients(increments: list, upto: Optional[int] = None) -> dict[str, dict[int, dict[str, int]]]:
+    """Per BSSE treatment and order, each calculation's signed count over that order's kept increments."""
+    table: dict[str, dict[int, dict[str, int]]] = {}
+    for inc in increments:
+        if upto is not None and inc.nbody > upto:
+            continue
+        per_label = table.setdefault(inc.bsse, {}).setdefault(inc.nbody, {})
+        for job, sign in inc.terms:
+            per_label[job.label] = per_label.get(job.label, 0) + sign
+    return {bsse: {n: {k: c for k, c in row.items() if c} for n, row in sorted(orders.items())} for bsse, orders in table.items()}
+
+
+def screened_analysis(core: Any, values: dict[str, dict[str, Any]], table: dict[str, dict[int, dict[str, int]]]) -> dict:
+    """What ``ManyBodyCore.analyze`` returns, computed from the kept clusters' coefficients.
+
+    ``values`` are the fragment results by label (energy, and gradient/Hessian in the
+    fragment's own atoms, resized here like QCManyBody does).
+    """
+    from qcmanybody.utils import collect_vars, delabeler, modelchem_labels, print_nbody_energy
+
+    properties = sorted({p for v in values.values() for p in v if p in ("energy", "gradient", "hessian")}) or ["energy"]
+    resize = {"gradient": core.resize_gradient, "hessian": core.resize_hessian}
+    return_bsse = core.return_bsse_type
+    all_results: dict[str, Any] = {}
+    component_properties: dict[str, dict] = {}
+    for prop in properties:
+        full = {label: resize[prop](v[prop], delabeler(label)[2]) if prop in resize else v[prop] for label, v in values.items() if prop in v}
+        body: dict[str, dict[int, Any]] = {}
+        for bsse, orders in table.items():
+            through: Any = 0.0
+            body[bsse] = {}
+            # an order that kept no cluster contributes zero (and has no row in ``table``)
+            for nbody in range(1, core.max_nbody + 1):
+                through = through + sum(c * full[label] for label, c in orders.get(nbody, {}).items())
+                body[bsse][nbody] = through
+        ret = body[return_bsse][core.max_nbody]
+        if not core.return_total_data:
+            ret = ret - body[return_bsse][1]
+        all_results[f"ret_{prop}"] = ret
+        all_results[f"{prop}_body_dict"] = body
+        for label, value in full.items():
+            component_properties.setdefault(label, {"calcinfo_natom": len(core.molecule.symbols)})[f"return_{prop}"] = value
+    stdout, results = "", {}
+    for bt in (b for b in core.bsse_type if b.value in table):
+        stdout += print_nbody_energy(
+            all_results["energy_body_dict"][bt.value], f"{bt.formal()} ({bt.abbr()})", core.nfragments,
+            modelchem_labels(core.nbodies_per_mc_level, presorted=True), False, core.supersystem_ie_only, None,
+        )
+        for prop in properties:
+            results.update(collect_vars(bt, prop, all_results[f"{prop}_body_dict"][bt.value], core.max_nbody, False, core.supersystem_ie_only, False))
+    ebd = all_results["energy_body_dict"]
+    all_results["energy_body_dict"] = {f"{k}{bt}": v for bt in ebd for k, v in ebd[bt].items()}
+    all_results["results"] = results
+    all_results["component_properties"] = component_properties
+    all_results["stdout"] = stdout
+    return all_results
