@@ -28,12 +28,19 @@ from .worker_environment import DROPPED_WORKER_ENVIRONMENT, USER_ENVIRONMENT
 ClientLike = Union[Client, str, None]
 
 def usable_cores() -> int:
-    """Cores this process may run on (affinity and cgroup-limited containers included)."""
+    """Cores this process may run on: its CPU affinity (psutil) and a container's CPU quota.
+
+    The quota (cgroups v1 or v2, as in a Kubernetes pod or a batch job's container) is read by
+    ``dask.system.cpu_count``; affinity alone misses it, and a LocalCluster sized from it would
+    run more single-thread workers than the container may use at once.
+    """
+    import dask.system
+
     try:
         n = len(psutil.Process().cpu_affinity())
     except (AttributeError, psutil.Error):
         n = psutil.cpu_count(logical=True) or 1
-    return max(1, n)
+    return max(1, min(n, dask.system.cpu_count()))
 
 
 @dataclass

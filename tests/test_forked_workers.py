@@ -105,3 +105,14 @@ def test_dashboard_only_for_runs_long_enough_to_watch():
     options = local_cluster_options(small, n_workers=2)
     assert options["dashboard"] is False and "xtb.interface" in options["worker_imports"]
     assert local_cluster_options(small, n_workers=2, dashboard=True)["dashboard"] is True
+
+
+def test_a_container_cpu_quota_limits_the_cores_mbdask_uses(monkeypatch):
+    """psutil's affinity does not see a cgroup CPU quota; dask.system.cpu_count does (issue #18)."""
+    import dask.system
+
+    from mbdask.cluster import ClusterSize, usable_cores
+
+    monkeypatch.setattr(dask.system, "cpu_count", lambda: 1)  # a container allowed one CPU's worth of time
+    assert usable_cores() == 1
+    assert ClusterSize.from_machine().n_workers == 1
