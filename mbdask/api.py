@@ -127,7 +127,7 @@ class Submission:
         return result_function(self.plan, complete)(ctx, levels, *outputs, partial=partial)
 
 
-def _fragment_resources(workers: list[dict], cores: int, memory_gib: Optional[float], *, auto_cores: bool = False) -> FragmentResources:
+def _fragment_resources(worker_info: list[dict], cores: int, memory_gib: Optional[float], *, auto_cores: bool = False) -> FragmentResources:
     """Decide what each fragment reserves, from what the workers declare.
 
     Cores become a resource restriction only where a worker thread is not already one
@@ -135,12 +135,12 @@ def _fragment_resources(workers: list[dict], cores: int, memory_gib: Optional[fl
     with more threads than declared cores); otherwise the thread limit does the same job
     and the scheduler's queue keeps handing out work in priority order. Memory is a
     restriction when the caller sets it and the workers declare it. A fragment that no
-    worker could ever hold is refused now rather than left waiting. ``workers`` as
+    worker could ever hold is refused now rather than left waiting. ``worker_info`` as
     :func:`mbdask.cluster.worker_resources` gives them.
     """
-    if not workers:
+    if not worker_info:
         raise InputError("the Dask cluster has no workers")
-    declared_cores = all("cores" in w["resources"] for w in workers)
+    declared_cores = all("cores" in w["resources"] for w in worker_info)
     if (cores > 1 or auto_cores) and not declared_cores:
         # without a 'cores' resource Dask runs a task per thread: two 2-core fragments would share a worker's threads
         wanted = "'auto' cores" if auto_cores else f"{cores} cores"
@@ -149,19 +149,19 @@ def _fragment_resources(workers: list[dict], cores: int, memory_gib: Optional[fl
             "start them with e.g. `dask worker ADDRESS --nthreads 8 --resources cores=8` (dask-jobqueue: "
             "worker_extra_args=['--resources', 'cores=8']), or use cores_per_fragment=1"
         )
-    declared_memory = all("memory" in w["resources"] for w in workers)
-    one_thread_one_core = all(w["nthreads"] <= w["resources"].get("cores", 0) for w in workers)
+    declared_memory = all("memory" in w["resources"] for w in worker_info)
+    one_thread_one_core = all(w["nthreads"] <= w["resources"].get("cores", 0) for w in worker_info)
     annotate_cores = declared_cores and (cores > 1 or auto_cores or not one_thread_one_core)
     annotate_memory = declared_memory and memory_gib is not None
     if memory_gib is None:
-        shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in workers if w["memory_limit"]]
+        shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in worker_info if w["memory_limit"]]
         # rounded down, so that the reservation never exceeds what the worker declares
         memory_gib = math.floor(min(shares) * cores / 2**30 * 1000) / 1000 if shares else None
-    if declared_cores and not any(w["resources"]["cores"] >= cores for w in workers):
-        most = max(w["resources"]["cores"] for w in workers)
+    if declared_cores and not any(w["resources"]["cores"] >= cores for w in worker_info):
+        most = max(w["resources"]["cores"] for w in worker_info)
         raise InputError(f"each fragment asks for {cores} cores but no worker has more than {most}")
-    if declared_memory and memory_gib and not any(w["resources"]["memory"] >= memory_gib * 2**30 for w in workers):
-        most = max(w["resources"]["memory"] for w in workers) / 2**30
+    if declared_memory and memory_gib and not any(w["resources"]["memory"] >= memory_gib * 2**30 for w in worker_info):
+        most = max(w["resources"]["memory"] for w in worker_info) / 2**30
         raise InputError(f"each fragment asks for {memory_gib:.2f} GiB but no worker has more than {most:.2f} GiB")
     return FragmentResources(cores, memory_gib, annotate_cores, annotate_memory)
 
@@ -254,14 +254,14 @@ def _worker_cores(worker: dict) -> int:
     return worker["resources"].get("cores", worker["nthreads"])
 
 
-def total_cores(workers: list[dict]) -> int:
+def total_cores(worker_info: list[dict]) -> int:
     """Cores of the cluster: what each worker declares, else its threads."""
-    return sum(_worker_cores(w) for w in workers)
+    return sum(_worker_cores(w) for w in worker_info)
 
 
-def increment_tasks(workers: list[dict]) -> int:
+def increment_tasks(worker_info: list[dict]) -> int:
     """Increment nodes per n-body level: a few per core, enough to stream, few enough to cost nothing."""
-    return BatchLimits.from_config().units_per_worker * sum(w["nthreads"] for w in workers)
+    return BatchLimits.from_config().units_per_worker * sum(w["nthreads"] for w in worker_info)
 
 
 def _open_store(store: StoreLike) -> Optional[FragmentStore]:
@@ -279,7 +279,7 @@ def _from_store(plan: Plan, store: Optional[FragmentStore], skip: Collection[str
 
 
 def _units(
-    plan: Plan, known: dict[str, dict], workers: list[dict], resources: FragmentResources, *, batch: bool, auto_cores: bool,
+    plan: Plan, known: dict[str, dict], worker_info: list[dict], resources: FragmentResources, *, batch: bool, auto_cores: bool,
     borrowed: Optional[dict[str, tuple[Future, str]]] = None,
 ) -> list[Unit]:
     """Units to run (batched by predicted cost), units carrying what the store had, and units taking
@@ -287,8 +287,8 @@ def _units(
     cost = CostModel.for_plan(plan)
     by_label = {job.label: job for job in plan.jobs}
     cost.calibrate((by_label[lab], out["stop"] - out["start"]) for lab, out in known.items() if "stop" in out)
-    slots = total_cores(workers) // max(1, resources.cores)
-    max_cores = max(_worker_cores(w) for w in workers)
+    slots = total_cores(worker_info) // max(1, resources.cores)
+    max_cores = max(_worker_cores(w) for w in worker_info)
     borrowed = {label: source for label, source in (borrowed or {}).items() if label not in known}
     todo = [job for job in plan.jobs if job.label not in known and job.label not in borrowed]
     units = make_units(todo, cost, workers=slots, batch=batch, cores=resources.cores, auto_cores=auto_cores, max_cores=max_cores)
@@ -462,7 +462,7 @@ def submit_plan(
     writer: Optional[StoreWriter] = None,
     priority_offset: float = 0.0,
     borrowed: Optional[dict[str, tuple[Future, str]]] = None,
-    workers: Optional[list[dict]] = None,
+    worker_info: Optional[list[dict]] = None,
 ) -> Submission:
     """Build ``the_plan``'s graph for the workers of ``conn`` (which has some) and send it; the options are :func:`start`'s.
 
@@ -471,7 +471,7 @@ def submit_plan(
     is added to every fragment's priority, so that expansions sent together run in order.
     ``borrowed``: calculations another expansion sent already computes, by label: the future of
     its unit and the label there (the outputs are taken from it, not computed twice).
-    ``workers``: :func:`mbdask.cluster.worker_resources` of the cluster, where the caller has them.
+    ``worker_info``: :func:`mbdask.cluster.worker_resources` of the cluster, where the caller has them.
     """
     settings = the_plan.screened.settings if the_plan.screened is not None else None
     # energy screening decides with the cheap model once the cluster is up (not yet decided: no report)
@@ -483,24 +483,24 @@ def submit_plan(
         _check_workers(conn.client, the_plan, also)
     elif check_installed and also:
         _check_programs_here(also)  # forked workers have what this process has
-    workers = workers or worker_resources(conn.client)
-    resources = _fragment_resources(workers, cores, memory_per_fragment, auto_cores=auto_cores)
+    worker_info = worker_info or worker_resources(conn.client)
+    resources = _fragment_resources(worker_info, cores, memory_per_fragment, auto_cores=auto_cores)
     computed: dict[str, dict] = {}
     if energy_screening:
         from .energy_screening import screen_and_compute
 
         screened = screen_and_compute(
-            the_plan, settings, conn.client, workers=total_cores(workers) // max(1, cores), cores=cores,
+            the_plan, settings, conn.client, workers=total_cores(worker_info) // max(1, cores), cores=cores,
             memory_gib=resources.memory_gib, annotation=resources.annotation() or None, store=store, retries=retries,
         )
         the_plan, computed = screened.plan, screened.outputs
     key_ctx = ExpansionContext(the_plan.input, the_plan.specifications, False)  # store keys, on this side only
     from_store = _from_store(the_plan, store, skip=computed, ctx=key_ctx)
     known = {**from_store, **computed}
-    units = _units(the_plan, known, workers, resources, batch=batch, auto_cores=auto_cores, borrowed=borrowed)
+    units = _units(the_plan, known, worker_info, resources, batch=batch, auto_cores=auto_cores, borrowed=borrowed)
     graph = build_graph(
         the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known, retries=retries, order=order,
-        increment_tasks=increment_tasks(workers), cluster_cores=total_cores(workers), priority_offset=priority_offset,
+        increment_tasks=increment_tasks(worker_info), cluster_cores=total_cores(worker_info), priority_offset=priority_offset,
         share=_scatter_to_all(conn.client) if _forked_here(conn) else _kept_by_scheduler(conn.client),
     )
     # units that compute something: their outputs come back here and go into the store

@@ -197,7 +197,7 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
     held: list[Future] = []
     try:
         waiting = workers_ready(conn, worker_timeout)
-        workers = worker_resources(conn.client)
+        worker_info = worker_resources(conn.client)
         writer = StoreWriter(store, conn.client) if store is not None else None
         submissions = {}
         sources: dict[tuple[str, str], tuple[Future, str]] = {}  # (structure, label) -> its unit's future, label
@@ -205,7 +205,7 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
             borrowed = {label: sources[origin] for label, origin in shared.borrowed.get(name, {}).items()}
             sub = submit_plan(
                 plan, conn, store=store, writer=writer, worker_timeout=waiting, check_installed=check_installed and number == 0,
-                priority_offset=(len(plans) - number) * PRIORITY_SPAN, borrowed=borrowed, workers=workers, **options,
+                priority_offset=(len(plans) - number) * PRIORITY_SPAN, borrowed=borrowed, worker_info=worker_info, **options,
             )
             submissions[name] = sub
             lent = shared.lent.get(name)
