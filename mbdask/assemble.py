@@ -21,7 +21,7 @@ from qcmanybody.v2 import ManyBodyComputer
 from . import config
 from .cost import calibrated_predictions
 from .plan import gc_paused
-from .tables import Ragged, Rows
+from .tables import Ragged, Rows, none_for_nan
 from .version import package_version
 
 #: Columns of the per-cluster increments table, per BSSE treatment.
@@ -99,17 +99,20 @@ class OutputColumns:
     def of(cls, *units: dict[str, dict]) -> "OutputColumns":
         """The outputs of ``units`` (dicts by label, as fragment units return them), later units winning."""
         outputs = list(merge_units(*units).values())
-        nan = float("nan")
         values = [out["values"] for out in outputs]
         plain = all(len(v) == 1 and "energy" in v for v in values)
+
+        def numbers(records: list[dict], key: str) -> np.ndarray:
+            return np.array([np.nan if record.get(key) is None else record[key] for record in records], dtype=float)
+
         return cls(
             labels=[out["label"] for out in outputs],
-            energy=np.array([v.get("energy", nan) for v in values], dtype=float),
+            energy=numbers(values, "energy"),
             stored=np.array([bool(out.get("stored")) for out in outputs], dtype=bool),
-            start=np.array([out.get("start", nan) for out in outputs], dtype=float),
-            stop=np.array([out.get("stop", nan) for out in outputs], dtype=float),
-            predicted=np.array([nan if out.get("predicted") is None else out["predicted"] for out in outputs], dtype=float),
-            own=np.array([nan if out.get("own") is None else out["own"] for out in outputs], dtype=float),
+            start=numbers(outputs, "start"),
+            stop=numbers(outputs, "stop"),
+            predicted=numbers(outputs, "predicted"),
+            own=numbers(outputs, "own"),
             ncores=np.array([out.get("ncores", 0) for out in outputs], dtype=np.int64),
             worker=[out.get("worker") for out in outputs],
             values=None if plain else values,
@@ -263,9 +266,9 @@ def _timings(
         "start": start.tolist(),
         "worker": workers,
         "ncores": cols.ncores[sel].tolist(),
-        "predicted": _none_for_nan(cols.predicted[sel]),
-        "own_seconds": _none_for_nan(cols.own[sel]),
-        "calibrated": _none_for_nan(calibrated),
+        "predicted": none_for_nan(cols.predicted[sel]),
+        "own_seconds": none_for_nan(cols.own[sel]),
+        "calibrated": none_for_nan(calibrated),
     }
     if tables:
         fragments: Any = Rows([(columns, {})], TIMING_COLUMNS)
@@ -279,10 +282,6 @@ def _timings(
         "from_store": len(rows) - len(sel),
         "cluster_cores": cluster_cores,
     }
-
-
-def _none_for_nan(values: np.ndarray) -> list[Optional[float]]:
-    return [None if value != value else value for value in values.tolist()]
 
 
 def _cluster_energies(cols: OutputColumns, rows: np.ndarray, parts: Sequence[tuple[str, Sequence[int], Sequence[int]]]) -> Rows:

@@ -28,7 +28,6 @@ from .cost import CostModel
 from .plan import FragmentJob, gc_paused
 
 
-
 @dataclass(frozen=True)
 class BatchLimits:
     """Bounds of a batch's predicted duration in seconds, and the units per worker thread and n-body

@@ -245,15 +245,12 @@ def connect(
     return Connection(Client(cluster, set_as_default=False), cluster=cluster, owns_client=True)
 
 
-#: Dashboard of a LocalCluster mbdask starts (Dask config ``mbdask.local-cluster.dashboard``):
-#: "auto" serves it for runs predicted to take at least ``mbdask.local-cluster.dashboard-min-seconds`` per core.
-
-
 def want_dashboard(predicted_seconds_per_core: float, choice: Union[bool, str, None] = None) -> bool:
     """Whether a LocalCluster mbdask starts should serve Dask's dashboard.
 
     ``choice`` True/False decides; None reads ``mbdask.local-cluster.dashboard`` (default
-    "auto"); "auto" serves it where there is time to watch: starting it (Bokeh and its
+    "auto"); "auto" serves it where there is time to watch (runs predicted to take at least
+    ``mbdask.local-cluster.dashboard-min-seconds`` per core): starting it (Bokeh and its
     server) costs about 0.4 s, a tenth of a short xtb run, and nobody opens a dashboard for
     a run that ends in a few seconds.
     """

@@ -9,6 +9,7 @@ environment variables, or ``dask.config.set``. This is dask-jobqueue's conventio
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,19 @@ def load_defaults() -> None:
 
     with _lock:
         if not _loaded:
-            dask.config.update_defaults(yaml.safe_load(DEFAULTS.read_text()))
+            dask.config.update_defaults(_packaged())
             _loaded = True
+
+
+@functools.lru_cache(maxsize=1)
+def _packaged() -> dict:
+    """mbdask.yaml, read once per process."""
+    return yaml.safe_load(DEFAULTS.read_text())
 
 
 def packaged_default(key: str) -> Any:
     """The value ``key`` has in mbdask.yaml, read without importing Dask (``--help`` shows it and stays instant)."""
-    node: Any = yaml.safe_load(DEFAULTS.read_text())
+    node: Any = _packaged()
     for part in key.split("."):
         node = node[part]
     return node

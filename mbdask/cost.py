@@ -22,12 +22,14 @@ import functools
 import heapq
 import statistics
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
 from . import config
+from .tables import none_for_nan
 
 _SCALING = (
     (("ccsd(t)", "ccsd[t]"), 7),
@@ -216,7 +218,7 @@ def calibrated_during_run(fragments: list[dict]) -> list[Optional[float]]:
         np.array([nan if f.get("predicted") is None else f["predicted"] for f in fragments], dtype=float),
         [f.get("worker") for f in fragments],
     )
-    return [None if value != value else value for value in calibrated.tolist()]
+    return none_for_nan(calibrated)
 
 
 def calibrated_predictions(kinds: Sequence[Kind], start: np.ndarray, seconds: np.ndarray, predicted: np.ndarray, workers: Sequence[Any]) -> np.ndarray:
@@ -234,9 +236,7 @@ def calibrated_predictions(kinds: Sequence[Kind], start: np.ndarray, seconds: np
     order = np.argsort(start, kind="stable").tolist()
     starts, secs, preds = start.tolist(), seconds.tolist(), predicted.tolist()
     warm_up = set({workers[i]: i for i in reversed(order)}.values())
-    pending: dict[Kind, int] = {}
-    for kind in kinds:
-        pending[kind] = pending.get(kind, 0) + 1
+    pending = Counter(kinds)  # per kind, fragments not yet finished in the replay
     unsettled = len(pending)
     finished: list[tuple[float, int]] = []  # (stop, index) of started fragments, earliest stop first
     ratios: dict[Kind, list[float]] = {}

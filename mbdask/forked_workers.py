@@ -44,6 +44,11 @@ from . import config
 _PR_SET_PDEATHSIG = 1
 
 
+def _close_timeout() -> float:
+    """Seconds a closing worker gets to exit by itself before it is killed (``mbdask.local-cluster.close-timeout``)."""
+    return float(config.get("mbdask.local-cluster.close-timeout"))
+
+
 def threads_in_this_process() -> Optional[int]:
     """Threads of this process as the kernel counts them (OpenMP and BLAS pools included), None off Linux."""
     try:
@@ -76,7 +81,7 @@ class _Child:
                 os.close(fd)
             except OSError:
                 pass
-        self.reap(float(config.get("mbdask.local-cluster.close-timeout")))
+        self.reap(_close_timeout())
 
     def stop(self) -> None:
         """Ask the child's worker to close (SIGTERM), then reap it."""
@@ -84,7 +89,7 @@ class _Child:
             os.kill(self.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        self.reap(float(config.get("mbdask.local-cluster.close-timeout")))
+        self.reap(_close_timeout())
 
     def reap(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the child to exit, then kill it; never leaves a zombie."""

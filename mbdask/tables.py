@@ -110,6 +110,11 @@ def _compact(values: Any) -> Any:
     return values
 
 
+def none_for_nan(values: np.ndarray) -> list[Optional[float]]:
+    """A float column as Python values, NaN (no value) as None, as a list of dicts holds it."""
+    return [None if value != value else value for value in values.tolist()]
+
+
 def _column_list(column: Any) -> list:
     return column.tolist() if hasattr(column, "tolist") else list(column)
 
@@ -270,7 +275,7 @@ def _csv_texts(column: Any, name: str, made: Optional[list[tuple[Any, list[str]]
                 made.append((column, texts))
             return texts
         if isinstance(column, np.ndarray) and column.ndim == 2:
-            return _index_texts(column.ravel(), np.arange(0, column.size + 1, max(column.shape[1], 1)) if column.shape[1] else np.zeros(len(column) + 1, dtype=np.int64))
+            return _index_texts(column.ravel(), np.arange(len(column) + 1) * column.shape[1])
         return [_csv_value(value, name) for value in _column_list(column)]
     if isinstance(column, np.ndarray) and column.dtype.kind == "f":
         return list(map(repr, column.tolist()))  # shortest text that reads back to the same float
@@ -284,12 +289,12 @@ def _csv_texts(column: Any, name: str, made: Optional[list[tuple[Any, list[str]]
 
 def _index_texts(flat: np.ndarray, offsets: np.ndarray) -> list[str]:
     """Lists of fragment indices as "1 5 9" texts, rows of one length at a time (679,120 rows in half a second)."""
-    lengths = np.diff(offsets)
-    out = np.empty(len(lengths), dtype=object)
     if not len(flat) or flat.min() < 0:
         bounds = offsets.tolist()
         values = flat.tolist()
         return [" ".join(map(str, values[a:b])) for a, b in zip(bounds, bounds[1:])]
+    lengths = np.diff(offsets)
+    out = np.empty(len(lengths), dtype=object)
     names = np.array([str(i) for i in range(int(flat.max()) + 1)], dtype=object)
     for length in np.unique(lengths).tolist():
         rows = np.flatnonzero(lengths == length)
