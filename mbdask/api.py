@@ -293,7 +293,7 @@ def _units(
     todo = [job for job in plan.jobs if job.label not in known and job.label not in borrowed]
     units = make_units(todo, cost, workers=slots, batch=batch, cores=resources.cores, auto_cores=auto_cores, max_cores=max_cores)
     done = [job for job in plan.jobs if job.label in known]
-    per_unit = int(config.get("mbdask.store.known-per-unit"))  # they cost nothing to run
+    per_unit = config.number("mbdask.store.known-per-unit")  # they cost nothing to run
     for i in range(0, len(done), per_unit):
         units.append(Unit(tuple(done[i : i + per_unit]), 0.0, resources.cores))
     by_source: dict[Any, list[tuple[FragmentJob, str]]] = {}
@@ -649,7 +649,7 @@ def _result_or_partial(sub: Submission, keep_going: bool, timeout: Optional[floa
 
 def _watched_result(sub: Submission, timeout: Optional[float]) -> ManyBodyResult:
     deadline = None if timeout is None else time.monotonic() + timeout
-    interval = float(config.get("mbdask.watch-interval"))
+    interval = config.number("mbdask.watch-interval")
     alone_since: Optional[float] = None
     while True:
         wait = interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic()))

@@ -32,7 +32,7 @@ TIMING_COLUMNS = ("model", "real", "basis", "seconds", "start", "worker", "ncore
 
 def inline_limit() -> int:
     """Calculations up to which a result carries its rows as plain lists (``mbdask.result.inline-limit``)."""
-    return int(config.get("mbdask.result.inline-limit"))
+    return config.number("mbdask.result.inline-limit")
 
 
 def parse_label(label: str) -> tuple[str, list[int], list[int]]:

@@ -40,9 +40,9 @@ class BatchLimits:
     @classmethod
     def from_config(cls) -> "BatchLimits":
         return cls(
-            float(config.get("mbdask.batching.min-seconds")),
-            float(config.get("mbdask.batching.max-seconds")),
-            int(config.get("mbdask.batching.units-per-worker")),
+            config.number("mbdask.batching.min-seconds"),
+            config.number("mbdask.batching.max-seconds"),
+            config.number("mbdask.batching.units-per-worker"),
         )
 
 

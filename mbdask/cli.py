@@ -555,6 +555,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit code instead of raising for anything expected."""
     args = build_parser().parse_args(argv)
     try:
+        from .config import check_numbers
+
+        check_numbers()  # a bad setting (Dask YAML, DASK_MBDASK__...) stops here, before anything is read or written
         return {"run": _run, "optimize": _optimize, "plan": _plan}[args.command](args)
     except InputError as exc:
         print(f"mbdask: error: {exc}", file=sys.stderr)

@@ -64,7 +64,7 @@ class ClusterSize:
         threads = threads_per_worker or 1
         workers = n_workers or max(1, cores // threads)
         if memory_limit is None:
-            memory = int(psutil.virtual_memory().total * float(config.get("mbdask.local-cluster.memory-fraction")) / workers)
+            memory = int(psutil.virtual_memory().total * config.number("mbdask.local-cluster.memory-fraction") / workers)
         else:
             memory = int(parse_bytes(memory_limit) if isinstance(memory_limit, str) else memory_limit)
         return cls(workers, threads, memory)
@@ -262,7 +262,7 @@ def want_dashboard(predicted_seconds_per_core: float, choice: Union[bool, str, N
         return choice
     if choice != "auto":
         raise ValueError(f"mbdask.local-cluster.dashboard must be auto, true or false, not {choice!r}")
-    return predicted_seconds_per_core >= float(config.get("mbdask.local-cluster.dashboard-min-seconds"))
+    return predicted_seconds_per_core >= config.number("mbdask.local-cluster.dashboard-min-seconds")
 
 
 def worker_timeout(seconds: Optional[float] = None) -> float:

@@ -46,6 +46,62 @@ def packaged_default(key: str) -> Any:
     return node
 
 
+#: The numeric settings: their type, and whether 0 is allowed (every one must be at least 0).
+NUMBERS: dict[str, tuple[type, bool]] = {
+    "mbdask.watch-interval": (float, False),
+    "mbdask.context-timeout": (float, False),
+    "mbdask.local-cluster.dashboard-min-seconds": (float, True),
+    "mbdask.local-cluster.memory-fraction": (float, False),
+    "mbdask.local-cluster.start-timeout": (float, False),
+    "mbdask.local-cluster.close-timeout": (float, True),
+    "mbdask.batching.min-seconds": (float, True),
+    "mbdask.batching.max-seconds": (float, False),
+    "mbdask.batching.units-per-worker": (int, False),
+    "mbdask.graph.collect-nodes": (int, False),
+    "mbdask.graph.min-collect-units": (int, False),
+    "mbdask.cost.calibration-samples": (int, True),
+    "mbdask.store.known-per-unit": (int, False),
+    "mbdask.store.write-chunk": (int, False),
+    "mbdask.store.close-patience": (float, True),
+    "mbdask.result.inline-limit": (int, True),
+    "mbdask.progress.log-interval": (float, True),
+    "mbdask.progress.rate-window": (float, False),
+    "mbdask.report.slowest": (int, True),
+    "mbdask.report.plotted-fragments": (int, True),
+    "mbdask.xyz.bond-tolerance": (float, False),
+}
+
+
+def number(key: str) -> Any:
+    """The numeric setting ``key`` as its type (:data:`NUMBERS`); a value that is not one is bad input.
+
+    Settings come from users' YAML files and ``DASK_MBDASK__...`` variables: "abc", 8.5 for a
+    count or a negative timeout is refused in one line naming the setting (exit code 2 on
+    the command line), not met later as a traceback.
+    """
+    from .errors import InputError
+
+    kind, zero_allowed = NUMBERS[key]
+    value = get(key)
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        converted = kind(value)
+        if converted != converted or (kind is int and float(value) != converted):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InputError(f"Dask config {key}: {value!r} is not {'a whole number' if kind is int else 'a number'}") from None
+    if converted < 0 or (converted == 0 and not zero_allowed):
+        raise InputError(f"Dask config {key}: {value!r} must be {'at least' if zero_allowed else 'above'} 0")
+    return converted
+
+
+def check_numbers() -> None:
+    """Read every numeric setting once (:func:`number`), so that a bad one stops a run before it starts."""
+    for key in NUMBERS:
+        number(key)
+
+
 def get(key: str) -> Any:
     """The setting ``key`` (``"mbdask.worker-timeout"``...): the user's value, else mbdask.yaml's."""
     import dask.config

@@ -229,7 +229,7 @@ def calibrated_predictions(kinds: Sequence[Kind], start: np.ndarray, seconds: np
     fixed, and the rest is one array product.
     """
     n = len(kinds)
-    wanted = int(config.get("mbdask.cost.calibration-samples"))  # later measurements change nothing
+    wanted = config.number("mbdask.cost.calibration-samples")  # later measurements change nothing
     out = np.full(n, np.nan)
     if not n:
         return out

@@ -228,7 +228,7 @@ def resolve_context(ctx: Any) -> "ExpansionContext":
 
         from distributed import Variable, get_client
 
-        found = pickle.loads(Variable(ctx.name, client=get_client()).get(timeout=float(config.get("mbdask.context-timeout"))))
+        found = pickle.loads(Variable(ctx.name, client=get_client()).get(timeout=config.number("mbdask.context-timeout")))
         _FETCHED[ctx.name] = found
         while len(_FETCHED) > _FETCHED_KEPT:
             _FETCHED.pop(next(iter(_FETCHED)))

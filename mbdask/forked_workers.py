@@ -46,7 +46,7 @@ _PR_SET_PDEATHSIG = 1
 
 def _close_timeout() -> float:
     """Seconds a closing worker gets to exit by itself before it is killed (``mbdask.local-cluster.close-timeout``)."""
-    return float(config.get("mbdask.local-cluster.close-timeout"))
+    return config.number("mbdask.local-cluster.close-timeout")
 
 
 def threads_in_this_process() -> Optional[int]:
@@ -209,7 +209,7 @@ class ForkedWorker(ProcessInterface):
         settings = {**self.options, "scheduler": self.scheduler, "name": self.name, "log_level": logging.WARNING}
         self._child.send(settings)
         loop = asyncio.get_running_loop()
-        address = await asyncio.wait_for(loop.run_in_executor(None, _read_line, self._child.from_child), float(config.get("mbdask.local-cluster.start-timeout")))
+        address = await asyncio.wait_for(loop.run_in_executor(None, _read_line, self._child.from_child), config.number("mbdask.local-cluster.start-timeout"))
         if not address:
             raise RuntimeError(f"forked worker process {self._child.pid} exited before it started its worker")
         self.address = address

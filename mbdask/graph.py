@@ -100,7 +100,7 @@ def collect_size(units: int) -> int:
     """Units per collect node for a graph of ``units`` units: about ``mbdask.graph.collect-nodes``
     nodes (enough that most finish while later fragments still run), each merging at least
     ``mbdask.graph.min-collect-units`` units."""
-    return max(int(config.get("mbdask.graph.min-collect-units")), math.ceil(units / int(config.get("mbdask.graph.collect-nodes"))))
+    return max(config.number("mbdask.graph.min-collect-units"), math.ceil(units / config.number("mbdask.graph.collect-nodes")))
 
 
 def collect_groups(unit_keys: list[Key], priorities: dict[Key, float]) -> list[list[Key]]:

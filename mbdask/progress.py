@@ -49,7 +49,7 @@ class Progress:
             self.predicted_total += unit.seconds
         self.failed = False
         #: seconds of recent progress the time left is estimated from (``mbdask.progress.rate-window``)
-        self.rate_window = float(config.get("mbdask.progress.rate-window"))
+        self.rate_window = config.number("mbdask.progress.rate-window")
         #: (time, predicted work done) as the estimate was asked for, over the last ``rate_window`` seconds
         self._samples: deque[tuple[float, float]] = deque()
 
@@ -144,7 +144,7 @@ def show(progress: Progress, stream: IO[str] = sys.stderr, interval: float = 0.5
     if live is None:
         live = stream.isatty()
     if not live:
-        _log(progress, stream, float(config.get("mbdask.progress.log-interval")), interval)
+        _log(progress, stream, config.number("mbdask.progress.log-interval"), interval)
         return
     drawn = 0
     while True:

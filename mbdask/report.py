@@ -256,7 +256,7 @@ def _drawn(fragments: Sequence[dict], limit: Optional[int] = None) -> tuple[list
     """The fragments a plot draws one by one: all, or the ``limit`` longest (and a title note saying so)."""
     # a plot draws at most mbdask.report.plotted-fragments one by one (a run of 679k
     # calculations draws its longest ones), so that the HTML stays a few MB
-    limit = int(config.get("mbdask.report.plotted-fragments")) if limit is None else limit
+    limit = config.number("mbdask.report.plotted-fragments") if limit is None else limit
     if len(fragments) <= limit:
         return list(fragments), ""
     return heapq.nlargest(limit, fragments, key=lambda f: f["seconds"]), f" (the {limit:,} longest of {len(fragments):,} fragments)"
@@ -393,7 +393,7 @@ def report_html(result: Any, title: str = "mbdask report") -> str:
     items.append(row(*[figs[name] for name in ("convergence", "pairs") if name in figs]))
     if fragments:
         items += [figs["timeline"], figs["utilization"]]
-        slowest = heapq.nlargest(int(config.get("mbdask.report.slowest")), fragments, key=lambda f: f["seconds"])
+        slowest = heapq.nlargest(config.number("mbdask.report.slowest"), fragments, key=lambda f: f["seconds"])
         table = _table(
             ["fragment", "model", "seconds", "predicted (calibrated)", "cores", "worker"],
             [[fragment_name(f["real"], f["basis"]), f["model"], f"{f['seconds']:.3f}", _seconds(f.get("calibrated") or f.get("predicted")), f["ncores"], f["worker"]] for f in slowest],

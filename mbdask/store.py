@@ -246,7 +246,7 @@ class StoreWriter:
         self.store = store
         self.client = client
         #: unit results fetched in one request and written in one transaction (bounds what the client holds at once)
-        self.write_chunk = int(config.get("mbdask.store.write-chunk"))
+        self.write_chunk = config.number("mbdask.store.write-chunk")
         #: fragment outputs written so far
         self.written = 0
         #: the last error writing met (logged as it happened), if any
@@ -293,7 +293,7 @@ class StoreWriter:
         ``mbdask.store.close-patience``).
         """
         if patience is None:
-            patience = float(config.get("mbdask.store.close-patience"))
+            patience = config.number("mbdask.store.close-patience")
         with self._lock:
             self._closing = True
         self._queue.put(_STOP)

@@ -174,7 +174,7 @@ def find_fragments(symbols: list[str], geometry_angstrom: np.ndarray) -> list[li
         raise InputError(f"unknown element in XYZ: {exc}") from None
     dist = np.linalg.norm(geometry_angstrom[:, None, :] - geometry_angstrom[None, :, :], axis=-1)
     # bonded: closer than ``mbdask.xyz.bond-tolerance`` times the sum of covalent radii
-    bonded = dist < float(config.get("mbdask.xyz.bond-tolerance")) * (radii[:, None] + radii[None, :])
+    bonded = dist < config.number("mbdask.xyz.bond-tolerance") * (radii[:, None] + radii[None, :])
     parent = list(range(len(symbols)))
 
     def root(i: int) -> int:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import dask
+import pytest
 import yaml
 
 from mbdask import config
@@ -70,3 +71,37 @@ def test_a_setting_from_the_environment_changes_how_a_run_is_batched():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, cwd=root, check=True)
         counts.append(int(out.stdout.split()[-1]))
     assert counts[1] < counts[0], counts
+
+
+def test_every_numeric_setting_is_checked():
+    defaults = yaml.safe_load(config.DEFAULTS.read_text())
+    numeric = {key for key in _leaf_keys(defaults) if isinstance(config.packaged_default(key), (int, float)) and key != "mbdask.worker-timeout"}
+    assert numeric == set(config.NUMBERS)  # worker-timeout has its own parser ("10m")
+    config.check_numbers()  # the packaged defaults pass
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("mbdask.batching.min-seconds", "abc", "'abc' is not a number"),
+        ("mbdask.batching.min-seconds", -1, "-1 must be at least 0"),
+        ("mbdask.store.write-chunk", 8.5, "8.5 is not a whole number"),
+        ("mbdask.graph.collect-nodes", 0, "0 must be above 0"),
+    ],
+)
+def test_a_bad_numeric_setting_is_refused_naming_it(key, value, message):
+    from mbdask.errors import InputError
+
+    with dask.config.set({key: value}), pytest.raises(InputError, match=f"^Dask config {key}: {message}$"):
+        config.number(key)
+
+
+def test_a_bad_setting_on_the_command_line_is_one_line_exit_2_and_nothing_written(tmp_path):
+    from conftest import EXAMPLES
+
+    out = tmp_path / "result.json"
+    env = {**os.environ, "DASK_MBDASK__BATCHING__MIN_SECONDS": "abc"}
+    proc = subprocess.run([sys.executable, "-m", "mbdask", "run", str(EXAMPLES / "water6-gfn2.json"), "-o", str(out)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.strip().splitlines() == ["mbdask: error: Dask config mbdask.batching.min-seconds: 'abc' is not a number"]
