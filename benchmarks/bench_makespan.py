@@ -30,7 +30,8 @@ from distributed import Client, LocalCluster  # noqa: E402
 
 import mbdask  # noqa: E402
 from clusters import water_cluster  # noqa: E402
-from mbdask.api import _units, increment_tasks  # noqa: E402
+from mbdask.api import _units  # noqa: E402
+from mbdask.workers import increment_tasks  # noqa: E402
 from mbdask.cluster import ClusterSize, start_local_cluster, worker_resources  # noqa: E402
 from mbdask.execute import ExpansionContext, run_fragment  # noqa: E402
 from mbdask.graph import FragmentResources, build_graph  # noqa: E402

@@ -25,7 +25,8 @@ import json, sys, time, tracemalloc
 sys.path.insert(0, sys.argv[1])
 from clusters import xtb_input
 import mbdask
-from mbdask.api import _units, increment_tasks
+from mbdask.api import _units
+from mbdask.workers import increment_tasks
 from mbdask.graph import FragmentResources, build_graph
 n, nb, traced = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 inp = xtb_input(n, nb)

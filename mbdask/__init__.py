@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what the names below are, for type checkers and the API docs
     from .api import Submission, compute, plan, start, submit
     from .cluster import ClusterSize, connect, start_local_cluster
-    from .errors import FragmentFailedError, InputError, MbdaskError, NoWorkersError
+    from .errors import BadInputError, FragmentFailedError, MbdaskError, NoWorkersError
     from .inputs import load_input
     from .optimize import OptimizationResult, optimize
     from .outputs import load_result, save_result
@@ -44,7 +44,7 @@ _EXPORTS = {
     "connect": "cluster",
     "start_local_cluster": "cluster",
     "FragmentFailedError": "errors",
-    "InputError": "errors",
+    "BadInputError": "errors",
     "MbdaskError": "errors",
     "NoWorkersError": "errors",
     "load_input": "inputs",
@@ -96,6 +96,8 @@ def __getattr__(name: str) -> Any:
         value = package_version()
     elif name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name == "InputError":  # the old name of BadInputError: warns each time, never cached
+        return importlib.import_module(".errors", __name__).renamed(name, __name__)
     else:
         raise AttributeError(f"module 'mbdask' has no attribute {name!r}")
     globals()[name] = value
@@ -107,12 +109,12 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "BadInputError",
     "ClusterSize",
     "FragmentFailedError",
     "FragmentJob",
     "FragmentStore",
     "Increment",
-    "InputError",
     "ManyResults",
     "MbdaskError",
     "NoWorkersError",

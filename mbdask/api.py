@@ -10,11 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pkgutil
 import time
 import uuid
 import warnings
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterator, Optional, Union
 
@@ -22,7 +20,7 @@ from distributed import Client, Future, as_completed
 from qcmanybody.models.v2 import ManyBodyResult
 
 from . import config
-from .batching import BatchLimits, Unit, make_units
+from .batching import Unit, make_units
 from .cluster import (
     ClientLike,
     Connection,
@@ -35,7 +33,7 @@ from .cluster import (
 )
 from .cluster import worker_timeout as cluster_worker_timeout
 from .cost import CostModel
-from .errors import FragmentFailedError, InputError, NoWorkersError
+from .errors import FragmentFailedError, BadInputError, NoWorkersError
 from .execute import ExpansionContext, SharedContext
 from .graph import ORDERS, ExpansionGraph, FragmentResources, build_graph, result_function
 from .inputs import InputLike
@@ -44,7 +42,7 @@ from .programs import program_modules
 from .progress import Progress
 from .screening import ScreeningLike
 from .store import FragmentStore, StoreWriter
-from .worker_environment import startup_environment
+from .workers import check_programs_here, check_workers, fragment_resources, increment_tasks, total_cores, worker_cores
 
 StoreLike = Union[str, os.PathLike, FragmentStore, None]
 
@@ -127,143 +125,6 @@ class Submission:
         return result_function(self.plan, complete)(ctx, levels, *outputs, partial=partial)
 
 
-def _fragment_resources(worker_info: list[dict], cores: int, memory_gib: Optional[float], *, auto_cores: bool = False) -> FragmentResources:
-    """Decide what each fragment reserves, from what the workers declare.
-
-    Cores become a resource restriction only where a worker thread is not already one
-    core's worth of work (more than one core per fragment, cost-based cores, or workers
-    with more threads than declared cores); otherwise the thread limit does the same job
-    and the scheduler's queue keeps handing out work in priority order. Memory is a
-    restriction when the caller sets it and the workers declare it. A fragment that no
-    worker could ever hold is refused now rather than left waiting. ``worker_info`` as
-    :func:`mbdask.cluster.worker_resources` gives them.
-    """
-    if not worker_info:
-        raise InputError("the Dask cluster has no workers")
-    declared_cores = all("cores" in w["resources"] for w in worker_info)
-    if (cores > 1 or auto_cores) and not declared_cores:
-        # without a 'cores' resource Dask runs a task per thread: two 2-core fragments would share a worker's threads
-        wanted = "'auto' cores" if auto_cores else f"{cores} cores"
-        raise InputError(
-            f"fragments with {wanted} need workers that declare a 'cores' resource, and some of these do not; "
-            "start them with e.g. `dask worker ADDRESS --nthreads 8 --resources cores=8` (dask-jobqueue: "
-            "worker_extra_args=['--resources', 'cores=8']), or use cores_per_fragment=1"
-        )
-    declared_memory = all("memory" in w["resources"] for w in worker_info)
-    one_thread_one_core = all(w["nthreads"] <= w["resources"].get("cores", 0) for w in worker_info)
-    annotate_cores = declared_cores and (cores > 1 or auto_cores or not one_thread_one_core)
-    annotate_memory = declared_memory and memory_gib is not None
-    if memory_gib is None:
-        shares = [w["memory_limit"] / max(1, w["nthreads"]) for w in worker_info if w["memory_limit"]]
-        # rounded down, so that the reservation never exceeds what the worker declares
-        memory_gib = math.floor(min(shares) * cores / 2**30 * 1000) / 1000 if shares else None
-    if declared_cores and not any(w["resources"]["cores"] >= cores for w in worker_info):
-        most = max(w["resources"]["cores"] for w in worker_info)
-        raise InputError(f"each fragment asks for {cores} cores but no worker has more than {most}")
-    if declared_memory and memory_gib and not any(w["resources"]["memory"] >= memory_gib * 2**30 for w in worker_info):
-        most = max(w["resources"]["memory"] for w in worker_info) / 2**30
-        raise InputError(f"each fragment asks for {memory_gib:.2f} GiB but no worker has more than {most:.2f} GiB")
-    return FragmentResources(cores, memory_gib, annotate_cores, annotate_memory)
-
-
-def _worker_setup() -> dict:
-    """Run on each worker: QCEngine programs it can run (mbdask's harnesses registered), and its malloc setting."""
-    import qcengine
-
-    from .programs import register_programs
-
-    register_programs()
-    return {"programs": sorted(qcengine.list_available_programs()), "malloc_trim": startup_environment().get("MALLOC_TRIM_THRESHOLD_")}
-
-
-def _check_workers(client: Client, plan: Plan, also: Collection[str] = ()) -> None:
-    """Refuse before submission if some worker lacks mbdask or a program (a remote cluster's environment may differ).
-
-    Warn where workers run with ``MALLOC_TRIM_THRESHOLD_`` (Dask's nanny sets it), which
-    slows QC programs down (see :data:`mbdask.worker_environment.DROPPED_WORKER_ENVIRONMENT`).
-    """
-    _check_workers_import_mbdask(client)
-    needed = {plan.program(m) for m in plan.models} | set(also)
-    trims = set()
-    for address, setup in client.run(_worker_setup).items():
-        missing = sorted(needed - set(setup["programs"]))
-        if missing:
-            raise InputError(f"worker {address} cannot run {', '.join(missing)} (not installed in its environment)")
-        if setup["malloc_trim"] is not None:
-            trims.add(setup["malloc_trim"])
-    if trims:
-        _warn_malloc_trim(client, trims)
-
-
-def _check_programs_here(programs: Collection[str]) -> None:
-    """Refuse programs this process cannot run (for workers forked from it)."""
-    missing = sorted(set(programs) - set(_worker_setup()["programs"]))
-    if missing:
-        raise InputError(f"{', '.join(missing)} cannot run here (not installed in this environment)")
-
-
-def _check_workers_import_mbdask(client: Client) -> None:
-    """Refuse, naming the workers and what their import says, where workers cannot import mbdask.
-
-    Every mbdask task (and :func:`_worker_setup`) reaches a worker pickled by reference to
-    mbdask's modules, so such a worker fails to unpickle each one with Dask's bare
-    ``Exception: ModuleNotFoundError``. :func:`pkgutil.resolve_name` is the standard
-    library's, so it unpickles anywhere: it imports this module there (what unpickling
-    :func:`_worker_setup` imports, QCManyBody and the other dependencies included) and
-    returns its name, or the import's exception (``on_error="return"``).
-    """
-    results = client.run(pkgutil.resolve_name, f"{__name__}:__name__", on_error="return")
-    failed = {address: exc for address, exc in results.items() if isinstance(exc, BaseException)}
-    if not failed:
-        return
-    addresses = sorted(failed)
-    shown = ", ".join(addresses[:3]) + (f" and {len(addresses) - 3} more" if len(addresses) > 3 else "")
-    who = f"worker {shown}" if len(addresses) == 1 else f"{len(addresses)} of {len(results)} workers ({shown})"
-    exc = failed[addresses[0]]
-    raise InputError(
-        f"{who} cannot import mbdask ({type(exc).__name__}: {exc}); install mbdask and its dependencies in the workers' environment"
-    )
-
-
-#: Clients already warned about ``MALLOC_TRIM_THRESHOLD_``: once per client is enough.
-_MALLOC_TRIM_WARNED: "weakref.WeakSet[Client]" = weakref.WeakSet()
-
-
-def _warn_malloc_trim(client: Client, trims: set[str]) -> None:
-    """Warn once per client, in one line, that the workers' malloc setting slows QC programs down.
-
-    ``warnings.warn`` would print a second line, the source line of whatever user frame it
-    blames; the setting belongs to the workers, not to a line of code, so the warning is
-    issued with ``warn_explicit`` at a pseudo-location whose source cannot be shown. It is
-    still an ordinary ``UserWarning`` from module ``mbdask.api`` for filters and
-    ``pytest.warns``.
-    """
-    if client in _MALLOC_TRIM_WARNED:
-        return
-    _MALLOC_TRIM_WARNED.add(client)
-    message = (
-        f"mbdask: workers run with MALLOC_TRIM_THRESHOLD_={', '.join(sorted(trims))}, which makes QC programs slower "
-        "(xtb about 1.7x); set distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ to null in the workers' "
-        "Dask configuration, or let mbdask start the LocalCluster (see the HPC page of the docs)"
-    )
-    warnings.warn_explicit(message, UserWarning, filename="<dask workers>", lineno=0, module=__name__)
-
-
-def _worker_cores(worker: dict) -> int:
-    """Cores of one worker: what it declares, else its threads."""
-    return worker["resources"].get("cores", worker["nthreads"])
-
-
-def total_cores(worker_info: list[dict]) -> int:
-    """Cores of the cluster: what each worker declares, else its threads."""
-    return sum(_worker_cores(w) for w in worker_info)
-
-
-def increment_tasks(worker_info: list[dict]) -> int:
-    """Increment nodes per n-body level: a few per core, enough to stream, few enough to cost nothing."""
-    return BatchLimits.from_config().units_per_worker * sum(w["nthreads"] for w in worker_info)
-
-
 def _open_store(store: StoreLike) -> Optional[FragmentStore]:
     if store is None or isinstance(store, FragmentStore):
         return store
@@ -280,28 +141,33 @@ def _from_store(plan: Plan, store: Optional[FragmentStore], skip: Collection[str
 
 def _units(
     plan: Plan, known: dict[str, dict], worker_info: list[dict], resources: FragmentResources, *, batch: bool, auto_cores: bool,
-    borrowed: Optional[dict[str, tuple[Future, str]]] = None,
+    borrowed: Optional[dict[str, tuple[Future, str]]] = None, running: Optional[dict[str, Future]] = None,
 ) -> list[Unit]:
-    """Units to run (batched by predicted cost), units carrying what the store had, and units taking
-    ``borrowed`` calculations (label: the future of another expansion's unit, and the label there)."""
+    """Units to run (batched by predicted cost), units carrying what the store had, units taking
+    ``borrowed`` calculations (label: the future of another expansion's unit, and the label there),
+    and units taking the outputs of this expansion's calculations already ``running`` (label: the future of its unit)."""
     cost = CostModel.for_plan(plan)
     by_label = {job.label: job for job in plan.jobs}
     cost.calibrate((by_label[lab], out["stop"] - out["start"]) for lab, out in known.items() if "stop" in out)
     slots = total_cores(worker_info) // max(1, resources.cores)
-    max_cores = max(_worker_cores(w) for w in worker_info)
+    max_cores = max(worker_cores(w) for w in worker_info)
     borrowed = {label: source for label, source in (borrowed or {}).items() if label not in known}
-    todo = [job for job in plan.jobs if job.label not in known and job.label not in borrowed]
+    running = {label: future for label, future in (running or {}).items() if label not in known and label not in borrowed}
+    todo = [job for job in plan.jobs if job.label not in known and job.label not in borrowed and job.label not in running]
     units = make_units(todo, cost, workers=slots, batch=batch, cores=resources.cores, auto_cores=auto_cores, max_cores=max_cores)
     done = [job for job in plan.jobs if job.label in known]
     per_unit = config.number("mbdask.store.known-per-unit")  # they cost nothing to run
     for i in range(0, len(done), per_unit):
         units.append(Unit(tuple(done[i : i + per_unit]), 0.0, resources.cores))
-    by_source: dict[Any, list[tuple[FragmentJob, str]]] = {}
-    for label, (future, there) in borrowed.items():
-        by_source.setdefault(future.key, []).append((by_label[label], there))
-    for pairs in by_source.values():
-        future = borrowed[pairs[0][0].label][0]
-        units.append(Unit(tuple(job for job, _ in pairs), 0.0, resources.cores, source=future, source_labels=tuple(t for _, t in pairs)))
+    sources = [(future, label, there, True) for label, (future, there) in borrowed.items()]
+    sources += [(future, label, label, False) for label, future in running.items()]
+    by_source: dict[Any, list[tuple[Future, FragmentJob, str, bool]]] = {}
+    for future, label, there, other in sources:
+        by_source.setdefault(future.key, []).append((future, by_label[label], there, other))
+    for taken in by_source.values():
+        future, _, _, other = taken[0]
+        jobs, there = tuple(job for _, job, _, _ in taken), tuple(t for _, _, t, _ in taken)
+        units.append(Unit(jobs, 0.0, resources.cores, source=future, source_labels=there, borrowed=other))
     return units
 
 
@@ -326,13 +192,13 @@ def check_options(
 ) -> None:
     """Refuse impossible run options with one line (the CLI calls this before planning)."""
     if order not in ORDERS:
-        raise InputError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
+        raise BadInputError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
     if cores_per_fragment != "auto" and (not isinstance(cores_per_fragment, int) or cores_per_fragment < 1):
-        raise InputError(f"cores_per_fragment must be a whole number of at least 1 or 'auto', got {cores_per_fragment!r}")
+        raise BadInputError(f"cores_per_fragment must be a whole number of at least 1 or 'auto', got {cores_per_fragment!r}")
     if memory_per_fragment is not None and memory_per_fragment <= 0:
-        raise InputError(f"memory_per_fragment must be positive (GiB), got {memory_per_fragment}")
+        raise BadInputError(f"memory_per_fragment must be positive (GiB), got {memory_per_fragment}")
     if retries < 0:
-        raise InputError(f"retries must be 0 or more, got {retries}")
+        raise BadInputError(f"retries must be 0 or more, got {retries}")
 
 
 def plan(inp: InputLike, *, check_installed: bool = True, screening: ScreeningLike = None) -> Plan:
@@ -480,72 +346,74 @@ def submit_plan(
     cores = 1 if auto_cores else int(cores_per_fragment)
     also = [settings.cheap_model["program"]] if energy_screening else []
     if check_installed and not _forked_here(conn):
-        _check_workers(conn.client, the_plan, also)
+        check_workers(conn.client, the_plan, also)
     elif check_installed and also:
-        _check_programs_here(also)  # forked workers have what this process has
+        check_programs_here(also)  # forked workers have what this process has
     worker_info = worker_info or worker_resources(conn.client)
-    resources = _fragment_resources(worker_info, cores, memory_per_fragment, auto_cores=auto_cores)
-    computed: dict[str, dict] = {}
-    if energy_screening:
-        from .energy_screening import screen_and_compute
+    resources = fragment_resources(worker_info, cores, memory_per_fragment, auto_cores=auto_cores)
+    own_writer = writer is None and store is not None
+    if own_writer:
+        writer = StoreWriter(store, conn.client)
+    try:
+        computed: dict[str, dict] = {}
+        running: dict[str, Future] = {}
+        if energy_screening:
+            from .screening_pass import screen
 
-        screened = screen_and_compute(
-            the_plan, settings, conn.client, workers=total_cores(worker_info) // max(1, cores), cores=cores,
-            memory_gib=resources.memory_gib, annotation=resources.annotation() or None, store=store, retries=retries,
+            screened = screen(
+                the_plan, settings, conn.client, workers=total_cores(worker_info) // max(1, cores), resources=resources,
+                store=store, writer=writer, retries=retries,
+            )
+            the_plan, computed, running = screened.plan, screened.found, screened.running
+        key_ctx = ExpansionContext(the_plan.input, the_plan.specifications, False)  # store keys, on this side only
+        from_store = _from_store(the_plan, store, skip=computed.keys() | running.keys(), ctx=key_ctx)  # not what this run sent
+        known = {**from_store, **computed}
+        units = _units(the_plan, known, worker_info, resources, batch=batch, auto_cores=auto_cores, borrowed=borrowed, running=running)
+        graph = build_graph(
+            the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known, retries=retries, order=order,
+            increment_tasks=increment_tasks(worker_info), cluster_cores=total_cores(worker_info), priority_offset=priority_offset,
+            share=_scatter_to_all(conn.client) if _forked_here(conn) else _kept_by_scheduler(conn.client),
         )
-        the_plan, computed = screened.plan, screened.outputs
-    key_ctx = ExpansionContext(the_plan.input, the_plan.specifications, False)  # store keys, on this side only
-    from_store = _from_store(the_plan, store, skip=computed, ctx=key_ctx)
-    known = {**from_store, **computed}
-    units = _units(the_plan, known, worker_info, resources, batch=batch, auto_cores=auto_cores, borrowed=borrowed)
-    graph = build_graph(
-        the_plan, uuid.uuid4().hex[:12], resources=resources, units=units, known=known, retries=retries, order=order,
-        increment_tasks=increment_tasks(worker_info), cluster_cores=total_cores(worker_info), priority_offset=priority_offset,
-        share=_scatter_to_all(conn.client) if _forked_here(conn) else _kept_by_scheduler(conn.client),
-    )
-    # units that compute something: their outputs come back here and go into the store
-    to_store = [key for key, unit in graph.units.items() if unit.source is None and any(job.label not in known for job in unit.jobs)] if store is not None else []
-    keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going or progress else to_store)]
-    started = time.monotonic()
-    with warnings.catch_warnings():
-        # the fragments are the graph's data: a (H2O)64 4-body graph is ~80 MB by design, and
-        # Dask's advice for dataframes ("load the data with Dask directly") does not apply
-        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-        futures = conn.client.get(graph.graph, keys, sync=False)
-    by_key = dict(zip(keys, futures))
-    own_writer = writer is None
-    writer = _store_writer(store, conn.client, graph, to_store, by_key, known, key_ctx, shared=keep_going or progress, writer=writer)
+        # units that compute something: their outputs come back here and go into the store
+        to_store = [key for key, unit in graph.units.items() if unit.source is None and any(job.label not in known for job in unit.jobs)] if store is not None else []
+        keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going or progress else to_store)]
+        started = time.monotonic()
+        with warnings.catch_warnings():
+            # the fragments are the graph's data: a (H2O)64 4-body graph is ~80 MB by design, and
+            # Dask's advice for dataframes ("load the data with Dask directly") does not apply
+            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+            futures = conn.client.get(graph.graph, keys, sync=False)
+        by_key = dict(zip(keys, futures))
+        if writer is not None:
+            _track_units(writer, conn.client, graph, to_store, by_key, known, key_ctx, shared=keep_going or progress)
+    except BaseException:
+        if own_writer:
+            writer.close()
+        raise
+    if own_writer:
+        writer.seal()
     levels = {name: by_key[key] for name, key in graph.levels.items()}
     held = {key: by_key[key] for key in graph.units} if keep_going else {}
     watch = Progress({by_key[key]: unit for key, unit in graph.units.items()}, started) if progress else None
-    stored = len(from_store) + sum(1 for out in computed.values() if out.get("stored"))
+    stored = len(from_store) + len(computed)
     return Submission(
         the_plan, graph, by_key[graph.result], levels, conn, held, store, stored, watch, writer if own_writer else None,
         keep_going=keep_going, worker_timeout=0.0 if _forked_here(conn) else worker_timeout,
     )
 
 
-def _store_writer(
-    store: Optional[FragmentStore], client: Client, graph: ExpansionGraph, keys: list, by_key: dict, known: dict, ctx: ExpansionContext,
-    *, shared: bool, writer: Optional[StoreWriter] = None,
-) -> Optional[StoreWriter]:
-    """A writer tracking the units ``keys`` (their futures in ``by_key``), or None without a store.
+def _track_units(
+    writer: StoreWriter, client: Client, graph: ExpansionGraph, keys: list, by_key: dict, known: dict, ctx: ExpansionContext, *, shared: bool,
+) -> None:
+    """Have ``writer`` write the outputs of the units ``keys`` (their futures in ``by_key``) as they finish.
 
     ``shared``: those futures are held elsewhere too (progress, keep-going), so the writer
-    gets its own references to release. ``writer``: track them in this one (the caller seals
-    it) instead of a new writer sealed here.
+    gets its own references to release.
     """
-    if store is None:
-        return None
-    own = writer is None
-    writer = StoreWriter(store, client) if own else writer
     for key in keys:
         jobs = graph.units[key].jobs
         skip = frozenset(job.label for job in jobs if job.label in known) or None
         writer.track(Future(key, client) if shared else by_key.pop(key), jobs, ctx.store_key, skip)
-    if own:
-        writer.seal()
-    return writer
 
 
 def submit(inp: InputLike, client: ClientLike = None, **options: Any) -> Future:

@@ -156,11 +156,15 @@ def merge_units(*units: dict[str, dict]) -> dict[str, dict]:
     return merged
 
 
-def borrowed_outputs(labels: list[tuple[str, str]], source: dict[str, dict]) -> dict[str, dict]:
-    """Outputs of the same calculations in another expansion's unit ``source``, under this expansion's labels.
+def borrowed_outputs(labels: list[tuple[str, str]], source: dict[str, dict], borrowed: bool = True) -> dict[str, dict]:
+    """Outputs of the same calculations in a unit already sent, ``source``, under this expansion's labels.
 
-    Marked ``stored`` as outputs found in a store are: this expansion did not compute them.
+    ``borrowed`` (another expansion's unit): marked ``stored``, as outputs found in a store
+    are, since this expansion did not compute them. Not borrowed (this expansion's own
+    unit, sent before its graph by energy screening): they stay this expansion's work.
     """
+    if not borrowed:
+        return {label: source[there] if label == there else {**source[there], "label": label} for label, there in labels}
     return {label: {**source[there], "label": label, "stored": True} for label, there in labels}
 
 

@@ -55,10 +55,13 @@ class Unit:
     cores: int = 1
     #: predicted seconds of each job (they sum to ``seconds``); the report sets them beside the measured
     predicted: tuple[float, ...] = ()
-    #: a unit that computes nothing but takes its outputs from another expansion's unit (the same
-    #: calculations, :mod:`mbdask.structures`): that unit's Dask future, and the label of each job there
+    #: a unit that computes nothing but takes its outputs from a unit already sent: that unit's
+    #: Dask future, and the label of each job there
     source: Any = None
     source_labels: tuple[str, ...] = ()
+    #: the source is another expansion's (the same calculations, :mod:`mbdask.structures`), so its
+    #: outputs count as not computed here; False: this expansion's own, sent before its graph (energy screening)
+    borrowed: bool = True
 
     @property
     def model(self) -> str:

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-from .errors import FragmentFailedError, InputError, MbdaskError
+from .errors import FragmentFailedError, BadInputError, MbdaskError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -220,7 +220,7 @@ def _per_order(option: str, text: str) -> dict[str, str]:
     for item in text.split(","):
         order, sep, value = item.partition(":")
         if not sep:
-            raise InputError(f"{option} {text!r}: expected ORDER:VALUE pairs separated by commas, e.g. 2:9,3:5")
+            raise BadInputError(f"{option} {text!r}: expected ORDER:VALUE pairs separated by commas, e.g. 2:9,3:5")
         pairs[order.strip()] = value.strip()
     return pairs
 
@@ -237,7 +237,7 @@ def _screening(args: argparse.Namespace) -> Optional[dict]:
 
 def _positive(name: str, value: Optional[int]) -> None:
     if value is not None and value < 1:
-        raise InputError(f"{name} must be at least 1, got {value}")
+        raise BadInputError(f"{name} must be at least 1, got {value}")
 
 
 def _security(args: argparse.Namespace):
@@ -247,12 +247,12 @@ def _security(args: argparse.Namespace):
         return None
     missing = [name for name, value in files.items() if not value]
     if missing:
-        raise InputError(f"TLS needs --tls-ca-file, --tls-cert and --tls-key; missing {', '.join(missing)}")
+        raise BadInputError(f"TLS needs --tls-ca-file, --tls-cert and --tls-key; missing {', '.join(missing)}")
     for name, value in files.items():
         if not os.path.isfile(value):
-            raise InputError(f"{name} {value}: no such file")
+            raise BadInputError(f"{name} {value}: no such file")
     if not args.scheduler:
-        raise InputError("--tls-* options need --scheduler tls://HOST:PORT (a LocalCluster started here listens on 127.0.0.1 only)")
+        raise BadInputError("--tls-* options need --scheduler tls://HOST:PORT (a LocalCluster started here listens on 127.0.0.1 only)")
     from distributed.security import Security
 
     return Security(tls_ca_file=args.tls_ca_file, tls_client_cert=args.tls_cert, tls_client_key=args.tls_key, require_encryption=True)
@@ -274,7 +274,7 @@ def _xyz_charges_and_fragments(args: argparse.Namespace) -> tuple[Optional[list[
         try:
             charges = [float(q) for q in args.fragment_charges.split(",")]
         except ValueError:
-            raise InputError(f"--fragment-charges {args.fragment_charges!r}: expected numbers separated by commas") from None
+            raise BadInputError(f"--fragment-charges {args.fragment_charges!r}: expected numbers separated by commas") from None
     return charges, parse_fragments(args.fragments) if args.fragments else None
 
 
@@ -316,9 +316,9 @@ def _run_many(args: argparse.Namespace) -> int:
     from .structures import read_structures, start_many, write_structure_results
 
     if args.output:
-        raise InputError("several structures: write their results with --output-dir DIR (one JSON each and structures.csv), not -o")
+        raise BadInputError("several structures: write their results with --output-dir DIR (one JSON each and structures.csv), not -o")
     if args.profile:
-        raise InputError("--profile is for one structure; several structures report their times in --output-dir's structures.csv")
+        raise BadInputError("--profile is for one structure; several structures report their times in --output-dir's structures.csv")
     _positive("--workers", args.workers)
     _positive("--threads-per-worker", args.threads_per_worker)
     api.check_options(
@@ -327,7 +327,7 @@ def _run_many(args: argparse.Namespace) -> int:
     if args.report:
         check_writable(args.report)
     if args.output_dir and os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise InputError(f"--output-dir {args.output_dir}: exists and is not a directory")
+        raise BadInputError(f"--output-dir {args.output_dir}: exists and is not a directory")
     charges, fragments = _xyz_charges_and_fragments(args)
     structures = read_structures(args.inputs, _model_options(args), fragment_charges=charges, fragments=fragments)
     print(f"mbdask: {len(structures)} structures: {_names(list(structures))}", file=sys.stderr)
@@ -496,7 +496,7 @@ def _optimize(args: argparse.Namespace) -> int:
         if path:
             check_writable(path)
     if args.output and not args.output.lower().endswith((".xyz", ".json")):
-        raise InputError(f"-o {args.output}: the final geometry is written as .xyz or .json")
+        raise BadInputError(f"-o {args.output}: the final geometry is written as .xyz or .json")
     inp = _xyz_input(args) if _is_xyz(args.input) else args.input
     opt = optimize(
         inp, args.scheduler, max_steps=args.max_steps, convergence=args.convergence, freeze_screening=args.freeze_screening,
@@ -559,7 +559,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         check_numbers()  # a bad setting (Dask YAML, DASK_MBDASK__...) stops here, before anything is read or written
         return {"run": _run, "optimize": _optimize, "plan": _plan}[args.command](args)
-    except InputError as exc:
+    except BadInputError as exc:
         print(f"mbdask: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FragmentFailedError as exc:

@@ -9,6 +9,7 @@ environment variables, or ``dask.config.set``. This is dask-jobqueue's conventio
 
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 from pathlib import Path
@@ -22,7 +23,12 @@ _loaded = False
 
 
 def load_defaults() -> None:
-    """Merge ``mbdask.yaml`` into Dask's defaults (once; values the user set stay as they are)."""
+    """Merge ``mbdask.yaml`` into Dask's defaults (once; values the user set stay as they are).
+
+    Merged again where the ``mbdask`` section has gone: a ``dask.config.set({"mbdask...": ...})``
+    block opened before the first merge deletes the whole section when it closes, since the
+    section did not exist when it opened.
+    """
     global _loaded
     import dask.config
 
@@ -30,6 +36,8 @@ def load_defaults() -> None:
         if not _loaded:
             dask.config.update_defaults(_packaged())
             _loaded = True
+        elif "mbdask" not in dask.config.config:
+            dask.config.update(dask.config.config, copy.deepcopy(_packaged()), priority="old")
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,7 +87,7 @@ def number(key: str) -> Any:
     count or a negative timeout is refused in one line naming the setting (exit code 2 on
     the command line), not met later as a traceback.
     """
-    from .errors import InputError
+    from .errors import BadInputError
 
     kind, zero_allowed = NUMBERS[key]
     value = get(key)
@@ -90,9 +98,9 @@ def number(key: str) -> Any:
         if converted != converted or (kind is int and float(value) != converted):
             raise ValueError
     except (TypeError, ValueError):
-        raise InputError(f"Dask config {key}: {value!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        raise BadInputError(f"Dask config {key}: {value!r} is not {'a whole number' if kind is int else 'a number'}") from None
     if converted < 0 or (converted == 0 and not zero_allowed):
-        raise InputError(f"Dask config {key}: {value!r} must be {'at least' if zero_allowed else 'above'} 0")
+        raise BadInputError(f"Dask config {key}: {value!r} must be {'at least' if zero_allowed else 'above'} 0")
     return converted
 
 

@@ -1,13 +1,19 @@
 """Exceptions with a meaning for users: each maps to one CLI exit code.
 
-``InputError`` (exit 2) is raised before anything is submitted; ``FragmentFailedError``
+``BadInputError`` (exit 2) is raised before anything is submitted; ``FragmentFailedError``
 (exit 1) is raised on a worker when a QC program fails on one fragment. Both carry a
 one-line message, because that is what a chemist sees at the terminal.
+
+``BadInputError`` was ``InputError`` until QCEngine's ``InputError`` (a program refusing
+its input, which mbdask reports inside a ``FragmentFailedError``) made the name mean two
+things; ``mbdask.InputError`` still works, with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
+from typing import Any
 
 
 class MbdaskError(Exception):
@@ -16,7 +22,7 @@ class MbdaskError(Exception):
     exit_code = 1
 
 
-class InputError(MbdaskError, ValueError):
+class BadInputError(MbdaskError, ValueError):
     """The input cannot be run as given (bad file, impossible option, missing program)."""
 
     exit_code = 2
@@ -57,3 +63,20 @@ class FragmentFailedError(MbdaskError, RuntimeError):
         lines = [ln for ln in lines if not ln.startswith("For further information")]
         errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b", ln)]
         return (errors or lines or ["no message"])[-1]
+
+
+#: Old names -> the current ones (PEP 562 ``__getattr__`` here and in the package root).
+RENAMED = {"InputError": "BadInputError"}
+
+
+def renamed(name: str, where: str) -> Any:
+    """The object an old public name stands for, with a ``DeprecationWarning`` naming the new one."""
+    new = RENAMED[name]
+    warnings.warn(f"{where}.{name} is now {where}.{new} (QCEngine has an InputError of its own)", DeprecationWarning, stacklevel=3)
+    return globals()[new]
+
+
+def __getattr__(name: str) -> Any:
+    if name in RENAMED:
+        return renamed(name, __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

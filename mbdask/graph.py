@@ -63,15 +63,19 @@ def _job_name(job: FragmentJob) -> str:
     return f"{_indices(job.real)}@{_indices(job.basis)}"
 
 
-def fragment_key(job: FragmentJob, token: str) -> Key:
+def fragment_key(job: FragmentJob, token: str, kind: str = "frag") -> Key:
     """Key of a unit holding the one calculation ``job``."""
-    return (f"frag {dashboard_name(job.model)} {job.nbody}-body", token, _job_name(job))
+    return (f"{kind} {dashboard_name(job.model)} {job.nbody}-body", token, _job_name(job))
 
 
-def unit_key(unit: Unit, index: int, token: str) -> Key:
+def unit_key(unit: Unit, index: int, token: str, kind: str = "frag") -> Key:
+    """Key of a unit: its calculation's (:func:`fragment_key`), or its batch's, numbered ``index``.
+
+    ``kind`` starts the dashboard's group name: ``frag`` for the expansion's calculations,
+    ``cheap`` for energy screening's."""
     if len(unit.jobs) == 1:
-        return fragment_key(unit.jobs[0], token)
-    return (f"frag {dashboard_name(unit.model)} {unit.nbody}-body", token, f"batch {index} {_job_name(unit.jobs[0])}+{len(unit.jobs) - 1}")
+        return fragment_key(unit.jobs[0], token, kind)
+    return (f"{kind} {dashboard_name(unit.model)} {unit.nbody}-body", token, f"batch {index} {_job_name(unit.jobs[0])}+{len(unit.jobs) - 1}")
 
 
 def increment_key(bsse: str, nbody: Union[int, str], cluster: Sequence[int], token: str, batch: Optional[Key] = None) -> Key:
@@ -300,6 +304,47 @@ def _unit_of_jobs(jobs: Sequence[FragmentJob], units: Sequence[Unit]) -> np.ndar
     return unit_of
 
 
+def unit_task(unit: Unit, ctx_ref: Any, memory_gib: Optional[float], known: Optional[dict[str, dict]] = None) -> tuple:
+    """The task of one unit: its calculations (:func:`mbdask.execute.run_unit`, handed the outputs in
+    ``known`` instead of computing them), or, for a unit with a ``source``, the outputs taken from there."""
+    if unit.source is not None:
+        return (borrowed_outputs, [(job.label, there) for job, there in zip(unit.jobs, unit.source_labels)], unit.source, unit.borrowed)
+    have = {job.label: known[job.label] for job in unit.jobs if job.label in known} if known else None
+    return (run_unit, ctx_ref, list(unit.jobs), unit.cores, memory_gib, have or None, list(unit.predicted))
+
+
+def fragment_layer(
+    units: dict[Key, Unit], ctx_ref: Any, resources: FragmentResources, priority: Callable[[Key], float], retries: int = 0,
+    known: Optional[dict[str, dict]] = None,
+) -> MaterializedLayer:
+    """The one place units become Dask tasks: their tasks (:func:`unit_task`) with priority, retries and
+    resource annotations. :func:`build_graph` and energy screening's passes (:mod:`mbdask.screening_pass`) both send units through it."""
+    tasks = {key: unit_task(unit, ctx_ref, resources.memory_gib, known) for key, unit in units.items()}
+    # Annotations are evaluated per key when the graph is sent; a dict lookup is all they do.
+    annotations: dict[str, Any] = {"priority": priority}
+    if resources.annotation() and units:
+        cores = {unit.cores for unit in units.values()}
+        if len(cores) == 1:
+            annotations["resources"] = resources.annotation(cores.pop())
+        else:
+            annotations["resources"] = lambda key: resources.annotation(units[key].cores)
+    if retries:
+        annotations["retries"] = int(retries)
+    return MaterializedLayer(tasks, annotations=annotations)
+
+
+def unit_graph(
+    units: Sequence[Unit], token: str, ctx_ref: Any, resources: FragmentResources, priority: Callable[[Unit], float], *,
+    retries: int = 0, kind: str = "frag", first_index: int = 0,
+) -> tuple[HighLevelGraph, list[Key]]:
+    """A graph of ``units`` alone (no increments, no result) and their keys, for work decided while
+    a run goes on (energy screening). ``first_index`` numbers the batches, so that keys sent
+    under one ``token`` in several graphs stay distinct."""
+    by_key = {unit_key(unit, first_index + i, token, kind): unit for i, unit in enumerate(units)}
+    layer = fragment_layer(by_key, ctx_ref, resources, lambda key: priority(by_key[key]), retries)
+    return HighLevelGraph({"fragments": layer}, {"fragments": set()}), list(by_key)
+
+
 def build_graph(
     plan: Plan,
     token: str,
@@ -362,19 +407,10 @@ def _build_graph(
     if units is None:
         units = make_units(plan.jobs, CostModel.for_plan(plan), workers=1, batch=False, cores=resources.cores)
 
-    unit_tasks: dict[Key, Any] = {}
-    unit_keys: dict[Key, Unit] = {}
-    keys: list[Key] = []
-    for index, unit in enumerate(units):
-        key = unit_key(unit, index, token)
-        unit_keys[key] = unit
-        keys.append(key)
-        if unit.source is not None:
-            unit_tasks[key] = (borrowed_outputs, [(job.label, there) for job, there in zip(unit.jobs, unit.source_labels)], unit.source)
-            continue
-        have = {job.label: known[job.label] for job in unit.jobs if job.label in known} if known else None
-        unit_tasks[key] = (run_unit, ctx_key, list(unit.jobs), unit.cores, resources.memory_gib, have or None, list(unit.predicted))
+    unit_keys = {unit_key(unit, index, token): unit for index, unit in enumerate(units)}
+    keys = list(unit_keys)
     priorities = _priorities(unit_keys, order, priority_offset)
+    fragments = fragment_layer(unit_keys, ctx_key, resources, priorities.__getitem__, retries, known)
     unit_of = _unit_of_jobs(plan.jobs, units)
     unit_size = np.array([len(unit.jobs) for unit in units], dtype=np.int64)
 
@@ -446,20 +482,11 @@ def _build_graph(
     res_key = result_key(token)
     result_task = {res_key: (result_function(plan), ctx_key, list(level_keys.values())) + tuple(collect_tasks)}
 
-    # Annotations are evaluated per key when the graph is sent; a dict lookup is all they do.
-    frag_annotations: dict[str, Any] = {"priority": priorities.__getitem__}
-    if resources.annotation():
-        if len({u.cores for u in units}) == 1:
-            frag_annotations["resources"] = resources.annotation(units[0].cores)
-        else:
-            frag_annotations["resources"] = lambda key: resources.annotation(unit_keys[key].cores)
-    if retries:
-        frag_annotations["retries"] = int(retries)
     # Cheap bookkeeping nodes go ahead of any fragment so results stream as soon as possible.
     top = {"priority": 1e300}
     layers = {
         "context": MaterializedLayer({ctx_key: ctx} if share is None else {}),
-        "fragments": MaterializedLayer(unit_tasks, annotations=frag_annotations),
+        "fragments": fragments,
         "increments": MaterializedLayer(inc_tasks, annotations=dict(top)),
         "levels": MaterializedLayer(level_tasks, annotations=dict(top)),
         "collect": MaterializedLayer(collect_tasks, annotations=dict(top)),

@@ -1,6 +1,6 @@
 """Reading and validating a many-body input: file, dict or ``ManyBodyInput``.
 
-Everything that can be wrong with an input is reported here as an ``InputError`` with
+Everything that can be wrong with an input is reported here as an ``BadInputError`` with
 one line that says what and where, before any worker is started. The one thing done
 differently from building a ``ManyBodyInput`` directly is filling in fragment charges
 and multiplicities: QCElemental searches all combinations of them, which grows
@@ -21,7 +21,7 @@ import pydantic
 import qcelemental
 from qcmanybody.models.v2 import ManyBodyInput
 
-from .errors import InputError
+from .errors import BadInputError
 
 InputLike = Union[ManyBodyInput, Mapping, str, os.PathLike]
 
@@ -36,7 +36,7 @@ def read_input_file(path: Union[str, os.PathLike]) -> dict:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read input file ({exc.strerror or exc})") from None
+        raise BadInputError(f"{path}: cannot read input file ({exc.strerror or exc})") from None
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
         data = _parse_yaml(text, path)
@@ -45,10 +45,10 @@ def read_input_file(path: Union[str, os.PathLike]) -> dict:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             if suffix == ".json":
-                raise InputError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+                raise BadInputError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
             data = _parse_yaml(text, path)
     if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a ManyBodyInput object at the top level, found {type(data).__name__}")
+        raise BadInputError(f"{path}: expected a ManyBodyInput object at the top level, found {type(data).__name__}")
     return data
 
 
@@ -61,7 +61,7 @@ def _parse_yaml(text: str, path: Path) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InputError(f"{path}: not valid YAML: {problem}{where}") from None
+        raise BadInputError(f"{path}: not valid YAML: {problem}{where}") from None
 
 
 def _atomic_numbers(molecule: Mapping) -> list[float] | None:
@@ -119,7 +119,7 @@ def fill_charges_and_multiplicities(molecule: Mapping) -> dict:
 
     complete = all(mol.get(k) is not None for k in ("fragment_charges", "fragment_multiplicities"))
     if not complete and nfr > QCEL_SEARCH_MAX_FRAGMENTS:
-        raise InputError(
+        raise BadInputError(
             f"molecule has {nfr} fragments but incomplete fragment_charges/fragment_multiplicities: "
             "give both explicitly (QCElemental's search over them grows exponentially with fragments)"
         )
@@ -175,7 +175,7 @@ def _default_atomic_drivers(data: dict) -> None:
 def load_input(inp: InputLike) -> ManyBodyInput:
     """Turn any accepted input form into a validated ``ManyBodyInput``.
 
-    Raises ``InputError`` with a one-line message for anything that cannot be read.
+    Raises ``BadInputError`` with a one-line message for anything that cannot be read.
     """
     source = ""
     if isinstance(inp, ManyBodyInput):
@@ -186,7 +186,7 @@ def load_input(inp: InputLike) -> ManyBodyInput:
     elif isinstance(inp, Mapping):
         data = dict(inp)
     else:
-        raise InputError(f"cannot use a {type(inp).__name__} as input: give a ManyBodyInput, a dict or a file path")
+        raise BadInputError(f"cannot use a {type(inp).__name__} as input: give a ManyBodyInput, a dict or a file path")
 
     _default_atomic_drivers(data)
     molecule = data.get("molecule")
@@ -195,4 +195,4 @@ def load_input(inp: InputLike) -> ManyBodyInput:
     try:
         return ManyBodyInput(**data)
     except (pydantic.ValidationError, qcelemental.ValidationError, qcelemental.NotAnElementError, ValueError, TypeError) as exc:
-        raise InputError(f"{source}{describe_validation_error(exc)}") from None
+        raise BadInputError(f"{source}{describe_validation_error(exc)}") from None

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 import numpy as np
 from qcelemental import constants
 
-from .errors import InputError
+from .errors import BadInputError
 from .inputs import InputLike, load_input
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -138,15 +138,15 @@ def optimize(
       ``screening``, ``n_workers``...), for every step.
 
     A failed fragment raises :class:`~mbdask.errors.FragmentFailedError`, as
-    :func:`mbdask.compute` does. Bad options raise :class:`~mbdask.errors.InputError`
+    :func:`mbdask.compute` does. Bad options raise :class:`~mbdask.errors.BadInputError`
     before any cluster starts.
     """
     geometric = _import_geometric()
     run_options, cluster_options, screening = _split_options(options)
     if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
-        raise InputError(f"max_steps must be a whole number of at least 1, got {max_steps!r}")
+        raise BadInputError(f"max_steps must be a whole number of at least 1, got {max_steps!r}")
     if freeze_screening and screening is None:
-        raise InputError("freeze_screening needs a screening option, e.g. screening={'distance_cutoffs': {2: 9.0}}")
+        raise BadInputError("freeze_screening needs a screening option, e.g. screening={'distance_cutoffs': {2: 9.0}}")
     if trajectory is not None:
         from .outputs import check_writable
 
@@ -218,7 +218,7 @@ def minimise(
 
 
 def _import_geometric() -> Any:
-    """geomeTRIC's optimiser modules, or the InputError that says how to install them."""
+    """geomeTRIC's optimiser modules, or the BadInputError that says how to install them."""
     try:
         import geometric.engine  # noqa: F401
         import geometric.errors  # noqa: F401
@@ -226,7 +226,7 @@ def _import_geometric() -> Any:
         import geometric.molecule  # noqa: F401
         import geometric.optimize  # noqa: F401
     except ImportError:
-        raise InputError("geometry optimisation needs geomeTRIC: pip install 'mbdask[optimize]'") from None
+        raise BadInputError("geometry optimisation needs geomeTRIC: pip install 'mbdask[optimize]'") from None
     import geometric
 
     return geometric
@@ -245,7 +245,7 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     if unknown:
         raise TypeError(f"optimize() got unexpected keyword argument(s) {', '.join(unknown)} (mbdask.start's options: {', '.join(sorted(known))})")
     if options.get("keep_going"):
-        raise InputError("keep_going cannot be used in an optimisation: a partial result's gradient is that of a lower n-body order")
+        raise BadInputError("keep_going cannot be used in an optimisation: a partial result's gradient is that of a lower n-body order")
     run = {k: v for k, v in options.items() if k not in CLUSTER_OPTIONS and k not in ("screening", "keep_going")}
     check_options(**{k: run[k] for k in ("cores_per_fragment", "memory_per_fragment", "retries", "order") if k in run})
     cluster = {k: v for k, v in options.items() if k in CLUSTER_OPTIONS}
@@ -253,22 +253,22 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 
 
 def _geometric_params(geometric: Any, max_steps: int, convergence: Optional[str], extra: Optional[Mapping[str, Any]]) -> tuple[Any, str]:
-    """geomeTRIC's ``OptParams`` (and the coordinate system's name); a bad convergence set or option is an InputError."""
+    """geomeTRIC's ``OptParams`` (and the coordinate system's name); a bad convergence set or option is an BadInputError."""
     extra = dict(extra or {})
     for name, ours in OWN_GEOMETRIC_OPTIONS.items():
         if name in extra:
             instead = f"; use optimize(..., {ours}=...)" if ours else ""
-            raise InputError(f"geometric_options cannot set {name!r}{instead}")
+            raise BadInputError(f"geometric_options cannot set {name!r}{instead}")
     coordsys = str(extra.pop("coordsys", "tric")).lower()
     if coordsys not in _coordinate_systems(geometric):
-        raise InputError(f"geometric_options coordsys must be one of {', '.join(_coordinate_systems(geometric))}, not {coordsys!r}")
+        raise BadInputError(f"geometric_options coordsys must be one of {', '.join(_coordinate_systems(geometric))}, not {coordsys!r}")
     name = "GAU" if convergence is None else convergence
     try:
         params = geometric.optimize.OptParams(maxiter=max_steps, convergence_set=name, **extra)
     except KeyError:
-        raise InputError(f"convergence must be one of geomeTRIC's convergence sets ({', '.join(CONVERGENCE_SETS)}), not {name!r}") from None
+        raise BadInputError(f"convergence must be one of geomeTRIC's convergence sets ({', '.join(CONVERGENCE_SETS)}), not {name!r}") from None
     except (AttributeError, TypeError, ValueError, RuntimeError, IOError, geometric.errors.Error) as exc:
-        raise InputError(f"geometric_options: {exc}") from None
+        raise BadInputError(f"geometric_options: {exc}") from None
     params.xyzout = None  # the trajectory is ours to write (optimize(trajectory=...)), not geomeTRIC's
     params.qdata = None
     return params, coordsys
@@ -298,7 +298,7 @@ def gradient_input(inp: InputLike) -> Any:
     loaded = load_input(inp)
     spec = loaded.specification
     if spec.keywords.return_total_data is False:
-        raise InputError("an optimisation needs total MBE gradients: remove return_total_data: false from the keywords")
+        raise BadInputError("an optimisation needs total MBE gradients: remove return_total_data: false from the keywords")
     data = spec.model_dump()
     data["driver"] = "gradient"
     for atomic in data["specification"].values():
@@ -308,7 +308,7 @@ def gradient_input(inp: InputLike) -> Any:
     except (ValueError, TypeError) as exc:
         from .inputs import describe_validation_error
 
-        raise InputError(describe_validation_error(exc)) from None
+        raise BadInputError(describe_validation_error(exc)) from None
     molecule = loaded.molecule.model_copy(update={"fix_com": True, "fix_orientation": True})
     return loaded.model_copy(update={"specification": new_spec, "molecule": molecule})
 

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-from .errors import InputError
+from .errors import BadInputError
 
 
 def check_writable(path: Union[str, os.PathLike]) -> Path:
@@ -16,11 +16,11 @@ def check_writable(path: Union[str, os.PathLike]) -> Path:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise InputError(f"{path}: output folder {parent} does not exist")
+        raise BadInputError(f"{path}: output folder {parent} does not exist")
     if path.is_dir():
-        raise InputError(f"{path}: output path is a folder")
+        raise BadInputError(f"{path}: output path is a folder")
     if not os.access(parent, os.W_OK):
-        raise InputError(f"{path}: output folder {parent} is not writable")
+        raise BadInputError(f"{path}: output folder {parent} is not writable")
     return path
 
 

@@ -28,7 +28,7 @@ from qcmanybody import ManyBodyCore
 from qcmanybody.models.v2 import ManyBodyInput
 from qcmanybody.v2 import ManyBodyComputer
 
-from .errors import InputError
+from .errors import BadInputError
 from .inputs import InputLike, describe_validation_error, load_input
 from .manybody import basis_rule, supersystem_terms, term_shape
 from .screening import ScreenedSet, Screening, ScreeningLike, check_screenable, fragment_distances, kept_clusters
@@ -246,7 +246,7 @@ def _build_computer(inp: ManyBodyInput) -> ManyBodyComputer:
     try:
         return ManyBodyComputer.from_manybodyinput(inp, build_tasks=False)
     except (pydantic.ValidationError, qcelemental.ValidationError, ValueError, KeyError, AssertionError) as exc:
-        raise InputError(describe_validation_error(exc)) from None
+        raise BadInputError(describe_validation_error(exc)) from None
 
 
 def _specifications(inp: ManyBodyInput, computer: ManyBodyComputer) -> dict[str, dict]:
@@ -551,7 +551,7 @@ def _check_programs(plan_jobs: list[FragmentJob], specs: dict[str, dict], check_
             if spec["program"] not in available:
                 known = spec["program"] in qcengine.list_all_programs()
                 reason = "is not installed here" if known else "is not a QCEngine program"
-                raise InputError(
+                raise BadInputError(
                     f"model '{model}': program '{spec['program']}' {reason} (available: {', '.join(sorted(available)) or 'none'})"
                 )
     from .programs import check_specification
@@ -560,12 +560,12 @@ def _check_programs(plan_jobs: list[FragmentJob], specs: dict[str, dict], check_
         try:
             check_specification(spec["program"], spec["specification"], symbols)
         except ValueError as exc:
-            raise InputError(f"model '{model}': {exc}") from None
+            raise BadInputError(f"model '{model}': {exc}") from None
     ghosted = {job.model for job in plan_jobs if job.basis != job.real}
     for model in sorted(ghosted):
         program = specs[model]["program"]
         if program in PROGRAMS_WITHOUT_GHOSTS:
-            raise InputError(
+            raise BadInputError(
                 f"model '{model}': {program} ignores ghost atoms, so cp/vmfc would silently give nocp numbers; "
                 "use bsse_type nocp or a program with ghost atoms (pyscf, psi4)"
             )
@@ -574,7 +574,7 @@ def _check_programs(plan_jobs: list[FragmentJob], specs: dict[str, dict], check_
 def _check_levels(levels: Optional[dict], nfragments: int) -> None:
     """Clear messages for the level errors QCManyBody reports obscurely or not at all."""
     if nfragments < 2:
-        raise InputError(
+        raise BadInputError(
             "molecule has only one fragment; an expansion needs at least two: give 'fragments' (lists of atom indices, one per subsystem)"
         )
     if not levels:
@@ -584,17 +584,17 @@ def _check_levels(levels: Optional[dict], nfragments: int) -> None:
         orders.setdefault(model, []).append(nbody)
     for model, nbodies in orders.items():
         if len(nbodies) > 1:
-            raise InputError(
+            raise BadInputError(
                 f"levels give model chemistry '{model}' to n-body orders {nbodies} separately; each model chemistry "
                 "covers one contiguous range of orders (keys are the highest order of each)"
             )
     numeric = [nb for nb in levels if nb != "supersystem"]
     if numeric and max(numeric) > nfragments:
-        raise InputError(f"levels go up to {max(numeric)}-body but the molecule has only {nfragments} fragments")
+        raise BadInputError(f"levels go up to {max(numeric)}-body but the molecule has only {nfragments} fragments")
 
 
 def make_plan(inp: InputLike, *, check_installed: bool = True, screening: ScreeningLike = None) -> Plan:
-    """Validate an input and list its calculations; raises ``InputError`` for bad input.
+    """Validate an input and list its calculations; raises ``BadInputError`` for bad input.
 
     ``screening`` (:mod:`mbdask.screening`) keeps only some clusters per order.
     """
@@ -607,10 +607,10 @@ def _make_plan(inp: InputLike, check_installed: bool, screening: ScreeningLike) 
     model = load_input(inp)
     keywords = model.specification.keywords
     if keywords.embedding_charges:
-        raise InputError("embedding_charges are not supported by mbdask yet; remove them or use QCManyBody directly")
+        raise BadInputError("embedding_charges are not supported by mbdask yet; remove them or use QCManyBody directly")
     driver = model.specification.driver.value
     if driver not in SUPPORTED_DRIVERS:
-        raise InputError(f"driver '{driver}' is not supported; use one of {', '.join(SUPPORTED_DRIVERS)}")
+        raise BadInputError(f"driver '{driver}' is not supported; use one of {', '.join(SUPPORTED_DRIVERS)}")
     _check_levels(keywords.levels, len(model.molecule.fragments))
     computer = _build_computer(model)
     core = computer.qcmb_core
@@ -621,7 +621,7 @@ def _make_plan(inp: InputLike, check_installed: bool, screening: ScreeningLike) 
         if missing == {"(auto)"} and len(specs) == 1:
             only = next(iter(specs))
             hint = f"; with one specification give levels {{{core.max_nbody}: '{only}'}} or name it '(auto)'"
-        raise InputError(
+        raise BadInputError(
             f"levels name model chemistries {sorted(missing)} that specification.specification does not define "
             f"(defined: {sorted(specs)}){hint}"
         )

@@ -6,6 +6,10 @@ calculations each one holds as it finishes, and estimates the time left from the
 model's predictions (predicted seconds still to run divided by the predicted seconds
 finished per second so far). It drops each future once it has finished, so watching a
 run does not keep fragment outputs in worker memory.
+
+Drawn by hand (a text bar per row, or a line every so often where stderr is no terminal):
+tqdm or rich would add a dependency for one bar per row, and neither has the row-per-order
+table with an ETA from predicted seconds that this needs.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 from qcelemental import constants
 
-from .errors import InputError
+from .errors import BadInputError
 
 ScreeningLike = Union[None, Mapping[str, Any], "Screening"]
 #: GFN2-xTB at tight accuracy: milliseconds per water cluster, increments good to ~0.01 kcal/mol
@@ -47,7 +47,7 @@ class Screening:
     energy_thresholds: dict[int, float] = field(default_factory=dict)
     #: the cheap model for energy screening: a QCEngine program and atomic specification
     cheap_model: dict = field(default_factory=lambda: dict(DEFAULT_CHEAP_MODEL))
-    #: what energy screening decided (set by :func:`mbdask.energy_screening.screen_and_compute`)
+    #: what energy screening decided (set by :func:`mbdask.screening_pass.screen`)
     energy_report: Optional[dict] = None
 
     @classmethod
@@ -56,22 +56,22 @@ class Screening:
         if options is None or isinstance(options, Screening):
             return options
         if not isinstance(options, Mapping):
-            raise InputError(f"screening must be a dict such as {{'distance_cutoffs': {{2: 9.0, 3: 5.0}}}}, not {type(options).__name__}")
+            raise BadInputError(f"screening must be a dict such as {{'distance_cutoffs': {{2: 9.0, 3: 5.0}}}}, not {type(options).__name__}")
         known = {"distance_cutoffs", "clusters", "energy_thresholds", "cheap_model"}
         unknown = set(options) - known
         if unknown:
-            raise InputError(f"unknown screening option(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
+            raise BadInputError(f"unknown screening option(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
         cutoffs = _per_order(options.get("distance_cutoffs"), "distance_cutoffs", "Angstrom", positive=True)
         thresholds = _per_order(options.get("energy_thresholds"), "energy_thresholds", "kcal/mol", positive=False)
         cheap = options.get("cheap_model") or dict(DEFAULT_CHEAP_MODEL)
         if not isinstance(cheap, Mapping) or "program" not in cheap or "model" not in cheap:
-            raise InputError("cheap_model: expected {'program': ..., 'model': {'method': ...}, 'keywords': {...}}")
+            raise BadInputError("cheap_model: expected {'program': ..., 'model': {'method': ...}, 'keywords': {...}}")
         clusters = None
         if options.get("clusters") is not None:
             try:
                 clusters = frozenset(tuple(sorted(int(i) for i in c)) for c in options["clusters"])
             except (TypeError, ValueError):
-                raise InputError("screening clusters: expected lists of 1-based fragment numbers") from None
+                raise BadInputError("screening clusters: expected lists of 1-based fragment numbers") from None
         if not cutoffs and clusters is None and not thresholds:
             return None
         return cls(cutoffs, clusters, thresholds, dict(cheap))
@@ -84,11 +84,11 @@ def _per_order(values: Any, name: str, unit: str, *, positive: bool) -> dict[int
         try:
             order_i, number = int(order), float(value)
         except (TypeError, ValueError):
-            raise InputError(f"{name}: expected order -> {unit}, got {order!r}: {value!r}") from None
+            raise BadInputError(f"{name}: expected order -> {unit}, got {order!r}: {value!r}") from None
         if order_i < 2:
-            raise InputError(f"{name}: orders start at 2 (monomers are always kept), got {order_i}")
+            raise BadInputError(f"{name}: orders start at 2 (monomers are always kept), got {order_i}")
         if not (number > 0 if positive else number >= 0):
-            raise InputError(f"{name}: the {order_i}-body value must be {'positive' if positive else 'zero or more'}, got {value!r}")
+            raise BadInputError(f"{name}: the {order_i}-body value must be {'positive' if positive else 'zero or more'}, got {value!r}")
         out[order_i] = number
     return out
 
@@ -171,9 +171,9 @@ def kept_clusters(settings: Screening, distances: np.ndarray, max_nbody: int) ->
 def check_screenable(bsse_types: list[str], has_supersystem: bool) -> None:
     """Refuse the expansions a screened set cannot represent, with the reason."""
     if "cp" in bsse_types:
-        raise InputError(
+        raise BadInputError(
             "screening needs bsse_type nocp or vmfc: QCManyBody's cp computes every subsystem in the full-cluster basis, "
             "which a screened expansion does not"
         )
     if has_supersystem:
-        raise InputError("screening cannot be combined with a supersystem level")
+        raise BadInputError("screening cannot be combined with a supersystem level")

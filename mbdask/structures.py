@@ -27,7 +27,7 @@ from typing import Any, Optional, Union
 
 from distributed import Future
 
-from .errors import FragmentFailedError, InputError, MbdaskError
+from .errors import FragmentFailedError, BadInputError, MbdaskError
 
 #: File suffixes a directory of structures is read for.
 STRUCTURE_SUFFIXES = (".json", ".yaml", ".yml", ".xyz")
@@ -45,7 +45,7 @@ def read_structures(paths: Sequence[Union[str, os.PathLike]], model: Optional[An
       :func:`mbdask.xyz.molecules_from_xyz`'s options (``fragment_charges``, ``fragments``);
     * a directory: its files with the suffixes above, sorted by name (not its subdirectories).
 
-    A path that does not exist, or a directory with no structure, is an :class:`InputError`
+    A path that does not exist, or a directory with no structure, is an :class:`BadInputError`
     (a typo, not a failed structure). Names that repeat get ``-2``, ``-3`` ...
     """
     from .xyz import ModelOptions, molecules_from_xyz
@@ -65,11 +65,11 @@ def read_structures(paths: Sequence[Union[str, os.PathLike]], model: Optional[An
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in STRUCTURE_SUFFIXES)
             if not files:
-                raise InputError(f"{path}: no structure files ({', '.join(STRUCTURE_SUFFIXES)}) in this directory")
+                raise BadInputError(f"{path}: no structure files ({', '.join(STRUCTURE_SUFFIXES)}) in this directory")
         elif path.is_file():
             files = [path]
         else:
-            raise InputError(f"{path}: no such file or directory")
+            raise BadInputError(f"{path}: no such file or directory")
         for file in files:
             if file.suffix.lower() == ".xyz":
                 for molecule in molecules_from_xyz(file, guess_ions=True, **xyz):
@@ -164,7 +164,7 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
     ``structure-1`` ...); :func:`read_structures` reads files, directories and trajectories.
     ``options`` are :func:`mbdask.start`'s (``store`` one store for all; ``screening`` for all).
     A structure whose planning fails is left out and named in ``errors``; if every one
-    fails, :class:`InputError` says why the first did.
+    fails, :class:`BadInputError` says why the first did.
     """
     from .api import _open_store, check_options, connect_for, submit_plan, workers_ready
     from .cluster import worker_resources
@@ -174,7 +174,7 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
 
     named = _named(structures)
     if not named:
-        raise InputError("no structures given")
+        raise BadInputError("no structures given")
     screening = options.pop("screening", None)
     cluster_options = {key: options.pop(key, None) for key in ("n_workers", "threads_per_worker", "memory_limit", "security", "dashboard")}
     worker_timeout = options.pop("worker_timeout", None)
@@ -188,7 +188,7 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
             errors[name] = str(exc)
     if not plans:
         first = next(iter(errors))
-        raise InputError(f"no structure could be planned; {first}: {errors[first]}")
+        raise BadInputError(f"no structure could be planned; {first}: {errors[first]}")
     store = _open_store(options.pop("store", None))
     largest = max(plans.values(), key=lambda p: len(p.jobs))
     conn = connect_for(largest, client, **cluster_options)

@@ -17,7 +17,7 @@ import numpy as np
 import qcelemental
 
 from . import config
-from .errors import InputError
+from .errors import BadInputError
 
 
 
@@ -50,7 +50,7 @@ def read_xyz(path: Union[str, os.PathLike]) -> tuple[list[str], np.ndarray, Opti
     """
     frames = read_xyz_frames(path)
     if len(frames) > 1:
-        raise InputError(f"{path}:{frames[1].line}: a second structure starts here ({len(frames)} frames); give one structure, or run them all")
+        raise BadInputError(f"{path}:{frames[1].line}: a second structure starts here ({len(frames)} frames); give one structure, or run them all")
     frame = frames[0]
     return frame.symbols, frame.geometry, frame.charge, frame.multiplicity
 
@@ -66,7 +66,7 @@ def read_xyz_frames(path: Union[str, os.PathLike]) -> list[XYZFrame]:
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read XYZ file ({getattr(exc, 'strerror', None) or exc})") from None
+        raise BadInputError(f"{path}: cannot read XYZ file ({getattr(exc, 'strerror', None) or exc})") from None
     frames: list[XYZFrame] = []
     start = 0
     while True:
@@ -79,7 +79,7 @@ def read_xyz_frames(path: Union[str, os.PathLike]) -> list[XYZFrame]:
         if not _is_count_line(lines[following]):  # blank lines between frames are fine, stray atom lines are not
             atom_lines = _atom_lines(lines, start + 2)
             where = atom_lines[len(frame.symbols)][0]
-            raise InputError(f"{path}:{where}: line {frame.line} says {len(frame.symbols)} atoms but {len(atom_lines)} atom lines follow")
+            raise BadInputError(f"{path}:{where}: line {frame.line} says {len(frame.symbols)} atoms but {len(atom_lines)} atom lines follow")
         start = following
 
 
@@ -110,8 +110,8 @@ def _frame(path: Path, lines: list[str], start: int) -> XYZFrame:
             found = _atom_lines(lines, start + 2)
             if len(found) < natoms or _is_count_line(line):
                 counted = len(found) if not _is_count_line(line) else index - start - 2
-                raise InputError(f"{path}:{start + 1}: line {start + 1} says {natoms} atoms but only {counted} atom lines follow")
-            raise InputError(f"{path}:{index + 1}: blank line among the atom lines")
+                raise BadInputError(f"{path}:{start + 1}: line {start + 1} says {natoms} atoms but only {counted} atom lines follow")
+            raise BadInputError(f"{path}:{index + 1}: blank line among the atom lines")
         symbol, xyz = _atom_line(path, index + 1, line)
         symbols.append(symbol)
         coords.append(xyz)
@@ -123,9 +123,9 @@ def _atom_count(path: Path, lines: list[str], start: int = 0) -> int:
     try:
         natoms = int(lines[start].split()[0])
     except (IndexError, ValueError):
-        raise InputError(f"{path}:{start + 1}: not an XYZ file (line {start + 1} must be the atom count)") from None
+        raise BadInputError(f"{path}:{start + 1}: not an XYZ file (line {start + 1} must be the atom count)") from None
     if natoms < 1:
-        raise InputError(f"{path}:{start + 1}: the atom count must be at least 1, got {natoms}")
+        raise BadInputError(f"{path}:{start + 1}: the atom count must be at least 1, got {natoms}")
     return natoms
 
 
@@ -142,14 +142,14 @@ def _atom_line(path: Path, number: int, line: str) -> tuple[str, list[float]]:
     """``Element x y z`` (further columns ignored) as a symbol and Angstrom coordinates."""
     parts = line.split()
     if len(parts) < 4:
-        raise InputError(f"{path}:{number}: expected 'Element x y z', got {line.strip()!r}")
+        raise BadInputError(f"{path}:{number}: expected 'Element x y z', got {line.strip()!r}")
     symbol = _element(path, number, parts[0])
     try:
         xyz = [float(x) for x in parts[1:4]]
     except ValueError:
-        raise InputError(f"{path}:{number}: expected 'Element x y z' with numbers for x y z, got {line.strip()!r}") from None
+        raise BadInputError(f"{path}:{number}: expected 'Element x y z' with numbers for x y z, got {line.strip()!r}") from None
     if not all(math.isfinite(x) for x in xyz):
-        raise InputError(f"{path}:{number}: coordinates must be finite numbers, got {line.strip()!r}")
+        raise BadInputError(f"{path}:{number}: coordinates must be finite numbers, got {line.strip()!r}")
     return symbol, xyz
 
 
@@ -159,22 +159,24 @@ def _element(path: Path, number: int, token: str) -> str:
         z = int(token)
         if 1 <= z < len(qcelemental.periodictable.E):
             return qcelemental.periodictable.E[z]
-        raise InputError(f"{path}:{number}: {token!r} is not an atomic number (1 to {len(qcelemental.periodictable.E) - 1})")
+        raise BadInputError(f"{path}:{number}: {token!r} is not an atomic number (1 to {len(qcelemental.periodictable.E) - 1})")
     symbol = _ELEMENTS.get(token.lower())
     if symbol is None:
-        raise InputError(f"{path}:{number}: {token!r} is not an element symbol")
+        raise BadInputError(f"{path}:{number}: {token!r} is not an element symbol")
     return symbol
 
 
 def find_fragments(symbols: list[str], geometry_angstrom: np.ndarray) -> list[list[int]]:
-    """Connected components of the bond graph, each sorted, ordered by first atom."""
-    try:
-        radii = np.array([qcelemental.covalentradii.get(s, units="angstrom") for s in symbols])
-    except Exception as exc:
-        raise InputError(f"unknown element in XYZ: {exc}") from None
-    dist = np.linalg.norm(geometry_angstrom[:, None, :] - geometry_angstrom[None, :, :], axis=-1)
-    # bonded: closer than ``mbdask.xyz.bond-tolerance`` times the sum of covalent radii
-    bonded = dist < config.number("mbdask.xyz.bond-tolerance") * (radii[:, None] + radii[None, :])
+    """Connected components of the bond graph, each sorted, ordered by first atom.
+
+    Bonds are QCElemental's (``molutil.guess_connectivity``: closer than
+    ``mbdask.xyz.bond-tolerance`` times the sum of covalent radii), found a row at a time,
+    so memory stays linear in the atoms; the components are a union-find over those bonds
+    (a few lines, where SciPy's would add a dependency).
+    """
+    bonds = qcelemental.molutil.guess_connectivity(
+        symbols, np.asarray(geometry_angstrom) / qcelemental.constants.bohr2angstroms, threshold=config.number("mbdask.xyz.bond-tolerance"),
+    )
     parent = list(range(len(symbols)))
 
     def root(i: int) -> int:
@@ -183,7 +185,7 @@ def find_fragments(symbols: list[str], geometry_angstrom: np.ndarray) -> list[li
             i = parent[i]
         return i
 
-    for i, j in zip(*np.nonzero(np.triu(bonded, 1))):
+    for i, j in bonds:
         parent[root(int(i))] = root(int(j))
     groups: dict[int, list[int]] = {}
     for i in range(len(symbols)):
@@ -225,7 +227,7 @@ def parse_fragments(text: str) -> list[list[int]]:
                     atoms.append(int(part))
             fragments.append(atoms)
     except ValueError:
-        raise InputError(f"--fragments {text!r}: expected groups like '0-2;3-5;6,7,8'") from None
+        raise BadInputError(f"--fragments {text!r}: expected groups like '0-2;3-5;6,7,8'") from None
     return fragments
 
 
@@ -265,7 +267,7 @@ def molecules_from_xyz(
     first = frames[0]
     for frame in frames[1:]:
         if frame.symbols != first.symbols:
-            raise InputError(f"{path}:{frame.line}: this frame's atoms differ from the first frame's (a trajectory keeps its atoms and their order)")
+            raise BadInputError(f"{path}:{frame.line}: this frame's atoms differ from the first frame's (a trajectory keeps its atoms and their order)")
     frags = fragments if fragments is not None else find_fragments(first.symbols, first.geometry)
     stem, width = Path(path).stem, len(str(len(frames)))
     if len(frames) == 1:
@@ -290,7 +292,7 @@ def _molecule(
     given = fragments is not None if given is None else given
     frags = fragments if fragments is not None else find_fragments(symbols, geom)
     if given and sorted(a for f in frags for a in f) != list(range(len(symbols))):
-        raise InputError(f"fragments must list every atom 0..{len(symbols) - 1} exactly once")
+        raise BadInputError(f"fragments must list every atom 0..{len(symbols) - 1} exactly once")
     guessed = False
     if fragment_charges is None and guess_ions:
         charges = guess_fragment_charges(symbols, frags)
@@ -299,7 +301,7 @@ def _molecule(
     charge = 0.0 if line2_charge is None else line2_charge
     if fragment_charges is not None:
         if len(fragment_charges) != len(frags):
-            raise InputError(f"{len(fragment_charges)} fragment charges given for {len(frags)} fragments")
+            raise BadInputError(f"{len(fragment_charges)} fragment charges given for {len(frags)} fragments")
         formulas = [formula([symbols[i] for i in frag]) for frag in frags]
         _check_line2_charge(path, line2_charge, fragment_charges, formulas, guessed)
         charge = float(sum(fragment_charges))
@@ -351,12 +353,12 @@ class ModelOptions:
     def input_for(self, molecule: dict) -> dict:
         """A ManyBodyInput dict for ``molecule`` with this model chemistry."""
         if self.max_nbody < 1:
-            raise InputError(f"--max-nbody must be at least 1, got {self.max_nbody}")
+            raise BadInputError(f"--max-nbody must be at least 1, got {self.max_nbody}")
         if self.basis and self.program == "xtb":
-            raise InputError(f"--basis {self.basis}: xtb takes no basis set (its GFN methods come with their own); leave --basis out")
+            raise BadInputError(f"--basis {self.basis}: xtb takes no basis set (its GFN methods come with their own); leave --basis out")
         method = self.method or ("gfn2-xtb" if self.program == "xtb" else None)
         if not method:
-            raise InputError("XYZ input needs --method (and --basis for ab initio programs)")
+            raise BadInputError("XYZ input needs --method (and --basis for ab initio programs)")
         model = {"method": method, **({"basis": self.basis} if self.basis else {})}
         label = f"{method}/{self.basis}" if self.basis else method
         return {
@@ -384,7 +386,7 @@ def _check_line2_charge(
         found, fix = "the fragments found carry", "give --fragment-charges or fix line 2"
     else:
         found, fix = "the fragment charges given sum to", "fix line 2 or the fragment charges"
-    raise InputError(f"{path}:2: line 2 says charge {line2_charge:g} but {found} {total:g} ({charged or 'all neutral'}); {fix}")
+    raise BadInputError(f"{path}:2: line 2 says charge {line2_charge:g} but {found} {total:g} ({charged or 'all neutral'}); {fix}")
 
 
 def _check_multiplicity(path: Union[str, os.PathLike], symbols: list[str], charge: float, mult: Optional[int]) -> None:
@@ -392,12 +394,12 @@ def _check_multiplicity(path: Union[str, os.PathLike], symbols: list[str], charg
     if mult is None:
         return
     if mult < 1:
-        raise InputError(f"{path}:2: line 2 says multiplicity {mult}, but a multiplicity is at least 1")
+        raise BadInputError(f"{path}:2: line 2 says multiplicity {mult}, but a multiplicity is at least 1")
     electrons = sum(qcelemental.periodictable.to_Z(s) for s in symbols) - charge
     if not float(electrons).is_integer():
         return  # fractional charges: leave the judgement to QCElemental
     if int(electrons) % 2 == mult % 2:  # an even count needs an odd multiplicity and vice versa
         need = "odd (1, 3, ...)" if int(electrons) % 2 == 0 else "even (2, 4, ...)"
-        raise InputError(
+        raise BadInputError(
             f"{path}:2: line 2 says multiplicity {mult} but {int(electrons)} electrons (charge {charge:g}) need an {need} multiplicity"
         )

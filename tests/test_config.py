@@ -35,6 +35,21 @@ def test_dask_config_and_environment_override_the_defaults():
     assert out == ["123", "45.0"]
 
 
+def test_a_dask_config_block_before_the_first_run_leaves_the_defaults_in_place():
+    """``with dask.config.set({"mbdask...": ...})`` opened before mbdask read its settings deletes the
+    whole ``mbdask`` section on exit (Dask removes what did not exist when the block opened); the
+    next run must still find its defaults, not fail with KeyError: 'mbdask'. A fresh process, so
+    that nothing has read the settings yet."""
+    code = (
+        "import dask; from mbdask import config; from mbdask.cluster import worker_timeout\n"
+        "with dask.config.set({'mbdask.worker-timeout': 5}):\n"
+        "    assert worker_timeout() == 5.0\n"
+        "print(worker_timeout(), config.number('mbdask.graph.collect-nodes'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    defaults = yaml.safe_load(config.DEFAULTS.read_text())["mbdask"]
+    assert out == [str(float(defaults["worker-timeout"])), str(defaults["graph"]["collect-nodes"])]
+
 
 def _leaf_keys(node: dict, prefix: str = "") -> list[str]:
     keys = []
@@ -90,9 +105,9 @@ def test_every_numeric_setting_is_checked():
     ],
 )
 def test_a_bad_numeric_setting_is_refused_naming_it(key, value, message):
-    from mbdask.errors import InputError
+    from mbdask.errors import BadInputError
 
-    with dask.config.set({key: value}), pytest.raises(InputError, match=f"^Dask config {key}: {message}$"):
+    with dask.config.set({key: value}), pytest.raises(BadInputError, match=f"^Dask config {key}: {message}$"):
         config.number(key)
 
 

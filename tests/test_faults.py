@@ -198,16 +198,16 @@ def test_tls_scheduler_with_self_signed_certificates(tmp_path):
 
 
 def test_program_missing_on_a_worker_is_refused_before_submission(inprocess_client, monkeypatch):
-    from mbdask import api
+    from mbdask import workers
 
-    monkeypatch.setattr(api, "_worker_setup", lambda: {"programs": ["psi4"], "malloc_trim": None})  # in-process workers see it
-    with pytest.raises(mbdask.InputError, match=r"worker tcp://127\.0\.0\.1:\d+ cannot run sleep"):
+    monkeypatch.setattr(workers, "worker_setup", lambda: {"programs": ["psi4"], "malloc_trim": None})  # in-process workers see it
+    with pytest.raises(mbdask.BadInputError, match=r"worker tcp://127\.0\.0\.1:\d+ cannot run sleep"):
         mbdask.start(sleep_input(), inprocess_client)
 
 
 def test_workers_with_dasks_malloc_trim_threshold_get_a_warning(inprocess_client, monkeypatch):
-    from mbdask import api
+    from mbdask import workers
 
-    monkeypatch.setattr(api, "_worker_setup", lambda: {"programs": ["sleep"], "malloc_trim": "65536"})
+    monkeypatch.setattr(workers, "worker_setup", lambda: {"programs": ["sleep"], "malloc_trim": "65536"})
     with pytest.warns(UserWarning, match="MALLOC_TRIM_THRESHOLD_=65536"):
         mbdask.compute(sleep_input(), inprocess_client)

@@ -33,8 +33,8 @@ if __name__ == "__main__":
     from mbdask.cluster import Connection
     gone_for_good = [api._forked_here(conn), api._forked_here(Connection(conn.client))]
     checked = []  # workers asked what they can run: not those forked from here, which have what the plan checked here
-    ask_workers = api._check_workers
-    api._check_workers = lambda *args: checked.append(1) or ask_workers(*args)
+    ask_workers = api.check_workers
+    api.check_workers = lambda *args: checked.append(1) or ask_workers(*args)
     energy = mbdask.compute(plan, conn.client).properties.return_energy
     conn.close()
     time.sleep(0.2)

@@ -138,7 +138,7 @@ def test_program_gets_the_cores_and_memory_the_task_reserved(inprocess_client):
 
 
 def test_fragment_larger_than_any_worker_is_refused_before_submission(inprocess_client):
-    with pytest.raises(mbdask.InputError, match="asks for 4 cores but no worker has more than 1"):
+    with pytest.raises(mbdask.BadInputError, match="asks for 4 cores but no worker has more than 1"):
         mbdask.start(sleep_input(), inprocess_client, cores_per_fragment=4)
 
 

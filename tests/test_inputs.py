@@ -62,7 +62,7 @@ def test_ambiguous_charges_on_many_fragments_are_refused():
     mol = molecule_from_xyz(DATA / "water16-4444a.xyz")
     mol["molecular_charge"] = 1.0
     assert len(mol["fragments"]) > QCEL_SEARCH_MAX_FRAGMENTS
-    with pytest.raises(mbdask.InputError, match="give both explicitly"):
+    with pytest.raises(mbdask.BadInputError, match="give both explicitly"):
         fill_charges_and_multiplicities(mol)
 
 
@@ -92,7 +92,7 @@ def test_unknown_bsse_type_lists_each_valid_treatment_once():
     """Pydantic lists BsseEnum's aliases too ('nocp', 'cp', 'vmfc', 'cp', 'nocp' or 'nocp')."""
     inp = xtb_input("water3-uud.xyz")
     inp["specification"]["keywords"]["bsse_type"] = ["cpp"]
-    with pytest.raises(mbdask.InputError) as info:
+    with pytest.raises(mbdask.BadInputError) as info:
         mbdask.load_input(inp)
     assert str(info.value) == "specification.keywords.bsse_type.0: Input should be 'nocp', 'cp' or 'vmfc', got 'cpp'"
 
@@ -122,7 +122,7 @@ def test_xyz_line_2_without_charge_leaves_recognised_ions_in_charge(tmp_path):
     mol = molecule_from_xyz(path, guess_ions=True)
     assert mol["molecular_charge"] == -1.0 and mol["fragment_charges"] == [0.0, 0.0, -1.0]
     path, _ = _water3(tmp_path, "0 1", atoms[:-1])
-    with pytest.raises(mbdask.InputError, match=r"w3\.xyz:2: line 2 says charge 0 but the fragments found carry -1 \(fragment 3 HO -1\)"):
+    with pytest.raises(mbdask.BadInputError, match=r"w3\.xyz:2: line 2 says charge 0 but the fragments found carry -1 \(fragment 3 HO -1\)"):
         molecule_from_xyz(path, guess_ions=True)
 
 

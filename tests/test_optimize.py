@@ -21,7 +21,7 @@ geometric = pytest.importorskip("geometric", reason="geomeTRIC is not installed 
 import mbdask  # noqa: E402
 import mbdask.cluster  # noqa: E402
 from conftest import needs_xtb, xtb_input  # noqa: E402
-from mbdask.errors import InputError  # noqa: E402
+from mbdask.errors import BadInputError  # noqa: E402
 from mbdask.optimize import OptimizationResult, frozen_screening, optimize  # noqa: E402
 from mbdask.xyz import read_xyz_frames  # noqa: E402
 from reference import sequential_analyze  # noqa: E402
@@ -184,17 +184,17 @@ def test_cluster_started_once_and_max_steps(cluster_starts, tmp_path, monkeypatc
 
 
 def test_bad_options_refused_before_any_cluster(cluster_starts):
-    with pytest.raises(InputError, match="convergence must be one of geomeTRIC's convergence sets.*'NOPE'"):
+    with pytest.raises(BadInputError, match="convergence must be one of geomeTRIC's convergence sets.*'NOPE'"):
         optimize(trimer_input(), None, convergence="NOPE", n_workers=2)
-    with pytest.raises(InputError, match="freeze_screening needs a screening option"):
+    with pytest.raises(BadInputError, match="freeze_screening needs a screening option"):
         optimize(trimer_input(), None, freeze_screening=True, n_workers=2)
-    with pytest.raises(InputError, match="max_steps"):
+    with pytest.raises(BadInputError, match="max_steps"):
         optimize(trimer_input(), None, max_steps=0, n_workers=2)
-    with pytest.raises(InputError, match="keep_going"):
+    with pytest.raises(BadInputError, match="keep_going"):
         optimize(trimer_input(), None, keep_going=True, n_workers=2)
-    with pytest.raises(InputError, match="total MBE gradients"):
+    with pytest.raises(BadInputError, match="total MBE gradients"):
         optimize(trimer_input(return_total_data=False), None, n_workers=2)
-    with pytest.raises(InputError, match="use optimize"):
+    with pytest.raises(BadInputError, match="use optimize"):
         optimize(trimer_input(), None, geometric_options={"maxiter": 3}, n_workers=2)
     with pytest.raises(TypeError, match="no_such_option"):
         optimize(trimer_input(), None, no_such_option=1, n_workers=2)
@@ -215,7 +215,7 @@ def test_failed_fragment_raises_as_compute_does(inprocess_client):
 
 def test_missing_geometric_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "geometric.optimize", None)  # what an uninstalled package looks like to import
-    with pytest.raises(InputError, match=r"needs geomeTRIC: pip install 'mbdask\[optimize\]'"):
+    with pytest.raises(BadInputError, match=r"needs geomeTRIC: pip install 'mbdask\[optimize\]'"):
         optimize(trimer_input(), None, n_workers=2)
 
 

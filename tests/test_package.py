@@ -80,3 +80,21 @@ def test_modules_import_one_another_in_one_direction():
     for module in sorted(edges):
         if module not in state:
             visit(module)
+
+
+def test_the_old_name_of_bad_input_error_still_works_and_says_so():
+    """``mbdask.InputError`` (QCEngine's name for something else, #18) is ``BadInputError`` now, with a warning."""
+    import warnings
+
+    import qcengine.exceptions
+
+    import mbdask
+    import mbdask.errors
+
+    for module in (mbdask, mbdask.errors):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert module.InputError is mbdask.BadInputError
+        assert [w.category for w in caught] == [DeprecationWarning] and "BadInputError" in str(caught[0].message)
+    assert "InputError" not in mbdask.__all__
+    assert not issubclass(mbdask.BadInputError, qcengine.exceptions.InputError)

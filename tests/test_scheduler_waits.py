@@ -17,7 +17,7 @@ import mbdask
 from doubles import register_doubles
 from mbdask.cli import main
 from mbdask.cluster import dashboard_link
-from mbdask.errors import InputError, NoWorkersError
+from mbdask.errors import BadInputError, NoWorkersError
 from test_graph import sleep_input
 
 
@@ -66,7 +66,7 @@ def test_all_workers_gone_mid_run_is_said_at_once_and_ends_the_run(tmp_path, cap
 def test_several_cores_per_fragment_need_declared_cores():
     with _cluster(1) as cluster, Client(cluster, set_as_default=False) as client:
         for cores in (2, "auto"):
-            with pytest.raises(InputError, match="need workers that declare a 'cores' resource.*--resources cores=8"):
+            with pytest.raises(BadInputError, match="need workers that declare a 'cores' resource.*--resources cores=8"):
                 mbdask.start(sleep_input(), client, cores_per_fragment=cores)
 
 

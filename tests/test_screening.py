@@ -10,7 +10,7 @@ import pytest
 import mbdask
 from conftest import EXAMPLES, assert_close, needs_xtb, xtb_input
 from mbdask.cli import main
-from mbdask.errors import InputError
+from mbdask.errors import BadInputError
 from mbdask.plan import make_plan
 from mbdask.screening import Screening, fragment_distances, kept_clusters
 
@@ -95,7 +95,7 @@ def test_screening_refuses_cp_and_bad_options():
     inp = xtb_input(WATER6)
     inp["specification"]["specification"]["gfn2"].update(program="pyscf", model={"method": "hf", "basis": "sto-3g"}, keywords={})
     inp["specification"]["keywords"]["bsse_type"] = ["cp"]
-    with pytest.raises(InputError, match="screening needs bsse_type nocp or vmfc"):
+    with pytest.raises(BadInputError, match="screening needs bsse_type nocp or vmfc"):
         make_plan(inp, screening=CUTOFFS)
     for bad, message in (
         ({"distance_cutoffs": {1: 3.0}}, "orders start at 2"),
@@ -103,7 +103,7 @@ def test_screening_refuses_cp_and_bad_options():
         ({"distance_cutof": {2: 3}}, "unknown screening option"),
         ([2, 3], "screening must be a dict"),
     ):
-        with pytest.raises(InputError, match=message):
+        with pytest.raises(BadInputError, match=message):
             make_plan(xtb_input(WATER6), screening=bad)
 
 
@@ -203,10 +203,10 @@ def test_energy_screening_has_no_barrier_between_orders():
     and a kept dimer's expensive calculation is released at once (no per-order pass)."""
     import numpy as np
 
-    from mbdask.energy_screening import _Decisions
+    from mbdask.energy_screening import Decisions
     from mbdask.manybody import nocp_increment
 
-    decisions = _Decisions(4, 3, {2: 0.5, 3: 0.5}, {}, np.zeros((4, 4)))
+    decisions = Decisions(4, 3, {2: 0.5, 3: 0.5}, {}, np.zeros((4, 4)))
     decisions.start()
     cheap, kept = decisions.take_work()
     assert kept == [(1,), (2,), (3,), (4,)]  # monomers: expensive calculations at once
@@ -252,3 +252,48 @@ def test_an_order_that_keeps_no_cluster_contributes_zero(process_client, how):
     assert extras["levels"]["nocp"]["4"]["nclusters"] == 0 and extras["levels"]["nocp"]["4"]["contribution"] == 0.0
     assert "4-body 0/15" in screened.stdout
     assert "kept of all" in mbdask.report(screened)
+
+
+def test_energy_screening_hands_the_graph_futures_not_outputs(tmp_path):
+    """The kept dimers' expensive calculations go out while screening, and the expansion's graph takes
+    their outputs from those futures: ``start`` returns while they still run (held at a gate), the
+    outputs never pass through the client, and they count as this run's work.
+
+    Test doubles (the ``sleep`` program, not chemistry) for both models; 16 threads, so the 15 gated
+    dimers can never hold every thread while cheap calculations wait."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    from doubles import register_doubles
+    from test_graph import sleep_input
+
+    register_doubles()
+    gate = tmp_path / "dimers may finish"
+    plain = sleep_input()
+    plain["specification"]["keywords"]["levels"] = {2: "sleepy"}
+    gated = sleep_input()
+    gated["specification"]["keywords"]["levels"] = {2: "sleepy"}
+    gated["specification"]["specification"]["sleepy"]["keywords"]["gate"] = {"2": str(gate)}
+    # every cheap dimer increment is -0.02 i j Eh: all kept
+    screening = {"energy_thresholds": {2: 0.1}, "cheap_model": {"program": "sleep", "model": {"method": "cheap"}, "keywords": {}}}
+    with LocalCluster(n_workers=1, threads_per_worker=16, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        started: dict = {}
+        thread = threading.Thread(target=lambda: started.update(sub=mbdask.start(gated, client, screening=screening)), daemon=True)
+        thread.start()
+        try:
+            thread.join(timeout=120)  # a deadline for a hang, not a timing: the old pass waited at the gate for good
+            assert "sub" in started, "start() waited for the expensive calculations"
+            sub = started["sub"]
+            sent = [unit for unit in sub.graph.units.values() if unit.source is not None]
+            assert all(not unit.borrowed for unit in sent)
+            assert {job.label for unit in sent for job in unit.jobs} == {job.label for job in sub.plan.jobs}  # nothing recomputed
+            assert any(unit.jobs[0].nbody == 2 and unit.source.status == "pending" for unit in sent)  # still at the gate
+        finally:
+            gate.touch()
+        result = sub.result(timeout=120)
+        reference = mbdask.compute(plain, client)
+    assert result.return_result == pytest.approx(reference.return_result, abs=1e-12)
+    assert result.extras["mbdask"]["screening"]["orders"]["2"]["kept"] == 15
+    assert len(result.extras["mbdask"]["timing"]["fragments"]) == len(sub.plan.jobs) == 21  # this run's own work, none "stored"

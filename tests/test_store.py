@@ -33,7 +33,16 @@ def test_round_trip_is_exact():
     assert back["values"]["energy"] == output["values"]["energy"]
     for name in ("gradient", "hessian"):
         assert back["values"][name].shape == output["values"][name].shape
+        assert back["values"][name].dtype == output["values"][name].dtype
         assert np.array_equal(back["values"][name], output["values"][name])
+
+
+def test_payloads_written_before_jsonext_still_read():
+    """Stores written before arrays were QCElemental's ``jsonext`` (a list of floats and a shape) keep working."""
+    gradient = np.arange(6.0).reshape(2, 3) / 7
+    old = json.dumps({"label": "l", "values": {"energy": -1.5, "gradient": {"shape": [2, 3], "data": gradient.ravel().tolist()}}, "start": 0.0})
+    back = decode_output(old)
+    assert back["values"]["energy"] == -1.5 and np.array_equal(back["values"]["gradient"], gradient)
 
 
 def test_key_changes_with_what_determines_the_numbers_and_not_with_names():
@@ -132,7 +141,7 @@ def test_store_holds_plain_json_and_refuses_other_files(tmp_path):
     assert json.loads(payload)["values"] == {"energy": -1.0}
     not_a_store = tmp_path / "notes.txt"
     not_a_store.write_text("hello " * 1000)
-    with pytest.raises(mbdask.InputError, match="not an mbdask store"):
+    with pytest.raises(mbdask.BadInputError, match="not an mbdask store"):
         FragmentStore.open(not_a_store)
-    with pytest.raises(mbdask.InputError, match="does not exist"):
+    with pytest.raises(mbdask.BadInputError, match="does not exist"):
         FragmentStore.open(tmp_path / "missing" / "store.sqlite")

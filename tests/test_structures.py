@@ -16,7 +16,7 @@ import pytest
 import mbdask
 from conftest import DATA, needs_xtb, write_json
 from mbdask.cli import main
-from mbdask.errors import InputError
+from mbdask.errors import BadInputError
 from mbdask.xyz import molecules_from_xyz, read_xyz, read_xyz_frames
 
 WATER3 = (DATA / "water3-uud.xyz").read_text().splitlines()
@@ -57,7 +57,7 @@ def test_trajectory_frames_become_structures_with_the_first_frames_fragments(tmp
     assert [m["name"] for m in molecules] == ["traj-1", "traj-2", "traj-3"]
     assert all(m["fragments"] == molecules[0]["fragments"] for m in molecules)
     assert molecules[0]["geometry"] != molecules[1]["geometry"]
-    with pytest.raises(InputError, match=r"traj.xyz:12: a second structure starts here \(3 frames\)"):
+    with pytest.raises(BadInputError, match=r"traj.xyz:12: a second structure starts here \(3 frames\)"):
         read_xyz(path)
 
 
@@ -65,18 +65,18 @@ def test_a_frame_that_disagrees_with_itself_or_the_first_is_refused_with_its_lin
     lines = trajectory(tmp_path / "traj.xyz", frames=2).read_text().splitlines()
     short = tmp_path / "short.xyz"
     short.write_text("\n".join(lines[:21]) + "\n")  # frame 2 lacks its last atom
-    with pytest.raises(InputError, match=r"short.xyz:12: line 12 says 9 atoms but only 8 atom lines follow"):
+    with pytest.raises(BadInputError, match=r"short.xyz:12: line 12 says 9 atoms but only 8 atom lines follow"):
         read_xyz_frames(short)
     other = tmp_path / "other.xyz"
     other.write_text("\n".join(lines[:13] + ["He 0 0 0"] + lines[14:]) + "\n")
-    with pytest.raises(InputError, match=r"other.xyz:12: this frame's atoms differ from the first frame's"):
+    with pytest.raises(BadInputError, match=r"other.xyz:12: this frame's atoms differ from the first frame's"):
         molecules_from_xyz(other)
     spaced = tmp_path / "spaced.xyz"
     spaced.write_text("\n".join(lines[:11] + ["", ""] + lines[11:]) + "\n")  # blank lines between frames
     assert [f.line for f in read_xyz_frames(spaced)] == [1, 14]
     stray = tmp_path / "stray.xyz"
     stray.write_text("\n".join(lines[:11] + ["O 0 0 0"] + lines[11:]) + "\n")
-    with pytest.raises(InputError, match=r"stray.xyz:12: line 1 says 9 atoms but 10 atom lines follow"):
+    with pytest.raises(BadInputError, match=r"stray.xyz:12: line 1 says 9 atoms but 10 atom lines follow"):
         read_xyz_frames(stray)
 
 
@@ -88,7 +88,7 @@ def test_read_structures_names_files_frames_and_directories_in_order(tmp_path):
     assert list(found) == ["a", "b-traj-1", "b-traj-2", "a-2"]
     assert found["a"] == str(tmp_path / "a.json")
     assert found["b-traj-1"]["specification"]["specification"]["gfn2-xtb"]["program"] == "xtb"
-    with pytest.raises(InputError, match="no such file or directory"):
+    with pytest.raises(BadInputError, match="no such file or directory"):
         mbdask.read_structures([tmp_path / "missing.json"])
 
 

@@ -36,7 +36,7 @@ def test_worker_without_mbdask_is_named_before_submission(tmp_path: Path):
     hide = tmp_path / "hide_mbdask.py"
     hide.write_text('import sys\n\nsys.modules["mbdask"] = None  # "import mbdask" now raises ModuleNotFoundError\n')
     with _cluster(preload=[str(hide)], silence_logs=50) as cluster, Client(cluster, set_as_default=False) as client:
-        with pytest.raises(mbdask.InputError, match=r"^worker tcp://127\.0\.0\.1:\d+ cannot import mbdask \(ModuleNotFoundError: .*mbdask") as info:
+        with pytest.raises(mbdask.BadInputError, match=r"^worker tcp://127\.0\.0\.1:\d+ cannot import mbdask \(ModuleNotFoundError: .*mbdask") as info:
             mbdask.start(sleep_input("water3-uud.xyz"), client)
         assert "\n" not in str(info.value)
         assert "install mbdask" in str(info.value)
