@@ -159,15 +159,35 @@ def _units(
     per_unit = config.number("mbdask.store.known-per-unit")  # they cost nothing to run
     for i in range(0, len(done), per_unit):
         units.append(Unit(tuple(done[i : i + per_unit]), 0.0, resources.cores))
-    sources = [(future, label, there, True) for label, (future, there) in borrowed.items()]
-    sources += [(future, label, label, False) for label, future in running.items()]
-    by_source: dict[Any, list[tuple[Future, FragmentJob, str, bool]]] = {}
-    for future, label, there, other in sources:
-        by_source.setdefault(future.key, []).append((future, by_label[label], there, other))
-    for taken in by_source.values():
-        future, _, _, other = taken[0]
-        jobs, there = tuple(job for _, job, _, _ in taken), tuple(t for _, _, t, _ in taken)
-        units.append(Unit(jobs, 0.0, resources.cores, source=future, source_labels=there, borrowed=other))
+    for other, taken in ((True, borrowed), (False, {label: (future, label) for label, future in running.items()})):
+        units += _taking_units(taken, by_label, per_unit, resources.cores, other)
+    return units
+
+
+def _taking_units(
+    taken: dict[str, tuple[Future, str]], by_label: dict[str, FragmentJob], per_unit: int, cores: int, borrowed: bool,
+) -> list[Unit]:
+    """Units that take calculations from units already sent (label: the future of that unit, and the label
+    there), each source's jobs kept together, at most ``per_unit`` jobs a unit where sources allow: they
+    cost nothing to run, and fewer of them mean fewer tasks and increment nodes."""
+    by_source: dict[Any, list[tuple[Future, FragmentJob, str]]] = {}
+    for label, (future, there) in taken.items():
+        by_source.setdefault(future.key, []).append((future, by_label[label], there))
+    units: list[Unit] = []
+    chunk: list[list[tuple[Future, FragmentJob, str]]] = []
+
+    def close() -> None:
+        if chunk:
+            pairs = [pair for group in chunk for pair in group]
+            jobs, there = tuple(job for _, job, _ in pairs), tuple(t for _, _, t in pairs)
+            units.append(Unit(jobs, 0.0, cores, sources=tuple(group[0][0] for group in chunk), source_labels=there, borrowed=borrowed))
+            chunk.clear()
+
+    for group in by_source.values():
+        if chunk and sum(map(len, chunk)) + len(group) > per_unit:
+            close()
+        chunk.append(group)
+    close()
     return units
 
 
@@ -375,7 +395,7 @@ def submit_plan(
             share=_scatter_to_all(conn.client) if _forked_here(conn) else _kept_by_scheduler(conn.client),
         )
         # units that compute something: their outputs come back here and go into the store
-        to_store = [key for key, unit in graph.units.items() if unit.source is None and any(job.label not in known for job in unit.jobs)] if store is not None else []
+        to_store = [key for key, unit in graph.units.items() if not unit.sources and any(job.label not in known for job in unit.jobs)] if store is not None else []
         keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going or progress else to_store)]
         started = time.monotonic()
         with warnings.catch_warnings():

@@ -156,13 +156,14 @@ def merge_units(*units: dict[str, dict]) -> dict[str, dict]:
     return merged
 
 
-def borrowed_outputs(labels: list[tuple[str, str]], source: dict[str, dict], borrowed: bool = True) -> dict[str, dict]:
-    """Outputs of the same calculations in a unit already sent, ``source``, under this expansion's labels.
+def borrowed_outputs(labels: list[tuple[str, str]], borrowed: bool, *sources: dict[str, dict]) -> dict[str, dict]:
+    """Outputs of the same calculations in units already sent, ``sources``, under this expansion's labels.
 
-    ``borrowed`` (another expansion's unit): marked ``stored``, as outputs found in a store
+    ``borrowed`` (another expansion's units): marked ``stored``, as outputs found in a store
     are, since this expansion did not compute them. Not borrowed (this expansion's own
-    unit, sent before its graph by energy screening): they stay this expansion's work.
+    units, sent before its graph by energy screening): they stay this expansion's work.
     """
+    source = sources[0] if len(sources) == 1 else merge_units(*sources)
     if not borrowed:
         return {label: source[there] if label == there else {**source[there], "label": label} for label, there in labels}
     return {label: {**source[there], "label": label, "stored": True} for label, there in labels}

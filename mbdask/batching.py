@@ -55,11 +55,11 @@ class Unit:
     cores: int = 1
     #: predicted seconds of each job (they sum to ``seconds``); the report sets them beside the measured
     predicted: tuple[float, ...] = ()
-    #: a unit that computes nothing but takes its outputs from a unit already sent: that unit's
-    #: Dask future, and the label of each job there
-    source: Any = None
+    #: a unit that computes nothing but takes its outputs from units already sent: their Dask
+    #: futures, and the label of each job there
+    sources: tuple[Any, ...] = ()
     source_labels: tuple[str, ...] = ()
-    #: the source is another expansion's (the same calculations, :mod:`mbdask.structures`), so its
+    #: the sources are another expansion's (the same calculations, :mod:`mbdask.structures`), so their
     #: outputs count as not computed here; False: this expansion's own, sent before its graph (energy screening)
     borrowed: bool = True
 

@@ -306,9 +306,9 @@ def _unit_of_jobs(jobs: Sequence[FragmentJob], units: Sequence[Unit]) -> np.ndar
 
 def unit_task(unit: Unit, ctx_ref: Any, memory_gib: Optional[float], known: Optional[dict[str, dict]] = None) -> tuple:
     """The task of one unit: its calculations (:func:`mbdask.execute.run_unit`, handed the outputs in
-    ``known`` instead of computing them), or, for a unit with a ``source``, the outputs taken from there."""
-    if unit.source is not None:
-        return (borrowed_outputs, [(job.label, there) for job, there in zip(unit.jobs, unit.source_labels)], unit.source, unit.borrowed)
+    ``known`` instead of computing them), or, for a unit with ``sources``, the outputs taken from there."""
+    if unit.sources:
+        return (borrowed_outputs, [(job.label, there) for job, there in zip(unit.jobs, unit.source_labels)], unit.borrowed, *unit.sources)
     have = {job.label: known[job.label] for job in unit.jobs if job.label in known} if known else None
     return (run_unit, ctx_ref, list(unit.jobs), unit.cores, memory_gib, have or None, list(unit.predicted))
 
@@ -339,10 +339,11 @@ def unit_graph(
 ) -> tuple[HighLevelGraph, list[Key]]:
     """A graph of ``units`` alone (no increments, no result) and their keys, for work decided while
     a run goes on (energy screening). ``first_index`` numbers the batches, so that keys sent
-    under one ``token`` in several graphs stay distinct."""
+    under one ``token`` in several graphs stay distinct; the layer is named ``kind``, so that
+    graphs of two kinds merge."""
     by_key = {unit_key(unit, first_index + i, token, kind): unit for i, unit in enumerate(units)}
     layer = fragment_layer(by_key, ctx_ref, resources, lambda key: priority(by_key[key]), retries)
-    return HighLevelGraph({"fragments": layer}, {"fragments": set()}), list(by_key)
+    return HighLevelGraph({kind: layer}, {kind: set()}), list(by_key)
 
 
 def build_graph(

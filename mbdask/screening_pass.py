@@ -5,7 +5,7 @@ the same path as every other unit (:func:`mbdask.graph.unit_graph`), and takes t
 energies in as their units finish, cheapest decisions first (cheap units run ahead of any
 expensive one). Once every candidate is decided it returns the plan restricted to the
 kept clusters and the futures of the expensive units already sent: the expansion's graph
-takes its outputs from those futures (:attr:`mbdask.batching.Unit.source`), so the
+takes its outputs from those futures (:attr:`mbdask.batching.Unit.sources`), so the
 expensive calculations never come back to this process and the graph goes out while they
 still run.
 """
@@ -15,8 +15,9 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
+from dask.highlevelgraph import HighLevelGraph
 from distributed import Client, Future, as_completed
 from qcmanybody.utils import delabeler
 
@@ -89,11 +90,20 @@ def screen(
     if store is not None and writer is None:
         raise ValueError("a store needs a writer")
 
-    def send(units: list[Unit], context: Future, res: FragmentResources, kind: str, priority: Callable[[Unit], float]) -> list[Future]:
+    def send(cheap: list[Unit], costly: list[Unit]) -> tuple[list[Future], list[Future]]:
+        """Both kinds of unit in one graph, one round trip to the scheduler."""
         nonlocal sent
-        graph, keys = unit_graph(units, token, context, res, priority, retries=retries, kind=kind, first_index=sent)
-        sent += len(units)
-        return client.get(graph, keys, sync=False) if keys else []
+        graphs, keys = [], []
+        for units, context, res, kind, priority in (
+            (cheap, cheap_ctx_f, cheap_resources, "cheap", lambda unit: CHEAP_PRIORITY),
+            (costly, ctx_f, resources, "frag", lambda unit: unit.seconds),
+        ):
+            graph, unit_keys = unit_graph(units, token, context, res, priority, retries=retries, kind=kind, first_index=sent)
+            graphs.append(graph)
+            keys += unit_keys
+            sent += len(units)
+        futures = client.get(HighLevelGraph.merge(*graphs), keys, sync=False) if keys else []
+        return futures[: len(cheap)], futures[len(cheap) :]
 
     def flush() -> None:
         # energies the store had are taken in at once, and may open more work: until there is none
@@ -103,16 +113,15 @@ def screen(
                 return
             jobs = [FragmentJob(CHEAP_LABEL, c, c) for c in sorted(cheap, key=lambda c: (len(c), c))]
             stored = store.find(jobs, cheap_ctx.store_key) if store is not None else {}
-            units = make_units([job for job in jobs if job.label not in stored], cheap_cost, workers=workers)
-            futures = send(units, cheap_ctx_f, cheap_resources, "cheap", lambda unit: CHEAP_PRIORITY)
-            if writer is not None:
-                cheap_jobs.update(zip(futures, (unit.jobs for unit in units)))
-            cheap_units.update(futures)
+            cheap_units_now = make_units([job for job in jobs if job.label not in stored], cheap_cost, workers=workers)
             new = [job for cluster in kept for inc in by_cluster.get(cluster, ()) for job, _ in inc.terms if job.label not in running and job.label not in found]
             new = sorted(dict.fromkeys(new), key=lambda j: (j.model, j.nbody, j.real, j.basis))
             found.update(store.find(new, ctx.store_key) if store is not None else {})
             units = make_units([job for job in new if job.label not in found], cost, workers=workers, cores=resources.cores)
-            futures = send(units, ctx_f, resources, "frag", lambda unit: unit.seconds)
+            cheap_futures, futures = send(cheap_units_now, units)
+            if writer is not None:
+                cheap_jobs.update(zip(cheap_futures, (unit.jobs for unit in cheap_units_now)))
+            cheap_units.update(cheap_futures)
             expensive.extend(futures)
             for future, unit in zip(futures, units):
                 running.update((job.label, future) for job in unit.jobs)
