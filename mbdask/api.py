@@ -33,7 +33,7 @@ from .cluster import (
 )
 from .cluster import worker_timeout as cluster_worker_timeout
 from .cost import CostModel
-from .errors import FragmentFailedError, BadInputError, NoWorkersError
+from .errors import BadInputError, FragmentFailedError, NoWorkersError
 from .execute import ExpansionContext, SharedContext
 from .graph import ORDERS, ExpansionGraph, FragmentResources, build_graph, result_function
 from .inputs import InputLike
@@ -41,6 +41,7 @@ from .plan import FragmentJob, Plan, make_plan, truncated_input
 from .programs import program_modules
 from .progress import Progress
 from .screening import ScreeningLike
+from .screening_pass import screen
 from .store import FragmentStore, StoreWriter
 from .workers import check_programs_here, check_workers, fragment_resources, increment_tasks, total_cores, worker_cores
 
@@ -378,8 +379,6 @@ def submit_plan(
         computed: dict[str, dict] = {}
         running: dict[str, Future] = {}
         if energy_screening:
-            from .screening_pass import screen
-
             screened = screen(
                 the_plan, settings, conn.client, workers=total_cores(worker_info) // max(1, cores), resources=resources,
                 store=store, writer=writer, retries=retries,

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-from .errors import FragmentFailedError, BadInputError, MbdaskError
+from .errors import BadInputError, FragmentFailedError, MbdaskError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 

@@ -27,7 +27,7 @@ from typing import Any, Optional, Union
 
 from distributed import Future
 
-from .errors import FragmentFailedError, BadInputError, MbdaskError
+from .errors import BadInputError, FragmentFailedError, MbdaskError
 
 #: File suffixes a directory of structures is read for.
 STRUCTURE_SUFFIXES = (".json", ".yaml", ".yml", ".xyz")
