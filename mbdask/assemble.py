@@ -20,6 +20,8 @@ from qcmanybody.v2 import ManyBodyComputer
 
 from . import config
 from .cost import calibrated_predictions
+from .execute import resolve_context
+from .manybody import screened_analysis
 from .plan import gc_paused
 from .tables import Ragged, Rows, none_for_nan
 from .version import package_version
@@ -316,8 +318,6 @@ def assemble_result(
     expansions); the graph decides it on the client, where the user's Dask config is; by
     default, more calculations than :func:`inline_limit`.
     """
-    from .execute import resolve_context
-
     began = time.time()
     ctx = resolve_context(ctx)
     with gc_paused():  # hundreds of thousands of objects made here: a third faster at 43,744 calculations
@@ -350,8 +350,6 @@ def _assemble_result(
     if screening is None:
         analyzed = computer.qcmb_core.analyze(values)
     else:
-        from .manybody import screened_analysis
-
         analyzed = screened_analysis(computer.qcmb_core, values, screening["coefficients"])
     analyzed["nbody_number"] = len(order)
     # a large expansion keeps its rows as tables

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .errors import BadInputError
+
 DEFAULTS = Path(__file__).with_name("mbdask.yaml")
 _lock = threading.Lock()
 _loaded = False
@@ -87,8 +89,6 @@ def number(key: str) -> Any:
     count or a negative timeout is refused in one line naming the setting (exit code 2 on
     the command line), not met later as a traceback.
     """
-    from .errors import BadInputError
-
     kind, zero_allowed = NUMBERS[key]
     value = get(key)
     try:

@@ -40,6 +40,7 @@ from typing import Any, Optional
 from distributed.deploy.spec import ProcessInterface
 
 from . import config
+from .worker_environment import drop_dask_environment
 
 _PR_SET_PDEATHSIG = 1
 
@@ -174,8 +175,6 @@ def _child_main(settings_fd: int, address_fd: int) -> None:
 
 async def _run_worker(settings: dict, address_fd: int) -> None:
     from distributed import Worker
-
-    from .worker_environment import drop_dask_environment
 
     drop_dask_environment()  # what a spawned worker's nanny leaves out
 

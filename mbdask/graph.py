@@ -41,6 +41,7 @@ from .assemble import assemble_result, borrowed_outputs, collect_outputs, increm
 from .batching import Unit, make_units
 from .cost import CostModel
 from .execute import ExpansionContext, run_unit
+from .manybody import coefficients
 from .plan import FragmentJob, Increment, IncrementBlock, Plan, gc_paused, label_prefix
 
 Key = tuple
@@ -277,8 +278,6 @@ def result_function(plan: Plan, upto: Optional[int] = None) -> Any:
     tables = len(plan.jobs) > inline_limit()
     if plan.screened is None:
         return functools.partial(assemble_result, tables=tables)
-    from .manybody import coefficients
-
     screening = {"coefficients": coefficients(plan.increments, upto), "summary": plan.screened.summary()}
     return functools.partial(assemble_result, screening=screening, tables=tables)
 

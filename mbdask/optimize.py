@@ -35,8 +35,13 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 import numpy as np
 from qcelemental import constants
 
+from .api import check_options, connect_for, result_of, start
 from .errors import BadInputError
-from .inputs import InputLike, load_input
+from .execute import pinned_threads
+from .inputs import InputLike, describe_validation_error, load_input
+from .outputs import check_writable, write_atomic
+from .plan import make_plan
+from .screening import Screening
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: geomeTRIC's convergence sets in 1.1 (named in error messages; geomeTRIC itself decides what is valid).
@@ -92,15 +97,11 @@ class OptimizationResult:
 
     def to_xyz(self, path: PathLike) -> None:
         """Write the final geometry as an XYZ file (Angstrom), its energy in the comment line."""
-        from .outputs import write_atomic
-
         write_atomic(path, _xyz_frame(self.molecule.symbols, self.trajectory[-1], f"mbdask optimize: final geometry, step {self.steps}, "
                                       f"energy {self.energies[-1]:.10f} Eh, converged {self.converged}"))
 
     def trajectory_xyz(self, path: PathLike) -> None:
         """Write every geometry as one multi-frame XYZ file (Angstrom), each frame's energy in its comment line."""
-        from .outputs import write_atomic
-
         write_atomic(path, trajectory_text(self.molecule.symbols, self.trajectory, self.energies))
 
 
@@ -148,13 +149,9 @@ def optimize(
     if freeze_screening and screening is None:
         raise BadInputError("freeze_screening needs a screening option, e.g. screening={'distance_cutoffs': {2: 9.0}}")
     if trajectory is not None:
-        from .outputs import check_writable
-
         check_writable(trajectory)
     with captured_geometric_log():
         _geometric_params(geometric, max_steps, convergence, geometric_options)  # refused now, not after the cluster started
-    from .execute import pinned_threads
-
     mbe_input = gradient_input(inp)
     first = _first_plan(mbe_input, screening, run_options.get("check_installed", True))
     conn = _connect(client, first, cluster_options)
@@ -238,8 +235,6 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     Refused: names :func:`mbdask.start` does not know, and ``keep_going`` (a gradient
     through a lower order than asked for would optimise another energy surface).
     """
-    from .api import check_options, start
-
     known = set(inspect.signature(start).parameters) - {"inp", "client"}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -306,8 +301,6 @@ def gradient_input(inp: InputLike) -> Any:
     try:
         new_spec = type(spec)(**data)
     except (ValueError, TypeError) as exc:
-        from .inputs import describe_validation_error
-
         raise BadInputError(describe_validation_error(exc)) from None
     molecule = loaded.molecule.model_copy(update={"fix_com": True, "fix_orientation": True})
     return loaded.model_copy(update={"specification": new_spec, "molecule": molecule})
@@ -323,15 +316,11 @@ def molecule_at(molecule: Any, coords_bohr: np.ndarray) -> Any:
 
 def _first_plan(mbe_input: Any, screening: Any, check_installed: bool) -> Any:
     """The start geometry's plan: validates the input, screening and programs before any cluster starts."""
-    from .plan import make_plan
-
     return make_plan(mbe_input, check_installed=check_installed, screening=screening)
 
 
 def _connect(client: Any, first_plan: Any, cluster_options: dict[str, Any]) -> Any:
     """One connection for every step (what :func:`mbdask.start` would make for the first step)."""
-    from .api import connect_for
-
     return connect_for(first_plan, client, **{k: cluster_options.get(k) for k in CLUSTER_OPTIONS})
 
 
@@ -358,8 +347,6 @@ class Expansions:
 
     def __call__(self, coords_bohr: np.ndarray) -> tuple[float, np.ndarray]:
         """Energy (Hartree) and gradient ((natom, 3), Hartree/Bohr) at ``coords_bohr``."""
-        from .api import result_of, start
-
         coords = np.asarray(coords_bohr, dtype=float).reshape(-1, 3)
         step = self._plan_or_input(coords)
         sub = start(step, self.client, screening=self.screening, check_installed=self.check_installed, **self.options)
@@ -390,8 +377,6 @@ class Expansions:
 
 def frozen_screening(screened: Any) -> Any:
     """The clusters a screened plan kept (every order above 1), as screening by explicit list."""
-    from .screening import Screening
-
     return Screening(clusters=frozenset(c for order, kept in screened.kept.items() if order > 1 for c in kept))
 
 
@@ -469,8 +454,6 @@ def _run_geometric(
         symbols = list(molecule.symbols)
 
         def on_frame(frames: list[Frame]) -> None:
-            from .outputs import write_atomic
-
             write_atomic(trajectory, trajectory_text(symbols, [f.coords for f in frames], [f.energy for f in frames]))
 
     engine = engine_class()(M, evaluate, on_frame)

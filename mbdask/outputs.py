@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator, Union
 
 from .errors import BadInputError
+from .tables import Rows, replaced
 
 
 def check_writable(path: Union[str, os.PathLike]) -> Path:
@@ -58,8 +59,6 @@ def save_result(result: Any, path: Union[str, os.PathLike]) -> list[Path]:
     the tables are written before the JSON, so a JSON on disk never names a missing file.
     Returns the paths written, the JSON last. :func:`load_result` reads it all back.
     """
-    from .tables import Rows, replaced
-
     path = Path(path)
     stem = path.name[: -len(".json")] if path.name.endswith(".json") else path.name
     files: list[Path] = []
@@ -83,8 +82,6 @@ def save_result(result: Any, path: Union[str, os.PathLike]) -> list[Path]:
 def load_result(path: Union[str, os.PathLike]) -> Any:
     """A ``ManyBodyResult`` saved by :func:`save_result` (or any result JSON), its CSV tables read back as rows."""
     from qcmanybody.models.v2 import ManyBodyResult
-
-    from .tables import Rows, replaced
 
     path = Path(path)
     result = ManyBodyResult.model_validate_json(path.read_text())

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .outputs import write_atomic
+
 #: The marks the command line sets, in order, and the phase each one ends.
 PHASES = (
     ("imported", "Python start and imports"),
@@ -139,6 +141,4 @@ def format_summary(summary: dict) -> str:
 
 
 def write_profile(path: str, summary: dict) -> None:
-    from .outputs import write_atomic
-
     write_atomic(path, json.dumps(summary, indent=1))

@@ -23,6 +23,7 @@ import numpy as np
 from qcelemental import constants
 
 from . import config
+from .outputs import write_atomic
 from .profile import column_of
 
 HARTREE_TO_KCAL = constants.hartree2kcalmol
@@ -408,8 +409,6 @@ def report(result: Any, path: Union[str, os.PathLike, None] = None, title: str =
     """The HTML report of ``result``; written (atomically) to ``path`` when given. Returns the HTML."""
     text = report_html(result, title)
     if path is not None:
-        from .outputs import write_atomic
-
         write_atomic(path, text)
     return text
 
@@ -476,7 +475,5 @@ def structures_report(results: Any, path: Union[str, os.PathLike, None] = None, 
     items.append(Div(text=f"{_STYLE}<h2>n-body energies per structure</h2>{nbody}", width=1000))
     text = file_html(column(*items), resources=INLINE, title=title)
     if path is not None:
-        from .outputs import write_atomic
-
         write_atomic(path, text)
     return text

@@ -27,7 +27,16 @@ from typing import Any, Optional, Union
 
 from distributed import Future
 
+from .api import _open_store, check_options, connect_for, result_of, submit_plan, workers_ready
+from .cluster import worker_resources
 from .errors import BadInputError, FragmentFailedError, MbdaskError
+from .execute import ExpansionContext
+from .graph import PRIORITY_SPAN
+from .outputs import save_result, write_atomic
+from .plan import make_plan
+from .progress import bar, duration
+from .store import StoreWriter
+from .xyz import ModelOptions, molecules_from_xyz
 
 #: File suffixes a directory of structures is read for.
 STRUCTURE_SUFFIXES = (".json", ".yaml", ".yml", ".xyz")
@@ -48,8 +57,6 @@ def read_structures(paths: Sequence[Union[str, os.PathLike]], model: Optional[An
     A path that does not exist, or a directory with no structure, is an :class:`BadInputError`
     (a typo, not a failed structure). Names that repeat get ``-2``, ``-3`` ...
     """
-    from .xyz import ModelOptions, molecules_from_xyz
-
     model = model or ModelOptions()
     found: dict[str, Any] = {}
 
@@ -131,8 +138,6 @@ class ManySubmission:
         ``keep_going``: a failed structure's result through its highest complete n-body order
         where there is one (marked partial), as :func:`mbdask.compute` gives it.
         """
-        from .api import result_of
-
         results: dict[str, Any] = {}
         errors = dict(self.errors)
         try:
@@ -166,12 +171,6 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
     A structure whose planning fails is left out and named in ``errors``; if every one
     fails, :class:`BadInputError` says why the first did.
     """
-    from .api import _open_store, check_options, connect_for, submit_plan, workers_ready
-    from .cluster import worker_resources
-    from .graph import PRIORITY_SPAN
-    from .plan import make_plan
-    from .store import StoreWriter
-
     named = _named(structures)
     if not named:
         raise BadInputError("no structures given")
@@ -250,8 +249,6 @@ def _shared_calculations(plans: Mapping[str, Any]) -> SharedCalculations:
     in its structure. Expansions screened by energy decide their calculations later, on the
     cluster: they share nothing here (the store still serves them).
     """
-    from .execute import ExpansionContext
-
     shared = SharedCalculations()
     if len(plans) < 2:
         return shared
@@ -404,8 +401,6 @@ class ManyProgress:
         return all(self._finished.values())
 
     def lines(self) -> list[str]:
-        from .progress import bar, duration
-
         done = sum(p.done for p in self.structures.values())
         total = sum(p.total for p in self.structures.values())
         failed = sum(1 for p in self.structures.values() if p.failed) + len(self.errors)
@@ -427,8 +422,6 @@ class ManyProgress:
 
 def write_structure_results(results: ManyResults, directory: Union[str, os.PathLike]) -> list[Path]:
     """Each structure's result as ``DIRECTORY/NAME.json`` (tables beside it for large ones) and the table as ``structures.csv``."""
-    from .outputs import save_result, write_atomic
-
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
