@@ -18,6 +18,8 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
+from .errors import RENAMED as _RENAMED, renamed as _renamed  # light: re and warnings
+
 if TYPE_CHECKING:  # what the names below are, for type checkers and the API docs
     from .api import Submission, compute, plan, start, submit
     from .cluster import ClusterSize, connect, start_local_cluster
@@ -96,8 +98,8 @@ def __getattr__(name: str) -> Any:
         value = package_version()
     elif name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    elif name == "InputError":  # the old name of BadInputError: warns each time, never cached
-        return importlib.import_module(".errors", __name__).renamed(name, __name__)
+    elif name in _RENAMED:  # an old name: warns each time, never cached
+        return _renamed(name, __name__)
     else:
         raise AttributeError(f"module 'mbdask' has no attribute {name!r}")
     globals()[name] = value

@@ -176,6 +176,7 @@ def _taking_units(
         by_source.setdefault(future.key, []).append((future, by_label[label], there))
     units: list[Unit] = []
     chunk: list[list[tuple[Future, FragmentJob, str]]] = []
+    size = 0  # jobs in chunk
 
     def close() -> None:
         if chunk:
@@ -185,9 +186,11 @@ def _taking_units(
             chunk.clear()
 
     for group in by_source.values():
-        if chunk and sum(map(len, chunk)) + len(group) > per_unit:
+        if chunk and size + len(group) > per_unit:
             close()
+            size = 0
         chunk.append(group)
+        size += len(group)
     close()
     return units
 

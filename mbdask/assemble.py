@@ -163,11 +163,12 @@ def borrowed_outputs(labels: list[tuple[str, str]], borrowed: bool, *sources: di
 
     ``borrowed`` (another expansion's units): marked ``stored``, as outputs found in a store
     are, since this expansion did not compute them. Not borrowed (this expansion's own
-    units, sent before its graph by energy screening): they stay this expansion's work.
+    units, sent before its graph by energy screening, under its own labels): they stay this
+    expansion's work, as they are.
     """
     source = sources[0] if len(sources) == 1 else merge_units(*sources)
     if not borrowed:
-        return {label: source[there] if label == there else {**source[there], "label": label} for label, there in labels}
+        return {label: source[there] for label, there in labels}
     return {label: {**source[there], "label": label, "stored": True} for label, there in labels}
 
 

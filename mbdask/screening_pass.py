@@ -65,8 +65,8 @@ def screen(
     calculations finish.
 
     With a ``store``, cheap and expensive calculations found there are not sent, and
-    ``writer`` (the caller's, which it closes) writes each new output into it as its unit
-    finishes, in this process (workers never open the store).
+    ``writer`` (the caller's; the caller closes it) writes each new output into it as its
+    unit finishes, in this process (workers never open the store).
     """
     started = time.perf_counter()
     cheap_plan = make_plan(cheap_input(plan, settings.cheap_model, 1), check_installed=False)
@@ -84,7 +84,6 @@ def screen(
     cheap_units = as_completed(loop=client.loop)
     cheap_jobs: dict[Future, tuple[FragmentJob, ...]] = {}
     running: dict[str, Future] = {}
-    expensive: list[Future] = []
     found: dict[str, dict] = {}
     sent = 0  # units sent so far: their number keeps batch keys distinct
     if store is not None and writer is None:
@@ -122,13 +121,16 @@ def screen(
             if writer is not None:
                 cheap_jobs.update(zip(cheap_futures, (unit.jobs for unit in cheap_units_now)))
             cheap_units.update(cheap_futures)
-            expensive.extend(futures)
             for future, unit in zip(futures, units):
                 running.update((job.label, future) for job in unit.jobs)
                 if writer is not None:
                     writer.track(Future(future.key, client), unit.jobs, ctx.store_key)  # its own reference, released once written
-            for label, output in stored.items():
-                decisions.cheap_energy(tuple(delabeler(label)[1]), output["values"]["energy"])
+            take_in(stored)
+
+    def take_in(outputs: dict[str, dict]) -> None:
+        """Cheap energies, by label, into the decisions."""
+        for label, output in outputs.items():
+            decisions.cheap_energy(tuple(delabeler(label)[1]), output["values"]["energy"])
 
     decisions.start()
     flush()
@@ -136,14 +138,14 @@ def screen(
         outputs = future.result()
         if writer is not None:
             writer.add(outputs, cheap_jobs.pop(future), cheap_ctx.store_key)
-        for label, output in outputs.items():
-            decisions.cheap_energy(tuple(delabeler(label)[1]), output["values"]["energy"])
+        take_in(outputs)
         future.release()
         flush()
     if decisions.waiting:  # cannot happen with a closed kept set; guard against a silent wrong answer
         raise RuntimeError(f"energy screening left {len(decisions.waiting)} clusters undecided")
     report = decisions.report(settings.cheap_model)
     report["screening_seconds"] = time.perf_counter() - started
+    expensive = {future.key: future for future in running.values()}.values()  # one per unit sent
     report["expensive_units_done_when_decided"] = f"{sum(f.status == 'finished' for f in expensive)}/{len(expensive)}"
     final = make_plan(plan.input, check_installed=False, screening=decisions.screening(settings, report))
     return ScreenedPlan(final, found, running)

@@ -174,6 +174,11 @@ def find_fragments(symbols: list[str], geometry_angstrom: np.ndarray) -> list[li
     so memory stays linear in the atoms; the components are a union-find over those bonds
     (a few lines, where SciPy's would add a dependency).
     """
+    for symbol in sorted(set(symbols)):  # QCElemental would guess 1.8 bohr for a missing radius: fragments would be guesses
+        try:
+            qcelemental.covalentradii.get(symbol)
+        except Exception:
+            raise BadInputError(f"no covalent radius for {symbol} in QCElemental: give the fragments (--fragments)") from None
     bonds = qcelemental.molutil.guess_connectivity(
         symbols, np.asarray(geometry_angstrom) / qcelemental.constants.bohr2angstroms, threshold=config.number("mbdask.xyz.bond-tolerance"),
     )

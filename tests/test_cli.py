@@ -182,6 +182,17 @@ def test_bad_xyz_options_exit_2(command, args, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_element_without_a_covalent_radius_is_refused_not_guessed(tmp_path, capsys):
+    """Fragments come from covalent radii; QCElemental has none for berkelium and would guess one."""
+    xyz = tmp_path / "bk.xyz"
+    xyz.write_text("2\n0 1\nBk 0 0 0\nBk 0 0 3.0\n")
+    out = tmp_path / "r.json"
+    assert _exit_code(["run", str(xyz), "--no-progress", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "mbdask: error: no covalent radius for Bk in QCElemental: give the fragments (--fragments)" and len(err) == 1
+    assert not out.exists()
+
+
 def test_xtb_method_typo_is_refused_at_plan_time_listing_the_methods(capsys):
     from conftest import DATA
 
