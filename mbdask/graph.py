@@ -18,8 +18,10 @@ Shape (see docs/design.md):
   keys at the end rather than one dict per calculation;
 * one *result* node that runs QCManyBody's ``analyze`` over all fragment results.
 
-Keys are tuples whose first element reads like ``"frag hf/cc_pvdz 2-body"``, so the
-dashboard's progress bars show one row per model chemistry and n-body order.
+Keys are tuples whose first element, the dashboard's group name, reads like
+``"2b frag hf/cc_pvdz"``, ``"3b incr nocp"`` or ``"2b level cp"``: one progress row per model
+chemistry and n-body order, the order first, because the dashboard's progress panel cuts a
+name longer than 15 characters to its first 12.
 """
 
 from __future__ import annotations
@@ -47,9 +49,16 @@ from .plan import FragmentJob, Increment, IncrementBlock, Plan, gc_paused, label
 Key = tuple
 
 
+#: Characters Dask's ``key_split`` cuts a group name at ('-'; ',' in a name that starts with a
+#: digit) or strips from its ends (quotes, parentheses, '_'), replaced where a model label has them.
+_GROUP_SAFE = str.maketrans({"-": "_", ",": ";", "(": "[", ")": "]", "'": "", '"': ""})
+
+
 def dashboard_name(text: str) -> str:
-    """Dask groups tasks by the key's prefix up to the first '-' that is followed by a non-word."""
-    return str(text).replace("-", "_")
+    """``text`` as Dask keeps it in a group name: ``dask.utils.key_split`` reads a key's first element up to
+    a '-' (and, as the names start with the order's digit, up to a ',' with quotes and parentheses stripped)."""
+    name = str(text).translate(_GROUP_SAFE)
+    return name.rstrip("_") or name
 
 
 def _indices(indices: tuple[int, ...]) -> str:
@@ -57,7 +66,20 @@ def _indices(indices: tuple[int, ...]) -> str:
 
 
 def _order(nbody: Union[int, str]) -> str:
-    return "supersystem" if nbody == "supersystem" else f"{nbody}-body"
+    """The n-body order as a group name starts: ``2b``, or ``full`` for the supersystem (the full cluster;
+    ``"full level vmfc"`` fits the progress panel's 15 characters, ``"super level vmfc"`` would not)."""
+    return "full" if nbody == "supersystem" else f"{nbody}b"
+
+
+def group_name(nbody: Union[int, str], kind: str, what: str) -> str:
+    """The dashboard's group of a task: ``"2b frag gfn2_xtb"``, ``"3b incr nocp"``.
+
+    What tells groups apart comes first: the dashboard's progress panel shows a name of more
+    than 15 characters as its first 12 and "...", so four rows of a 4-body run once all read
+    "frag gfn2_xt...". The order, then the kind of task (short), then the model chemistry or
+    BSSE treatment.
+    """
+    return f"{_order(nbody)} {kind} {dashboard_name(what)}"
 
 
 def _job_name(job: FragmentJob) -> str:
@@ -66,27 +88,27 @@ def _job_name(job: FragmentJob) -> str:
 
 def fragment_key(job: FragmentJob, token: str, kind: str = "frag") -> Key:
     """Key of a unit holding the one calculation ``job``."""
-    return (f"{kind} {dashboard_name(job.model)} {job.nbody}-body", token, _job_name(job))
+    return (group_name(job.nbody, kind, job.model), token, _job_name(job))
 
 
 def unit_key(unit: Unit, index: int, token: str, kind: str = "frag") -> Key:
     """Key of a unit: its calculation's (:func:`fragment_key`), or its batch's, numbered ``index``.
 
-    ``kind`` starts the dashboard's group name: ``frag`` for the expansion's calculations,
-    ``cheap`` for energy screening's."""
+    ``kind`` names the dashboard's group after the order: ``frag`` for the expansion's
+    calculations, ``cheap`` for energy screening's."""
     if len(unit.jobs) == 1:
         return fragment_key(unit.jobs[0], token, kind)
-    return (f"{kind} {dashboard_name(unit.model)} {unit.nbody}-body", token, f"batch {index} {_job_name(unit.jobs[0])}+{len(unit.jobs) - 1}")
+    return (group_name(unit.nbody, kind, unit.model), token, f"batch {index} {_job_name(unit.jobs[0])}+{len(unit.jobs) - 1}")
 
 
 def increment_key(bsse: str, nbody: Union[int, str], cluster: Sequence[int], token: str, batch: Optional[Key] = None) -> Key:
     """Key of the increment of ``cluster``, or of all increments anchored in the unit ``batch``."""
     name = _indices(cluster) if batch is None else f"batch {batch[2]}"
-    return (f"incr {bsse} {_order(nbody)}", token, name)
+    return (group_name(nbody, "incr", bsse), token, name)
 
 
 def level_key(bsse: str, nbody: Union[int, str], token: str) -> Key:
-    return (f"level {bsse} {_order(nbody)}", token)
+    return (group_name(nbody, "level", bsse), token)
 
 
 def context_key(token: str) -> Key:

@@ -212,10 +212,10 @@ def watch(address: str, victim: str, fraction: float, timeout: float = 120.0) ->
     def probe(dask_scheduler, victim=victim):
         # a finished unit does not stay in memory: once the client has stored its outputs and the
         # nodes that need it have run, it is released and forgotten; so count what is still to run
-        units = [ts for ts in dask_scheduler.tasks.values() if isinstance(ts.key, tuple) and str(ts.key[0]).startswith("frag ")]
+        units = [ts for ts in dask_scheduler.tasks.values() if isinstance(ts.key, tuple) and str(ts.key[0]).split(" ")[1:2] == ["frag"]]
         pending = sum(ts.state in ("released", "waiting", "queued", "processing", "no-worker") for ts in units)
         ws = next((w for w in dask_scheduler.workers.values() if w.name == victim), None)
-        busy = ws is not None and any(str(ts.key[0]).startswith("frag ") for ts in ws.processing if isinstance(ts.key, tuple))
+        busy = ws is not None and any(str(ts.key[0]).split(" ")[1:2] == ["frag"] for ts in ws.processing if isinstance(ts.key, tuple))
         return {"units": len(units), "pending": pending, "victim_busy": busy}
 
     seen_units = 0  # the most unit tasks seen at once: the run's units (none is forgotten before the first look)

@@ -57,7 +57,7 @@ def test_keys_are_readable_and_group_by_model_and_order():
     plan = mbdask.plan(sleep_input(), check_installed=False)
     graph = build_graph(plan, "t", resources=FragmentResources())
     prefixes = {key_split(k) for k in graph.units}
-    assert prefixes == {"frag sleepy 1-body", "frag sleepy 2-body", "frag sleepy 3-body"}
+    assert prefixes == {"1b frag sleepy", "2b frag sleepy", "3b frag sleepy"}
     job = plan.jobs[-1]
     assert fragment_key(job, "t")[2] == "(4,5,6)@(4,5,6)"
 
