@@ -86,7 +86,7 @@ def one_run(traj: Path, work: Path) -> dict:
     out = work / "out"
     wall, _ = _timed([sys.executable, "-m", "mbdask", "run", str(traj), "--max-nbody", "3", "--no-progress", "--output-dir", str(out)])
     rows = list(csv.DictReader((out / "structures.csv").open()))
-    return {"wall": wall, "busy": sum(float(r["task_seconds"]) for r in rows), "energies": [float(r["total_energy"]) for r in rows]}
+    return {"wall": wall, "busy": sum(float(r["task_seconds"]) for r in rows), "energies": [float(r["total_energy_Eh"]) for r in rows]}
 
 
 def shell_loop(paths: list[Path], work: Path) -> dict:

@@ -17,6 +17,8 @@ import html
 import math
 import os
 from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -43,7 +45,8 @@ def fragment_name(real: list[int], basis: list[int]) -> str:
 
 
 def summary_table(result: Any, top: int = 3) -> str:
-    """Per model chemistry and n-body order: calculations, wall span, task time, the most expensive ones.
+    """Per model chemistry and n-body order: calculations, the span of its fragments (first start to
+    last stop), their summed time, the most expensive ones (milliseconds where seconds would read 0.00).
 
     Computed over columns, not a dict per fragment: at 679,120 calculations that is a fraction
     of a second instead of seconds at the end of the run.
@@ -58,16 +61,37 @@ def summary_table(result: Any, top: int = 3) -> str:
     groups: dict[tuple[str, int], list[int]] = defaultdict(list)
     for i, key in enumerate(zip(column_of(fragments, "model"), nbodies)):
         groups[key].append(i)
-    rows = [f"{'model':<16} {'n-body':>6} {'calcs':>7} {'wall [s]':>9} {'tasks [s]':>10}  most expensive"]
+    width = max([16, *(len(model) for model, _ in groups)])  # columns stay aligned under a long model label
+    rows = [f"{'model':<{width}} {'n-body':>6} {'calcs':>7} {'span [s]':>9} {'tasks [s]':>10}  most expensive"]
     for (model, nbody), members in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         index = np.array(members)
-        wall = float((start[index] + seconds[index]).max() - start[index].min())
+        span = float((start[index] + seconds[index]).max() - start[index].min())
         costly = index[np.argsort(-seconds[index], kind="stable")[:top]].tolist()
-        names = ", ".join(f"{fragment_name(fragments[i]['real'], fragments[i]['basis'])} {seconds[i]:.2f} s" for i in costly)
-        rows.append(f"{model:<16} {nbody:>6} {len(members):>7} {wall:>9.2f} {sum(seconds[index].tolist()):>10.2f}  {names}")
+        names = ", ".join(f"{fragment_name(fragments[i]['real'], fragments[i]['basis'])} {short_duration(seconds[i])}" for i in costly)
+        rows.append(f"{model:<{width}} {nbody:>6} {len(members):>7} {span:>9.2f} {sum(seconds[index].tolist()):>10.2f}  {names}")
     if timing.get("from_store"):
         rows.append(f"({timing['from_store']} calculations loaded from the checkpoint store are not in the table)")
     return "\n".join(rows)
+
+
+def short_duration(seconds: float) -> str:
+    """``0.25 s``, or ``3.1 ms`` below 0.1 s: a batched xtb dimer's 3 ms read "0.00 s" with two decimals."""
+    return f"{seconds:.2f} s" if seconds >= 0.1 else f"{1000 * seconds:.1f} ms"
+
+
+def times_phrase(result: Any, wall_seconds: Optional[float] = None) -> str:
+    """The run's times under the names the command line prints them with, in the report's header too:
+    "wall time 0.77 s, sum of task times 0.21 s, fragment span 0.17 s".
+
+    ``wall_seconds`` is the run as its caller measured it (the command line: from the cluster's
+    start to its close); a result alone knows only its fragments' times, so without it there is
+    no wall time. The span runs from the first fragment's start to the last one's stop.
+    """
+    timing = _extras(result)["timing"]
+    parts = [] if wall_seconds is None else [f"wall time {wall_seconds:.2f} s"]
+    parts.append(f"sum of task times {timing['sum_task_seconds']:.2f} s")
+    parts.append(f"fragment span {timing['span_seconds']:.2f} s")
+    return ", ".join(parts)
 
 
 def _plural(count: int, word: str) -> str:
@@ -141,7 +165,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 _STYLE = (
     "<style>table.mbdask{border-collapse:collapse;font:13px sans-serif;margin:6px 0}"
-    "table.mbdask td,table.mbdask th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    "table.mbdask td,table.mbdask th{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}"
     "h2{font:bold 16px sans-serif;margin:14px 0 4px}</style>"
 )
 
@@ -201,12 +225,26 @@ def _numeric(levels: dict) -> dict[str, list[tuple[int, dict]]]:
     return {bsse: sorted((int(nb), row) for nb, row in by_nbody.items() if nb.isdigit()) for bsse, by_nbody in normalized_levels(levels).items()}
 
 
+def _figure_with_legend(legend: str = "right", **options: Any) -> Any:
+    """A Bokeh figure whose legend sits ``legend`` of the plot ("right" or "below"), never over its data,
+    and hides a glyph when its entry is clicked (Bokeh's ``click_policy``).
+
+    The glyphs' ``legend_label`` fill this legend, wherever it is: Bokeh puts their entries in
+    the figure's one legend, and makes one inside the plot only where there is none.
+    """
+    from bokeh.models import Legend
+    from bokeh.plotting import figure
+
+    fig = figure(**options)
+    fig.add_layout(Legend(click_policy="hide", orientation="horizontal" if legend == "below" else "vertical"), legend)
+    return fig
+
+
 def _convergence_plot(levels: dict):
     from bokeh.models import HoverTool
     from bokeh.palettes import Category10_10
-    from bokeh.plotting import figure
 
-    fig = figure(title="n-body convergence", x_axis_label="n-body order", y_axis_label="interaction energy through n [kcal/mol]", width=520, height=340)
+    fig = _figure_with_legend(title="n-body convergence", x_axis_label="n-body order", y_axis_label="interaction energy through n [kcal/mol]", width=560, height=340)
     numeric = _numeric(levels)
     for colour, (bsse, rows) in zip(Category10_10, numeric.items()):
         if not rows:
@@ -266,7 +304,6 @@ def _drawn(fragments: Sequence[dict], limit: Optional[int] = None) -> tuple[list
 def _timeline(all_fragments: Sequence[dict]):
     from bokeh.models import ColumnDataSource
     from bokeh.palettes import Category10_10
-    from bokeh.plotting import figure
 
     fragments, note = _drawn(all_fragments)
     t0 = min(f["start"] for f in fragments)
@@ -280,7 +317,7 @@ def _timeline(all_fragments: Sequence[dict]):
         "seconds": [f["seconds"] for f in fragments],
         "nbody": [len(f["real"]) for f in fragments],
     }
-    fig = figure(
+    fig = _figure_with_legend(
         title=f"task timeline per worker (colour: n-body order){note}", y_range=workers, x_axis_label="seconds since the first fragment started",
         width=1000, height=max(200, 28 * len(workers) + 90), tooltips=[("fragment", "@name"), ("model", "@model"), ("seconds", "@seconds{0.000}")],
     )
@@ -289,23 +326,16 @@ def _timeline(all_fragments: Sequence[dict]):
         source = ColumnDataSource({key: [values[i] for i in rows] for key, values in data.items()})
         colour = Category10_10[(nbody - 1) % 10]
         fig.hbar(y="worker", left="left", right="right", height=0.8, source=source, fill_color=colour, line_color=None, legend_label=f"{nbody}-body")
-    _legend_outside(fig)
     return fig
 
 
-def _legend_outside(fig: Any) -> None:
-    """The legend to the right of the plot, where it covers no data."""
-    if fig.legend:
-        legend = fig.legend[0]
-        fig.center = [item for item in fig.center if item is not legend]
-        fig.add_layout(legend, "right")
-
-
 def _predicted_vs_measured(fragments: Sequence[dict]):
-    """Measured seconds against the prediction calibrated during the run (the cost model's own beside it, faint)."""
+    """Measured seconds against the prediction calibrated during the run (the cost model's own beside it, faint).
+
+    One glyph per n-body order, so that a click on its legend entry hides that order alone.
+    """
     from bokeh.models import ColumnDataSource
     from bokeh.palettes import Category10_10
-    from bokeh.plotting import figure
 
     drawn, note = _drawn(fragments)
     rows = [f for f in drawn if f.get("predicted") and f["seconds"] > 0]
@@ -316,31 +346,30 @@ def _predicted_vs_measured(fragments: Sequence[dict]):
         "calibrated": [f.get("calibrated") or f["predicted"] for f in rows],
         "measured": [f["seconds"] for f in rows],
         "name": [fragment_name(f["real"], f["basis"]) for f in rows],
-        "nbody": [f"{len(f['real'])}-body" for f in rows],
-        "colour": [Category10_10[(len(f["real"]) - 1) % 10] for f in rows],
+        "nbody": [len(f["real"]) for f in rows],
     }
-    fig = figure(
-        title=f"predicted versus measured seconds per fragment{note}", x_axis_type="log", y_axis_type="log", width=560, height=400,
+    fig = _figure_with_legend(
+        "below", title=f"predicted versus measured seconds per fragment{note}", x_axis_type="log", y_axis_type="log", width=560, height=440,
         x_axis_label="predicted [s] (calibrated by the fragments of its kind finished before it)", y_axis_label="measured [s]",
         tooltips=[("fragment", "@name"), ("calibrated", "@calibrated{0.000}"), ("cost model", "@prior{0.000}"), ("measured", "@measured{0.000}")],
     )
-    source = ColumnDataSource(data)
-    fig.scatter("prior", "measured", source=source, color="grey", size=4, alpha=0.25, legend_label="cost model before the run")
-    fig.scatter("calibrated", "measured", source=source, color="colour", size=5, alpha=0.7, legend_group="nbody")
+    fig.scatter("prior", "measured", source=ColumnDataSource(data), color="grey", size=4, alpha=0.25, legend_label="cost model before the run")
+    for nbody in sorted(set(data["nbody"])):
+        source = ColumnDataSource({key: [v for v, n in zip(values, data["nbody"]) if n == nbody] for key, values in data.items()})
+        fig.scatter("calibrated", "measured", source=source, color=Category10_10[(nbody - 1) % 10], size=5, alpha=0.7, legend_label=f"{nbody}-body")
     values = data["prior"] + data["calibrated"] + data["measured"]
     fig.line([min(values), max(values)], [min(values), max(values)], color="grey", line_dash="dashed")
-    fig.legend.location = "top_left"
     return fig
 
 
 def _utilization_plot(times: list[float], busy: list[float], cores: Optional[int], mean: float):
-    from bokeh.plotting import figure
-
-    fig = figure(title=f"busy cores over time (mean utilization {100 * mean:.0f}%)", x_axis_label="seconds since the first fragment started", y_axis_label="cores busy", width=1000, height=260)
+    fig = _figure_with_legend(
+        title=f"busy cores over time (mean utilization {100 * mean:.0f}%)", x_axis_label="seconds since the first fragment started",
+        y_axis_label="cores busy", width=1000, height=260,
+    )
     fig.step(times, busy, mode="after", line_width=2, legend_label="busy cores")
     if cores:
         fig.line([times[0], times[-1]], [cores, cores], color="grey", line_dash="dashed", legend_label=f"{cores} cores in the cluster")
-    _legend_outside(fig)
     return fig
 
 
@@ -365,8 +394,8 @@ def figures(result: Any) -> dict[str, Any]:
     return {name: fig for name, fig in found.items() if fig is not None}
 
 
-def report_html(result: Any, title: str = "mbdask report") -> str:
-    """The self-contained HTML report of ``result`` (BokehJS inlined)."""
+def report_html(result: Any, title: str = "mbdask report", wall_seconds: Optional[float] = None) -> str:
+    """The self-contained HTML report of ``result`` (BokehJS inlined); ``wall_seconds``: see :func:`times_phrase`."""
     from bokeh.embed import file_html
     from bokeh.layouts import column, row
     from bokeh.models import Div
@@ -378,8 +407,8 @@ def report_html(result: Any, title: str = "mbdask report") -> str:
     head = (
         f"{_STYLE}<h2>{html.escape(title)}</h2><p style='font:13px sans-serif'>"
         f"<b>{html.escape(energy_phrase(result))}</b>.<br>{len(result.input_data.molecule.fragments)} fragments; "
-        f"{html.escape(calculations_phrase(result))}; sum of fragment times {timing['sum_task_seconds']:.2f} s, "
-        f"span {timing['span_seconds']:.2f} s. mbdask {html.escape(str(extras.get('version')))}.</p>"
+        f"{html.escape(calculations_phrase(result))}; {html.escape(times_phrase(result, wall_seconds))}. "
+        f"mbdask {html.escape(str(extras.get('version')))}.</p>"
     )
     if extras.get("partial"):
         head += f"<p><b>PARTIAL result</b>: complete through {extras['partial']['complete_nbody']}-body.</p>"
@@ -405,45 +434,66 @@ def report_html(result: Any, title: str = "mbdask report") -> str:
     return file_html(column(*items), resources=INLINE, title=title)
 
 
-def report(result: Any, path: Union[str, os.PathLike, None] = None, title: str = "mbdask report") -> str:
-    """The HTML report of ``result``; written (atomically) to ``path`` when given. Returns the HTML."""
-    text = report_html(result, title)
-    if path is not None:
-        write_atomic(path, text)
-    return text
+def report(
+    result: Any, path: Union[str, os.PathLike, None] = None, title: Optional[str] = None, wall_seconds: Optional[float] = None
+) -> Union[Path, str]:
+    """The HTML report of ``result``, written (atomically) to ``path`` when given.
+
+    ``result``: a ``ManyBodyResult``; or the results of many structures (:func:`mbdask.compute_many`'s
+    :class:`~mbdask.structures.ManyResults`), which get :func:`structures_report`'s page.
+    ``wall_seconds``: the run's wall time as the caller measured it, shown beside the
+    fragments' own times (:func:`times_phrase`; the command line passes the one it prints).
+
+    Returns the path written, or the HTML when no path is given: a notebook cell ending with
+    ``mbdask.report(result, "report.html")`` shows a file name, not megabytes of HTML.
+    """
+    if isinstance(result, Mapping):  # ManyResults: a mapping of names to results (a ManyBodyResult is no mapping)
+        return structures_report(result, path, title or "mbdask report: structures")
+    text = report_html(result, title or "mbdask report", wall_seconds)
+    return text if path is None else _written(path, text)
+
+
+def _written(path: Union[str, os.PathLike], text: str) -> Path:
+    write_atomic(path, text)
+    return Path(path)
 
 
 def structures_figure(results: Any):
     """Energies across structures (a trajectory's frames in order): total energy relative to the lowest
     and interaction energy, kcal/mol, one point per structure that finished."""
     from bokeh.models import ColumnDataSource, HoverTool
-    from bokeh.plotting import figure
 
     numbered = [(i, row) for i, row in enumerate(results.rows(), start=1) if row["status"] != "failed"]
     if not numbered:
         return None
     index, rows = zip(*numbered)
-    totals = [row.get("total_energy", row["return_energy"]) for row in rows]
+    totals = [row.get("total_energy_Eh", row["return_energy_Eh"]) for row in rows]
     lowest = min(totals)
     source = ColumnDataSource({
         "index": list(index), "name": [row["structure"] for row in rows],
         "relative": [(e - lowest) * HARTREE_TO_KCAL for e in totals],
-        "interaction": [row.get("interaction_kcal", math.nan) for row in rows],
+        "interaction": [row.get("interaction_energy_kcal_mol", math.nan) for row in rows],
     })
-    fig = figure(width=900, height=320, title="energies across structures", x_axis_label="structure (in the order given)",
-                 y_axis_label="kcal/mol", tools="pan,box_zoom,wheel_zoom,reset,save")
-    fig.line("index", "relative", source=source, legend_label="total energy - lowest total", color="#1f77b4")
-    fig.scatter("index", "relative", source=source, color="#1f77b4")
-    fig.line("index", "interaction", source=source, legend_label="interaction energy", color="#d62728")
-    fig.scatter("index", "interaction", source=source, color="#d62728", marker="square")
+    fig = _figure_with_legend(width=900, height=320, title="energies across structures", x_axis_label="structure (in the order given)",
+                              y_axis_label="kcal/mol", tools="pan,box_zoom,wheel_zoom,reset,save")
+    relative, interaction = "total energy - lowest total", "interaction energy"
+    fig.line("index", "relative", source=source, legend_label=relative, color="#1f77b4")
+    fig.scatter("index", "relative", source=source, color="#1f77b4", legend_label=relative)  # one entry: a click hides both
+    fig.line("index", "interaction", source=source, legend_label=interaction, color="#d62728")
+    fig.scatter("index", "interaction", source=source, color="#d62728", marker="square", legend_label=interaction)
     fig.add_tools(HoverTool(tooltips=[("structure", "@name"), ("relative", "@relative{0.000}"), ("interaction", "@interaction{0.000}")]))
-    fig.legend.location = "top_left"
     return fig
 
 
-def structures_report(results: Any, path: Union[str, os.PathLike, None] = None, title: str = "mbdask report: structures") -> str:
+def structures_report(
+    results: Any, path: Union[str, os.PathLike, None] = None, title: str = "mbdask report: structures"
+) -> Union[Path, str]:
     """The HTML report of a many-structure run (:class:`mbdask.structures.ManyResults`): the energies across
-    structures as a plot and a table, the failures, and each structure's n-body table; written to ``path`` when given."""
+    structures as a plot and a table, the failures, and each structure's n-body table.
+
+    Written to ``path`` when given, and the path returned (as :func:`report` does); otherwise the HTML.
+    The wall time is ``results.wall_seconds``, the number the command line prints.
+    """
     from bokeh.embed import file_html
     from bokeh.layouts import column
     from bokeh.models import Div
@@ -453,12 +503,13 @@ def structures_report(results: Any, path: Union[str, os.PathLike, None] = None, 
     failed = [row for row in rows if row["status"] != "ok"]
     head = (
         f"{_STYLE}<h2>{html.escape(title)}</h2><p style='font:13px sans-serif'>{len(rows)} structures: "
-        f"{len(rows) - len(failed)} finished, {len(failed)} failed or partial; wall time {results.wall_seconds:.1f} s.</p>"
+        f"{len(rows) - len(failed)} finished, {len(failed)} failed or partial; wall time {results.wall_seconds:.2f} s.</p>"
     )
     table = _table(
-        ["#", "structure", "status", "total energy / Eh", "interaction / kcal/mol", "calculations", "span s"],
-        [[i, row["structure"], row["status"], "" if "total_energy" not in row else f"{row['total_energy']:.10f}",
-          "" if "interaction_kcal" not in row else f"{row['interaction_kcal']:.4f}", row.get("calculations", ""), _seconds(row.get("span_seconds"))]
+        ["#", "structure", "status", "total energy [Eh]", "interaction energy [kcal/mol]", "calculations", "fragment span [s]"],
+        [[i, row["structure"], row["status"], "" if "total_energy_Eh" not in row else f"{row['total_energy_Eh']:.10f}",
+          "" if "interaction_energy_kcal_mol" not in row else f"{row['interaction_energy_kcal_mol']:.4f}", row.get("calculations", ""),
+          _seconds(row.get("span_seconds"))]
          for i, row in enumerate(rows, start=1)],
     )
     items: list[Any] = [Div(text=head, width=1000)]
@@ -474,6 +525,4 @@ def structures_report(results: Any, path: Union[str, os.PathLike, None] = None, 
     )
     items.append(Div(text=f"{_STYLE}<h2>n-body energies per structure</h2>{nbody}", width=1000))
     text = file_html(column(*items), resources=INLINE, title=title)
-    if path is not None:
-        write_atomic(path, text)
-    return text
+    return text if path is None else _written(path, text)

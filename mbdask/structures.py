@@ -48,8 +48,10 @@ def read_structures(paths: Sequence[Union[str, os.PathLike]], model: Optional[An
 
     * a ``.json``/``.yaml`` file: a ManyBodyInput, named by its stem (read when it is planned,
       so that a bad one fails alone);
-    * an ``.xyz`` file: one structure per frame (``traj-01``, ``traj-02`` ...; a single frame
-      keeps the stem), with the model chemistry of ``model`` (:class:`mbdask.xyz.ModelOptions`)
+    * an ``.xyz`` file: one structure per frame, named by the file's stem and the frame's number
+      from 1, as wide as the last one (``traj-1`` ... ``traj-5`` for five frames, ``traj-01`` ...
+      ``traj-12`` for twelve; a single frame keeps the stem), not by the frames' comment lines,
+      which in trajectories repeat or hold energies, with the model chemistry of ``model`` (:class:`mbdask.xyz.ModelOptions`)
       and the fragments found in the first frame; ``xyz`` are
       :func:`mbdask.xyz.molecules_from_xyz`'s options (``fragment_charges``, ``fragments``);
     * a directory: its files with the suffixes above, sorted by name (not its subdirectories).
@@ -119,6 +121,7 @@ class ManySubmission:
     held: list = field(default_factory=list, repr=False)
     #: calculations taken from another structure of this run instead of computed again
     shared: int = 0
+    #: when :func:`start_many` was called (``time.monotonic``): the wall time counts planning and the cluster's start
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -171,6 +174,7 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
     A structure whose planning fails is left out and named in ``errors``; if every one
     fails, :class:`BadInputError` says why the first did.
     """
+    started = time.monotonic()
     named = _named(structures)
     if not named:
         raise BadInputError("no structures given")
@@ -221,7 +225,7 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
             writer.close()
         conn.close()
         raise
-    return ManySubmission(submissions, errors, conn, list(named), writer, held=held, shared=shared.count)
+    return ManySubmission(submissions, errors, conn, list(named), writer, held=held, shared=shared.count, started=started)
 
 
 @dataclass
@@ -303,6 +307,7 @@ class ManyResults(Mapping):
     errors: dict[str, str]
     #: every structure's name, in the order given
     order: list[str]
+    #: the run's wall time, from :func:`start_many`'s call (planning, the cluster's start) to the last result in hand
     wall_seconds: float = 0.0
     #: calculations taken from another structure of the run instead of computed again
     shared: int = 0
@@ -345,10 +350,10 @@ class ManyResults(Mapping):
 
     def summary(self) -> str:
         """A plain-text table: one line per structure (total energy, interaction energy, calculations), then failures."""
-        lines = [f"{'structure':<24} {'status':<8} {'energy / Eh':>20} {'interaction / kcal/mol':>24} {'calculations':>12}"]
+        lines = [f"{'structure':<24} {'status':<8} {'energy [Eh]':>20} {'interaction [kcal/mol]':>24} {'calculations':>12}"]
         for row in self.rows():
-            energy = row.get("total_energy", row.get("return_energy"))
-            inter = row.get("interaction_kcal")
+            energy = row.get("total_energy_Eh", row.get("return_energy_Eh"))
+            inter = row.get("interaction_energy_kcal_mol")
             lines.append(
                 f"{row['structure']:<24} {row['status']:<8} {'' if energy is None else f'{energy:.10f}':>20} "
                 f"{'' if inter is None else f'{inter:.4f}':>24} {row.get('calculations', ''):>12}"
@@ -357,23 +362,25 @@ class ManyResults(Mapping):
 
 
 def structure_row(result: Any) -> dict:
-    """One structure's numbers from its ``ManyBodyResult``: the returned energy, totals and interaction energies
-    through each n-body order per BSSE treatment (Eh), the interaction energy in kcal/mol, counts and times."""
+    """One structure's numbers from its ``ManyBodyResult``, every energy's unit in its name: QCManyBody's
+    ``return_energy`` (the interaction energy unless the input asks for total data), the total energy,
+    the interaction energy in kcal/mol, totals and interaction energies through each n-body order per
+    BSSE treatment (QCManyBody's property names), counts and times."""
     from qcelemental import constants
 
     extras = result.extras["mbdask"]
     timing = extras["timing"]
     props = result.properties.model_dump()
-    row: dict[str, Any] = {"return_energy": float(result.properties.return_energy)}
+    row: dict[str, Any] = {"return_energy_Eh": float(result.properties.return_energy)}
     for bsse in ("nocp", "cp", "vmfc"):
         total, inter = props.get(f"{bsse}_corrected_total_energy"), props.get(f"{bsse}_corrected_interaction_energy")
-        if total is not None and "total_energy" not in row:
-            row["total_energy"] = float(total)
-        if inter is not None and "interaction_kcal" not in row:
-            row["interaction_kcal"] = float(inter) * constants.conversion_factor("hartree", "kcal/mol")
+        if total is not None and "total_energy_Eh" not in row:
+            row["total_energy_Eh"] = float(total)
+        if inter is not None and "interaction_energy_kcal_mol" not in row:
+            row["interaction_energy_kcal_mol"] = float(inter) * constants.conversion_factor("hartree", "kcal/mol")
     for key, value in props.items():
         if isinstance(value, float) and "_corrected_" in key and "_through_" in key and "contribution" not in key:
-            row[key] = value
+            row[f"{key}_Eh"] = value
     row.update(
         calculations=extras.get("nfragment_calculations"), from_store=timing.get("from_store", 0),
         span_seconds=timing.get("span_seconds"), task_seconds=timing.get("sum_task_seconds"),

@@ -9,6 +9,7 @@ comes with ``distributed``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -19,7 +20,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -38,7 +39,9 @@ def chromium() -> Optional[str]:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-async def _session(ws_url: str, page_url: str, expression: str, ready: str, timeout: float) -> tuple[Any, list[str]]:
+async def _session(
+    ws_url: str, page_url: str, expression: str, ready: str, timeout: float, screenshot: Optional[Path] = None
+) -> tuple[Any, list[str]]:
     from tornado.websocket import websocket_connect
 
     conn = await websocket_connect(ws_url, max_message_size=64 * 2**20)
@@ -71,12 +74,18 @@ async def _session(ws_url: str, page_url: str, expression: str, ready: str, time
     # before the page finished rendering would describe a page that no longer exists
     reply = await call("Runtime.evaluate", expression=expression, returnByValue=True)
     value = reply.get("result", {}).get("value")
+    if screenshot is not None:
+        shot = await call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
     conn.close()
     return value, errors
 
 
-def evaluate_page(path: Path, expression: str, ready: str, timeout: float = 60.0) -> tuple[Any, list[str]]:
-    """Open ``path``, wait until the JavaScript ``ready`` is true, return ``expression``'s value and page errors."""
+def evaluate_page(
+    path: Union[Path, str], expression: str, ready: str, timeout: float = 60.0, screenshot: Optional[Path] = None
+) -> tuple[Any, list[str]]:
+    """Open ``path`` (a file, or an ``http://`` address), wait until the JavaScript ``ready`` is true, return
+    ``expression``'s value and page errors; with ``screenshot``, the page as drawn then is saved there (PNG)."""
     binary = chromium()
     if binary is None:
         raise RuntimeError("chromium is not installed")
@@ -98,7 +107,8 @@ def evaluate_page(path: Path, expression: str, ready: str, timeout: float = 60.0
             port = int(port_file.read_text().split()[0])
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list") as reply:
                 pages = [t for t in json.load(reply) if t["type"] == "page"]
-            return asyncio.run(_session(pages[0]["webSocketDebuggerUrl"], path.resolve().as_uri(), expression, ready, timeout))
+            url = path if isinstance(path, str) else path.resolve().as_uri()
+            return asyncio.run(_session(pages[0]["webSocketDebuggerUrl"], url, expression, ready, timeout, screenshot))
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -120,4 +130,45 @@ BOKEH_READY = """(() => {
   if (!window.Bokeh || !Bokeh.index) return false;
   const views = [...Bokeh.index.all_views()].filter((v) => v.model.type === 'Figure' || v.model.type === 'Plot');
   return views.length > 0 && views.every((v) => v.has_finished());
+})()"""
+
+
+#: JavaScript: each plot's legends that overlap its plotting frame (the area where data is drawn),
+#: with the boxes as the page laid them out: [] when every legend sits beside its plot.
+LEGENDS_OVER_DATA = """(() => {
+  if (!window.Bokeh || !Bokeh.index) return null;
+  const box = (b) => [b.left, b.top, b.right, b.bottom];
+  // by more than a pixel: a legend laid out beside the frame may start a fraction of a pixel inside it
+  const overlap = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+  const found = [];
+  let legends = 0;
+  for (const v of Bokeh.index.all_views()) {
+    if (!(v.model.type === 'Figure' || v.model.type === 'Plot')) continue;
+    for (const r of v.renderer_views.values()) {
+      if (r.model.type !== 'Legend' || !r.bbox) continue;
+      legends += 1;
+      if (overlap(r.bbox, v.frame.bbox)) {
+        found.push({plot: v.model.title ? v.model.title.text : '', legend: box(r.bbox), frame: box(v.frame.bbox)});
+      }
+    }
+  }
+  return {legends: legends, over_data: found};
+})()"""
+
+#: JavaScript: the text of every table cell (in Bokeh's Divs too) that the page broke over more than one line.
+WRAPPED_CELLS = """(() => {
+  if (!window.Bokeh || !Bokeh.index) return null;
+  const roots = [document, ...[...Bokeh.index.all_views()].filter((v) => v.model.type === 'Div').map((v) => v.el.shadowRoot || v.el)];
+  const wrapped = [];
+  let cells = 0;
+  for (const root of roots) {
+    for (const cell of root.querySelectorAll('td, th')) {
+      cells += 1;
+      const range = document.createRange();
+      range.selectNodeContents(cell);
+      const lines = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+      if (lines.size > 1) wrapped.push(cell.innerText);
+    }
+  }
+  return {cells: cells, wrapped: wrapped};
 })()"""

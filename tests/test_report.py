@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import re
+import types
+from pathlib import Path
 
 import pytest
 from qcmanybody.models.v2 import ManyBodyResult
 
 import mbdask
-from browser import BOKEH_PLOTS, BOKEH_READY, chromium, evaluate_page
+from browser import BOKEH_PLOTS, BOKEH_READY, LEGENDS_OVER_DATA, WRAPPED_CELLS, chromium, evaluate_page
 from conftest import EXAMPLES, needs_xtb, xtb_input
 from mbdask.progress import Progress, show
-from mbdask.report import fragment_name, summary_table, utilization
+from mbdask.report import fragment_name, summary_table, times_phrase, utilization
 
 pytestmark = needs_xtb
 
@@ -31,7 +34,7 @@ def test_summary_table_has_one_row_per_order_with_counts(water6_result):
     assert counts == {n: sum(len(f["real"]) == n for f in fragments) for n in (1, 2, 3)} == {1: 6, 2: 15, 3: 20}
     assert sum(counts.values()) == water6_result.extras["mbdask"]["nfragment_calculations"]
     # top three by time, named like QCManyBody's clusters
-    assert len(re.findall(r"\(\d+(,\d+)*\)(@\([\d,]+\))? \d+\.\d\d s", rows[3])) == 3
+    assert len(re.findall(r"\(\d+(,\d+)*\)(@\([\d,]+\))? (\d+\.\d\d s|\d+\.\d ms)", rows[3])) == 3
 
 
 def test_fragment_names():
@@ -52,10 +55,54 @@ def test_utilization_counts_core_seconds_over_the_span():
 
 def test_report_is_self_contained_html(water6_result, tmp_path):
     path = tmp_path / "report.html"
-    text = mbdask.report(water6_result, path)
-    assert path.read_text() == text
+    mbdask.report(water6_result, path)
+    text = path.read_text()
     assert not re.search(r"<script[^>]+src=", text), "the report must open without a network"
     assert "n-body energies" in text and "slowest fragments" in text
+
+
+def test_report_written_to_a_file_returns_its_path_not_the_html(water6_result, tmp_path):
+    """A notebook cell ending with ``mbdask.report(result, "r.html")`` showed megabytes of HTML."""
+    path = tmp_path / "report.html"
+    assert mbdask.report(water6_result, str(path)) == path
+    assert mbdask.report(water6_result).startswith("<!DOCTYPE html>")  # no path: the HTML itself
+
+
+def short_calculations_result() -> types.SimpleNamespace:
+    """A result's timing part only: batched xtb dimers take milliseconds each."""
+    fragments = [
+        {"real": [2, 8], "basis": [2, 8], "model": "gfn2", "seconds": 0.0031, "start": 10.0},
+        {"real": [1, 2], "basis": [1, 2], "model": "gfn2", "seconds": 0.0004, "start": 10.0031},
+        {"real": [1], "basis": [1], "model": "gfn2", "seconds": 0.25, "start": 9.5},
+    ]
+    return types.SimpleNamespace(extras={"mbdask": {"timing": {"fragments": fragments, "from_store": 0}}})
+
+
+def test_summary_table_gives_milliseconds_where_seconds_would_read_zero():
+    table = summary_table(short_calculations_result())
+    assert "(2,8) 3.1 ms, (1,2) 0.4 ms" in table and "(1) 0.25 s" in table
+    assert "0.00 s" not in table
+
+
+def test_summary_table_and_report_name_times_as_the_command_line_does(water6_result):
+    """One name per quantity: "wall time" is the run's (as the command line measured it); the
+    fragments' first start to last stop is their "span", in the table and in the report."""
+    header = summary_table(water6_result).splitlines()[0]
+    assert "span [s]" in header and "wall" not in header
+    timing = water6_result.extras["mbdask"]["timing"]
+    phrase = times_phrase(water6_result, wall_seconds=0.77)
+    assert phrase == f"wall time 0.77 s, sum of task times {timing['sum_task_seconds']:.2f} s, fragment span {timing['span_seconds']:.2f} s"
+    assert "wall time" not in times_phrase(water6_result)  # a report made later from the file knows no wall time
+    assert phrase in mbdask.report(water6_result, wall_seconds=0.77)
+
+
+def test_every_legend_hides_its_data_on_a_click(water6_result):
+    from bokeh.models import Legend
+
+    figs = mbdask.figures(water6_result)
+    legends = {name: [item for item in fig.select(type=Legend)] for name, fig in figs.items()}
+    assert {name for name, found in legends.items() if found} == {"convergence", "timeline", "utilization", "predicted"}
+    assert all(legend.click_policy == "hide" for found in legends.values() for legend in found)
 
 
 @pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (apt-get install chromium)")
@@ -68,6 +115,23 @@ def test_report_renders_every_plot_in_chromium(water6_result, tmp_path):
     assert {"n-body convergence", "predicted versus measured seconds per fragment"} <= set(value["titles"])
     assert any(t.startswith("pair interactions (nocp") for t in value["titles"])
     assert all(w > 100 and h > 100 for w, h in value["sizes"])
+
+
+@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_no_legend_covers_a_plot_and_no_table_cell_wraps_in_chromium(water6_result, tmp_path):
+    """Legends beside the plots, never over data (an HF trimer's slow fragments landed under a
+    top-left legend); table cells on one line ("hf/6-31g" broke in two), with a long model name."""
+    extras = copy.deepcopy(water6_result.extras)
+    for fragment in extras["mbdask"]["timing"]["fragments"]:
+        fragment["model"] = "b3lyp-d3bj/aug-cc-pvtz"
+    long_names = water6_result.model_copy(update={"extras": extras})
+    path = mbdask.report(long_names, tmp_path / "report.html")
+    legends, errors = evaluate_page(path, LEGENDS_OVER_DATA, BOKEH_READY)
+    assert errors == []
+    assert legends["legends"] == 4 and legends["over_data"] == [], legends
+    cells, errors = evaluate_page(path, WRAPPED_CELLS, BOKEH_READY)
+    assert errors == [] and cells["cells"] > 20
+    assert cells["wrapped"] == []
 
 
 #: JavaScript: the convergence plot's lines (x, y) and the n-body table's text, as the page shows them.

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import mbdask
+from browser import BOKEH_READY, LEGENDS_OVER_DATA, chromium, evaluate_page
 from conftest import DATA, needs_xtb, write_json
 from mbdask.cli import main
 from mbdask.errors import BadInputError
@@ -80,6 +81,12 @@ def test_a_frame_that_disagrees_with_itself_or_the_first_is_refused_with_its_lin
         read_xyz_frames(stray)
 
 
+def test_frames_are_numbered_as_wide_as_the_last_frame(tmp_path):
+    """docs/structures.md's example asked for ``traj-01`` of a five-frame file, which is ``traj-1``."""
+    assert list(mbdask.read_structures([trajectory(tmp_path / "traj.xyz", frames=5)])) == [f"traj-{i}" for i in range(1, 6)]
+    assert list(mbdask.read_structures([trajectory(tmp_path / "long.xyz", frames=10)]))[::9] == ["long-01", "long-10"]
+
+
 def test_read_structures_names_files_frames_and_directories_in_order(tmp_path):
     trajectory(tmp_path / "b-traj.xyz", frames=2)
     write_json(tmp_path / "a.json", {"not": "read yet"})
@@ -107,7 +114,7 @@ def test_compute_many_gives_each_structure_what_a_single_run_gives(tmp_path, pro
         assert abs(results[name].properties.nocp_corrected_total_energy - single.properties.nocp_corrected_total_energy) < 1e-10
     rows = list(csv.DictReader(results.to_csv().splitlines()))
     assert [r["structure"] for r in rows] == list(structures) and all(r["status"] == "ok" for r in rows)
-    assert float(rows[1]["total_energy"]) == pytest.approx(results["traj-2"].properties.nocp_corrected_total_energy, abs=1e-12)
+    assert float(rows[1]["total_energy_Eh"]) == pytest.approx(results["traj-2"].properties.nocp_corrected_total_energy, abs=1e-12)
 
 
 def test_a_structure_that_fails_does_not_stop_the_others(inprocess_client):
@@ -122,6 +129,45 @@ def test_a_structure_that_fails_does_not_stop_the_others(inprocess_client):
     assert set(results.errors) == {"fails", "bad input"}
     assert "told to fail on 2-body fragments" in results.errors["fails"]
     assert [row["status"] for row in results.rows()] == ["ok", "failed", "failed", "ok"]
+
+
+def test_every_energy_column_of_the_table_names_its_unit(inprocess_client):
+    """``return_energy`` (an interaction energy here) beside ``total_energy`` read as the same kind of number."""
+    results = mbdask.compute_many({"one": sleep_structure(), "two": sleep_structure()}, inprocess_client)
+    columns = next(csv.reader(results.to_csv().splitlines()))
+    energies = [c for c in columns if "energy" in c]
+    assert {"return_energy_Eh", "total_energy_Eh", "interaction_energy_kcal_mol", "nocp_corrected_interaction_energy_through_2_body_Eh"} <= set(energies)
+    assert all(c.endswith(("_Eh", "_kcal_mol")) for c in energies), energies
+    assert "energy [Eh]" in results.summary().splitlines()[0]
+
+
+def test_wall_time_is_one_number_from_the_call_on_the_page_and_in_the_results(inprocess_client, monkeypatch, tmp_path):
+    """The page said 0.5 s where the command line said 0.77 s: the page's clock started after planning
+    and the cluster's start. It starts when start_many is called, and the page shows the results' number."""
+    import time
+
+    import mbdask.structures
+
+    planned_at = []
+    make_plan = mbdask.structures.make_plan
+    monkeypatch.setattr(mbdask.structures, "make_plan", lambda *a, **k: planned_at.append(time.monotonic()) or make_plan(*a, **k))
+    many = mbdask.start_many({"one": sleep_structure()}, inprocess_client)
+    try:
+        assert many.started <= planned_at[0]
+        results = many.results()
+    finally:
+        many.connection.close()
+    page = mbdask.report(results, tmp_path / "structures.html")  # the structures page, through the one report function
+    assert page == tmp_path / "structures.html"
+    assert f"wall time {results.wall_seconds:.2f} s" in page.read_text()
+
+
+@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_the_structures_page_legend_covers_no_line_in_chromium(inprocess_client, tmp_path):
+    results = mbdask.compute_many({f"frame {i}": sleep_structure() for i in range(1, 4)}, inprocess_client)
+    page = mbdask.report(results, tmp_path / "structures.html")
+    legends, errors = evaluate_page(page, LEGENDS_OVER_DATA, BOKEH_READY)
+    assert errors == [] and legends["legends"] == 1 and legends["over_data"] == [], legends
 
 
 def test_structures_run_in_the_order_given(inprocess_client):
@@ -177,7 +223,7 @@ def test_cli_runs_a_trajectory_and_writes_each_result_the_table_and_the_report(t
     assert [r["structure"] for r in rows] == ["traj-1", "traj-2", "traj-3"]
     for row in rows:
         saved = json.loads((out / f"{row['structure']}.json").read_text())
-        assert saved["properties"]["return_energy"] == pytest.approx(float(row["return_energy"]), abs=1e-12)
+        assert saved["properties"]["return_energy"] == pytest.approx(float(row["return_energy_Eh"]), abs=1e-12)
     assert "energies across structures" in report.read_text()
 
 
