@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import pytest
 from dask.utils import key_split
+from distributed import Client, LocalCluster
 from distributed.diagnostics.progress_stream import progress_quads
 
 import mbdask
+from browser import chromium, evaluate_page
 from conftest import EXAMPLES
+from doubles import register_doubles
 from mbdask.batching import Unit
 from mbdask.graph import FragmentResources, build_graph, unit_key
 from mbdask.plan import FragmentJob
@@ -78,3 +81,46 @@ def test_group_names_survive_dask_with_any_model_label():
     for model in ("ccsd(t)/cc-pvdz", "wb97x-d,def2-svp", "'quoted'", "b3lyp_"):
         key = unit_key(Unit((FragmentJob(model, (1, 2), (1, 2)),), 1.0), 0, "t")
         assert key_split(key) == key[0], key
+
+
+#: JavaScript: the labels the status page's progress panel draws (its text glyph's column) and the group names behind them.
+PROGRESS_LABELS = """(() => {
+  if (!window.Bokeh || !Bokeh.documents || !Bokeh.documents.length) return null;
+  for (const doc of Bokeh.documents) {
+    for (const model of doc.all_models) {
+      if (model.type === 'ColumnDataSource' && model.data['show-name'] !== undefined) {
+        return {shown: [...model.data['show-name']], names: [...model.data['name']]};
+      }
+    }
+  }
+  return null;
+})()"""
+
+
+@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_status_page_progress_rows_read_differently_during_a_run(tmp_path):
+    """A run held at its trimers (the sleep double's gate, not a timed sleep), its status page open in
+    Chromium: each progress row's label, as the page draws it, is its own; the screenshot is kept
+    beside the test's files. The model label is long, as users write them ("frag sleepy/..." thrice before)."""
+    register_doubles()
+    gate = tmp_path / "trimers may finish"
+    spec = {"program": "sleep", "model": {"method": "sleep"}, "keywords": {"gate": {"3": str(gate)}}}
+    inp = multilevel_input({3: "sleepy/aug-cc-pvtz"})
+    inp["specification"]["keywords"]["bsse_type"] = ["nocp"]
+    inp["specification"]["specification"] = {"sleepy/aug-cc-pvtz": spec}
+    # the page is ready once the trimers' row is drawn: 1- and 2-body are done by then, the trimers held
+    ready = f"(() => {{ const v = {PROGRESS_LABELS}; return v !== null && v.names.some((n) => n.startsWith('3b frag')); }})()"
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address="127.0.0.1:0",
+    ) as cluster, Client(cluster, set_as_default=False) as client:
+        sub = mbdask.start(inp, client, batch=False)
+        try:
+            labels, errors = evaluate_page(cluster.dashboard_link, PROGRESS_LABELS, ready, timeout=60, screenshot=tmp_path / "status.png")
+        finally:
+            gate.touch()
+        sub.result()
+    assert errors == [] and labels is not None
+    assert {"1b frag sleepy/aug_cc_pvtz", "2b frag sleepy/aug_cc_pvtz", "3b frag sleepy/aug_cc_pvtz"} <= set(labels["names"])
+    assert len(set(labels["shown"])) == len(labels["shown"]), labels["shown"]
+    assert {"1b frag slee...", "2b frag slee...", "3b frag slee...", "3b incr nocp"} <= set(labels["shown"])
+    assert (tmp_path / "status.png").stat().st_size > 10_000
