@@ -348,14 +348,14 @@ def _assemble_result(
     at = np.fromiter((position[label] for label in order), dtype=np.int64, count=len(order))
     all_values = cols.energy_values()
     values = {label: all_values[row] for label, row in zip(order, at.tolist())}
-    if screening is None:
-        analyzed = computer.qcmb_core.analyze(values)
-    else:
-        analyzed = screened_analysis(computer.qcmb_core, values, screening["coefficients"])
-    analyzed["nbody_number"] = len(order)
     # a large expansion keeps its rows as tables
     if tables is None:
         tables = len(order) > inline_limit()
+    if screening is None:
+        analyzed = computer.qcmb_core.analyze(values)
+    else:
+        analyzed = screened_analysis(computer.qcmb_core, values, screening["coefficients"], components=not tables)
+    analyzed["nbody_number"] = len(order)
     if tables:
         # 679k validated AtomicProperties would be gigabytes: the energies go into a table instead
         analyzed["component_properties"] = {}

@@ -26,13 +26,14 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Iterable, Optional
 
 from qcelemental import constants
 
 from .plan import Plan
 from .manybody import nocp_increment
-from .screening import Screening, fragment_distances, subclusters_kept, within_cutoff
+from .screening import PairDistances, Screening, pair_distances, reach, screening_radius, subclusters_kept, within_cutoff
 
 CHEAP_LABEL = "screening"
 Cluster = tuple[int, ...]
@@ -58,7 +59,7 @@ class Decisions:
     max_nbody: int
     thresholds: dict[int, float]
     cutoffs: dict[int, float]
-    distances: Any
+    distances: PairDistances
     kept: dict[int, set[Cluster]] = field(default_factory=dict)
     energies: dict[Cluster, float] = field(default_factory=dict)
     considered: set[Cluster] = field(default_factory=set)
@@ -69,13 +70,22 @@ class Decisions:
     new_cheap: list[Cluster] = field(default_factory=list)
     new_kept: list[Cluster] = field(default_factory=list)
 
+    #: per fragment, the fragments it forms a kept dimer with: a higher cluster's candidates come from these
+    kept_partners: dict[int, set[int]] = field(default_factory=dict)
+
     @classmethod
     def for_plan(cls, plan: Plan, settings: Screening) -> "Decisions":
         """The decisions over ``plan``'s clusters (the expansion screened by distance only) that ``settings`` asks for."""
         return cls(
             plan.nfragments, plan.core.max_nbody, dict(settings.energy_thresholds), dict(settings.distance_cutoffs),
-            fragment_distances(plan.input.molecule),
+            pair_distances(plan.input.molecule, screening_radius(settings)),
         )
+
+    @cached_property
+    def _dimer_partners(self) -> Optional[list[frozenset[int]]]:
+        """Per fragment, those within the 2-body reach (None: no cutoff, every fragment)."""
+        limit = reach(self.cutoffs, 2)
+        return None if limit is None else self.distances.partners(limit)
 
     def screening(self, settings: Screening, report: dict) -> Screening:
         """The screening that keeps what was decided: ``settings`` with the kept clusters and ``report``."""
@@ -98,6 +108,10 @@ class Decisions:
 
     def _keep(self, cluster: Cluster) -> None:
         self.kept.setdefault(len(cluster), set()).add(cluster)
+        if len(cluster) == 2:
+            a, b = cluster
+            self.kept_partners.setdefault(a, set()).add(b)
+            self.kept_partners.setdefault(b, set()).add(a)
         self.new_kept.append(cluster)
         if len(cluster) <= self.top and len(cluster) not in self.thresholds:
             self.new_cheap.append(cluster)  # no decision here, but higher orders need its cheap energy
@@ -108,7 +122,11 @@ class Decisions:
         """Candidates of the next order that ``cluster``, just kept, completes."""
         order = len(cluster) + 1
         below = self.kept[len(cluster)]
-        for j in range(1, self.nfragments + 1):
+        if order == 2:
+            near: Iterable[int] = range(1, self.nfragments + 1) if self._dimer_partners is None else self._dimer_partners[cluster[0]]
+        else:  # every pair of a candidate is a kept dimer: a neighbour search, not a loop over all fragments
+            near = set.intersection(*(self.kept_partners.get(i, set()) for i in cluster))
+        for j in sorted(near):
             if j in cluster:
                 continue
             grown = tuple(sorted(cluster + (j,)))

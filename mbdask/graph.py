@@ -300,7 +300,8 @@ def result_function(plan: Plan, upto: Optional[int] = None) -> Any:
     tables = len(plan.jobs) > inline_limit()
     if plan.screened is None:
         return functools.partial(assemble_result, tables=tables)
-    screening = {"coefficients": coefficients(plan.increments, upto), "summary": plan.screened.summary()}
+    labels = [job.label for job in plan.jobs]
+    screening = {"coefficients": coefficients(plan.blocks, labels, upto), "summary": plan.screened.summary()}
     return functools.partial(assemble_result, screening=screening, tables=tables)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import pydantic
 import qcelemental
 from qcmanybody.models.v2 import ManyBodyInput
@@ -172,6 +173,19 @@ def _default_atomic_drivers(data: dict) -> None:
     spec["specification"] = atomic
 
 
+#: Per-atom fields of a molecule dict that QCElemental indexes once per fragment.
+PER_ATOM_FIELDS = ("symbols", "masses", "real", "atom_labels", "atomic_numbers", "mass_numbers")
+
+
+def per_atom_arrays(molecule: dict) -> dict:
+    """The molecule dict with its per-atom lists as numpy arrays (the same values).
+
+    QCElemental's validation converts each per-atom list to an array once per fragment
+    (``contiguize_from_fragment_pattern``): 3 s for 4,096 waters from lists, 0.1 s from arrays.
+    """
+    return {key: np.asarray(value) if key in PER_ATOM_FIELDS and isinstance(value, list) else value for key, value in molecule.items()}
+
+
 def load_input(inp: InputLike) -> ManyBodyInput:
     """Turn any accepted input form into a validated ``ManyBodyInput``.
 
@@ -191,7 +205,7 @@ def load_input(inp: InputLike) -> ManyBodyInput:
     _default_atomic_drivers(data)
     molecule = data.get("molecule")
     if isinstance(molecule, Mapping):
-        data["molecule"] = fill_charges_and_multiplicities(molecule)
+        data["molecule"] = per_atom_arrays(fill_charges_and_multiplicities(molecule))
     try:
         return ManyBodyInput(**data)
     except (pydantic.ValidationError, qcelemental.ValidationError, qcelemental.NotAnElementError, ValueError, TypeError) as exc:

@@ -31,7 +31,7 @@ from qcmanybody.v2 import ManyBodyComputer
 from .errors import BadInputError
 from .inputs import InputLike, describe_validation_error, load_input
 from .manybody import basis_rule, supersystem_terms, term_shape
-from .screening import ScreenedSet, Screening, ScreeningLike, check_screenable, fragment_distances, kept_clusters
+from .screening import ScreenedSet, Screening, ScreeningLike, check_screenable, kept_clusters, pair_distances, screening_radius
 
 #: Programs that ignore ghost atoms: cp/vmfc with them would silently be nocp.
 PROGRAMS_WITHOUT_GHOSTS = frozenset({"xtb", "mopac", "aimnet2", "mace", "torchani", "openmm", "rdkit", "dftd3", "dftd4", "s-dftd3", "gcp", "mp2d"})
@@ -233,7 +233,7 @@ class Plan:
             lines.append(f"  screening (distance cutoffs: {cutoffs}{'; explicit clusters' if summary['explicit_clusters'] else ''}):")
             for nbody, row in summary["orders"].items():
                 share = 100.0 * row["kept"] / row["all"] if row["all"] else 100.0
-                lines.append(f"      {nbody}-body: {row['kept']:8d} of {row['all']} clusters kept ({share:.1f}%), {row['candidates']} candidates")
+                lines.append(f"      {nbody}-body: {row['kept']:8d} of {row['all']} clusters kept ({share:.1f}%)")
             if self.screened.settings.energy_thresholds and "energy" not in summary:
                 taus = ", ".join(f"{k}-body {v:g} kcal/mol" for k, v in sorted(self.screened.settings.energy_thresholds.items()))
                 lines.append(f"  energy screening ({taus}) decides at run time with {self.screened.settings.cheap_model['model']['method']}; "
@@ -378,18 +378,64 @@ def _rows(tuples: Sequence[tuple[int, ...]], width: int) -> np.ndarray:
     return np.fromiter(itertools.chain.from_iterable(tuples), dtype=np.int64, count=len(tuples) * width).reshape(len(tuples), width)
 
 
-def _jobs(core: ManyBodyCore) -> tuple[list[FragmentJob], JobIndex]:
-    """Unique calculations in QCManyBody's compute map, in a stable order (model, size, indices), and their index.
+def _computed(core: ManyBodyCore) -> dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]:
+    """Per model chemistry, the (real, basis) pairs of QCManyBody's compute map: the calculations of a whole expansion."""
+    return {model: list(set().union(*compute_dict["all"].values())) for model, compute_dict in core.compute_map.items()}
+
+
+def _kept_computed(core: ManyBodyCore, kept: dict[int, np.ndarray], bsse_types: Sequence[str]) -> dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]:
+    """Per model chemistry, the (real, basis) pairs the kept clusters' increments need (``kept``: per order, one row per cluster).
+
+    What :func:`_computed` lists for the whole expansion, restricted to the kept clusters,
+    but made from them: QCManyBody's map enumerates every combination of every order,
+    22 million trimers for 512 waters whatever the screening keeps.
+    """
+    model_of = {nb: mc for mc, nbs in core.nbodies_per_mc_level.items() for nb in nbs if nb != "supersystem"}
+    groups: dict[str, dict[tuple[int, int], list[np.ndarray]]] = {model: {} for model in core.nbodies_per_mc_level}
+    for bsse in bsse_types:
+        for nbody in range(1, core.max_nbody + 1):
+            clusters = kept.get(nbody)
+            if clusters is None or not len(clusters):
+                continue
+            own = basis_rule(bsse, nbody) == "own"  # else the cluster's basis (vmfc): cp is not screenable
+            for positions in term_shape(nbody)[0]:
+                real = clusters[:, list(positions)]
+                basis = real if own else clusters
+                # rows of (real, basis) fragments; a basis as large as the real set is the real set
+                rows = real if basis.shape[1] == len(positions) else np.hstack([real, basis])
+                groups[model_of[nbody]].setdefault((len(positions), basis.shape[1]), []).append(rows)
+    found: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
+    for model, by_size in groups.items():
+        pairs: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+        for (k, width), parts in by_size.items():
+            rows = _unique_rows(np.concatenate(parts), core.nfragments)
+            reals = list(map(tuple, rows[:, :k].tolist()))
+            pairs.extend(zip(reals, reals if width == k else map(tuple, rows[:, k:].tolist())))
+        found[model] = pairs
+    return found
+
+
+def _unique_rows(rows: np.ndarray, nfr: int) -> np.ndarray:
+    """``np.unique(rows, axis=0)`` (lexicographic), several times faster where a row of fragment numbers fits one
+    int64 as digits in base ``nfr + 1``."""
+    base = nfr + 1
+    if (base ** rows.shape[1]) >= 2**63:
+        return np.unique(rows, axis=0)
+    weights = base ** np.arange(rows.shape[1] - 1, -1, -1, dtype=np.int64)
+    keys = np.unique(rows @ weights)
+    return (keys[:, None] // weights) % base
+
+
+def _jobs(nfr: int, computed: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]) -> tuple[list[FragmentJob], JobIndex]:
+    """The calculations ``computed`` lists per model, in a stable order (model, size, indices), and their index.
 
     The order is that of sorting each model's (real, basis) pairs by
     ``(len(real), len(basis), (real, basis))``, done with numpy; each job's label is made
     alongside (the same string QCManyBody's labeler gives).
     """
-    nfr = core.nfragments
     index = JobIndex(nfr)
     jobs: list[FragmentJob] = []
-    for model, compute_dict in core.compute_map.items():
-        found = list(set().union(*compute_dict["all"].values()))
+    for model, found in computed.items():
         if not found:
             continue
         reals_all = list(map(operator.itemgetter(0), found))
@@ -441,10 +487,10 @@ def _cluster_dtype(nfragments: int) -> type:
     return np.int16 if nfragments < 2**15 else np.int32
 
 
-def _cluster_rows(nfr: int, nbody: int, kept: Optional[dict[int, set]]) -> np.ndarray:
-    """The clusters of one order in lexicographic order, one row each (1-based)."""
+def _cluster_rows(nfr: int, nbody: int, kept: Optional[dict[int, set]] = None) -> np.ndarray:
+    """The clusters of one order (all, or the ``kept`` ones) in lexicographic order, one row each (1-based)."""
     if kept is not None:
-        clusters = sorted(kept[nbody])
+        clusters = sorted(kept.get(nbody, ()))
         flat = itertools.chain.from_iterable(clusters)
         count = len(clusters)
     else:
@@ -453,26 +499,30 @@ def _cluster_rows(nfr: int, nbody: int, kept: Optional[dict[int, set]]) -> np.nd
     return np.fromiter(flat, dtype=np.int64, count=count * nbody).reshape(count, nbody)
 
 
-def _increment_blocks(core: ManyBodyCore, jobs: list[FragmentJob], index: JobIndex, kept: Optional[dict[int, set]] = None) -> list[IncrementBlock]:
+def _increment_blocks(
+    core: ManyBodyCore, jobs: list[FragmentJob], index: JobIndex, kept: Optional[dict[int, np.ndarray]] = None,
+    bsse_types: Optional[Sequence[str]] = None,
+) -> list[IncrementBlock]:
     """Per BSSE treatment and order, the increments of every cluster whose terms were all computed.
 
     nocp uses each subsystem in its own basis, cp in the full-cluster basis (the 1-body
     increment is the monomer in its own basis, as QCManyBody reports it), vmfc in the
     basis of the cluster itself. Clusters whose terms are not in the plan (for example
     intermediate orders with ``supersystem_ie_only``) get no increment. With ``kept``
-    (screening), only the kept clusters of each order. :func:`_increments` is the same,
-    one Increment at a time (tests compare them).
+    (screening; per order, one row per kept cluster), only the kept clusters of each
+    order. ``bsse_types``: these treatments only (default: QCManyBody's).
+    tests/test_plan_scale.py builds the same one Increment at a time and compares.
     """
     nfr = core.nfragments
     full = tuple(range(1, nfr + 1))
     model_of = {nb: mc for mc, nbs in core.nbodies_per_mc_level.items() for nb in nbs if nb != "supersystem"}
     blocks = []
-    for bsse in (b.value for b in core.bsse_type):
+    for bsse in bsse_types if bsse_types is not None else [b.value for b in core.bsse_type]:
         for nbody in range(1, core.max_nbody + 1):
             model = model_of[nbody]
             shape, signs = term_shape(nbody)
             rule = basis_rule(bsse, nbody)
-            clusters = _cluster_rows(nfr, nbody, kept)
+            clusters = _cluster_rows(nfr, nbody) if kept is None else kept.get(nbody, np.zeros((0, nbody), dtype=np.int64))
             basis = {"own": "own", "full": full, "cluster": clusters}[rule]
             terms = np.empty((len(clusters), len(shape)), dtype=np.int32 if len(jobs) < 2**31 - 1 else np.int64)
             for column, positions in enumerate(shape):
@@ -495,47 +545,6 @@ def _increment_blocks(core: ManyBodyCore, jobs: list[FragmentJob], index: JobInd
                     np.array([[i for i, _ in ss]], dtype=np.int64),
                 ))
     return blocks
-
-
-def _increments(core: ManyBodyCore, jobs: list[FragmentJob], kept: Optional[dict[int, set]] = None) -> list[Increment]:
-    """The straightforward form of :func:`_increment_blocks`: one :class:`Increment` per cluster, built term by term.
-
-    Kept as the reference the compact plan must agree with (tests/test_plan_scale.py).
-    """
-    have = {(j.model, j.real, j.basis): j for j in jobs}
-    nfr = core.nfragments
-    full = tuple(range(1, nfr + 1))
-    model_of = {nb: mc for mc, nbs in core.nbodies_per_mc_level.items() for nb in nbs if nb != "supersystem"}
-    increments = []
-    for bsse in (b.value for b in core.bsse_type):
-        for nbody in range(1, core.max_nbody + 1):
-            model = model_of[nbody]
-            # sub-cluster positions and signs are the same for every cluster of this order
-            shape = [(sub, (-1) ** (nbody - k)) for k in range(1, nbody + 1) for sub in itertools.combinations(range(nbody), k)]
-            clusters = sorted(kept[nbody]) if kept is not None else itertools.combinations(range(1, nfr + 1), nbody)
-            for cluster in clusters:
-                try:
-                    terms = []
-                    for positions, sign in shape:
-                        sub = tuple(cluster[p] for p in positions)
-                        if bsse == "nocp" or (bsse == "cp" and nbody == 1):
-                            basis = sub
-                        elif bsse == "cp":
-                            basis = full
-                        else:
-                            basis = cluster
-                        terms.append((have[(model, sub, basis)], sign))
-                except KeyError:  # some term not computed (e.g. supersystem_ie_only): no increment
-                    continue
-                increments.append(Increment(bsse, model, cluster, nbody, tuple(terms)))
-    if core.has_supersystem:
-        model = core.levels["supersystem"]
-        merged = supersystem_terms(core)
-        if all(key in have for key in merged):
-            ss_terms = tuple((have[key], sign) for key, sign in merged.items() if sign)
-            for bsse in (b.value for b in core.bsse_type):
-                increments.append(Increment(bsse, model, full, "supersystem", ss_terms))
-    return increments
 
 
 def _check_programs(plan_jobs: list[FragmentJob], specs: dict[str, dict], check_installed: bool, symbols: list[str]) -> None:
@@ -625,28 +634,26 @@ def _make_plan(inp: InputLike, check_installed: bool, screening: ScreeningLike) 
             f"levels name model chemistries {sorted(missing)} that specification.specification does not define "
             f"(defined: {sorted(specs)}){hint}"
         )
-    jobs, index = _jobs(core)
-    _check_programs(jobs, specs, check_installed, list(model.molecule.symbols))
     sizes = {i + 1: len(frag) for i, frag in enumerate(core.molecule.fragments)}
-    screened = None
-    if settings is not None:
-        check_screenable([b.value for b in keywords.bsse_type], core.has_supersystem)
-        screened = kept_clusters(settings, fragment_distances(model.molecule), core.max_nbody)
-    blocks = _increment_blocks(core, jobs, index, screened.kept if screened else None)
-    del index
-    if getattr(core, "mc_compute_dict", None) is not None:
-        # QCManyBody's cached compute map (sets of every calculation, 100+ MB at scale) is
-        # not needed after this; ``core.compute_map`` makes it again if asked
-        core.mc_compute_dict = None
-    if screened is not None:
+    if settings is None:
+        screened = None
+        jobs, index = _jobs(core.nfragments, _computed(core))
+        _check_programs(jobs, specs, check_installed, list(model.molecule.symbols))
+        blocks = _increment_blocks(core, jobs, index)
+        if getattr(core, "mc_compute_dict", None) is not None:
+            # QCManyBody's cached compute map (sets of every calculation, 100+ MB at scale) is
+            # not needed after this; ``core.compute_map`` makes it again if asked
+            core.mc_compute_dict = None
+    else:
+        check_screenable([b.value for b in keywords.bsse_type], core.has_supersystem, keywords.supersystem_ie_only)
+        screened = kept_clusters(settings, pair_distances(model.molecule, screening_radius(settings)), core.max_nbody)
+        kept = {n: _cluster_rows(core.nfragments, n, screened.kept) for n in screened.kept}
         # QCManyBody adds cp by itself where vmfc's calculations hold it; a screened set does not
-        blocks = [block for block in blocks if block.bsse != "cp"]
-        needed = np.zeros(len(jobs), dtype=bool)
-        for block in blocks:
-            needed[block.terms.ravel()] = True
-        renumber = np.cumsum(needed) - 1
-        jobs = [job for job, keep in zip(jobs, needed.tolist()) if keep]
-        blocks = [dataclasses.replace(block, terms=renumber[block.terms].astype(block.terms.dtype)) for block in blocks]
+        bsse_types = [b.value for b in core.bsse_type if b.value != "cp"]
+        jobs, index = _jobs(core.nfragments, _kept_computed(core, kept, bsse_types))
+        _check_programs(jobs, specs, check_installed, list(model.molecule.symbols))
+        blocks = _increment_blocks(core, jobs, index, kept, bsse_types)
+    del index
     return Plan(
         input=model,
         computer=computer,

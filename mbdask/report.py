@@ -415,9 +415,9 @@ def report_html(result: Any, title: str = "mbdask report", wall_seconds: Optiona
     screening = extras.get("screening")
     if screening:
         cutoffs = ", ".join(f"{n}-body {a:g} &#8491;" for n, a in screening["distance_cutoffs"].items()) or "none"
-        rows = [[n, row["kept"], row["all"] - row["kept"], row["candidates"], f"{100 * row['kept'] / row['all']:.1f}%"] for n, row in screening["orders"].items()]
+        rows = [[n, row["kept"], row["all"] - row["kept"], f"{100 * row['kept'] / row['all']:.1f}%"] for n, row in screening["orders"].items()]
         head += f"<h2>screening</h2><p style='font:13px sans-serif'>distance cutoffs: {cutoffs}; dropped clusters contribute zero.</p>"
-        head += _table(["n-body", "kept", "dropped", "candidates", "kept of all"], rows)
+        head += _table(["n-body", "kept", "dropped", "kept of all"], rows)
     figs = figures(result)
     items: list[Any] = [Div(text=head + "<h2>n-body energies</h2>" + _nbody_table(extras["levels"]), width=1000)]
     items.append(row(*[figs[name] for name in ("convergence", "pairs") if name in figs]))

@@ -25,7 +25,8 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Union
+from functools import cached_property
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from qcelemental import constants
@@ -93,24 +94,102 @@ def _per_order(values: Any, name: str, unit: str, *, positive: bool) -> dict[int
     return out
 
 
-def fragment_distances(molecule: Any) -> np.ndarray:
-    """Closest atom-atom distance between each pair of fragments, in Angstrom (fragments 1-based at [i-1])."""
-    geometry = np.asarray(molecule.geometry, dtype=float).reshape(-1, 3) * constants.bohr2angstroms
-    fragments = [np.asarray(f, dtype=int) for f in molecule.fragments]
+#: Pairs closer than a cutoff by less than this (Angstrom) are found by the tree search and decided
+#: exactly afterwards: the tree's own rounding must not decide a pair at the cutoff.
+SEARCH_MARGIN = 1e-6
+
+
+@dataclass(frozen=True, eq=False)
+class PairDistances:
+    """Closest atom-atom distance (Angstrom) of each pair of fragments within ``radius`` of each other.
+
+    Screening only ever asks whether a pair lies within a cutoff, so pairs further apart
+    than the largest cutoff are not kept: at 4,096 waters that is a few hundred thousand
+    pairs instead of 8 million. :func:`pair_distances` finds them with a k-d tree over the
+    atoms (``scipy.spatial.cKDTree``). ``pairs`` are 1-based, ``i < j``, sorted.
+    """
+
+    nfragments: int
+    radius: float
+    pairs: np.ndarray
+    distances: np.ndarray
+
+    @cached_property
+    def _by_pair(self) -> dict[tuple[int, int], float]:
+        return dict(zip(map(tuple, self.pairs.tolist()), self.distances.tolist()))
+
+    def distance(self, a: int, b: int) -> float:
+        """The distance of fragments ``a`` and ``b`` (1-based); ``inf`` beyond :attr:`radius`."""
+        return self._by_pair.get((a, b) if a < b else (b, a), math.inf)
+
+    def partners(self, cutoff: Optional[float]) -> list[frozenset[int]]:
+        """Per fragment (index ``i`` for fragment ``i``, 1-based; index 0 empty), the fragments within
+        ``cutoff`` (None: every other fragment)."""
+        everyone = range(1, self.nfragments + 1)
+        if cutoff is None:
+            return [frozenset()] + [frozenset(everyone) - {i} for i in everyone]
+        if cutoff > self.radius:
+            raise ValueError(f"cutoff {cutoff} beyond the searched radius {self.radius}")
+        within = self.pairs[self.distances <= cutoff]
+        found: list[set[int]] = [set() for _ in range(self.nfragments + 1)]
+        for a, b in within.tolist():
+            found[a].add(b)
+            found[b].add(a)
+        return [frozenset(s) for s in found]
+
+    def dense(self) -> np.ndarray:
+        """The full matrix (``inf`` beyond :attr:`radius`; 0-based, zero diagonal): for small systems and tests."""
+        out = np.full((self.nfragments, self.nfragments), np.inf)
+        np.fill_diagonal(out, 0.0)
+        a, b = self.pairs[:, 0] - 1, self.pairs[:, 1] - 1
+        out[a, b] = out[b, a] = self.distances
+        return out
+
+
+def pair_distances(molecule: Any, radius: Optional[float]) -> PairDistances:
+    """The fragment pairs of ``molecule`` closer than ``radius`` Angstrom (None: none are needed), by a neighbour search.
+
+    Each pair's distance is its closest atom pair, computed the same way whatever the
+    search, so that a cluster at a cutoff is decided the same at every system size.
+    """
+    fragments = [np.asarray(f, dtype=np.int64) for f in molecule.fragments]
     n = len(fragments)
-    out = np.zeros((n, n))
-    for i, j in itertools.combinations(range(n), 2):
-        diff = geometry[fragments[i]][:, None, :] - geometry[fragments[j]][None, :, :]
-        out[i, j] = out[j, i] = float(np.sqrt((diff**2).sum(-1)).min())
-    return out
+    if radius is None or n < 2:
+        return PairDistances(n, 0.0, np.zeros((0, 2), dtype=np.int64), np.zeros(0))
+    from scipy.spatial import cKDTree
+
+    geometry = np.asarray(molecule.geometry, dtype=float).reshape(-1, 3) * constants.bohr2angstroms
+    owner = np.empty(len(geometry), dtype=np.int64)
+    for number, atoms in enumerate(fragments, start=1):
+        owner[atoms] = number
+    search = radius + SEARCH_MARGIN if math.isfinite(radius) else np.inf
+    atom_pairs = cKDTree(geometry).query_pairs(search, output_type="ndarray")
+    a, b = owner[atom_pairs[:, 0]], owner[atom_pairs[:, 1]]
+    apart = a != b
+    atom_pairs, a, b = atom_pairs[apart], a[apart], b[apart]
+    distance = np.sqrt(((geometry[atom_pairs[:, 0]] - geometry[atom_pairs[:, 1]]) ** 2).sum(-1))
+    code = np.minimum(a, b) * (n + 1) + np.maximum(a, b)
+    order = np.lexsort((distance, code))  # per pair, its closest atoms first
+    code, distance = code[order], distance[order]
+    first = np.ones(len(code), dtype=bool)
+    first[1:] = code[1:] != code[:-1]
+    code, distance = code[first], distance[first]
+    keep = distance <= radius
+    code, distance = code[keep], distance[keep]
+    return PairDistances(n, float(radius), np.stack([code // (n + 1), code % (n + 1)], axis=1), distance)
+
+
+def fragment_distances(molecule: Any) -> np.ndarray:
+    """Closest atom-atom distance between each pair of fragments, in Angstrom (fragments 1-based at [i-1]):
+    the dense matrix, for small systems (reports, tests); screening uses :func:`pair_distances`."""
+    return pair_distances(molecule, math.inf).dense()
 
 
 @dataclass
 class ScreenedSet:
-    """Kept clusters per order and how many candidates (clusters whose sub-clusters were all kept) each order had."""
+    """Kept clusters per order, and how many clusters each order has in all."""
 
     kept: dict[int, set[tuple[int, ...]]]
-    candidates: dict[int, int]
     total: dict[int, int]
     settings: Screening
 
@@ -119,18 +198,16 @@ class ScreenedSet:
         summary = {
             "distance_cutoffs": {str(k): v for k, v in sorted(self.settings.distance_cutoffs.items())},
             "explicit_clusters": self.settings.clusters is not None and self.settings.energy_report is None,
-            "orders": {
-                str(n): {"kept": len(self.kept[n]), "candidates": self.candidates[n], "all": self.total[n]} for n in sorted(self.kept)
-            },
+            "orders": {str(n): {"kept": len(self.kept[n]), "all": self.total[n]} for n in sorted(self.kept)},
         }
         if self.settings.energy_report is not None:
             summary["energy"] = self.settings.energy_report
         return summary
 
 
-def within_cutoff(cluster: tuple[int, ...], distances: np.ndarray, cutoff: Optional[float]) -> bool:
+def within_cutoff(cluster: tuple[int, ...], distances: PairDistances, cutoff: Optional[float]) -> bool:
     """Every pair of the cluster's fragments within ``cutoff`` (no cutoff: True)."""
-    return cutoff is None or all(distances[a - 1, b - 1] <= cutoff for a, b in itertools.combinations(cluster, 2))
+    return cutoff is None or all(distances.distance(a, b) <= cutoff for a, b in itertools.combinations(cluster, 2))
 
 
 def subclusters_kept(cluster: tuple[int, ...], previous: set[tuple[int, ...]]) -> bool:
@@ -138,38 +215,65 @@ def subclusters_kept(cluster: tuple[int, ...], previous: set[tuple[int, ...]]) -
     return all(cluster[:p] + cluster[p + 1 :] in previous for p in range(len(cluster)))
 
 
-def candidates(previous: set[tuple[int, ...]], order: int, distances: np.ndarray, cutoff: Optional[float]) -> list[tuple[int, ...]]:
-    """Clusters of ``order`` all of whose sub-clusters are in ``previous`` and all of whose pairs lie within ``cutoff``."""
-    nfr = distances.shape[0]
+def reach(cutoffs: Mapping[int, float], order: int) -> Optional[float]:
+    """The pair distance a kept cluster of ``order`` cannot exceed: the smallest cutoff of the orders up to it
+    (its pairs are kept dimers, its triples kept trimers, ...); None where no order up to it has one."""
+    return min((r for n, r in cutoffs.items() if n <= order), default=None)
+
+
+def grown_clusters(bases: Iterable[tuple[int, ...]], partners: Sequence[frozenset[int]]) -> list[tuple[int, ...]]:
+    """The clusters of all-partner fragments one larger than ``bases``: each base (sorted) whose fragments are
+    all partners of each other, extended by every higher fragment that is a partner of all of them, in order.
+
+    With ``partners`` the fragments within a pair cutoff, the work is proportional to what
+    is found, not to the fragments in the system: a neighbour list, not a loop over all.
+    """
     found = []
-    for base in sorted(previous):
-        for j in range(base[-1] + 1, nfr + 1):
-            cluster = base + (j,)
-            if subclusters_kept(cluster, previous) and within_cutoff(cluster, distances, cutoff):
-                found.append(cluster)
+    for base in sorted(bases):
+        last = base[-1]
+        near = partners[last]
+        if len(base) > 1 and not all(b in partners[a] for a, b in itertools.combinations(base, 2)):
+            continue
+        common = near if len(base) == 1 else near.intersection(*(partners[i] for i in base[:-1]))
+        found.extend(base + (j,) for j in sorted(common) if j > last)
     return found
 
 
-def kept_clusters(settings: Screening, distances: np.ndarray, max_nbody: int) -> ScreenedSet:
+def kept_clusters(settings: Screening, distances: PairDistances, max_nbody: int) -> ScreenedSet:
     """Clusters to compute, generated bottom-up so that the kept set is closed under subsets.
 
-    ``candidates`` counts, per order, the clusters whose sub-clusters were all kept, before
-    this order's distance cutoff and explicit list (energy screening reports its own).
+    A k-cluster is kept when every (k-1)-sub-cluster was kept, every pair lies within the
+    k-body cutoff (if any) and, with an explicit list, it is listed. So all its pairs lie
+    within :func:`reach`: without a list the kept k-clusters are grown from the kept
+    (k-1)-clusters by neighbours within that reach (all of whose sub-clusters are then kept
+    too); with a list, only listed clusters are tried. Neither walks all C(n, k) clusters;
+    ``distances`` need to reach the largest cutoff.
     """
-    nfr = distances.shape[0]
+    nfr = distances.nfragments
     kept: dict[int, set[tuple[int, ...]]] = {1: {(i,) for i in range(1, nfr + 1)}}
-    counts = {1: nfr}
+    listed: dict[int, list[tuple[int, ...]]] = {}
+    for cluster in settings.clusters or ():
+        listed.setdefault(len(cluster), []).append(cluster)
     for order in range(2, max_nbody + 1):
-        found = candidates(kept[order - 1], order, distances, None)
-        counts[order] = len(found)
-        cutoff = settings.distance_cutoffs.get(order)
-        kept[order] = {c for c in found if within_cutoff(c, distances, cutoff) and (settings.clusters is None or c in settings.clusters)}
+        below = kept[order - 1]
+        if settings.clusters is not None:
+            cutoff = settings.distance_cutoffs.get(order)
+            kept[order] = {c for c in listed.get(order, ()) if subclusters_kept(c, below) and within_cutoff(c, distances, cutoff)}
+        else:
+            kept[order] = set(grown_clusters(below, distances.partners(reach(settings.distance_cutoffs, order))))
     total = {n: math.comb(nfr, n) for n in kept}
-    return ScreenedSet(kept, counts, total, settings)
+    return ScreenedSet(kept, total, settings)
 
 
-def check_screenable(bsse_types: list[str], has_supersystem: bool) -> None:
+def screening_radius(settings: Screening) -> Optional[float]:
+    """How far the neighbour search must look for ``settings``: its largest cutoff (None: no distances needed)."""
+    return max(settings.distance_cutoffs.values(), default=None)
+
+
+def check_screenable(bsse_types: list[str], has_supersystem: bool, supersystem_ie_only: bool = False) -> None:
     """Refuse the expansions a screened set cannot represent, with the reason."""
+    if supersystem_ie_only:
+        raise BadInputError("screening cannot be combined with supersystem_ie_only (which computes no intermediate order to screen)")
     if "cp" in bsse_types:
         raise BadInputError(
             "screening needs bsse_type nocp or vmfc: QCManyBody's cp computes every subsystem in the full-cluster basis, "

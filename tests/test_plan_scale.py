@@ -12,6 +12,7 @@ import itertools
 import math
 import random
 from itertools import groupby
+from typing import Optional
 
 import pytest
 from qcmanybody.utils import labeler
@@ -20,7 +21,8 @@ import mbdask
 from mbdask.batching import BatchLimits, Unit, batch_target, make_units
 from mbdask.cost import CostModel
 from mbdask.graph import FragmentResources, build_graph, graph_size
-from mbdask.plan import FragmentJob, _increments, job_label
+from mbdask.manybody import supersystem_terms
+from mbdask.plan import FragmentJob, Increment, job_label
 from test_parity_component_data import replay_input
 
 plan_module = importlib.import_module("mbdask.plan")
@@ -43,6 +45,45 @@ def waters(n: int, nbody: int, bsse=("nocp",), fragments=None) -> dict:
         },
         "molecule": molecule,
     }
+
+
+def _increments(core, jobs: list[FragmentJob], kept: Optional[dict[int, set]] = None) -> list[Increment]:
+    """The straightforward form of ``mbdask.plan._increment_blocks``: one :class:`Increment` per cluster, built term by
+    term, the reference the compact plan must agree with."""
+    have = {(j.model, j.real, j.basis): j for j in jobs}
+    nfr = core.nfragments
+    full = tuple(range(1, nfr + 1))
+    model_of = {nb: mc for mc, nbs in core.nbodies_per_mc_level.items() for nb in nbs if nb != "supersystem"}
+    increments = []
+    for bsse in (b.value for b in core.bsse_type):
+        for nbody in range(1, core.max_nbody + 1):
+            model = model_of[nbody]
+            # sub-cluster positions and signs are the same for every cluster of this order
+            shape = [(sub, (-1) ** (nbody - k)) for k in range(1, nbody + 1) for sub in itertools.combinations(range(nbody), k)]
+            clusters = sorted(kept[nbody]) if kept is not None else itertools.combinations(range(1, nfr + 1), nbody)
+            for cluster in clusters:
+                try:
+                    terms = []
+                    for positions, sign in shape:
+                        sub = tuple(cluster[p] for p in positions)
+                        if bsse == "nocp" or (bsse == "cp" and nbody == 1):
+                            basis = sub
+                        elif bsse == "cp":
+                            basis = full
+                        else:
+                            basis = cluster
+                        terms.append((have[(model, sub, basis)], sign))
+                except KeyError:  # some term not computed (e.g. supersystem_ie_only): no increment
+                    continue
+                increments.append(Increment(bsse, model, cluster, nbody, tuple(terms)))
+    if core.has_supersystem:
+        model = core.levels["supersystem"]
+        merged = supersystem_terms(core)
+        if all(key in have for key in merged):
+            ss_terms = tuple((have[key], sign) for key, sign in merged.items() if sign)
+            for bsse in (b.value for b in core.bsse_type):
+                increments.append(Increment(bsse, model, full, "supersystem", ss_terms))
+    return increments
 
 
 def reference_jobs(core) -> list[FragmentJob]:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from qcelemental import constants
 
 import mbdask
 from conftest import EXAMPLES, assert_close, needs_xtb, xtb_input
 from mbdask.cli import main
 from mbdask.errors import BadInputError
 from mbdask.plan import make_plan
-from mbdask.screening import Screening, fragment_distances, kept_clusters
+from mbdask.screening import PairDistances, Screening, fragment_distances, kept_clusters, pair_distances
 
 WATER6 = EXAMPLES / "water6-prism.xyz"
 CUTOFFS = {"distance_cutoffs": {2: 3.0, 3: 2.5}}  # Angstrom: drops 5 of 15 dimers, keeps 2 of 20 trimers
@@ -28,7 +30,7 @@ def test_infinite_cutoffs_reproduce_the_unscreened_expansion(process_client, dri
     inp = xtb_input(WATER6, driver=driver)
     full = mbdask.compute(inp, process_client)
     screened = mbdask.compute(inp, process_client, screening={"distance_cutoffs": {2: 1e6, 3: 1e6}})
-    assert screened.extras["mbdask"]["screening"]["orders"]["3"] == {"kept": 20, "candidates": 20, "all": 20}
+    assert screened.extras["mbdask"]["screening"]["orders"]["3"] == {"kept": 20, "all": 20}
     expected, got = _numbers(full), _numbers(screened)
     assert set(expected) == set(got)
     for name, value in expected.items():
@@ -79,7 +81,7 @@ def test_screened_gradient_matches_finite_differences_of_the_screened_energy(pro
 def test_kept_set_is_closed_under_subsets_and_respects_cutoffs():
     model = mbdask.load_input(xtb_input(WATER6, max_nbody=4)).molecule
     distances = fragment_distances(model)
-    screened = kept_clusters(Screening({2: 3.0, 3: 4.0, 4: 2.9}), distances, 4)
+    screened = kept_clusters(Screening({2: 3.0, 3: 4.0, 4: 2.9}), pair_distances(model, 4.0), 4)
     for n in (3, 4):
         for cluster in screened.kept[n]:
             assert all(sub in screened.kept[n - 1] for sub in itertools.combinations(cluster, n - 1))
@@ -89,6 +91,94 @@ def test_kept_set_is_closed_under_subsets_and_respects_cutoffs():
     for cluster in itertools.combinations(range(1, 7), 3):
         if any(distances[a - 1, b - 1] > 3.0 for a, b in itertools.combinations(cluster, 2)):
             assert cluster not in screened.kept[3]
+
+
+def _random_fragments(rng: np.random.Generator, nfragments: int, box: float) -> SimpleNamespace:
+    """Fragments of 1-3 atoms at random places in a box (Angstrom), as a molecule-like object (geometry in bohr)."""
+    sizes = rng.integers(1, 4, nfragments)
+    centres = rng.uniform(0.0, box, (nfragments, 3))
+    atoms = np.concatenate([c + rng.normal(0.0, 0.6, (k, 3)) for c, k in zip(centres, sizes)])
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    fragments = [list(range(bounds[i], bounds[i + 1])) for i in range(nfragments)]
+    return SimpleNamespace(geometry=atoms / constants.bohr2angstroms, fragments=fragments)
+
+
+def _brute_force_kept(molecule, cutoffs: dict, listed, max_nbody: int) -> dict[int, set]:
+    """The rule itself, the slow way: every cluster of every order, every atom pair."""
+    xyz = np.asarray(molecule.geometry).reshape(-1, 3) * constants.bohr2angstroms
+    n = len(molecule.fragments)
+
+    def distance(a, b):
+        return min(np.sqrt(((xyz[i] - xyz[j]) ** 2).sum()) for i in molecule.fragments[a - 1] for j in molecule.fragments[b - 1])
+
+    pair = {c: distance(*c) for c in itertools.combinations(range(1, n + 1), 2)}
+    kept = {1: {(i,) for i in range(1, n + 1)}}
+    for order in range(2, max_nbody + 1):
+        kept[order] = {
+            c for c in itertools.combinations(range(1, n + 1), order)
+            if all(s in kept[order - 1] for s in itertools.combinations(c, order - 1))
+            and (order not in cutoffs or all(pair[p] <= cutoffs[order] for p in itertools.combinations(c, 2)))
+            and (listed is None or c in listed)
+        }
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_neighbour_search_keeps_what_the_brute_force_rule_keeps(seed):
+    """Random fragments and cutoffs (some orders without one, cutoffs rising or falling with the order,
+    explicit lists): the neighbour search keeps exactly the clusters that testing all C(n, k) keeps."""
+    rng = np.random.default_rng(seed)
+    molecule = _random_fragments(rng, int(rng.integers(8, 16)), 9.0)
+    max_nbody = 4
+    orders = [n for n in range(2, max_nbody + 1) if rng.random() < 0.8]
+    cutoffs = {n: float(rng.uniform(2.0, 7.0)) for n in orders}
+    listed = None
+    if seed % 3 == 2:  # an explicit list: a random share of the clusters the cutoffs alone keep, and some they do not
+        alone = _brute_force_kept(molecule, cutoffs, None, max_nbody)
+        everything = [c for k in range(2, max_nbody + 1) for c in itertools.combinations(range(1, len(molecule.fragments) + 1), k)]
+        listed = frozenset(c for n in range(2, max_nbody + 1) for c in alone[n] if rng.random() < 0.7)
+        listed |= frozenset(everything[i] for i in rng.choice(len(everything), 20, replace=False))
+    settings = Screening(cutoffs, listed)
+    expected = _brute_force_kept(molecule, cutoffs, listed, max_nbody)
+    radius = max(cutoffs.values(), default=None)
+    assert kept_clusters(settings, pair_distances(molecule, radius), max_nbody).kept == expected
+    assert sum(len(expected[n]) for n in range(2, max_nbody + 1)) > 0
+
+
+def test_pair_distances_are_the_closest_atoms_within_the_radius():
+    rng = np.random.default_rng(7)
+    molecule = _random_fragments(rng, 30, 12.0)
+    dense = _brute_force_distances(molecule)
+    for radius in (0.5, 3.0, 6.5):
+        found = pair_distances(molecule, radius)
+        expected = {(a + 1, b + 1): dense[a, b] for a, b in itertools.combinations(range(30), 2) if dense[a, b] <= radius}
+        assert dict(zip(map(tuple, found.pairs.tolist()), found.distances.tolist())) == pytest.approx(expected, abs=0)
+        assert found.distance(3, 1) == expected.get((1, 3), np.inf)
+    assert np.array_equal(fragment_distances(molecule), dense)
+
+
+def _brute_force_distances(molecule) -> np.ndarray:
+    xyz = np.asarray(molecule.geometry).reshape(-1, 3) * constants.bohr2angstroms
+    n = len(molecule.fragments)
+    out = np.zeros((n, n))
+    for a, b in itertools.combinations(range(n), 2):
+        diff = xyz[molecule.fragments[a]][:, None, :] - xyz[molecule.fragments[b]][None, :, :]
+        out[a, b] = out[b, a] = np.sqrt((diff**2).sum(-1)).min()
+    return out
+
+
+def test_screened_plan_builds_no_job_for_a_dropped_cluster(monkeypatch):
+    """The screened plan is made from the kept clusters: QCManyBody's map of every combination is never built."""
+    from qcmanybody import ManyBodyCore
+
+    def refuse(self):
+        raise AssertionError("a screened plan built QCManyBody's compute map of every combination")
+
+    monkeypatch.setattr(ManyBodyCore, "compute_map", property(refuse))
+    plan = make_plan(xtb_input(WATER6, max_nbody=3), check_installed=False, screening=CUTOFFS)
+    kept = plan.screened.kept
+    assert {job.real for job in plan.jobs} == set().union(*kept.values())
+    assert len(plan.jobs) == sum(len(c) for c in kept.values()) == 18
 
 
 def test_screening_refuses_cp_and_bad_options():
@@ -132,7 +222,7 @@ def test_plan_cli_prints_what_screening_keeps(capsys):
     assert main(["plan", str(EXAMPLES / "water6-gfn2.json"), "--distance-cutoffs", "2:3.0,3:2.5"]) == 0
     out = capsys.readouterr().out
     assert "2-body:       10 of 15 clusters kept (66.7%)" in out
-    assert "3-body:        2 of 20 clusters kept (10.0%), 4 candidates" in out
+    assert "3-body:        2 of 20 clusters kept (10.0%)" in out
     assert main(["plan", str(EXAMPLES / "water6-gfn2.json"), "--distance-cutoffs", "2=3"]) == 2
     assert "expected ORDER:VALUE" in capsys.readouterr().err
 
@@ -206,7 +296,7 @@ def test_energy_screening_has_no_barrier_between_orders():
     from mbdask.energy_screening import Decisions
     from mbdask.manybody import nocp_increment
 
-    decisions = Decisions(4, 3, {2: 0.5, 3: 0.5}, {}, np.zeros((4, 4)))
+    decisions = Decisions(4, 3, {2: 0.5, 3: 0.5}, {}, PairDistances(4, 0.0, np.zeros((0, 2), dtype=int), np.zeros(0)))
     decisions.start()
     cheap, kept = decisions.take_work()
     assert kept == [(1,), (2,), (3,), (4,)]  # monomers: expensive calculations at once
