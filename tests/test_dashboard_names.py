@@ -17,10 +17,11 @@ from distributed.diagnostics.progress_stream import progress_quads
 
 import mbdask
 from browser import chromium, evaluate_page
-from conftest import EXAMPLES
+from conftest import EXAMPLES, ROOT
 from doubles import register_doubles
+from mbdask import config
 from mbdask.batching import Unit
-from mbdask.graph import FragmentResources, build_graph, unit_key
+from mbdask.graph import FragmentResources, build_graph, group_name, unit_key
 from mbdask.plan import FragmentJob
 from mbdask.xyz import molecule_from_xyz
 
@@ -124,3 +125,13 @@ def test_status_page_progress_rows_read_differently_during_a_run(tmp_path):
     assert len(set(labels["shown"])) == len(labels["shown"]), labels["shown"]
     assert {"1b frag slee...", "2b frag slee...", "3b frag slee...", "3b incr nocp"} <= set(labels["shown"])
     assert (tmp_path / "status.png").stat().st_size > 10_000
+
+
+def test_reports_doc_names_the_groups_and_when_the_dashboard_is_served_as_the_code_does():
+    """docs/reports.md said the dashboard's address is always printed, with the old group names."""
+    text = " ".join((ROOT / "docs" / "reports.md").read_text().split())
+    for name in (group_name(2, "frag", "gfn2-xtb"), group_name(2, "cheap", "gfn2-xtb"), group_name(3, "incr", "nocp"),
+                 group_name(3, "level", "nocp"), group_name("supersystem", "incr", "cp")):
+        assert f"`{name}`" in text, name
+    seconds = config.packaged_default("mbdask.local-cluster.dashboard-min-seconds")
+    assert f"predicted to take {seconds:g} s per core or more" in text
