@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import pytest
 import yaml
 
 from conftest import DATA, EXAMPLES, ROOT
+from test_structures import trajectory
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<ticks>`{3,})(?P<language>[\w-]*)\s*$")
@@ -139,21 +139,6 @@ def _water_trimer_input(max_nbody: int) -> dict:
     return ModelOptions(max_nbody=max_nbody).input_for(molecule_from_xyz(EXAMPLES / "water3-uud.xyz"))
 
 
-def _trajectory(path: Path, frames: int, seed: int, moved_first: bool = False) -> None:
-    """The water trimer, as it is (unless ``moved_first``) and then displaced by up to 0.03 Angstrom per frame."""
-    lines = (EXAMPLES / "water3-uud.xyz").read_text().splitlines()
-    natoms = int(lines[0])
-    atoms = [line.split()[:4] for line in lines[2 : 2 + natoms]]
-    rng = np.random.default_rng(seed)
-    out = []
-    for frame in range(frames):
-        out += [str(natoms), f"frame {frame + 1}"]
-        for symbol, *xyz in atoms:
-            moved = np.array(xyz, dtype=float) + (rng.uniform(-0.03, 0.03, 3) if frame or moved_first else 0.0)
-            out.append(f"{symbol} {moved[0]:.6f} {moved[1]:.6f} {moved[2]:.6f}")
-    path.write_text("\n".join(out) + "\n")
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """A folder as a reader's: ``examples/``, the placeholder files, and ``python``/``.venv/bin/python`` as this interpreter."""
@@ -173,7 +158,7 @@ def workspace(tmp_path_factory) -> Path:
     shutil.copy(EXAMPLES / "water6-gfn2.json", home / "input.json")
     shutil.copy(EXAMPLES / "water3-uud.xyz", home / "cluster.xyz")
     shutil.copy(DATA / "water6-prism.xyz", home / "big.xyz")
-    _trajectory(home / "traj.xyz", frames=5, seed=3)
+    trajectory(home / "traj.xyz", frames=5)
     trimer = _water_trimer_input(max_nbody=2)
     (home / "a.json").write_text(json.dumps(trimer))
     (home / "b.yaml").write_text(yaml.safe_dump(trimer))
@@ -181,7 +166,8 @@ def workspace(tmp_path_factory) -> Path:
     for folder in ("inputs", "isomers"):
         (home / folder).mkdir()
         shutil.copy(EXAMPLES / "water3-uud.xyz", home / folder / "uud.xyz")
-        _trajectory(home / folder / "moved.xyz", frames=1, seed=11, moved_first=True)
+        frames = trajectory(home / "two-frames.xyz", frames=2).read_text().splitlines()
+        (home / folder / "moved.xyz").write_text("\n".join(frames[len(frames) // 2 :]) + "\n")  # the second frame: displaced
     return home
 
 
