@@ -7,6 +7,10 @@ imports, cluster start, plan, run, assembly, output: what a user waits for):
   command-line process, :mod:`mbdask.forked_workers`);
 * ``mbdask spawned``: the same with ``DASK_MBDASK__LOCAL_CLUSTER__WORKERS=spawn`` (Dask's own
   LocalCluster start, the default before);
+* ``mbdask.compute``: a script calling ``mbdask.compute(INPUT)`` without a client, in the
+  environment as it is (no thread variables set: numpy's OpenBLAS starts its threads), writing
+  the result with ``mbdask.save_result``: the library's start-up against the command line's
+  (issue #25: workers forked where the command line forks them);
 * ``QCManyBody``: sequential ``ManyBodyComputer`` in its default setting, truly single
   threaded (``QCENGINE_NCORES=1``, BLAS/OpenMP pools at 1), and with BLAS at one thread but the
   program's own OpenMP threads on every core (PySCF's fastest sequential setting on 2 cores);
@@ -52,6 +56,14 @@ from qcmanybody.v2 import ManyBodyComputer
 mbdask.register_programs()
 result = ManyBodyComputer.from_manybodyinput(mbdask.load_input(sys.argv[1]))
 print(json.dumps({"energy": float(result.properties.return_energy)}))
+"""
+
+LIBRARY = """
+import sys
+import mbdask
+if __name__ == "__main__":
+    result = mbdask.compute(sys.argv[1], n_workers=int(sys.argv[2]))
+    mbdask.save_result(result, sys.argv[3])
 """
 
 POOL = """
@@ -111,9 +123,14 @@ if __name__ == "__main__":
 THROUGHPUT_METHODS = ("hf", "gfn2-xtb")
 
 
+#: For the library's script: the thread variables left unset, as in a user's shell (``_timed`` drops variables set to None).
+UNSET_THREADS = {name: None for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
 def _timed(args: list[str], env: dict | None = None) -> tuple[float, str]:
     start = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=ROOT)
+    merged = {**os.environ, **(env or {})}
+    proc = subprocess.run(args, capture_output=True, text=True, env={k: v for k, v in merged.items() if v is not None}, cwd=ROOT)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{args[:4]} failed: {proc.stderr[-2000:]}")
@@ -160,7 +177,7 @@ def run_case(name: str, path: Path, workers: int, repeats: int, work: Path) -> d
     muted = _muted_xtb(inp)
     if muted is not None:
         (work / "muted.json").write_text(json.dumps(muted))
-    runs: dict[str, list] = {key: [] for key in ("mbdask", "mbdask spawned", *SEQUENTIAL, "pool", *(["pool muted"] if muted else []))}
+    runs: dict[str, list] = {key: [] for key in ("mbdask", "mbdask spawned", "mbdask.compute", *SEQUENTIAL, "pool", *(["pool muted"] if muted else []))}
     energies: list[float] = []
     profile = {}
     for _ in range(repeats):
@@ -171,6 +188,10 @@ def run_case(name: str, path: Path, workers: int, repeats: int, work: Path) -> d
             energies.append(json.loads(out.read_text())["properties"]["return_energy"])
             if key == "mbdask" and wall == min(runs[key]):
                 profile = json.loads(prof.read_text())
+        out = work / "library-result.json"
+        wall, _ = _timed([sys.executable, "-c", LIBRARY, str(path), str(workers), str(out)], UNSET_THREADS)
+        runs["mbdask.compute"].append(wall)
+        energies.append(json.loads(out.read_text())["properties"]["return_energy"])
         for key, env in SEQUENTIAL.items():
             wall, stdout = _timed([sys.executable, "-c", QCMANYBODY, str(path)], env)
             runs[key].append(wall)
@@ -188,6 +209,7 @@ def run_case(name: str, path: Path, workers: int, repeats: int, work: Path) -> d
     return {
         "case": name, "input": str(path), "fragments": profile["fragments"], "workers": workers, **{f"{k} s": v for k, v in best.items()},
         "bound s": bound, "efficiency": bound / best["mbdask"], "efficiency spawned": bound / best["mbdask spawned"],
+        "library vs command line": best["mbdask.compute"] / best["mbdask"],
         "vs best sequential": sequential / best["mbdask"], "vs pool": pool / best["mbdask"],
         "max energy diff": max(energies) - min(energies), "profile": profile, "phases": phases,
     }
@@ -236,13 +258,13 @@ def section_markdown(result: dict, machine: str) -> str:
         "fragment times / cores, longest fragment). QCManyBody: the fastest of its default, truly single-threaded and "
         "BLAS-pinned settings (columns). Pool: `concurrent.futures.ProcessPoolExecutor` over QCManyBody's fragments.",
         "",
-        "| case | calcs | mbdask s | mbdask, spawned workers s | QCManyBody default / 1 thread / BLAS pinned s | pool s (xtb muted) | bound s | efficiency | efficiency, spawned | vs best QCManyBody | vs pool | max energy diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| case | calcs | mbdask s | mbdask, spawned workers s | script calling mbdask.compute s | QCManyBody default / 1 thread / BLAS pinned s | pool s (xtb muted) | bound s | efficiency | efficiency, spawned | vs best QCManyBody | vs pool | max energy diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result.get("rows", []):
         sequential = " / ".join(f"{row[f'{key} s']:.1f}" for key in SEQUENTIAL)
         lines.append(
-            f"| {row['case']} | {row['fragments']} | {row['mbdask s']:.2f} | {row['mbdask spawned s']:.2f} | {sequential} | "
+            f"| {row['case']} | {row['fragments']} | {row['mbdask s']:.2f} | {row['mbdask spawned s']:.2f} | {_library(row)} | {sequential} | "
             f"{_pools(row)} | {row['bound s']:.2f} | {row['efficiency']:.2f} | {row['efficiency spawned']:.2f} | "
             f"{row['vs best sequential']:.2f} | {row['vs pool']:.2f} | {row['max energy diff']:.1e} |"
         )
@@ -283,6 +305,12 @@ def section_markdown(result: dict, machine: str) -> str:
             f"around the call and {row['program_ms']:.3f} ms in QCEngine and the double.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _library(row: dict) -> str:
+    """The script's wall time (rows of a --json file from before it was measured: not measured)."""
+    wall = row.get("mbdask.compute s")
+    return "" if wall is None else f"{wall:.2f}"
 
 
 def _pools(row: dict) -> str:

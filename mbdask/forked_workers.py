@@ -12,9 +12,18 @@ thread stays locked in the child forever, and an OpenMP runtime that has started
 thread pool (say, a notebook that already ran PySCF) hangs the child at its first parallel
 region. So mbdask forks only while this process has exactly one thread (Linux
 ``/proc/self/task``), before the scheduler's event-loop thread starts, and otherwise lets
-Dask spawn its workers as usual (:func:`mbdask.cluster.start_local_cluster`). The command
-line keeps its own BLAS/OpenMP pools at one thread (``mbdask.cli.entry``), so that numpy's
-OpenBLAS starts no threads in it; each fragment raises the pools to its cores as it runs.
+Dask spawn its workers as usual (:func:`mbdask.cluster.start_local_cluster`).
+
+One kind of thread is stopped first rather than counted: the idle pool of an OpenBLAS built
+with pthreads (numpy's and SciPy's wheels), which starts as soon as numpy is imported.
+OpenBLAS itself stops that pool before every fork (its ``pthread_atfork`` handler,
+``blas_thread_shutdown_``) and starts it again at its next call, so stopping it first, while
+this process runs no other Python thread that could be inside a BLAS call, changes nothing
+but the count (:func:`stop_idle_blas_pools`). A script calling ``mbdask.compute`` thereby
+forks its workers as the command line does. The command line also keeps its own BLAS/OpenMP
+pools at one thread (``mbdask.cli.entry``), so that they never start; a forked worker gets
+the thread settings a spawned one gets from Dask's nanny (:func:`single_threaded_pools`), and
+each fragment raises the pools to its cores as it runs.
 
 The children are plain ``distributed.Worker`` processes without a nanny, driven by
 :class:`ForkedWorker`, a ``SpecCluster`` process interface: the scheduler's address goes
@@ -33,11 +42,13 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from distributed.deploy.spec import ProcessInterface
+from threadpoolctl import ThreadpoolController
 
 from . import config
 from .worker_environment import drop_dask_environment
@@ -58,9 +69,48 @@ def threads_in_this_process() -> Optional[int]:
         return None
 
 
+def stop_idle_blas_pools() -> None:
+    """Stop the thread pools of the OpenBLAS libraries loaded here (pthreads builds), as OpenBLAS does before every fork.
+
+    Only while this is the process's one Python thread: then no BLAS call is running that
+    the pool could be serving. OpenBLAS starts the pool again at its next call that wants it.
+    """
+    if threading.active_count() != 1:
+        return
+    for library in ThreadpoolController().select(internal_api="openblas").lib_controllers:
+        shutdown = getattr(library.dynlib, "blas_thread_shutdown_", None)
+        if getattr(library, "threading_layer", None) == "pthreads" and shutdown is not None:
+            shutdown()
+
+
 def can_fork_workers() -> bool:
-    """True where forking is safe: Linux, and this process runs no thread but its main one."""
-    return hasattr(os, "fork") and threads_in_this_process() == 1
+    """True where forking is safe: Linux, and this process runs no thread but its main one
+    (OpenBLAS's idle pools stopped first, :func:`stop_idle_blas_pools`)."""
+    if not hasattr(os, "fork"):
+        return False
+    stop_idle_blas_pools()
+    return threads_in_this_process() == 1
+
+
+def single_threaded_pools() -> None:
+    """In a forked worker: the thread variables a spawned worker gets from Dask's nanny
+    (``distributed.nanny.pre-spawn-environ``: ``OMP_NUM_THREADS=1`` and friends, unless set
+    already), and the BLAS/OpenMP pools loaded before the fork limited to match.
+
+    A spawned worker's libraries read those variables when they load; a forked one's were
+    loaded by the parent with the parent's settings (a script's numpy: every core).
+    """
+    import dask
+
+    wanted = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
+    added = {name: str(value) for name, value in wanted.items() if name in POOL_VARIABLES and value is not None and name not in os.environ}
+    os.environ.update(added)
+    for name, value in added.items():
+        ThreadpoolController().select(internal_api=POOL_VARIABLES[name]).limit(limits=int(value))
+
+
+#: Thread variables of Dask's pre-spawn environment, and the threadpoolctl ``internal_api`` each one sets.
+POOL_VARIABLES = {"OMP_NUM_THREADS": "openmp", "OPENBLAS_NUM_THREADS": "openblas", "MKL_NUM_THREADS": "mkl"}
 
 
 @dataclass
@@ -177,15 +227,23 @@ async def _run_worker(settings: dict, address_fd: int) -> None:
     from distributed import Worker
 
     drop_dask_environment()  # what a spawned worker's nanny leaves out
+    single_threaded_pools()  # and what it sets
 
     logging.getLogger("distributed").setLevel(settings.pop("log_level", logging.WARNING))
     scheduler = settings.pop("scheduler")
     async with Worker(scheduler, **settings) as worker:
         # SIGTERM (ForkedWorker.close) closes the worker the way its nanny would
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(worker.close(reason="cluster closed")))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(_close(worker)))
         with os.fdopen(address_fd, "w") as pipe:
             pipe.write(worker.address + "\n")
         await worker.finished()
+
+
+async def _close(worker: Any) -> None:
+    """Close the worker because its cluster closes: the tasks it still runs are cancelled on purpose
+    (the run ended, was interrupted or failed), so Dask's warning for each cancelled one is not said."""
+    logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
+    await worker.close(reason="cluster closed")
 
 
 class ForkedWorker(ProcessInterface):

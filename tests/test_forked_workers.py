@@ -116,3 +116,82 @@ def test_a_container_cpu_quota_limits_the_cores_mbdask_uses(monkeypatch):
     monkeypatch.setattr(dask.system, "cpu_count", lambda: 1)  # a container allowed one CPU's worth of time
     assert usable_cores() == 1
     assert ClusterSize.from_machine().n_workers == 1
+
+
+LIBRARY_SCRIPT = """
+import json, os, sys
+import psutil
+import mbdask
+import mbdask.cluster
+
+started = []
+_start = mbdask.cluster.start_local_cluster
+
+
+def recording(*args, **kwargs):  # the cluster mbdask.compute starts, looked at once it is up
+    from distributed import Client
+
+    cluster = _start(*args, **kwargs)
+    with Client(cluster, set_as_default=False) as client:
+        def look():
+            from threadpoolctl import threadpool_info
+
+            return {"forked": psutil.Process().cmdline() == psutil.Process(os.getppid()).cmdline(),
+                    "omp": os.environ.get("OMP_NUM_THREADS"), "pools": sorted({p["num_threads"] for p in threadpool_info()})}
+
+        started.append({"method": getattr(cluster, "worker_start_method", "spawn"), "workers": list(client.run(look).values())})
+    return cluster
+
+
+mbdask.cluster.start_local_cluster = recording
+if __name__ == "__main__":
+    result = mbdask.compute(sys.argv[1], n_workers=2)
+    print(json.dumps({"started": started, "energy": result.properties.return_energy}))
+"""
+
+
+@needs_xtb
+def test_a_script_calling_compute_forks_its_workers_as_the_command_line_does(tmp_path):
+    """``mbdask.compute(inp)`` without a client spawned its workers while the command line forked them
+    (4.5-5.2 s against 3.4 s for (H2O)20; issue #25): a script's numpy had started OpenBLAS's threads, which
+    the command line keeps from starting. Those idle pools are stopped, as OpenBLAS itself stops them before
+    every fork, so the same check passes. The script runs as a user's would: no thread variables set. Its
+    forked workers get what Dask gives a spawned one: OMP_NUM_THREADS=1, pools at one thread."""
+    script = tmp_path / "script.py"
+    script.write_text(LIBRARY_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env.pop("DASK_MBDASK__LOCAL_CLUSTER__WORKERS", None)
+    proc = subprocess.run([sys.executable, str(script), str(EXAMPLES / "water6-gfn2.json")], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [s["method"] for s in found["started"]] == ["fork"]
+    assert found["started"][0]["workers"] == [{"forked": True, "omp": "1", "pools": [1]}] * 2
+    assert found["energy"] == pytest.approx(_run(tmp_path, "plain", workers="spawn")["energy"], abs=1e-10)
+
+
+CLOSING_SCRIPT = """
+import time
+from mbdask.cluster import connect
+if __name__ == "__main__":
+    conn = connect(n_workers=1)
+    assert getattr(conn.cluster, "worker_start_method", None) == "fork"
+    running = conn.client.submit(time.sleep, 60)
+    while not conn.client.processing():  # the task runs on the worker
+        time.sleep(0.05)
+    while not any(conn.client.processing().values()):
+        time.sleep(0.05)
+    conn.close()  # as on Ctrl-C, or after a failure: the cluster closes under a running task
+    print("closed")
+"""
+
+
+def test_forked_workers_close_under_a_running_task_without_dasks_cancelled_warnings(tmp_path):
+    """Ctrl-C once printed two "Async instruction ... ended with CancelledError" warnings from the forked
+    workers (issue #25): their tasks are cancelled on purpose when the cluster closes."""
+    script = tmp_path / "closing.py"
+    script.write_text(CLOSING_SCRIPT)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("DASK_MBDASK__LOCAL_CLUSTER__WORKERS", None)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "closed", proc.stderr[-3000:]
+    assert "CancelledError" not in proc.stderr, proc.stderr
