@@ -34,6 +34,16 @@ class NoWorkersError(MbdaskError, RuntimeError):
     exit_code = 1
 
 
+class SchedulerLostError(MbdaskError, RuntimeError):
+    """The connection to the scheduler was lost during the run (it stopped, or its host went away; exit 1).
+
+    Not an error of mbdask's or of the input: the message names the scheduler and what the
+    checkpoint store kept, since the same run with the same store resumes from there.
+    """
+
+    exit_code = 1
+
+
 class FragmentFailedError(MbdaskError, RuntimeError):
     """A QC program failed on one fragment calculation.
 
@@ -63,6 +73,11 @@ class FragmentFailedError(MbdaskError, RuntimeError):
         lines = [ln for ln in lines if not ln.startswith("For further information")]
         errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b", ln)]
         return (errors or lines or ["no message"])[-1]
+
+
+def plural(count: int, word: str, words: str = "") -> str:
+    """``count`` and ``word`` as a message says them: "1 fragment", "3 fragments" (``words``: an irregular plural)."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"
 
 
 #: Old names -> the current ones (PEP 562 ``__getattr__`` here and in the package root).

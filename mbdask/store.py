@@ -38,7 +38,7 @@ import numpy as np
 from qcelemental.util.serialization import jsonext_dumps, jsonext_loads
 
 from . import config
-from .errors import BadInputError
+from .errors import BadInputError, plural
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -218,6 +218,19 @@ class FragmentStore:
         return found
 
 
+def kept_for_next_run(store: Union[FragmentStore, str, os.PathLike, None]) -> str:
+    """What a run that stopped early leaves for the next one, in words: the calculations in its
+    store, from which the same command (the same store) resumes, or that nothing was kept."""
+    if store is None:
+        return "nothing was saved (no store): with --store PATH (store= in Python) finished calculations are kept for the next run"
+    path = store.path if isinstance(store, FragmentStore) else os.fspath(store)
+    try:
+        count = (store if isinstance(store, FragmentStore) else FragmentStore(path)).count() if os.path.exists(path) else 0
+    except (sqlite3.Error, OSError) as exc:
+        return f"the store {path} cannot be read ({exc})"
+    return f"{plural(count, 'calculation is', 'calculations are')} in the store {path}: run the same command (the same store) to resume from them"
+
+
 #: Keys of fragment outputs that are not stored (``stored``: it came from the store; ``predicted``: this run's model).
 _NOT_STORED = ("stored", "predicted")
 
@@ -237,6 +250,11 @@ class StoreWriter:
     only as long as it takes to write it. Failed or cancelled units are skipped; their
     error reaches the caller through the result. :meth:`add` writes outputs already at
     hand. :meth:`close` writes whatever has finished by then and stops.
+
+    A write that fails (a full disk, a store on a file system gone read-only) does not stop
+    the run: the outputs it held are counted in :attr:`not_saved`, the first failure is
+    logged once (a full disk fails every write after it), and :meth:`close` says how many
+    were not saved. A later run computes them again.
     """
 
     def __init__(self, store: FragmentStore, client: "Client"):
@@ -246,8 +264,12 @@ class StoreWriter:
         self.write_chunk = config.number("mbdask.store.write-chunk")
         #: fragment outputs written so far
         self.written = 0
-        #: the last error writing met (logged as it happened), if any
+        #: the last error writing met (the first one logged as it happened), if any
         self.error: Optional[BaseException] = None
+        #: fragment outputs that finished but could not be written (the store's writes failed)
+        self.not_saved = 0
+        self._told = False  # the first failure was logged
+        self._summed_up = False  # close said how many were not saved
         self._lock = threading.Lock()
         self._pending: dict["Future", _UnitInfo] = {}
         self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
@@ -300,8 +322,9 @@ class StoreWriter:
             if self.written != written:
                 written, since = self.written, time.monotonic()
             elif time.monotonic() - since > patience:
-                logger.warning("store %s: gave up writing %d finished units after %g s", self.store.path, len(self._pending), patience)
+                logger.warning("store %s: gave up writing %s after %g s", self.store.path, plural(len(self._pending), "finished unit"), patience)
                 break
+        self._say_not_saved()
 
     def _finished(self) -> bool:
         return (self._sealed and not self._pending and self._queue.empty()) or self.client.status in ("closing", "closed")
@@ -326,10 +349,8 @@ class StoreWriter:
                     with self._lock:
                         rest = [f for f in self._pending if f.status == "finished"]
                     self._write(rest)
-            except BaseException as exc:  # cancelled, client closed, disk full: logged, never raised in this thread
-                self.error = exc
-                closed = self.client.status in ("closing", "closed")
-                (logger.debug if closed else logger.warning)("store %s: could not write finished fragments (%s: %s)", self.store.path, type(exc).__name__, exc)
+            except BaseException as exc:  # cancelled, client closed or lost its scheduler: never raised in this thread
+                self._failed(exc, 0)
             if stop:
                 with self._lock:
                     rest = list(self._pending)
@@ -380,5 +401,36 @@ class StoreWriter:
         return entries
 
     def _put(self, entries: list) -> None:
-        if entries:
+        if not entries:
+            return
+        try:
             self.written += self.store.put_many(entries)
+        except (OSError, sqlite3.Error) as exc:  # a full disk (SQLite: "database or disk is full"), a read-only file system
+            self._failed(exc, len(entries))
+
+    def _failed(self, exc: BaseException, outputs: int) -> None:
+        """A write (of ``outputs`` fragment outputs) failed: count it, and say so the first time only.
+
+        Once the client is closing or has lost its scheduler, results cannot be fetched any more:
+        that is the run ending, said by whoever ends it, not a failure of the store.
+        """
+        self.error = exc
+        self.not_saved += outputs
+        if self._told or self.client.status != "running":
+            logger.debug("store %s: could not write finished fragments (%s: %s)", self.store.path, type(exc).__name__, exc)
+            return
+        self._told = True
+        logger.warning(
+            "store %s: could not write finished fragments (%s: %s); the run goes on, and what is not saved is computed again next time",
+            self.store.path, type(exc).__name__, exc,
+        )
+
+    def _say_not_saved(self) -> None:
+        """At the end: how many finished fragment outputs the store did not get (once)."""
+        if self.not_saved and not self._summed_up:
+            self._summed_up = True
+            logger.warning(
+                "store %s: %s not saved (%s: %s); a later run computes %s again",
+                self.store.path, plural(self.not_saved, "finished fragment calculation was", "finished fragment calculations were"),
+                type(self.error).__name__, self.error, "it" if self.not_saved == 1 else "them",
+            )

@@ -6,6 +6,8 @@ directory than the client's, as the nodes of a cluster do).
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import pickle
 import time
@@ -124,3 +126,32 @@ def test_energy_screening_reads_and_writes_the_store_on_the_client(process_clien
     assert second.return_result == first.return_result
     assert second.extras["mbdask"]["screening"]["orders"] == first.extras["mbdask"]["screening"]["orders"]
     assert FragmentStore(path).count() == stored
+
+
+class _FullDisk(FragmentStore):
+    """A store on a disk that is full: every write fails as SQLite's would, after the look-ups worked."""
+
+    def put_many(self, entries):
+        list(entries)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_is_said_once_and_at_the_end_how_many_were_not_saved(inprocess_client, tmp_path, caplog):
+    """A full disk under --store printed one warning per failed write (16 lines for 175 calculations) and
+    nothing at the end (issue #25); the run itself goes on and returns its result."""
+    store = _FullDisk(tmp_path / "store.sqlite")
+    with caplog.at_level(logging.WARNING, logger="mbdask"):
+        sub = mbdask.start(sleep_input(), inprocess_client, store=store, batch=False)  # 41 units: many writes
+        result = sub.result()
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("mbdask.store")]
+    assert result.extras["mbdask"]["nfragment_calculations"] == 41
+    assert len(said) == 2, said
+    assert said[0] == (
+        f"store {store.path}: could not write finished fragments (OSError: [Errno 28] No space left on device); "
+        "the run goes on, and what is not saved is computed again next time"
+    )
+    assert said[1] == (
+        f"store {store.path}: 41 finished fragment calculations were not saved (OSError: [Errno 28] No space left on device); "
+        "a later run computes them again"
+    )
+    assert sub.writer is not None and sub.writer.not_saved == 41 and sub.writer.written == 0
