@@ -22,8 +22,8 @@ from .errors import RENAMED as _RENAMED, renamed as _renamed  # light: re and wa
 
 if TYPE_CHECKING:  # what the names below are, for type checkers and the API docs
     from .api import Submission, compute, plan, start, submit
-    from .cluster import ClusterSize, connect, start_local_cluster
-    from .errors import BadInputError, FragmentFailedError, MbdaskError, NoWorkersError
+    from .cluster import ClusterSize, connect, local_cluster, start_local_cluster
+    from .errors import BadInputError, FragmentFailedError, MbdaskError, NoWorkersError, SchedulerLostError
     from .inputs import load_input
     from .optimize import OptimizationResult, optimize
     from .outputs import load_result, save_result
@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # what the names below are, for type checkers and the API doc
     from .store import FragmentStore
     from .structures import ManyResults, compute_many, read_structures, start_many, submit_many
     from .tables import Rows
+    from .xyz import xyz_input
 
 #: Public name -> the module of the package that defines it.
 _EXPORTS = {
@@ -44,11 +45,13 @@ _EXPORTS = {
     "submit": "api",
     "ClusterSize": "cluster",
     "connect": "cluster",
+    "local_cluster": "cluster",
     "start_local_cluster": "cluster",
     "FragmentFailedError": "errors",
     "BadInputError": "errors",
     "MbdaskError": "errors",
     "NoWorkersError": "errors",
+    "SchedulerLostError": "errors",
     "load_input": "inputs",
     "OptimizationResult": "optimize",
     "optimize": "optimize",
@@ -69,6 +72,7 @@ _EXPORTS = {
     "submit_many": "structures",
     "Rows": "tables",
     "register_programs": "programs",
+    "xyz_input": "xyz",
 }
 #: Functions named like a module of the package (``mbdask.plan`` is the function, the module
 #: is ``sys.modules["mbdask.plan"]``, as before these names were lazy).
@@ -123,6 +127,7 @@ __all__ = [
     "OptimizationResult",
     "Plan",
     "Rows",
+    "SchedulerLostError",
     "Screening",
     "Submission",
     "__version__",
@@ -132,6 +137,7 @@ __all__ = [
     "figures",
     "load_input",
     "load_result",
+    "local_cluster",
     "optimize",
     "plan",
     "read_structures",
@@ -144,4 +150,5 @@ __all__ = [
     "submit",
     "submit_many",
     "summary_table",
+    "xyz_input",
 ]

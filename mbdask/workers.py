@@ -143,7 +143,7 @@ def _warn_malloc_trim(client: "Client", trims: set[str]) -> None:
     message = (
         f"mbdask: workers run with MALLOC_TRIM_THRESHOLD_={', '.join(sorted(trims))}, which makes QC programs slower "
         "(xtb about 1.7x); set distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ to null in the workers' "
-        "Dask configuration, or let mbdask start the LocalCluster (see the HPC page of the docs)"
+        "Dask configuration (see the HPC page of the docs), or make a local cluster with mbdask.local_cluster() instead of LocalCluster()"
     )
     warnings.warn_explicit(message, UserWarning, filename="<dask workers>", lineno=0, module=__name__)
 

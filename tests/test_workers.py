@@ -55,3 +55,23 @@ def test_malloc_trim_warning_comes_once_per_client_in_one_line():
     shown = warnings.formatwarning(malloc[0].message, malloc[0].category, malloc[0].filename, malloc[0].lineno, malloc[0].line)
     assert len(shown.strip().splitlines()) == 1, shown  # what Python prints on stderr
     assert "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ to null" in shown
+
+
+def test_your_own_local_cluster_the_documented_way_has_no_malloc_warning():
+    """README's way in with your own cluster, ``Client(mbdask.local_cluster())``: workers without Dask's
+    MALLOC_TRIM_THRESHOLD_, so no warning (a plain LocalCluster printed it; issue #25). Its workers are
+    spawned here (this test process runs threads), the case where Dask's nanny would set it; ``preload``
+    gives them the test doubles, as any LocalCluster option passes through."""
+    register_doubles()
+    with mbdask.local_cluster(n_workers=1, dashboard_address=None, preload=["doubles"]) as cluster, Client(cluster, set_as_default=False) as client:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = mbdask.compute(sleep_input("water3-uud.xyz"), client)
+        from mbdask.workers import worker_setup
+
+        trims = {setup["malloc_trim"] for setup in client.run(worker_setup).values()}
+        resources = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+    assert [str(w.message) for w in caught if "MALLOC_TRIM_THRESHOLD_" in str(w.message)] == []
+    assert trims == {None}
+    assert resources and all({"cores", "memory"} <= set(r) for r in resources)  # what fragments reserve, as on mbdask's own
+    assert result.extras["mbdask"]["nfragment_calculations"] == 7
