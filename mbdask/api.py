@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterator, Optional, Union
 
 from distributed import Client, Future, as_completed
+from distributed.client import FutureCancelledError
 from qcmanybody.models.v2 import ManyBodyResult
 
 from . import config
@@ -26,6 +27,7 @@ from .cluster import (
     Connection,
     connect,
     count_workers,
+    scheduler_address,
     usable_cores,
     wait_for_workers,
     want_dashboard,
@@ -33,7 +35,7 @@ from .cluster import (
 )
 from .cluster import worker_timeout as cluster_worker_timeout
 from .cost import CostModel
-from .errors import BadInputError, FragmentFailedError, NoWorkersError
+from .errors import BadInputError, FragmentFailedError, NoWorkersError, SchedulerLostError
 from .execute import ExpansionContext, SharedContext
 from .graph import ORDERS, ExpansionGraph, FragmentResources, build_graph, result_function
 from .inputs import InputLike
@@ -42,8 +44,9 @@ from .programs import program_modules
 from .progress import Progress
 from .screening import ScreeningLike
 from .screening_pass import screen
-from .store import FragmentStore, StoreWriter
+from .store import FragmentStore, StoreWriter, kept_for_next_run
 from .workers import check_programs_here, check_workers, fragment_resources, increment_tasks, total_cores, worker_cores
+from .xyz import input_from
 
 StoreLike = Union[str, os.PathLike, FragmentStore, None]
 
@@ -225,13 +228,19 @@ def check_options(
         raise BadInputError(f"retries must be 0 or more, got {retries}")
 
 
-def plan(inp: InputLike, *, check_installed: bool = True, screening: ScreeningLike = None) -> Plan:
+def plan(inp: InputLike, *, check_installed: bool = True, screening: ScreeningLike = None, **xyz_options: Any) -> Plan:
     """Validate ``inp`` and count what would run; nothing is computed.
+
+    ``inp``: a ``ManyBodyInput``, an equivalent dict, a JSON or YAML file holding one, or an XYZ
+    file of one structure with the command line's model options as keywords (``xyz_options``:
+    ``program`` (default xtb), ``method``, ``basis``, ``bsse``, ``max_nbody`` (default 2),
+    ``driver``, ``fragment_charges``, ``fragments``; :func:`mbdask.xyz.xyz_input`). Those options
+    with any other input are a :class:`~mbdask.errors.BadInputError`: it holds its own model.
 
     ``screening``: keep only some clusters, e.g. ``{"distance_cutoffs": {2: 9.0, 3: 5.0}}``
     (Angstrom, per order; see :mod:`mbdask.screening`). The plan then counts the kept ones.
     """
-    return make_plan(inp, check_installed=check_installed, screening=screening)
+    return make_plan(input_from(inp, xyz_options, "plan"), check_installed=check_installed, screening=screening)
 
 
 def start(
@@ -254,10 +263,12 @@ def start(
     security: Any = None,
     dashboard: Optional[bool] = None,
     worker_timeout: Optional[float] = None,
+    **xyz_options: Any,
 ) -> Submission:
     """Plan ``inp`` (or take a :class:`Plan`), build its graph and send it to the scheduler; returns at once.
 
-    Options:
+    ``inp`` is what :func:`plan` takes, an XYZ file with its model options (``method=``,
+    ``max_nbody=`` ...) included, or a :class:`Plan`. Options:
 
     * ``cores_per_fragment``: threads each QC call may use (and reserves); ``"auto"`` gives
       1 core to most fragments and more to those predicted to finish the run alone.
@@ -288,7 +299,8 @@ def start(
       left, before giving up with :class:`~mbdask.errors.NoWorkersError` (default: Dask config
       ``mbdask.worker-timeout``, else 600).
     """
-    the_plan = inp if isinstance(inp, Plan) else make_plan(inp, check_installed=check_installed, screening=screening)
+    given = input_from(inp, xyz_options, "start")
+    the_plan = given if isinstance(given, Plan) else make_plan(given, check_installed=check_installed, screening=screening)
     check_options(cores_per_fragment=cores_per_fragment, memory_per_fragment=memory_per_fragment, retries=retries, order=order)
     fragment_store = _open_store(store)
     conn = connect_for(
@@ -441,6 +453,7 @@ def _track_units(
 def submit(inp: InputLike, client: ClientLike = None, **options: Any) -> Future:
     """Start the expansion and return a Future of its ``ManyBodyResult``.
 
+    ``inp`` and ``options`` are :func:`start`'s (an XYZ file with ``method=``, ``max_nbody=`` ... too).
     With ``client=None`` and no default client, the LocalCluster mbdask starts stays up
     until the returned Future is released.
     """
@@ -452,6 +465,9 @@ def submit(inp: InputLike, client: ClientLike = None, **options: Any) -> Future:
 def compute(inp: InputLike, client: ClientLike = None, **options: Any) -> ManyBodyResult:
     """Run the expansion and wait for it; returns QCManyBody's ``ManyBodyResult``.
 
+    ``inp`` and ``options`` are :func:`start`'s: a ManyBodyInput (object, dict, JSON or YAML
+    file), or an XYZ file with the command line's model options as keywords, e.g.
+    ``compute("water3.xyz", method="gfn2-xtb", max_nbody=3)``.
     With ``keep_going=True``, a failed fragment above the lowest order gives the result
     through the highest complete order (``extras["mbdask"]["partial"]``) instead of raising.
     """
@@ -512,18 +528,36 @@ def result_of(sub: Submission, *, keep_going: bool = False, timeout: Optional[fl
 
     When the run ends (a result, a failure, no workers, an interrupt; not the ``timeout``
     of a run that goes on), every unit that finished is in the store before this returns.
+    A lost connection to the scheduler (it stopped, or its host went away) ends the run with
+    :class:`~mbdask.errors.SchedulerLostError`, naming the scheduler and what the store kept.
     """
-    ended = True
+    ended, lost = True, False
     try:
         return _result_or_partial(sub, keep_going, timeout)
     except TimeoutError:
         ended = sub.future.done()
         raise
+    except (FutureCancelledError, OSError) as exc:
+        if not _scheduler_lost(sub.client, exc):
+            raise
+        lost = True
     finally:
         if ended:
             sub.close_store()
-            if isinstance(sub.graph.context_ref, SharedContext):
+            if not lost and isinstance(sub.graph.context_ref, SharedContext):
                 sub.graph.context_ref.withdraw(sub.client)
+    raise SchedulerLostError(
+        f"lost the connection to the scheduler at {scheduler_address(sub.client)} (it stopped, or its host went away); "
+        f"the run stopped; {kept_for_next_run(sub.store)}"
+    )
+
+
+def _scheduler_lost(client: Client, exc: BaseException) -> bool:
+    """Whether ``exc`` says that ``client`` lost its scheduler: Dask then cancels every future with
+    that reason, and a question asked of the scheduler meanwhile fails to connect."""
+    if isinstance(exc, FutureCancelledError):
+        return exc.reason == "scheduler-connection-lost"
+    return client.status in ("connecting", "closed")
 
 
 def _result_or_partial(sub: Submission, keep_going: bool, timeout: Optional[float]) -> ManyBodyResult:

@@ -23,6 +23,7 @@ import qcelemental
 from qcmanybody.models.v2 import ManyBodyInput
 
 from .errors import BadInputError
+from .xyz import is_xyz
 
 InputLike = Union[ManyBodyInput, Mapping, str, os.PathLike]
 
@@ -196,6 +197,12 @@ def load_input(inp: InputLike) -> ManyBodyInput:
         return inp
     if isinstance(inp, (str, os.PathLike)):
         source = f"{inp}: "
+        if is_xyz(inp):
+            raise BadInputError(
+                f"{inp}: an XYZ file holds no model chemistry: give it to mbdask.plan, start, submit, compute or optimize with the "
+                "model options as keywords (method=..., max_nbody=...), or make the input with mbdask.xyz_input (several frames: "
+                "mbdask.read_structures)"
+            )
         data = read_input_file(inp)
     elif isinstance(inp, Mapping):
         data = dict(inp)

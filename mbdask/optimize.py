@@ -42,6 +42,7 @@ from .inputs import InputLike, describe_validation_error, load_input
 from .outputs import check_writable, write_atomic
 from .plan import make_plan
 from .screening import Screening
+from .xyz import XYZ_OPTIONS, input_from
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: geomeTRIC's convergence sets in 1.1 (named in error messages; geomeTRIC itself decides what is valid).
@@ -118,9 +119,10 @@ def optimize(
 ) -> OptimizationResult:
     """Minimise the MBE energy of ``inp`` with geomeTRIC, one mbdask expansion per geometry.
 
-    * ``inp``: what :func:`mbdask.start` accepts (ManyBodyInput, dict, JSON/YAML path); its
-      driver is replaced by ``gradient`` (the optimisation needs MBE gradients), its molecule
-      is the start geometry.
+    * ``inp``: what :func:`mbdask.start` accepts (ManyBodyInput, dict, JSON/YAML path, or an XYZ
+      file with the model options ``method=``, ``max_nbody=`` ...); its driver is replaced by
+      ``gradient`` (the optimisation needs MBE gradients; ``driver=`` other than ``"gradient"`` is
+      refused), its molecule is the start geometry.
     * ``client``: as for :func:`mbdask.start`; a LocalCluster mbdask starts is started once
       for all steps and closed at the end.
     * ``max_steps``: geomeTRIC's ``maxiter``. Reaching it is not an error: the result says
@@ -143,6 +145,9 @@ def optimize(
     before any cluster starts.
     """
     geometric = _import_geometric()
+    xyz_options = {name: options.pop(name) for name in XYZ_OPTIONS if name in options}
+    if xyz_options.get("driver") not in (None, "gradient"):
+        raise BadInputError(f"driver {xyz_options['driver']!r}: an optimisation runs MBE gradients (leave driver out, or give 'gradient')")
     run_options, cluster_options, screening = _split_options(options)
     if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
         raise BadInputError(f"max_steps must be a whole number of at least 1, got {max_steps!r}")
@@ -152,7 +157,7 @@ def optimize(
         check_writable(trajectory)
     with captured_geometric_log():
         _geometric_params(geometric, max_steps, convergence, geometric_options)  # refused now, not after the cluster started
-    mbe_input = gradient_input(inp)
+    mbe_input = gradient_input(input_from(inp, xyz_options, "optimize"))
     first = _first_plan(mbe_input, screening, run_options.get("check_installed", True))
     conn = _connect(client, first, cluster_options)
     try:
@@ -235,7 +240,7 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     Refused: names :func:`mbdask.start` does not know, and ``keep_going`` (a gradient
     through a lower order than asked for would optimise another energy surface).
     """
-    known = set(inspect.signature(start).parameters) - {"inp", "client"}
+    known = {name for name, p in inspect.signature(start).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"optimize() got unexpected keyword argument(s) {', '.join(unknown)} (mbdask.start's options: {', '.join(sorted(known))})")

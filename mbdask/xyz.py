@@ -11,13 +11,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import qcelemental
+from qcmanybody.models.v2 import BsseEnum
 
 from . import config
-from .errors import BadInputError
+from .errors import BadInputError, plural
 
 
 
@@ -50,7 +51,10 @@ def read_xyz(path: Union[str, os.PathLike]) -> tuple[list[str], np.ndarray, Opti
     """
     frames = read_xyz_frames(path)
     if len(frames) > 1:
-        raise BadInputError(f"{path}:{frames[1].line}: a second structure starts here ({len(frames)} frames); give one structure, or run them all")
+        raise BadInputError(
+            f"{path}:{frames[1].line}: a second structure starts here ({len(frames)} frames); give one structure, or run one expansion "
+            "per frame (python -m mbdask run FILE; in Python mbdask.compute_many(mbdask.read_structures([FILE])))"
+        )
     frame = frames[0]
     return frame.symbols, frame.geometry, frame.charge, frame.multiplicity
 
@@ -79,7 +83,7 @@ def read_xyz_frames(path: Union[str, os.PathLike]) -> list[XYZFrame]:
         if not _is_count_line(lines[following]):  # blank lines between frames are fine, stray atom lines are not
             atom_lines = _atom_lines(lines, start + 2)
             where = atom_lines[len(frame.symbols)][0]
-            raise BadInputError(f"{path}:{where}: line {frame.line} says {len(frame.symbols)} atoms but {len(atom_lines)} atom lines follow")
+            raise BadInputError(f"{path}:{where}: line {frame.line} says {plural(len(frame.symbols), 'atom')} but {plural(len(atom_lines), 'atom line')} follow")
         start = following
 
 
@@ -110,7 +114,7 @@ def _frame(path: Path, lines: list[str], start: int) -> XYZFrame:
             found = _atom_lines(lines, start + 2)
             if len(found) < natoms or _is_count_line(line):
                 counted = len(found) if not _is_count_line(line) else index - start - 2
-                raise BadInputError(f"{path}:{start + 1}: line {start + 1} says {natoms} atoms but only {counted} atom lines follow")
+                raise BadInputError(f"{path}:{start + 1}: line {start + 1} says {plural(natoms, 'atom')} but only {plural(counted, 'atom line')} follow")
             raise BadInputError(f"{path}:{index + 1}: blank line among the atom lines")
         symbol, xyz = _atom_line(path, index + 1, line)
         symbols.append(symbol)
@@ -306,7 +310,7 @@ def _molecule(
     charge = 0.0 if line2_charge is None else line2_charge
     if fragment_charges is not None:
         if len(fragment_charges) != len(frags):
-            raise BadInputError(f"{len(fragment_charges)} fragment charges given for {len(frags)} fragments")
+            raise BadInputError(f"{plural(len(fragment_charges), 'fragment charge')} given for {plural(len(frags), 'fragment')}")
         formulas = [formula([symbols[i] for i in frag]) for frag in frags]
         _check_line2_charge(path, line2_charge, fragment_charges, formulas, guessed)
         charge = float(sum(fragment_charges))
@@ -354,6 +358,9 @@ class ModelOptions:
     bsse: tuple[str, ...] = ("nocp",)
     max_nbody: int = 2
     driver: str = "energy"
+
+    def __post_init__(self) -> None:
+        self.bsse = bsse_types(self.bsse)
 
     def input_for(self, molecule: dict) -> dict:
         """A ManyBodyInput dict for ``molecule`` with this model chemistry."""
@@ -408,3 +415,90 @@ def _check_multiplicity(path: Union[str, os.PathLike], symbols: list[str], charg
         raise BadInputError(
             f"{path}:2: line 2 says multiplicity {mult} but {int(electrons)} electrons (charge {charge:g}) need an {need} multiplicity"
         )
+
+
+#: The command line's XYZ options as the library names them (keywords of ``plan``, ``start``,
+#: ``submit``, ``compute`` and ``optimize``; on the command line ``--max-nbody`` and so on).
+XYZ_OPTIONS = ("program", "method", "basis", "bsse", "max_nbody", "driver", "fragment_charges", "fragments")
+
+
+def bsse_types(value: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    """BSSE treatments as a tuple of lower-case names QCManyBody knows (its aliases such as ssfc included).
+
+    ``value`` is a comma-separated string (``"cp,nocp"``, the command line's form) or a sequence of names.
+    """
+    names = [name.strip().lower() for name in (value.split(",") if isinstance(value, str) else value)]
+    unknown = [name for name in names if name not in BsseEnum.__members__]
+    if unknown or not names:
+        valid = ", ".join(member.value for member in BsseEnum)  # iterating an Enum skips its aliases
+        raise BadInputError(f"unknown BSSE treatment {(unknown or [''])[0]!r}: expected a comma-separated list of {valid}")
+    return tuple(names)
+
+
+def is_xyz(path: Any) -> bool:
+    """Whether ``path`` names an XYZ file (by its suffix): a structure without a model chemistry, run with :data:`XYZ_OPTIONS`."""
+    return isinstance(path, (str, os.PathLike)) and os.fspath(path).lower().endswith(".xyz")
+
+
+def xyz_input(
+    path: Union[str, os.PathLike],
+    *,
+    program: Optional[str] = None,
+    method: Optional[str] = None,
+    basis: Optional[str] = None,
+    bsse: Union[str, Sequence[str], None] = None,
+    max_nbody: Optional[int] = None,
+    driver: Optional[str] = None,
+    fragment_charges: Optional[Sequence[float]] = None,
+    fragments: Union[Sequence[Sequence[int]], str, None] = None,
+) -> dict:
+    """The ManyBodyInput dict of a one-structure XYZ file: what ``python -m mbdask run FILE.xyz``
+    runs with the same options (the command line calls this too).
+
+    The model chemistry and expansion: ``program`` (default xtb), ``method`` (default gfn2-xtb
+    for xtb), ``basis``, ``bsse`` (``"nocp"``, ``"cp,nocp"`` or a list; default nocp),
+    ``max_nbody`` (default 2), ``driver`` (default energy); None means the default
+    (:class:`ModelOptions`). Fragments are found by connectivity, common ions charged
+    (:func:`molecule_from_xyz`), unless ``fragments`` (0-based atoms per fragment, or the
+    command line's ``"0-2;3-5"``) and ``fragment_charges`` are given. A file of several frames
+    is refused: :func:`mbdask.read_structures` reads those.
+    """
+    chosen = {"program": program, "method": method, "basis": basis, "bsse": bsse, "max_nbody": max_nbody, "driver": driver}
+    model = ModelOptions(**{name: value for name, value in chosen.items() if value is not None})
+    if isinstance(fragments, str):
+        fragments = parse_fragments(fragments)
+    charges = None if fragment_charges is None else [float(q) for q in fragment_charges]
+    molecule = molecule_from_xyz(path, charges, None if fragments is None else [list(f) for f in fragments], guess_ions=True)
+    return model.input_for(molecule)
+
+
+def input_from(inp: Any, options: Mapping[str, Any], function: str) -> Any:
+    """``inp`` as given, or for an XYZ file the ManyBodyInput dict that ``options`` (:data:`XYZ_OPTIONS`) make of it.
+
+    Options left at None count as not given. Given for any other input they are refused: a
+    ManyBodyInput (file, dict, object or plan) holds its own model chemistry and expansion,
+    and running it while ignoring them would run another expansion than the one asked for.
+    ``function`` names the caller in the ``TypeError`` for an unknown keyword.
+    """
+    unknown = sorted(set(options) - set(XYZ_OPTIONS))
+    if unknown:
+        raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
+    given = {name: value for name, value in options.items() if value is not None}
+    if not is_xyz(inp):
+        if given:
+            what = os.fspath(inp) if isinstance(inp, (str, os.PathLike)) else f"the {type(inp).__name__} given"
+            raise BadInputError(refused_model_options(list(given), [what]))
+        return inp
+    return xyz_input(inp, **given)
+
+
+def refused_model_options(options: Sequence[str], holders: Sequence[str], mixed: bool = False) -> str:
+    """The one line refusing XYZ model ``options`` given with inputs that hold their own model chemistry (``holders``).
+
+    ``mixed``: XYZ files were given too (the options would apply to some inputs and not others).
+    """
+    shown = ", ".join(holders[:3]) + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
+    apply = "applies" if len(options) == 1 else "apply"
+    holds = f"{shown} holds its" if len(holders) == 1 else f"{shown} hold their"
+    fix = "run the XYZ files and the ManyBodyInput files separately" if mixed else f"leave {'it' if len(options) == 1 else 'them'} out, or change the input"
+    return f"{', '.join(options)} {apply} to XYZ input only, and {holds} own model chemistry and expansion: {fix}"

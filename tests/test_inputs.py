@@ -10,7 +10,7 @@ import qcelemental
 from qcelemental.molparse.chgmult import validate_and_fill_chgmult
 
 import mbdask
-from conftest import DATA, write_json, xtb_input
+from conftest import DATA, needs_xtb, write_json, xtb_input
 from mbdask.inputs import QCEL_SEARCH_MAX_FRAGMENTS, fill_charges_and_multiplicities
 from mbdask.xyz import molecule_from_xyz
 
@@ -133,3 +133,60 @@ def test_xtb_methods_are_those_xtb_python_accepts():
 
     assert set(XTB_METHODS) == set(xtb_utils._methods)
     assert xtb_utils.get_method("gfn3-xtb") is None
+
+
+def test_library_takes_an_xyz_file_with_the_command_lines_model_options(capsys):
+    """``mbdask.plan("water3-uud.xyz")`` said "expected a ManyBodyInput object at the top level, found str" (issue #25);
+    it now makes the input the command line makes, through the same code, with its options as keywords."""
+    from mbdask.cli import main
+    from mbdask.xyz import ModelOptions
+
+    path = DATA / "water3-uud.xyz"
+    planned = mbdask.plan(path, max_nbody=3, bsse=["nocp"])
+    assert len(planned.jobs) == 7 and planned.input.specification.keywords.levels == {3: "gfn2-xtb"}
+    assert mbdask.xyz_input(path, max_nbody=3) == ModelOptions(max_nbody=3).input_for(molecule_from_xyz(path, guess_ions=True))
+    assert len(mbdask.plan(str(path)).jobs) == 6  # the defaults: xtb GFN2-xTB nocp, 2-body
+    assert main(["plan", str(path), "--max-nbody", "3"]) == 0
+    assert "model 'gfn2-xtb' (xtb gfn2-xtb): 7 calculations" in capsys.readouterr().out
+    ions = DATA / "hydronium-water6.xyz"
+    assert mbdask.plan(ions).input.molecule.molecular_charge == 1.0  # H3O+ recognised, as on the command line
+    guessed = list(mbdask.xyz_input(ions)["molecule"]["fragment_charges"])
+    with pytest.raises(mbdask.BadInputError, match="line 2 says charge 1 but the fragment charges given sum to 0"):
+        mbdask.plan(ions, fragment_charges=[0.0] * len(guessed))
+    grouped = mbdask.xyz_input(path, fragments="0-2;3-8")  # the command line's form, or lists of atoms
+    assert grouped == mbdask.xyz_input(path, fragments=[[0, 1, 2], [3, 4, 5, 6, 7, 8]])
+    assert grouped["molecule"]["fragments"] == [[0, 1, 2], [3, 4, 5, 6, 7, 8]]
+
+
+def test_xyz_model_options_beside_a_manybodyinput_are_refused_by_the_library():
+    """A ManyBodyInput holds its own model chemistry: the options would be ignored, so they are refused, naming them."""
+    with pytest.raises(mbdask.BadInputError, match=r"^max_nbody, bsse apply to XYZ input only, and .*water6-gfn2.json holds its own"):
+        mbdask.plan(DATA.parent.parent / "examples" / "water6-gfn2.json", max_nbody=2, bsse="cp")
+    with pytest.raises(mbdask.BadInputError, match=r"^method applies to XYZ input only, and the dict given holds its own"):
+        mbdask.start(xtb_input("water3-uud.xyz"), method="gfn1-xtb")  # refused before any cluster starts
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_body'"):
+        mbdask.plan(DATA / "water3-uud.xyz", max_body=3)
+    with pytest.raises(mbdask.BadInputError, match="unknown BSSE treatment 'cpp'"):
+        mbdask.plan(DATA / "water3-uud.xyz", bsse="nocp,cpp")
+
+
+def test_xyz_file_of_several_frames_points_at_read_structures(tmp_path):
+    text = (DATA / "water3-uud.xyz").read_text()
+    trajectory = tmp_path / "traj.xyz"
+    trajectory.write_text(text.rstrip("\n") + "\n" + text)
+    with pytest.raises(mbdask.BadInputError, match=r"2 frames\).*mbdask\.compute_many\(mbdask\.read_structures\(\[FILE\]\)\)"):
+        mbdask.plan(trajectory)
+
+
+def test_load_input_of_an_xyz_file_says_how_to_give_one():
+    with pytest.raises(mbdask.BadInputError, match=r"water3-uud\.xyz: an XYZ file holds no model chemistry: .*method=\.\.\., max_nbody=\.\.\..*mbdask\.xyz_input"):
+        mbdask.load_input(DATA / "water3-uud.xyz")
+
+
+@needs_xtb
+def test_compute_and_submit_run_an_xyz_file_as_the_input_it_makes(process_client):
+    path = DATA / "water3-uud.xyz"
+    result = mbdask.compute(path, process_client, method="gfn2-xtb", max_nbody=2)
+    same = mbdask.submit(mbdask.xyz_input(path, max_nbody=2), process_client).result()
+    assert result.extras["mbdask"]["nfragment_calculations"] == 6
+    assert result.properties.return_energy == same.properties.return_energy

@@ -201,6 +201,18 @@ def test_bad_options_refused_before_any_cluster(cluster_starts):
     assert cluster_starts == []
 
 
+def test_xyz_file_with_model_options_and_a_driver_other_than_gradient_refused(cluster_starts):
+    """optimize takes an XYZ file as compute does; an energy or Hessian driver is refused, not run as gradients (issue #25)."""
+    from conftest import EXAMPLES
+
+    for driver in ("energy", "hessian"):
+        with pytest.raises(BadInputError, match=f"driver '{driver}': an optimisation runs MBE gradients"):
+            optimize(EXAMPLES / "water3-uud.xyz", None, driver=driver, max_nbody=3, n_workers=2)
+    with pytest.raises(BadInputError, match="max_nbody applies to XYZ input only"):
+        optimize(trimer_input(), None, max_nbody=2, n_workers=2)
+    assert cluster_starts == []
+
+
 def test_failed_fragment_raises_as_compute_does(inprocess_client):
     """A fragment that fails (the sleep double, told to fail on dimers) ends the optimisation with FragmentFailedError."""
     from test_graph import sleep_input
