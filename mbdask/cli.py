@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-from .errors import BadInputError, FragmentFailedError, MbdaskError
+from .errors import BadInputError, FragmentFailedError, MbdaskError, plural
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "expansion on a cluster started once. Needs geomeTRIC: pip install 'mbdask[optimize]'.",
     )
     opt.add_argument("input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below")
-    _add_xyz_options(opt)
+    _add_xyz_options(opt, drivers=("gradient",))
     opt.add_argument("--max-steps", type=int, default=100, metavar="N", help="geomeTRIC steps at most (default 100); reaching them is exit code 1")
     opt.add_argument("--convergence", metavar="SET", help="geomeTRIC convergence set: GAU (default), GAU_LOOSE, GAU_TIGHT, GAU_VERYTIGHT, NWCHEM_LOOSE, TURBOMOLE, INTERFRAG_TIGHT")
     opt.add_argument("-o", "--output", metavar="FILE", help="write the final geometry here: XYZ (.xyz) or the QCSchema molecule as JSON (.json)")
@@ -134,15 +134,26 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_xyz_options(parser: argparse.ArgumentParser) -> None:
-    """The model-chemistry options that turn an XYZ file into a ManyBodyInput (run and plan)."""
-    xyz = parser.add_argument_group("XYZ input", "fragments found from connectivity (covalent radii); the model chemistry from these options")
-    xyz.add_argument("--program", default="xtb", help="QCEngine program (default xtb)")
+def _add_xyz_options(parser: argparse.ArgumentParser, drivers: Sequence[str] = ("energy", "gradient", "hessian")) -> None:
+    """The model-chemistry options that turn an XYZ file into a ManyBodyInput (run, plan and optimize).
+
+    Their defaults are :class:`mbdask.xyz.ModelOptions`'s, applied there: here they stay None, so
+    that an option given with a ManyBodyInput file is seen and refused (:func:`_refuse_model_options`),
+    even when its value is the default.
+    """
+    xyz = parser.add_argument_group(
+        "XYZ input", "fragments found from connectivity (covalent radii); the model chemistry from these options "
+        "(for XYZ files only: a ManyBodyInput file holds its own, and they are refused with one)",
+    )
+    xyz.add_argument("--program", help="QCEngine program (default xtb)")
     xyz.add_argument("--method", help="e.g. gfn2-xtb, hf, b3lyp, mp2 (default gfn2-xtb for xtb)")
     xyz.add_argument("--basis", help="basis set (not for xtb)")
-    xyz.add_argument("--bsse", type=_bsse_types, default="nocp", help="comma-separated: nocp, cp, vmfc (default nocp)")
-    xyz.add_argument("--max-nbody", type=int, default=2, metavar="N", help="highest n-body order (default 2)")
-    xyz.add_argument("--driver", default="energy", choices=("energy", "gradient", "hessian"), help="default energy")
+    xyz.add_argument("--bsse", type=_bsse_types, help="comma-separated: nocp, cp, vmfc (default nocp)")
+    xyz.add_argument("--max-nbody", type=int, metavar="N", help="highest n-body order (default 2)")
+    if len(drivers) > 1:
+        xyz.add_argument("--driver", choices=drivers, help=f"{', '.join(drivers)} (default {drivers[0]})")
+    else:
+        xyz.add_argument("--driver", choices=drivers, help=f"an optimisation runs MBE gradients: {drivers[0]} is the only choice")
     xyz.add_argument("--fragment-charges", metavar="Q,Q,...", help="charge of each fragment (default: 0, or the charge of common ions such as H3O+ and OH-)")
     xyz.add_argument("--fragments", metavar="GROUPS", help="override the fragments: 0-based atoms, e.g. '0-2;3-5;6,7,8'")
 
@@ -188,16 +199,14 @@ def _scheduler_address(text: str) -> str:
     return text
 
 
-def _bsse_types(text: str) -> list[str]:
+def _bsse_types(text: str) -> tuple[str, ...]:
     """--bsse: comma-separated BSSE treatments, each one QCManyBody knows (aliases such as ssfc included)."""
-    from qcmanybody.models.v2 import BsseEnum
+    from .xyz import bsse_types
 
-    names = [name.strip().lower() for name in text.split(",")]
-    unknown = [name for name in names if name not in BsseEnum.__members__]
-    if unknown:
-        valid = ", ".join(member.value for member in BsseEnum)  # iterating an Enum skips its aliases
-        raise argparse.ArgumentTypeError(f"unknown BSSE treatment {unknown[0]!r}: expected a comma-separated list of {valid}")
-    return names
+    try:
+        return bsse_types(text)
+    except BadInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seconds(text: str) -> float:
@@ -208,10 +217,6 @@ def _seconds(text: str) -> float:
         return worker_timeout(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _is_xyz(path: str) -> bool:
-    return str(path).lower().endswith(".xyz")
 
 
 def _per_order(option: str, text: str) -> dict[str, str]:
@@ -258,11 +263,30 @@ def _security(args: argparse.Namespace):
     return Security(tls_ca_file=args.tls_ca_file, tls_client_cert=args.tls_cert, tls_client_key=args.tls_key, require_encryption=True)
 
 
+def _given_model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The XYZ options given on the command line (--program, --method, ...), by their library names."""
+    from .xyz import XYZ_OPTIONS
+
+    return {name: getattr(args, name) for name in XYZ_OPTIONS if getattr(args, name, None) is not None}
+
+
+def _refuse_model_options(args: argparse.Namespace, holders: Sequence[str], structures: int = 1) -> None:
+    """Refuse XYZ options given with ManyBodyInput files (``holders``, among ``structures`` inputs): such a file holds
+    its own model chemistry and expansion, and running it while ignoring them would run another expansion than the one asked for."""
+    from .xyz import refused_model_options
+
+    given = _given_model_options(args)
+    if given and holders:
+        flags = [f"--{name.replace('_', '-')}" for name in given]
+        raise BadInputError(refused_model_options(flags, holders, mixed=len(holders) < structures))
+
+
 def _model_options(args: argparse.Namespace):
-    """The XYZ options (--program, --method, ...) as :class:`mbdask.xyz.ModelOptions`."""
+    """The XYZ options (--program, --method, ...) as :class:`mbdask.xyz.ModelOptions`, its defaults for those not given."""
     from .xyz import ModelOptions
 
-    return ModelOptions(args.program, args.method, args.basis, tuple(args.bsse), args.max_nbody, args.driver)
+    given = _given_model_options(args)
+    return ModelOptions(**{name: value for name, value in given.items() if name not in ("fragment_charges", "fragments")})
 
 
 def _xyz_charges_and_fragments(args: argparse.Namespace) -> tuple[Optional[list[float]], Optional[list[list[int]]]]:
@@ -278,14 +302,18 @@ def _xyz_charges_and_fragments(args: argparse.Namespace) -> tuple[Optional[list[
     return charges, parse_fragments(args.fragments) if args.fragments else None
 
 
-def _xyz_input(args: argparse.Namespace) -> dict:
-    """A ManyBodyInput dict from an XYZ file and the --program/--method/... options; prints the fragments."""
-    from .xyz import describe_fragments, molecule_from_xyz
+def _input(args: argparse.Namespace) -> Any:
+    """What to run for ``args.input``: the file itself (a ManyBodyInput; XYZ options refused), or for an
+    XYZ file the ManyBodyInput dict the --program/--method/... options make of it (its fragments printed)."""
+    from .xyz import describe_fragments, is_xyz, xyz_input
 
+    if not is_xyz(args.input):
+        _refuse_model_options(args, [args.input])
+        return args.input
     charges, fragments = _xyz_charges_and_fragments(args)
-    molecule = molecule_from_xyz(args.input, charges, fragments, guess_ions=True)
-    inp = _model_options(args).input_for(molecule)
-    print(f"mbdask: {len(molecule['fragments'])} fragments in {args.input}:", file=sys.stderr)
+    inp = xyz_input(args.input, **{**_given_model_options(args), "fragment_charges": charges, "fragments": fragments})
+    molecule = inp["molecule"]
+    print(f"mbdask: {plural(len(molecule['fragments']), 'fragment')} in {args.input}:", file=sys.stderr)
     for line in describe_fragments(molecule):
         print(f"  {line}", file=sys.stderr)
     return inp
@@ -293,11 +321,11 @@ def _xyz_input(args: argparse.Namespace) -> dict:
 
 def _several_structures(paths: list[str]) -> bool:
     """Several inputs, a directory, or an XYZ file of more than one frame."""
+    from .xyz import is_xyz, read_xyz_frames
+
     if len(paths) > 1 or os.path.isdir(paths[0]):
         return True
-    if _is_xyz(paths[0]) and os.path.isfile(paths[0]):
-        from .xyz import read_xyz_frames
-
+    if is_xyz(paths[0]) and os.path.isfile(paths[0]):
         return len(read_xyz_frames(paths[0])) > 1
     return False
 
@@ -330,7 +358,8 @@ def _run_many(args: argparse.Namespace) -> int:
         raise BadInputError(f"--output-dir {args.output_dir}: exists and is not a directory")
     charges, fragments = _xyz_charges_and_fragments(args)
     structures = read_structures(args.inputs, _model_options(args), fragment_charges=charges, fragments=fragments)
-    print(f"mbdask: {len(structures)} structures: {_names(list(structures))}", file=sys.stderr)
+    _refuse_model_options(args, [p for p in structures.values() if isinstance(p, str)], len(structures))  # read_structures gives their paths
+    print(f"mbdask: {plural(len(structures), 'structure')}: {_names(list(structures))}", file=sys.stderr)
     started = time.perf_counter()
     many = start_many(
         structures, args.scheduler, **_cluster_options(args, _security(args)), worker_timeout=args.worker_timeout,
@@ -354,8 +383,8 @@ def _run_many(args: argparse.Namespace) -> int:
         many.close_store()
         many.connection.close()
     print(results.summary())
-    shared = f"; {results.shared} calculations shared between structures, computed once" if results.shared else ""
-    print(f"mbdask: {len(results)} of {len(results.order)} structures finished{shared}; wall time {time.perf_counter() - started:.2f} s")
+    shared = f"; {plural(results.shared, 'calculation')} shared between structures, computed once" if results.shared else ""
+    print(f"mbdask: {len(results)} of {plural(len(results.order), 'structure')} finished{shared}; wall time {time.perf_counter() - started:.2f} s")
     if args.output_dir:
         write_structure_results(results, args.output_dir)
         print(f"mbdask: results written to {args.output_dir} (one JSON per structure, structures.csv)")
@@ -365,7 +394,7 @@ def _run_many(args: argparse.Namespace) -> int:
         structures_report(results, args.report)
         print(f"mbdask: report written to {args.report}")
     if results.errors:
-        print(f"mbdask: {len(results.errors)} structures failed: " + "; ".join(f"{n}: {e}" for n, e in results.errors.items()), file=sys.stderr)
+        print(f"mbdask: {plural(len(results.errors), 'structure')} failed: " + "; ".join(f"{n}: {e}" for n, e in results.errors.items()), file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -412,7 +441,7 @@ def _run_one(args: argparse.Namespace) -> int:
         if path:
             check_writable(path)
     security = _security(args)
-    inp = _xyz_input(args) if _is_xyz(args.input) else args.input
+    inp = _input(args)
     plan = api.plan(inp, screening=_screening(args))  # all input errors surface before a cluster starts
     store = FragmentStore.open(args.store) if args.store else None
     profile.mark("planned")
@@ -437,7 +466,8 @@ def _run_one(args: argparse.Namespace) -> int:
         if sub.from_store:
             print(f"mbdask: {sub.from_store} of {len(plan.jobs)} fragment calculations found in {args.store}", file=sys.stderr)
         if store is not None and store.corrupted:
-            print(f"mbdask: {len(store.corrupted)} corrupted store entries ignored; they are recomputed", file=sys.stderr)
+            they = "it is" if len(store.corrupted) == 1 else "they are"
+            print(f"mbdask: {plural(len(store.corrupted), 'corrupted store entry', 'corrupted store entries')} ignored; {they} recomputed", file=sys.stderr)
         if sub.progress is not None:
             from .progress import show
 
@@ -497,7 +527,7 @@ def _optimize(args: argparse.Namespace) -> int:
             check_writable(path)
     if args.output and not args.output.lower().endswith((".xyz", ".json")):
         raise BadInputError(f"-o {args.output}: the final geometry is written as .xyz or .json")
-    inp = _xyz_input(args) if _is_xyz(args.input) else args.input
+    inp = _input(args)
     opt = optimize(
         inp, args.scheduler, max_steps=args.max_steps, convergence=args.convergence, freeze_screening=args.freeze_screening,
         trajectory=args.trajectory, screening=_screening(args), worker_timeout=args.worker_timeout,
@@ -507,8 +537,8 @@ def _optimize(args: argparse.Namespace) -> int:
     for step, (energy, rms, largest) in enumerate(zip(opt.energies, opt.gradient_rms, opt.gradient_max)):
         change = "" if step == 0 else f"{energy - opt.energies[step - 1]:+.3e}"
         print(f"{step:>5}  {energy:>20.10f}  {change:>12}  {rms:>12.3e}  {largest:>12.3e}")
-    state = "converged" if opt.converged else f"NOT converged after {opt.steps} steps (--max-steps)"
-    print(f"mbdask: optimisation {state}: {opt.steps} steps, {opt.evaluations} expansions, final MBE energy {opt.energy:.10f} Eh")
+    state = "converged" if opt.converged else f"NOT converged after {plural(opt.steps, 'step')} (--max-steps)"
+    print(f"mbdask: optimisation {state}: {plural(opt.steps, 'step')}, {plural(opt.evaluations, 'expansion')}, final MBE energy {opt.energy:.10f} Eh")
     if args.output:
         if args.output.lower().endswith(".xyz"):
             opt.to_xyz(args.output)
@@ -527,11 +557,20 @@ def _plan(args: argparse.Namespace) -> int:
     from . import api
     from .graph import graph_summary
 
-    inp = _xyz_input(args) if _is_xyz(args.input) else args.input
+    inp = _input(args)
     planned = api.plan(inp, screening=_screening(args))
     print(planned.summary())
     print(graph_summary(planned))
     return EXIT_OK
+
+
+def _kept(args: argparse.Namespace) -> str:
+    """After an interrupt of ``run`` or ``optimize``: what the store kept for the same command to resume from, or that nothing was kept."""
+    if args.command not in ("run", "optimize"):
+        return ""
+    from .store import kept_for_next_run
+
+    return f"; {kept_for_next_run(args.store)}"
 
 
 #: BLAS/OpenMP thread variables the command line sets to 1 for itself (unless the user set them).
@@ -569,7 +608,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mbdask: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("mbdask: interrupted", file=sys.stderr)
+        print(f"mbdask: interrupted{_kept(args)}", file=sys.stderr)
         return 130
     except Exception as exc:  # an unexpected failure: one line unless asked for the traceback
         if os.environ.get("MBDASK_DEBUG"):

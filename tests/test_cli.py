@@ -11,6 +11,7 @@ import pytest
 
 from conftest import EXAMPLES, needs_xtb, write_json, xtb_input
 from mbdask.cli import main
+from mbdask.store import FragmentStore
 
 
 def _exit_code(argv: list[str]) -> int:
@@ -313,3 +314,97 @@ def test_readme_outputs_are_ignored_by_git():
 def test_every_bundled_example_plans(example, capsys):
     assert main(["plan", str(EXAMPLES / example)]) == 0
     assert "calculations" in capsys.readouterr().out
+
+
+#: Each model option, at a value the XYZ defaults give too (given is given, whatever its value).
+MODEL_OPTIONS = {
+    "--program": "xtb", "--method": "gfn2-xtb", "--basis": "6-31g", "--bsse": "nocp", "--max-nbody": "2", "--driver": "energy",
+    "--fragment-charges": "0,0,0,0,0,0", "--fragments": "0-2;3-5;6-8;9-11;12-14;15-17",
+}
+
+
+@pytest.mark.parametrize("option", sorted(MODEL_OPTIONS))
+@pytest.mark.parametrize("command", ["run", "plan", "optimize"])
+def test_model_options_beside_a_manybodyinput_file_are_refused_not_ignored(command, option, tmp_path, capsys):
+    """A JSON/YAML input holds its own model chemistry and expansion: running it while ignoring
+    --max-nbody and friends ran another expansion than the one asked for, with exit 0 (issue #25)."""
+    out = tmp_path / "r.json"
+    value = "gradient" if command == "optimize" and option == "--driver" else MODEL_OPTIONS[option]
+    extra = {"run": ["--no-progress", "-o", str(out)], "optimize": ["-o", str(out.with_suffix(".xyz"))], "plan": []}[command]
+    code = _exit_code([command, str(EXAMPLES / "water6-gfn2.json"), option, value, *extra])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2 and len(err) == 1, captured.err
+    assert err[0] == (
+        f"mbdask: error: {option} applies to XYZ input only, and {EXAMPLES / 'water6-gfn2.json'} holds its own model chemistry "
+        "and expansion: leave it out, or change the input"
+    )
+    assert captured.out == "" and list(tmp_path.iterdir()) == []
+
+
+def test_refusal_names_every_model_option_given(capsys):
+    """The issue's command line: three options, one line naming them all."""
+    code = main(["plan", str(EXAMPLES / "water6-gfn2.json"), "--max-nbody", "2", "--method", "gfn1-xtb", "--bsse", "cp"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("mbdask: error: --method, --bsse, --max-nbody apply to XYZ input only"), err
+
+
+def test_model_options_with_xyz_and_manybodyinput_files_together_are_refused(tmp_path, capsys):
+    """In a list of inputs they would apply to the XYZ files and silently not to the others."""
+    out = tmp_path / "results"
+    code = main(["run", str(EXAMPLES / "water6-gfn2.json"), str(EXAMPLES / "water3-uud.xyz"), "--max-nbody", "2", "--output-dir", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1] == (
+        f"mbdask: error: --max-nbody applies to XYZ input only, and {EXAMPLES / 'water6-gfn2.json'} holds its own model chemistry "
+        "and expansion: run the XYZ files and the ManyBodyInput files separately"
+    ), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("driver", ["energy", "hessian"])
+def test_optimize_refuses_a_driver_other_than_gradient(driver, tmp_path, capsys):
+    """An optimisation runs MBE gradients whatever --driver says: saying energy or hessian is refused, not ignored."""
+    out = tmp_path / "final.xyz"
+    code = _exit_code(["optimize", str(EXAMPLES / "water3-uud.xyz"), "--driver", driver, "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"mbdask: error: argument --driver: invalid choice: '{driver}'"), err
+    assert not out.exists()
+
+
+def test_one_fragment_is_said_in_the_singular(tmp_path, capsys):
+    water = tmp_path / "water.xyz"
+    water.write_text("3\n0 1\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
+    _exit_code(["plan", str(water)])  # one fragment is no expansion: refused by the plan
+    assert f"mbdask: 1 fragment in {water}:" in capsys.readouterr().err
+
+
+def test_xyz_option_defaults_are_the_model_options_defaults(capsys):
+    """Left out, the model options are xtb, GFN2-xTB, nocp, 2-body, energy (now applied by ModelOptions, not argparse)."""
+    assert main(["plan", str(EXAMPLES / "water3-uud.xyz")]) == 0
+    out = capsys.readouterr().out
+    assert "driver energy; bsse nocp; max n-body 2" in out and "model 'gfn2-xtb' (xtb gfn2-xtb): 6 calculations" in out
+
+
+@pytest.mark.parametrize("command", ["run", "optimize"])
+def test_interrupt_says_what_the_store_holds_and_that_the_same_command_resumes(command, tmp_path, capsys, monkeypatch):
+    """Ctrl-C printed only "mbdask: interrupted" (issue #25)."""
+    import importlib
+
+    from mbdask import api
+
+    optimize = importlib.import_module("mbdask.optimize")  # the module (mbdask.optimize is the function)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "connect_for", interrupted)  # Ctrl-C while the cluster starts
+    monkeypatch.setattr(optimize, "connect_for", interrupted)
+    store = tmp_path / "store.sqlite"
+    FragmentStore.open(store).put_many([("a" * 64, "one", {"return_result": 1.0}), ("b" * 64, "two", {"return_result": 2.0})])
+    extra = ["--no-progress"] if command == "run" else []
+    assert main([command, str(EXAMPLES / "water6-gfn2.json"), "--store", str(store), *extra]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"mbdask: interrupted; 2 calculations are in the store {store}: run the same command (the same store) to resume from them"]
+    assert main([command, str(EXAMPLES / "water6-gfn2.json"), *extra]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mbdask: interrupted; nothing was saved (no store): with --store PATH (store= in Python) finished calculations are kept for the next run"]

@@ -211,3 +211,43 @@ def test_workers_with_dasks_malloc_trim_threshold_get_a_warning(inprocess_client
     monkeypatch.setattr(workers, "worker_setup", lambda: {"programs": ["sleep"], "malloc_trim": "65536"})
     with pytest.warns(UserWarning, match="MALLOC_TRIM_THRESHOLD_=65536"):
         mbdask.compute(sleep_input(), inprocess_client)
+
+
+def test_scheduler_gone_mid_run_names_it_and_what_the_store_kept(tmp_path, capfd):
+    """A scheduler that went away mid-run ended in "mbdask: internal error: FutureCancelledError ...
+    scheduler-connection-lost", a Dask traceback and a store message (issue #25): it is no internal
+    error. One line names the scheduler, the calculations in the store and that the same command resumes; exit 1."""
+    import threading
+
+    import dask
+
+    register_doubles()  # the in-process worker runs the sleep double
+    log, store, gate = tmp_path / "calls.log", tmp_path / "store.sqlite", tmp_path / "trimers may finish"
+    inp = write_json(tmp_path / "input.json", _slow_input(log, gate={"3": str(gate)}))
+    # the test's own cluster, once its scheduler is gone, closes after trying to reach it for the connect timeout
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None,
+    ) as cluster:
+        address = cluster.scheduler_address
+
+        def scheduler_goes_away() -> None:
+            _wait_for(lambda: _trimer_calls(log) == 1, timeout=120)  # monomers and dimers done, a trimer held at the gate
+            _wait_for(lambda: FragmentStore(store).count() == 21, timeout=60)  # and written
+            cluster.sync(cluster.scheduler.close)
+
+        away = threading.Thread(target=scheduler_goes_away)
+        away.start()
+        try:
+            from mbdask.cli import main
+
+            code = main(["run", str(inp), "--scheduler", address, "--store", str(store), "--no-progress", "--no-batch"])
+            err = capfd.readouterr().err
+        finally:
+            gate.touch()
+            away.join()
+    assert code == 1, err
+    assert err.strip().splitlines()[-1] == (
+        f"mbdask: error: lost the connection to the scheduler at {address} (it stopped, or its host went away); the run stopped; "
+        f"21 calculations are in the store {store}: run the same command (the same store) to resume from them"
+    ), err
+    assert "internal error" not in err and "Traceback" not in err, err  # nor Dask's own ERROR line of the cancelled reconnection

@@ -233,7 +233,7 @@ def test_cli_several_structures_one_failing_exits_1_with_a_summary(tmp_path, cap
     code = main(["run", str(good), str(bad), "--scheduler", address, "--no-progress", "--output-dir", str(tmp_path / "out")])
     assert code == 1
     err = capsys.readouterr().err
-    assert "1 structures failed: bad:" in err and "told to fail on 3-body" in err
+    assert "1 structure failed: bad:" in err and "told to fail on 3-body" in err
     assert (tmp_path / "out" / "good.json").exists() and not (tmp_path / "out" / "bad.json").exists()
 
 
