@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections import defaultdict
 from typing import Any, Mapping, Optional, Sequence
 
@@ -103,6 +104,16 @@ def weighted_sum(core: Any, prop: str, weights: Mapping[str, int], values: Mappi
     return total
 
 
+#: A row of QCManyBody's n-body table with no number in it: labels, the order, then only N/A.
+_EMPTY_ROW = re.compile(r"^\s*(?:[A-Z/]+\s+)*(\d+)(?:\s+N/A)+\s*$")
+
+
+def rows_up_to(table: str, max_nbody: int) -> str:
+    """QCManyBody's n-body table without its empty rows beyond ``max_nbody``: it prints one row per fragment,
+    4,096 lines of N/A for a screened 3-body expansion of 4,096 waters."""
+    return "".join(line for line in table.splitlines(keepends=True) if not ((m := _EMPTY_ROW.match(line)) and int(m.group(1)) > max_nbody))
+
+
 def screened_analysis(core: Any, values: dict[str, dict[str, Any]], table: dict[str, dict[int, dict[str, int]]], components: bool = True) -> dict:
     """What ``ManyBodyCore.analyze`` returns, computed from the kept clusters' coefficients.
 
@@ -136,10 +147,10 @@ def screened_analysis(core: Any, values: dict[str, dict[str, Any]], table: dict[
                     component_properties.setdefault(label, {"calcinfo_natom": len(core.molecule.symbols)})[f"return_{prop}"] = value
     stdout, results = "", {}
     for bt in (b for b in core.bsse_type if b.value in table):
-        stdout += print_nbody_energy(
+        stdout += rows_up_to(print_nbody_energy(
             all_results["energy_body_dict"][bt.value], f"{bt.formal()} ({bt.abbr()})", core.nfragments,
             modelchem_labels(core.nbodies_per_mc_level, presorted=True), False, core.supersystem_ie_only, None,
-        )
+        ), core.max_nbody)
         for prop in properties:
             results.update(collect_vars(bt, prop, all_results[f"{prop}_body_dict"][bt.value], core.max_nbody, False, core.supersystem_ie_only, False))
     ebd = all_results["energy_body_dict"]

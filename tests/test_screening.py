@@ -10,7 +10,7 @@ import pytest
 from qcelemental import constants
 
 import mbdask
-from conftest import EXAMPLES, assert_close, needs_xtb, xtb_input
+from conftest import DATA, EXAMPLES, assert_close, needs_xtb, xtb_input
 from mbdask.cli import main
 from mbdask.errors import BadInputError
 from mbdask.plan import make_plan
@@ -54,6 +54,7 @@ def test_screened_energy_is_the_sum_of_the_kept_clusters_increments(process_clie
     # only the kept clusters ran: 6 monomers + 10 dimers + 2 trimers
     assert screened.extras["mbdask"]["nfragment_calculations"] == len(plan.jobs) == 18
     assert "screened expansion, clusters kept 2-body 10/15, 3-body 2/20" in screened.stdout
+    assert "N/A" not in screened.stdout  # QCManyBody's table without its empty rows for orders 4 to 6
     # and the report says so
     assert "kept of all" in mbdask.report(screened)
 
@@ -76,6 +77,32 @@ def test_screened_gradient_matches_finite_differences_of_the_screened_energy(pro
             inp["specification"]["keywords"]["return_total_data"] = True
             energies.append(mbdask.compute(inp, process_client, screening=frozen).return_result)
         assert (energies[0] - energies[1]) / (2 * step) == pytest.approx(gradient[atom, axis], abs=2e-6)
+
+
+@needs_xtb
+@pytest.mark.slow
+def test_screened_gradient_of_a_droplet_matches_finite_differences(process_client, tmp_path):
+    """A few hundred atoms: 100 waters of the liquid droplet (300 atoms), 3-body screened at 2-body 5 A and 3-body
+    3.5 A, the kept clusters frozen; central differences of the screened energy on a handful of coordinates."""
+    lines = (DATA / "water4096-liquid-sphere.xyz").read_text().splitlines()
+    xyz = tmp_path / "water100.xyz"
+    xyz.write_text("\n".join(["300", lines[1], *lines[2:302]]) + "\n")
+    base = xtb_input(xyz)
+    plan = make_plan(base, screening={"distance_cutoffs": {2: 5.0, 3: 3.5}})
+    assert 300 < len(plan.screened.kept[2]) < 4950 and len(plan.screened.kept[3]) > 100  # really screened, and trimers kept
+    frozen = {"clusters": [list(c) for n in (2, 3) for c in plan.screened.kept[n]]}
+    gradient = np.asarray(mbdask.compute(xtb_input(xyz, driver="gradient"), process_client, screening=frozen).return_result)
+    geometry = np.asarray(base["molecule"]["geometry"], dtype=float).reshape(-1, 3)
+    step = 1e-3  # bohr
+    for atom, axis in ((0, 0), (151, 1), (299, 2)):  # the droplet's centre, middle and surface
+        energies = []
+        for sign in (1, -1):
+            moved = geometry.copy()
+            moved[atom, axis] += sign * step
+            inp = {**base, "molecule": {**base["molecule"], "geometry": moved.ravel().tolist()}}
+            inp["specification"]["keywords"]["return_total_data"] = True  # the gradient is the total energy's
+            energies.append(mbdask.compute(inp, process_client, screening=frozen).return_result)
+        assert (energies[0] - energies[1]) / (2 * step) == pytest.approx(gradient[atom, axis], abs=1e-5)
 
 
 def test_kept_set_is_closed_under_subsets_and_respects_cutoffs():
