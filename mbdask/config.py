@@ -78,6 +78,7 @@ NUMBERS: dict[str, tuple[type, bool]] = {
     "mbdask.progress.rate-window": (float, False),
     "mbdask.report.slowest": (int, True),
     "mbdask.report.plotted-fragments": (int, True),
+    "mbdask.report.pair-map-fragments": (int, True),
     "mbdask.xyz.bond-tolerance": (float, False),
 }
 

@@ -5,7 +5,8 @@ per-fragment timings), so a report can be made later from a saved result file:
 ``mbdask.report(mbdask.load_result("result.json"), "report.html")``.
 
 The HTML report is one file with BokehJS inlined (it opens without a network): the n-body
-table, a pair-interaction heat map, the n-body convergence, a timeline per worker, predicted
+table, a pair-interaction heat map (for thousands of fragments: increments against cluster
+size instead), the n-body convergence, a timeline per worker, predicted
 versus measured seconds per fragment, cluster utilization over time, and the slowest
 fragments.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import html
+import itertools
 import math
 import os
 from collections import defaultdict
@@ -291,6 +293,65 @@ def _pair_heatmap(increments: dict, nfragments: int):
     return fig
 
 
+def _cluster_sizes(clusters: list[list[int]], molecule: Any) -> np.ndarray:
+    """Per cluster, its largest pair distance in Angstrom (closest atoms of each pair): what a distance cutoff compares."""
+    xyz = np.asarray(molecule.geometry, dtype=float).reshape(-1, 3) * constants.bohr2angstroms
+    atoms = [np.asarray(f, dtype=np.int64) for f in molecule.fragments]
+    sizes = np.zeros(len(clusters))
+    for row, cluster in enumerate(clusters):
+        for a, b in itertools.combinations(cluster, 2):
+            diff = xyz[atoms[a - 1]][:, None, :] - xyz[atoms[b - 1]][None, :, :]
+            sizes[row] = max(sizes[row], float(np.sqrt((diff**2).sum(-1)).min()))
+    return sizes
+
+
+def _increments_by_size(increments: dict, molecule: Any, cutoffs: Optional[Mapping[str, float]] = None):
+    """Each order's increments (|kcal/mol|, log scale) against the cluster's size: how fast they fall off,
+    and where the distance cutoffs cut. For systems too large for a fragment x fragment map.
+
+    At most ``mbdask.report.plotted-fragments`` clusters are drawn, an even share per order,
+    chosen at random (a fixed seed) where an order has more, so that the cloud keeps its shape.
+    """
+    from bokeh.models import ColumnDataSource, Span
+    from bokeh.palettes import Category10_10
+
+    bsse, rows = next(((b, r) for b, r in increments.items() if len(r)), (None, None))
+    if rows is None:
+        return None
+    nbody = np.asarray(column_of(rows, "nbody"))
+    energy = np.asarray(column_of(rows, "energy"), dtype=float) * HARTREE_TO_KCAL
+    fragments = column_of(rows, "fragments")
+    orders = sorted(n for n in set(nbody.tolist()) if isinstance(n, (int, np.integer)) and n >= 2)
+    if not orders:
+        return None
+    share = max(1, config.number("mbdask.report.plotted-fragments") // len(orders))
+    pick = np.random.default_rng(0)
+    fig = _figure_with_legend(
+        title=f"{bsse} increments against cluster size", x_axis_label="cluster size: largest pair distance, closest atoms [A]",
+        y_axis_label="|increment| [kcal/mol]", y_axis_type="log", width=640, height=380,
+        tooltips=[("cluster", "@name"), ("kcal/mol", "@kcal{0.000000}"), ("size [A]", "@size{0.00}")],
+    )
+    notes = []
+    for colour, n in zip(itertools.cycle(Category10_10), orders):
+        rows_n = np.flatnonzero(nbody == n)
+        if len(rows_n) > share:
+            notes.append(f"{n}-body: {share:,} of {len(rows_n):,}")
+            rows_n = np.sort(pick.choice(rows_n, share, replace=False))
+        clusters = [list(fragments[i]) for i in rows_n.tolist()]
+        kcal = energy[rows_n]
+        source = ColumnDataSource({
+            "size": _cluster_sizes(clusters, molecule), "abs": np.maximum(np.abs(kcal), 1e-12), "kcal": kcal,
+            "name": ["(" + ",".join(map(str, c)) + ")" for c in clusters],
+        })
+        fig.scatter("size", "abs", source=source, color=colour, size=4, alpha=0.5, legend_label=f"{n}-body")
+        cutoff = (cutoffs or {}).get(str(n))
+        if cutoff is not None:
+            fig.add_layout(Span(location=float(cutoff), dimension="height", line_color=colour, line_dash="dashed", line_width=2))
+    if notes:
+        fig.title.text += f" (a random sample: {'; '.join(notes)})"
+    return fig
+
+
 def _drawn(fragments: Sequence[dict], limit: Optional[int] = None) -> tuple[list[dict], str]:
     """The fragments a plot draws one by one: all, or the ``limit`` longest (and a title note saying so)."""
     # a plot draws at most mbdask.report.plotted-fragments one by one (a run of 679k
@@ -362,9 +423,24 @@ def _predicted_vs_measured(fragments: Sequence[dict]):
     return fig
 
 
+def time_averaged(times: Sequence[float], busy: Sequence[float], bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The step function ``busy`` (each value held from its time to the next) averaged over ``bins`` equal spans:
+    bin starts and mean values, the same core-seconds in every bin, for a curve of a few thousand points
+    instead of one per fragment start and stop (300,000 at 150,000 calculations)."""
+    t, y = np.asarray(times, dtype=float), np.asarray(busy, dtype=float)
+    area = np.concatenate([[0.0], np.cumsum(y[:-1] * np.diff(t))])  # core-seconds up to each time: piecewise linear
+    edges = np.linspace(t[0], t[-1], bins + 1)
+    return edges, np.append(np.diff(np.interp(edges, t, area)) / np.diff(edges), 0.0)
+
+
 def _utilization_plot(times: list[float], busy: list[float], cores: Optional[int], mean: float):
+    bins = config.number("mbdask.report.plotted-fragments") // 10
+    note = ""
+    if len(times) > 2 * bins and times[-1] > times[0]:
+        times, busy = time_averaged(times, busy, bins)
+        note = f", averaged over {(times[1] - times[0]):.2g} s"
     fig = _figure_with_legend(
-        title=f"busy cores over time (mean utilization {100 * mean:.0f}%)", x_axis_label="seconds since the first fragment started",
+        title=f"busy cores over time (mean utilization {100 * mean:.0f}%{note})", x_axis_label="seconds since the first fragment started",
         y_axis_label="cores busy", width=1000, height=260,
     )
     fig.step(times, busy, mode="after", line_width=2, legend_label="busy cores")
@@ -376,16 +452,21 @@ def _utilization_plot(times: list[float], busy: list[float], cores: Optional[int
 def figures(result: Any) -> dict[str, Any]:
     """The report's Bokeh figures by name, for a notebook's ``bokeh.plotting.show``.
 
-    ``convergence`` and ``pairs`` (absent without 2-body increments) always; with timings
+    ``convergence`` always, and ``pairs`` (a fragment x fragment map of the 2-body increments;
+    absent without them) up to ``mbdask.report.pair-map-fragments`` fragments, ``sizes`` (each
+    order's increments against the cluster's size) beyond; with timings
     also ``timeline``, ``utilization`` and ``predicted`` (absent without predictions).
     """
     extras = _extras(result)
     fragments = extras["timing"]["fragments"]
     cores = extras["timing"].get("cluster_cores")
-    found = {
-        "convergence": _convergence_plot(extras["levels"]),
-        "pairs": _pair_heatmap(extras["increments"], len(result.input_data.molecule.fragments)),
-    }
+    molecule = result.input_data.molecule
+    found = {"convergence": _convergence_plot(extras["levels"])}
+    if len(molecule.fragments) <= config.number("mbdask.report.pair-map-fragments"):
+        found["pairs"] = _pair_heatmap(extras["increments"], len(molecule.fragments))
+    else:
+        cutoffs = (extras.get("screening") or {}).get("distance_cutoffs")
+        found["sizes"] = _increments_by_size(extras["increments"], molecule, cutoffs)
     if fragments:
         found["timeline"] = _timeline(fragments)
         times, busy, mean = utilization(fragments, cores)
@@ -420,7 +501,7 @@ def report_html(result: Any, title: str = "mbdask report", wall_seconds: Optiona
         head += _table(["n-body", "kept", "dropped", "kept of all"], rows)
     figs = figures(result)
     items: list[Any] = [Div(text=head + "<h2>n-body energies</h2>" + _nbody_table(extras["levels"]), width=1000)]
-    items.append(row(*[figs[name] for name in ("convergence", "pairs") if name in figs]))
+    items.append(row(*[figs[name] for name in ("convergence", "pairs", "sizes") if name in figs]))
     if fragments:
         items += [figs["timeline"], figs["utilization"]]
         slowest = heapq.nlargest(config.number("mbdask.report.slowest"), fragments, key=lambda f: f["seconds"])

@@ -271,3 +271,37 @@ def test_time_left_follows_the_recent_rate_not_the_runs_average(monkeypatch):
         progress.poll()
     # 450 of 1000 predicted seconds done; 2 per second over the last 120 s (1.5 on average)
     assert progress.remaining_seconds() == pytest.approx(550.0 / 2.0)
+
+
+def test_many_fragments_plot_increments_against_cluster_size_not_a_pair_map(water6_result):
+    """Beyond mbdask.report.pair-map-fragments the report draws each order's increments against the cluster's
+    size (a fixed-size random sample per order) instead of a fragment x fragment map, whose HTML grows with n**2."""
+    import dask
+
+    from mbdask.report import figures
+
+    assert "pairs" in figures(water6_result) and "sizes" not in figures(water6_result)
+    with dask.config.set({"mbdask.report.pair-map-fragments": 5, "mbdask.report.plotted-fragments": 20}):
+        figs = figures(water6_result)
+    assert "pairs" not in figs
+    sizes = figs["sizes"]
+    drawn = {item.label["value"]: len(item.renderers[0].data_source.data["size"]) for item in sizes.legend[0].items}
+    assert drawn == {"2-body": 10, "3-body": 10}  # 15 dimers and 20 trimers: 10 of each, the title says so
+    assert "a random sample: 2-body: 10 of 15; 3-body: 10 of 20" in sizes.title.text
+    source = sizes.legend[0].items[0].renderers[0].data_source.data
+    assert min(source["size"]) > 1.5 and max(source["size"]) < 10  # Angstrom: closest atoms of water pairs
+
+
+def test_utilization_curve_is_averaged_over_time_bins_with_the_same_core_seconds():
+    import numpy as np
+
+    from mbdask.report import time_averaged
+
+    rng = np.random.default_rng(3)
+    times = np.sort(rng.uniform(0, 100, 5001))
+    busy = rng.integers(0, 3, 5001).astype(float)
+    edges, mean = time_averaged(times, busy, 50)
+    assert len(edges) == 51 and edges[0] == times[0] and edges[-1] == times[-1]
+    exact = float((busy[:-1] * np.diff(times)).sum())
+    assert float((mean[:-1] * np.diff(edges)).sum()) == pytest.approx(exact, rel=1e-12)
+    assert 0 <= mean.min() and mean.max() <= 2
