@@ -360,7 +360,6 @@ def _run_many(args: argparse.Namespace) -> int:
     structures = read_structures(args.inputs, _model_options(args), fragment_charges=charges, fragments=fragments)
     _refuse_model_options(args, [p for p in structures.values() if isinstance(p, str)], len(structures))  # read_structures gives their paths
     print(f"mbdask: {plural(len(structures), 'structure')}: {_names(list(structures))}", file=sys.stderr)
-    started = time.perf_counter()
     many = start_many(
         structures, args.scheduler, **_cluster_options(args, _security(args)), worker_timeout=args.worker_timeout,
         **_run_options(args), keep_going=args.keep_going, progress=not args.no_progress, screening=_screening(args),
@@ -384,7 +383,7 @@ def _run_many(args: argparse.Namespace) -> int:
         many.connection.close()
     print(results.summary())
     shared = f"; {plural(results.shared, 'calculation')} shared between structures, computed once" if results.shared else ""
-    print(f"mbdask: {len(results)} of {plural(len(results.order), 'structure')} finished{shared}; wall time {time.perf_counter() - started:.2f} s")
+    print(f"mbdask: {len(results)} of {plural(len(results.order), 'structure')} finished{shared}; wall time {results.wall_seconds:.2f} s")
     if args.output_dir:
         write_structure_results(results, args.output_dir)
         print(f"mbdask: results written to {args.output_dir} (one JSON per structure, structures.csv)")
@@ -481,19 +480,18 @@ def _run_one(args: argparse.Namespace) -> int:
     profile.mark("closed")
     wall = time.perf_counter() - wall_start
 
-    from .report import calculations_phrase, energy_phrase, report, summary_table
+    from .report import calculations_phrase, energy_phrase, report, summary_table, times_phrase
 
     print(result.stdout)
     print(summary_table(result))
-    timing = result.extras["mbdask"]["timing"]
-    print(f"mbdask: {calculations_phrase(result)}; wall time {wall:.2f} s, sum of task times {timing['sum_task_seconds']:.2f} s")
+    print(f"mbdask: {calculations_phrase(result)}; {times_phrase(result, wall)}")
     print(f"mbdask: {energy_phrase(result)}")
     if args.output:
         written = save_result(result, args.output)
         tables = f" (tables beside it: {', '.join(p.name for p in written[:-1])})" if len(written) > 1 else ""
         print(f"mbdask: result written to {args.output}{tables}")
     if args.report:
-        report(result, args.report, title=f"mbdask report: {os.path.basename(str(args.input))}")
+        report(result, args.report, title=f"mbdask report: {os.path.basename(str(args.input))}", wall_seconds=wall)
         print(f"mbdask: report written to {args.report}")
     if args.profile:
         from .profile import format_summary, write_profile

@@ -117,6 +117,11 @@ def worker_start_method() -> str:
     return method
 
 
+#: Where a scheduler without a dashboard serves its HTTP routes (health, metrics): any free port.
+#: Dask's default is 8787 even then, so a second run on the machine warned that the port was taken.
+QUIET_HTTP_ADDRESS = "127.0.0.1:0"
+
+
 def start_local_cluster(size: ClusterSize, *, worker_imports: Sequence[str] = (), **kwargs) -> SpecCluster:
     """A process-based LocalCluster on loopback, workers declaring ``cores`` and ``memory``.
 
@@ -143,6 +148,8 @@ def start_local_cluster(size: ClusterSize, *, worker_imports: Sequence[str] = ()
         # the imports must not have started a thread either
         if forkable and _import_for_workers(worker_imports) and can_fork_workers():
             return _forked_cluster(size, options["dashboard_address"])
+        if options.get("dashboard_address") is None:
+            options["scheduler_kwargs"] = {**(options.get("scheduler_kwargs") or {}), "dashboard_address": QUIET_HTTP_ADDRESS}
         return LocalCluster(**options)
 
 
@@ -204,7 +211,9 @@ def _forked_cluster(size: ClusterSize, dashboard_address: Optional[str]) -> Spec
     }
     scheduler = {
         "cls": Scheduler,
-        "options": {"host": "127.0.0.1", "port": 0, "dashboard": dashboard_address is not None, "dashboard_address": dashboard_address},
+        "options": {
+            "host": "127.0.0.1", "port": 0, "dashboard": dashboard_address is not None, "dashboard_address": dashboard_address or QUIET_HTTP_ADDRESS,
+        },
     }
     try:
         cluster = SpecCluster(scheduler=scheduler, workers={i: worker for i in range(size.n_workers)}, silence_logs=logging.WARNING)

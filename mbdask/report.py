@@ -27,6 +27,7 @@ import numpy as np
 from qcelemental import constants
 
 from . import config
+from .errors import plural
 from .outputs import write_atomic
 from .profile import column_of
 
@@ -96,10 +97,6 @@ def times_phrase(result: Any, wall_seconds: Optional[float] = None) -> str:
     return ", ".join(parts)
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
 def calculations_phrase(result: Any) -> str:
     """How many calculations ran where: "41 fragment calculations on 2 workers (6 more from the store)".
 
@@ -111,8 +108,8 @@ def calculations_phrase(result: Any) -> str:
     stored = timing.get("from_store", 0)
     total = extras["nfragment_calculations"]
     if total and stored == total:
-        return f"all {_plural(total, 'fragment calculation')} loaded from the checkpoint store, none computed"
-    text = f"{_plural(total - stored, 'fragment calculation')} on {_plural(len(timing['workers']), 'worker')}"
+        return f"all {plural(total, 'fragment calculation')} loaded from the checkpoint store, none computed"
+    text = f"{plural(total - stored, 'fragment calculation')} on {plural(len(timing['workers']), 'worker')}"
     return text + (f" ({stored} more loaded from the checkpoint store)" if stored else "")
 
 
@@ -583,7 +580,7 @@ def structures_report(
     rows = results.rows()
     failed = [row for row in rows if row["status"] != "ok"]
     head = (
-        f"{_STYLE}<h2>{html.escape(title)}</h2><p style='font:13px sans-serif'>{len(rows)} structures: "
+        f"{_STYLE}<h2>{html.escape(title)}</h2><p style='font:13px sans-serif'>{plural(len(rows), 'structure')}: "
         f"{len(rows) - len(failed)} finished, {len(failed)} failed or partial; wall time {results.wall_seconds:.2f} s.</p>"
     )
     table = _table(

@@ -29,7 +29,7 @@ from distributed import Future
 
 from .api import _open_store, check_options, connect_for, result_of, submit_plan, workers_ready
 from .cluster import worker_resources
-from .errors import BadInputError, FragmentFailedError, MbdaskError
+from .errors import BadInputError, FragmentFailedError, MbdaskError, plural
 from .execute import ExpansionContext
 from .graph import PRIORITY_SPAN
 from .outputs import save_result, write_atomic
@@ -418,7 +418,7 @@ class ManyProgress:
         for name in running[: self.SHOWN]:
             rows.append(f"  {name:<{width}}  {bar(self.structures[name].done, self.structures[name].total)}")
         if len(running) > self.SHOWN:
-            rows.append(f"  ... {len(running) - self.SHOWN} more structures to run")
+            rows.append(f"  ... {plural(len(running) - self.SHOWN, 'more structure')} to run")
         elapsed = time.monotonic() - self.started
         tail = (
             f"  structures: {finished} done, {failed} failed, {len(running)} to go of {len(self.structures) + len(self.errors)}; "

@@ -270,7 +270,7 @@ def molecules_from_xyz(
     Every frame must hold the same atoms in the same order. The fragments are found in the
     first frame (unless given) and kept for all: along a trajectory a hydrogen bond that
     stretches past the bonding cutoff must not change what a fragment is. Names are the
-    file's stem and the frame number from 1 (``traj-01``), one width for all.
+    file's stem and the frame number from 1, as wide as the last one (``traj-1`` ... ``traj-5``; ``traj-01`` from 10 frames on).
     """
     frames = read_xyz_frames(path)
     first = frames[0]

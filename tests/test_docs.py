@@ -90,12 +90,7 @@ ALL_BLOCKS = [block for path in DOCUMENTS for block in code_blocks(path)]
 
 #: Blocks in documents this change does not own that fail today: (document, the block's first
 #: line) -> what is wrong. Expected to fail, strictly: once fixed, the entry must go.
-KNOWN_FAILING: dict[tuple[str, str], str] = {
-    ("docs/screening.md", 'result = mbdask.compute(inp, client, screening={"distance_cutoffs": {2: 9.0, 3: 5.0, 4: 4.0}})'):
-        "NameError: name 'mbdask' is not defined (the block needs `import mbdask` first)",
-    ("docs/api.md", 'result = mbdask.compute("examples/water3-uud.xyz", method="gfn2-xtb", max_nbody=3)'):
-        "NameError: name 'mbdask' is not defined (the block needs `import mbdask` first)",
-}
+KNOWN_FAILING: dict[tuple[str, str], str] = {}
 
 
 def _known(document: str, code: str) -> Optional[str]:

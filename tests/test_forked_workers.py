@@ -195,3 +195,28 @@ def test_forked_workers_close_under_a_running_task_without_dasks_cancelled_warni
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0 and proc.stdout.strip() == "closed", proc.stderr[-3000:]
     assert "CancelledError" not in proc.stderr, proc.stderr
+
+
+QUIET_WITHOUT_DASHBOARD = r"""
+import contextlib, socket, threading, time, warnings
+from mbdask.cluster import ClusterSize, start_local_cluster
+taken = socket.socket()
+with contextlib.suppress(OSError):  # Dask's default port, taken (by us, or by another run already)
+    taken.bind(("127.0.0.1", 8787)); taken.listen()
+kinds = []
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    with start_local_cluster(ClusterSize(1, 1, 2**30), dashboard_address=None) as cluster:
+        kinds.append(type(cluster).__name__)
+    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()  # a second thread: Dask spawns
+    with start_local_cluster(ClusterSize(1, 1, 2**30), dashboard_address=None) as cluster:
+        kinds.append(type(cluster).__name__)
+print(kinds, [str(w.message) for w in caught if "8787" in str(w.message)])
+"""
+
+
+def test_a_cluster_without_dashboard_leaves_port_8787_alone():
+    """Without a dashboard the scheduler's HTTP server (health, metrics) took Dask's default port 8787 all the
+    same, so every second run on a machine warned 'Port 8787 is already in use'; forked and spawned alike."""
+    out = subprocess.run([sys.executable, "-c", QUIET_WITHOUT_DASHBOARD], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "['SpecCluster', 'LocalCluster'] []", out.stdout + out.stderr[-2000:]
