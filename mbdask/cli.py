@@ -25,6 +25,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"mbdask: error: {message} (see {self.prog} --help)\n")
 
 
+SCREENING_TARGET_HELP = (
+    "screening: distance cutoffs measured to keep a 3-body expansion within KCAL kcal/mol per monomer (0.1, 0.05 or 0.02; "
+    "GFN2-xTB liquid water, docs/screening.md); says which it picked"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m mbdask",
@@ -64,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--energy-thresholds", metavar="N:KCAL,...",
         help="screening: keep an N-body cluster only if its GFN2-xTB increment exceeds KCAL kcal/mol in magnitude, e.g. 2:0.05,3:0.01",
     )
+    run.add_argument("--screening-target", metavar="KCAL", type=float, help=SCREENING_TARGET_HELP)
     run.add_argument("--profile", metavar="FILE", help="write where the run's time went (phases, QC programs, mbdask, Dask) as JSON here, and print it")
     run.add_argument("--no-progress", action="store_true", help="no progress (on a terminal: bars redrawn in place; otherwise a line every 60 s, Dask config mbdask.progress.log-interval)")
 
@@ -92,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below")
     _add_xyz_options(plan)
     plan.add_argument("--distance-cutoffs", metavar="N:A,...", help="screening as for run: count what it keeps")
+    plan.add_argument("--screening-target", metavar="KCAL", type=float, help="as for run: count what the cutoffs it picks keep")
     return parser
 
 
@@ -231,10 +239,21 @@ def _per_order(option: str, text: str) -> dict[str, str]:
 
 
 def _screening(args: argparse.Namespace) -> Optional[dict]:
-    """The library's screening option from --distance-cutoffs and --energy-thresholds."""
+    """The library's screening option from --distance-cutoffs, --screening-target and --energy-thresholds."""
     options = {}
     if args.distance_cutoffs:
         options["distance_cutoffs"] = _per_order("--distance-cutoffs", args.distance_cutoffs)
+    target = getattr(args, "screening_target", None)
+    if target is not None:
+        from .screening import cutoffs_for_target
+
+        if args.distance_cutoffs:
+            raise BadInputError("--screening-target picks the distance cutoffs: give it or --distance-cutoffs, not both")
+        measured, cutoffs = cutoffs_for_target(target)
+        text = ", ".join(f"{n}-body {r:g} A" for n, r in sorted(cutoffs.items()))
+        print(f"mbdask: --screening-target {target:g}: distance cutoffs {text}, measured to keep GFN2-xTB 3-body liquid water "
+              f"within {measured:g} kcal/mol per monomer (docs/screening.md)", file=sys.stderr)
+        options["target"] = target
     if getattr(args, "energy_thresholds", None):
         options["energy_thresholds"] = _per_order("--energy-thresholds", args.energy_thresholds)
     return options or None

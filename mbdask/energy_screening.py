@@ -94,6 +94,7 @@ class Decisions:
             clusters=frozenset(c for n, kept in self.kept.items() if n > 1 for c in kept),
             cheap_model=settings.cheap_model,
             energy_report=report,
+            target=settings.target,
         )
 
     @property

@@ -230,6 +230,8 @@ class Plan:
         if self.screened is not None:
             summary = self.screened.summary()
             cutoffs = ", ".join(f"{k}-body {v:g} A" for k, v in summary["distance_cutoffs"].items()) or "none"
+            if "target" in summary:
+                cutoffs += f", measured for {summary['target']['measured_for']:g} kcal/mol per monomer"
             lines.append(f"  screening (distance cutoffs: {cutoffs}{'; explicit clusters' if summary['explicit_clusters'] else ''}):")
             for nbody, row in summary["orders"].items():
                 share = 100.0 * row["kept"] / row["all"] if row["all"] else 100.0
@@ -645,7 +647,7 @@ def _make_plan(inp: InputLike, check_installed: bool, screening: ScreeningLike) 
             # not needed after this; ``core.compute_map`` makes it again if asked
             core.mc_compute_dict = None
     else:
-        check_screenable([b.value for b in keywords.bsse_type], core.has_supersystem, keywords.supersystem_ie_only)
+        check_screenable(settings, [b.value for b in keywords.bsse_type], core.max_nbody, core.has_supersystem, keywords.supersystem_ie_only)
         screened = kept_clusters(settings, pair_distances(model.molecule, screening_radius(settings)), core.max_nbody)
         kept = {n: _cluster_rows(core.nfragments, n, screened.kept) for n in screened.kept}
         # QCManyBody adds cp by itself where vmfc's calculations hold it; a screened set does not

@@ -34,6 +34,13 @@ from qcelemental import constants
 from .errors import BadInputError
 
 ScreeningLike = Union[None, Mapping[str, Any], "Screening"]
+#: Distance cutoffs (Angstrom per order) measured to keep a GFN2-xTB nocp 3-body expansion of liquid
+#: water within each target (kcal/mol per water) of the unscreened expansion, for that cutoff and
+#: every larger one measured: ``benchmarks/bench_screening_accuracy.py`` on a 128-water droplet
+#: (docs/screening.md). A starting point for other systems and methods, not a bound.
+RECOMMENDED_CUTOFFS: dict[float, dict[int, float]] = {0.1: {2: 14.0, 3: 7.0}, 0.05: {2: 14.0, 3: 9.0}, 0.02: {2: 16.0, 3: 10.0}}
+#: The highest order the recommended cutoffs were measured for.
+RECOMMENDED_MAX_NBODY = 3
 #: GFN2-xTB at tight accuracy: milliseconds per water cluster, increments good to ~0.01 kcal/mol
 DEFAULT_CHEAP_MODEL = {"program": "xtb", "model": {"method": "gfn2-xtb"}, "keywords": {"accuracy": 0.01}}
 
@@ -50,6 +57,8 @@ class Screening:
     cheap_model: dict = field(default_factory=lambda: dict(DEFAULT_CHEAP_MODEL))
     #: what energy screening decided (set by :func:`mbdask.screening_pass.screen`)
     energy_report: Optional[dict] = None
+    #: the error target the distance cutoffs were picked for: ``{"kcal_per_monomer": asked, "measured_for": table entry}``
+    target: Optional[dict] = None
 
     @classmethod
     def from_options(cls, options: ScreeningLike) -> Optional["Screening"]:
@@ -58,11 +67,17 @@ class Screening:
             return options
         if not isinstance(options, Mapping):
             raise BadInputError(f"screening must be a dict such as {{'distance_cutoffs': {{2: 9.0, 3: 5.0}}}}, not {type(options).__name__}")
-        known = {"distance_cutoffs", "clusters", "energy_thresholds", "cheap_model"}
+        known = {"distance_cutoffs", "clusters", "energy_thresholds", "cheap_model", "target"}
         unknown = set(options) - known
         if unknown:
             raise BadInputError(f"unknown screening option(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
         cutoffs = _per_order(options.get("distance_cutoffs"), "distance_cutoffs", "Angstrom", positive=True)
+        target = None
+        if options.get("target") is not None:
+            if cutoffs:
+                raise BadInputError("screening: give a target or distance_cutoffs, not both (the target picks the cutoffs)")
+            measured, cutoffs = cutoffs_for_target(options["target"])
+            target = {"kcal_per_monomer": float(options["target"]), "measured_for": measured}
         thresholds = _per_order(options.get("energy_thresholds"), "energy_thresholds", "kcal/mol", positive=False)
         cheap = options.get("cheap_model") or dict(DEFAULT_CHEAP_MODEL)
         if not isinstance(cheap, Mapping) or "program" not in cheap or "model" not in cheap:
@@ -75,7 +90,25 @@ class Screening:
                 raise BadInputError("screening clusters: expected lists of 1-based fragment numbers") from None
         if not cutoffs and clusters is None and not thresholds:
             return None
-        return cls(cutoffs, clusters, thresholds, dict(cheap))
+        return cls(cutoffs, clusters, thresholds, dict(cheap), target=target)
+
+
+def cutoffs_for_target(target: Any) -> tuple[float, dict[int, float]]:
+    """The distance cutoffs for an error ``target`` in kcal/mol per monomer: those measured for the loosest
+    target within it (:data:`RECOMMENDED_CUTOFFS`), and that target."""
+    try:
+        wanted = float(target)
+    except (TypeError, ValueError):
+        raise BadInputError(f"screening target: expected kcal/mol per monomer, got {target!r}") from None
+    met = [t for t in RECOMMENDED_CUTOFFS if t <= wanted]
+    if not wanted > 0 or not met:
+        tightest = min(RECOMMENDED_CUTOFFS)
+        raise BadInputError(
+            f"screening target {target}: cutoffs are measured for {', '.join(f'{t:g}' for t in sorted(RECOMMENDED_CUTOFFS))} kcal/mol "
+            f"per monomer; for less than {tightest:g} give distance cutoffs yourself (docs/screening.md)"
+        )
+    measured = max(met)
+    return measured, dict(RECOMMENDED_CUTOFFS[measured])
 
 
 def _per_order(values: Any, name: str, unit: str, *, positive: bool) -> dict[int, float]:
@@ -202,6 +235,8 @@ class ScreenedSet:
         }
         if self.settings.energy_report is not None:
             summary["energy"] = self.settings.energy_report
+        if self.settings.target is not None:
+            summary["target"] = self.settings.target
         return summary
 
 
@@ -270,8 +305,13 @@ def screening_radius(settings: Screening) -> Optional[float]:
     return max(settings.distance_cutoffs.values(), default=None)
 
 
-def check_screenable(bsse_types: list[str], has_supersystem: bool, supersystem_ie_only: bool = False) -> None:
-    """Refuse the expansions a screened set cannot represent, with the reason."""
+def check_screenable(settings: Screening, bsse_types: list[str], max_nbody: int, has_supersystem: bool, supersystem_ie_only: bool = False) -> None:
+    """Refuse the expansions a screened set cannot represent, and targets not measured for them, with the reason."""
+    if settings.target is not None and max_nbody > RECOMMENDED_MAX_NBODY:
+        raise BadInputError(
+            f"screening target: cutoffs are measured for expansions through {RECOMMENDED_MAX_NBODY}-body; "
+            f"give distance cutoffs for a {max_nbody}-body one"
+        )
     if supersystem_ie_only:
         raise BadInputError("screening cannot be combined with supersystem_ie_only (which computes no intermediate order to screen)")
     if "cp" in bsse_types:

@@ -414,3 +414,24 @@ def test_energy_screening_hands_the_graph_futures_not_outputs(tmp_path):
     assert result.return_result == pytest.approx(reference.return_result, abs=1e-12)
     assert result.extras["mbdask"]["screening"]["orders"]["2"]["kept"] == 15
     assert len(result.extras["mbdask"]["timing"]["fragments"]) == len(sub.plan.jobs) == 21  # this run's own work, none "stored"
+
+
+def test_screening_target_picks_the_measured_cutoffs_and_says_which(capsys):
+    from mbdask.screening import RECOMMENDED_CUTOFFS
+
+    picked = Screening.from_options({"target": 0.07})  # the loosest measured target within 0.07: 0.05
+    assert picked.distance_cutoffs == RECOMMENDED_CUTOFFS[0.05] and picked.target == {"kcal_per_monomer": 0.07, "measured_for": 0.05}
+    assert main(["plan", str(EXAMPLES / "water6-prism.xyz"), "--max-nbody", "3", "--screening-target", "0.1"]) == 0
+    captured = capsys.readouterr()
+    cutoffs = ", ".join(f"{n}-body {r:g} A" for n, r in sorted(RECOMMENDED_CUTOFFS[0.1].items()))
+    assert f"--screening-target 0.1: distance cutoffs {cutoffs}" in captured.err
+    assert f"distance cutoffs: {cutoffs}, measured for 0.1 kcal/mol per monomer" in captured.out
+    for extra, message in (
+        (["--screening-target", "0.01"], "cutoffs are measured for 0.02, 0.05, 0.1 kcal/mol per monomer"),
+        (["--screening-target", "0.1", "--distance-cutoffs", "2:9"], "give it or --distance-cutoffs, not both"),
+        (["--screening-target", "0.1", "--max-nbody", "4"], "measured for expansions through 3-body"),
+    ):
+        args = ["plan", str(EXAMPLES / "water6-prism.xyz"), "--max-nbody", "3", *extra]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1] and err[-1].startswith("mbdask: error:")

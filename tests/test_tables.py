@@ -149,3 +149,28 @@ def test_cli_writes_the_tables_of_a_large_result_and_logs_progress_off_a_termina
     assert lines and lines[-1].startswith("mbdask: 41/41 fragment calculations, ") and "\x1b" not in proc.stderr
     result = mbdask.load_result(out)
     assert len(result.extras["mbdask"]["increments"]["nocp"]) == result.extras["mbdask"]["nfragment_calculations"] == 41
+
+
+def test_nuclear_repulsion_of_a_large_molecule_is_qcelementals_number(tmp_path):
+    """QCManyBody's get_results asks for the nuclear repulsion energy, which QCElemental sums in a Python loop
+    over atom pairs (11 s at 3,072 atoms): above 512 atoms the result's molecule answers with numpy."""
+    from conftest import DATA
+
+    from mbdask.assemble import LargeMolecule, for_results, nuclear_repulsion_energy
+    from mbdask.xyz import ModelOptions, molecule_from_xyz
+
+    def water_input(path):
+        return mbdask.load_input(ModelOptions(max_nbody=2).input_for(molecule_from_xyz(path)))
+
+    small = water_input(DATA / "water6-prism.xyz")
+    ghosted = small.molecule.model_copy(update={"real": np.array([i % 4 != 0 for i in range(18)])})
+    for molecule in (small.molecule, ghosted):
+        assert nuclear_repulsion_energy(molecule) == pytest.approx(molecule.nuclear_repulsion_energy(), rel=1e-13)
+    assert for_results(small) is small  # small: QCElemental's own loop, bit for bit
+    lines = (DATA / "water4096-liquid-sphere.xyz").read_text().splitlines()
+    (tmp_path / "water200.xyz").write_text("\n".join(["600", lines[1], *lines[2:602]]) + "\n")
+    large = water_input(tmp_path / "water200.xyz")
+    made = for_results(large)
+    assert type(made.molecule) is LargeMolecule and made.molecule == large.molecule and type(large.molecule) is not LargeMolecule
+    assert made.molecule.nuclear_repulsion_energy() == pytest.approx(large.molecule.nuclear_repulsion_energy(), rel=1e-13)
+    assert made.molecule.nuclear_repulsion_energy(ifr=0) == large.molecule.nuclear_repulsion_energy(ifr=0)
