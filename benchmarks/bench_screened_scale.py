@@ -14,8 +14,13 @@ Two measurements, each in fresh processes:
   (QC program time / cores, or the longest fragment) and its ratio, peak memory of the
   client and of each worker, calculations, energy per monomer.
 
+* ``--energy N:CUTOFFS:THRESHOLDS``: energy screening of the candidates within CUTOFFS on a copy
+  of the store the distance-screened ``--run`` of N waters left, GFN2-xTB as that run computed
+  it as the cheap model: every calculation is found, so the client's CPU per candidate is
+  mbdask's own (candidates, decisions, store look-ups, graph, assembly).
+
 Usage: python benchmarks/bench_screened_scale.py [--sizes 64 256 1024 4096] [--cutoffs 2:9,3:6]
-       [--run 1024:3:2:9,3:6 ...] [--workdir DIR] [--json OUT] [--docs]
+       [--run 1024:3:2:9,3:6 ...] [--energy 1024:2:9,3:6:2:0.05,3:0.01] [--workdir DIR] [--json OUT] [--docs]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -35,7 +41,7 @@ sys.path.insert(0, str(HERE))
 from bench_large import MemorySampler  # noqa: E402
 from droplets import SPHERE, droplet_xyz  # noqa: E402
 
-SECTION = "## Screened expansions at scale"
+SECTION = "## Thousands of fragments: screened plans and runs"
 KCAL = 627.5094740631
 SIZES = (64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -131,7 +137,57 @@ def run_row(nwaters: int, nbody: int, cutoffs: str, workdir: Path, driver: str =
     }
 
 
-def section_markdown(plans: list[dict], cli: dict, runs: list[dict], machine: str) -> str:
+#: Energy screening over a distance-screened run's store: the cheap model is GFN2-xTB as that run computed it, so
+#: every cheap and expensive calculation is found and the figures are mbdask's own work per candidate.
+ENERGY_SCRIPT = """
+import json, sys, time
+import mbdask
+from mbdask.xyz import ModelOptions, molecule_from_xyz
+if __name__ == "__main__":
+    xyz, nbody, cutoffs, thresholds = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+    inp = ModelOptions(max_nbody=nbody).input_for(molecule_from_xyz(xyz))
+    cheap = {"program": "xtb", "model": {"method": "gfn2-xtb"}}
+    screening = {"distance_cutoffs": cutoffs, "energy_thresholds": thresholds, "cheap_model": cheap}
+    result = mbdask.compute(inp, store="run.sqlite", screening=screening)
+    mbdask.save_result(result, "result.json")
+"""
+
+
+def energy_row(run_folder: Path, nwaters: int, nbody: int, cutoffs: str, thresholds: str, workdir: Path) -> dict:
+    """Energy screening (``thresholds``, kcal/mol per order) of the candidates within ``cutoffs``, on a copy of the store
+    the distance-screened run at ``cutoffs`` left in ``run_folder``: nothing is computed."""
+    import shutil
+
+    folder = workdir / f"energy{nwaters}-{thresholds.replace(':', '_').replace(',', '-')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        if (run_folder / f"run.sqlite{suffix}").exists():
+            shutil.copyfile(run_folder / f"run.sqlite{suffix}", folder / f"run.sqlite{suffix}")
+    per_order = {int(n): float(v) for n, v in (part.split(":") for part in cutoffs.split(","))}
+    taus = {int(n): float(v) for n, v in (part.split(":") for part in thresholds.split(","))}
+    cmd = [sys.executable, "-c", ENERGY_SCRIPT, str(droplet_xyz(nwaters, workdir)), str(nbody), json.dumps(per_order), json.dumps(taus)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = MemorySampler(proc.pid)
+    sampler.start()
+    _, stderr = proc.communicate()
+    wall = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    if proc.returncode:
+        raise RuntimeError(f"mbdask exited {proc.returncode}: {stderr[-3000:]}")
+    extras = json.loads((folder / "result.json").read_text())["extras"]["mbdask"]
+    report = extras["screening"]["energy"]
+    candidates = sum(row["candidates"] for row in report["orders"].values())
+    return {
+        "waters": nwaters, "cutoffs": cutoffs, "thresholds": thresholds, "wall_s": wall, "client_cpu_s": sampler.main_cpu,
+        "client_peak_mb": sampler.main_peak / 2**20, "candidates": candidates, "orders": report["orders"],
+        "screening_seconds": report.get("screening_seconds"), "calculations": extras["nfragment_calculations"],
+        "computed": len(extras["timing"]["fragments"]), "client_ms_per_candidate": 1000 * sampler.main_cpu / candidates,
+    }
+
+
+def section_markdown(plans: list[dict], cli: dict, runs: list[dict], machine: str, energy: Optional[list[dict]] = None) -> str:
     lines = [
         SECTION, "",
         f"Measured {datetime.date.today().isoformat()} on {machine} with `python benchmarks/bench_screened_scale.py --docs`: "
@@ -168,6 +224,23 @@ def section_markdown(plans: list[dict], cli: dict, runs: list[dict], machine: st
                 f"{row['bound_s']:.1f} | **{row['wall_over_bound']:.3f}** | {row['client_peak_mb']:.0f} | {row['worker_peak_mb']:.0f} | "
                 f"{row['report_mb']:.1f} | {row['interaction_per_monomer_kcal']:.4f} |"
             )
+    if energy:
+        lines += [
+            "", "Energy screening of thousands of waters: the candidates are the clusters within the distance cutoffs "
+            "(a neighbour search), decided by GFN2-xTB as the cheap model; run on a copy of the distance-screened run's store "
+            "with that run's GFN2-xTB as the cheap model, so that every calculation is found there and the figures are "
+            "mbdask's own work (a whole process calling `mbdask.compute`: candidates, decisions, store look-ups, the graph "
+            "and the assembly of the kept set).", "",
+            "| waters | cutoffs (A) | thresholds (kcal/mol) | candidates | kept per order | calculations | computed | wall s | client CPU s | per candidate, ms | client peak MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in energy:
+            kept = ", ".join(f"{n}-body {o['kept']:,}/{o['candidates']:,}" for n, o in row["orders"].items())
+            lines.append(
+                f"| {row['waters']:,} | {row['cutoffs']} | {row['thresholds']} | {row['candidates']:,} | {kept} | {row['calculations']:,} | "
+                f"{row['computed']} | {row['wall_s']:.1f} | {row['client_cpu_s']:.1f} | **{row['client_ms_per_candidate']:.3f}** | "
+                f"{row['client_peak_mb']:.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -178,6 +251,9 @@ def main() -> None:
     parser.add_argument("--cutoffs", default="2:9,3:6")
     parser.add_argument("--run", action="append", default=[], metavar="N:NBODY:CUTOFFS[:gradient]",
                         help="an end-to-end run, e.g. 1024:3:2:9,3:6 (cutoffs as --distance-cutoffs takes them)")
+    parser.add_argument("--energy", action="append", default=[], metavar="N:CUTOFFS:THRESHOLDS",
+                        help="energy screening over the store of the --run at N waters with CUTOFFS, e.g. 1024:2:9,3:6:2:0.05,3:0.01 "
+                        "(the run's folder must be in --workdir)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mbdask-screened-scale"))
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--from-json", type=Path, default=None, help="measure nothing: the section from an earlier --json")
@@ -206,10 +282,26 @@ def main() -> None:
             row = run_row(int(n), int(nbody), rest, args.workdir, driver)
             data["runs"].append(row)
             print(json.dumps(row), flush=True)
+        data["energy"] = []
+        for spec in args.energy:
+            n, rest = spec.split(":", 1)
+            cutoffs, thresholds = _split_energy_spec(rest)
+            folder = args.workdir / f"run{n}-3b-{cutoffs.replace(':', '_').replace(',', '-')}-energy"
+            row = energy_row(folder, int(n), 3, cutoffs, thresholds, args.workdir)
+            data["energy"].append(row)
+            print(json.dumps(row), flush=True)
         if args.json:
             args.json.write_text(json.dumps(data, indent=1))
     if args.docs:
-        write_section(section_markdown(data["plans"], data["cli"], data["runs"], machine()), section=SECTION)
+        write_section(section_markdown(data["plans"], data["cli"], data["runs"], machine(), data.get("energy")), section=SECTION)
+
+
+def _split_energy_spec(text: str) -> tuple[str, str]:
+    """``2:9,3:6:2:0.05,3:0.01`` -> ("2:9,3:6", "2:0.05,3:0.01"): the cutoffs' orders come first, then the thresholds'."""
+    parts = text.split(",")
+    middle = next(i for i, part in enumerate(parts) if part.count(":") == 3)
+    left, right = parts[middle].split(":", 2)[:2], parts[middle].split(":", 2)[2]
+    return ",".join(parts[:middle] + [":".join(left)]), ",".join([right] + parts[middle + 1 :])
 
 
 if __name__ == "__main__":

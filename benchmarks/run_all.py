@@ -44,11 +44,14 @@ def machine() -> str:
 
 
 #: Sections of docs/benchmarks.md that other scripts write (bench_screening.py, bench_overhead.py,
-#: bench_fragment_overhead.py's table); run_all keeps them.
+#: bench_fragment_overhead.py's table, bench_screened_scale.py, bench_screening_accuracy.py,
+#: bench_energy_screening_scale.py --waters); run_all keeps them.
 KEPT_SECTIONS = (
     "## Screened expansions", "## Screening, read", "## Overhead: whole processes", "## Overhead per fragment", "## Overhead, read",
     "## (H2O)64 at 4-body end to end", "## Screening models for (H2O)64", "## Many structures in one run",
     "## Geometry optimisation on MBE gradients", "## Energy screening at 10^5-10^6 candidates",
+    "## Thousands of fragments: screened plans and runs", "## Screening accuracy and recommended cutoffs",
+    "## Energy screening of thousands of waters",
 )
 
 

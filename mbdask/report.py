@@ -325,7 +325,7 @@ def _increments_by_size(increments: dict, molecule: Any, cutoffs: Optional[Mappi
     pick = np.random.default_rng(0)
     fig = _figure_with_legend(
         title=f"{bsse} increments against cluster size", x_axis_label="cluster size: largest pair distance, closest atoms [A]",
-        y_axis_label="|increment| [kcal/mol]", y_axis_type="log", width=640, height=380,
+        y_axis_label="|increment| [kcal/mol]", y_axis_type="log", width=560, height=340,
         tooltips=[("cluster", "@name"), ("kcal/mol", "@kcal{0.000000}"), ("size [A]", "@size{0.00}")],
     )
     notes = []
