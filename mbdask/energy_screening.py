@@ -33,7 +33,7 @@ from qcelemental import constants
 
 from .plan import Plan
 from .manybody import nocp_increment
-from .screening import PairDistances, Screening, pair_distances, reach, screening_radius, subclusters_kept, within_cutoff
+from .screening import PairDistances, Screening, pair_distances, reach, screening_radius, subclusters_kept
 
 CHEAP_LABEL = "screening"
 Cluster = tuple[int, ...]
@@ -82,10 +82,15 @@ class Decisions:
         )
 
     @cached_property
-    def _dimer_partners(self) -> Optional[list[frozenset[int]]]:
-        """Per fragment, those within the 2-body reach (None: no cutoff, every fragment)."""
-        limit = reach(self.cutoffs, 2)
-        return None if limit is None else self.distances.partners(limit)
+    def _within_reach(self) -> dict[int, Optional[list[frozenset[int]]]]:
+        """Per order, per fragment, the fragments within that order's reach (:func:`mbdask.screening.reach`;
+        None: no cutoff up to that order). A candidate's pairs are kept dimers, its triples kept trimers,
+        so its pairs lie within every cutoff up to its order: the same test as its own order's cutoff."""
+        out: dict[int, Optional[list[frozenset[int]]]] = {}
+        for order in range(2, self.max_nbody + 1):
+            limit = reach(self.cutoffs, order)
+            out[order] = None if limit is None else self.distances.partners(limit)
+        return out
 
     def screening(self, settings: Screening, report: dict) -> Screening:
         """The screening that keeps what was decided: ``settings`` with the kept clusters and ``report``."""
@@ -123,10 +128,15 @@ class Decisions:
         """Candidates of the next order that ``cluster``, just kept, completes."""
         order = len(cluster) + 1
         below = self.kept[len(cluster)]
+        within = self._within_reach[order]
+        if within is not None and any(b not in within[a] for a, b in itertools.combinations(cluster, 2)):
+            return  # its own pairs lie beyond the next order's cutoff: no candidate grows from it
         if order == 2:
-            near: Iterable[int] = range(1, self.nfragments + 1) if self._dimer_partners is None else self._dimer_partners[cluster[0]]
-        else:  # every pair of a candidate is a kept dimer: a neighbour search, not a loop over all fragments
+            near: Iterable[int] = range(1, self.nfragments + 1) if within is None else within[cluster[0]]
+        else:  # every pair of a candidate is a kept dimer within reach: a neighbour search, not a loop over all fragments
             near = set.intersection(*(self.kept_partners.get(i, set()) for i in cluster))
+            if within is not None:
+                near = near.intersection(*(within[i] for i in cluster))
         for j in sorted(near):
             if j in cluster:
                 continue
@@ -134,8 +144,6 @@ class Decisions:
             if grown in self.considered or not subclusters_kept(grown, below):
                 continue
             self.considered.add(grown)
-            if not within_cutoff(grown, self.distances, self.cutoffs.get(order)):
-                continue
             row = self.orders.setdefault(order, {"candidates": 0, "kept": 0, "dropped": []})
             row["candidates"] += 1
             if order in self.thresholds:

@@ -29,7 +29,7 @@ from .errors import FragmentFailedError
 from .fragments import FragmentFactory, deepcopy_plain
 from .plan import FragmentJob
 from .programs import with_program_defaults
-from .store import GEOMETRY_DECIMALS, fragment_identity
+from .store import GEOMETRY_DECIMALS, fragment_identity, identity_parts
 
 _warm_lock = threading.Lock()
 _warm = False
@@ -167,9 +167,16 @@ class ExpansionContext:
 
     def store_key(self, job: FragmentJob) -> str:
         """The checkpoint-store key of ``job`` (see :mod:`mbdask.store`)."""
-        spec = self.specifications[job.model]
-        molecule = self.factory.identity(job.real, job.basis, GEOMETRY_DECIMALS)
-        return fragment_identity(spec["program"], spec["specification"], molecule)
+        parts = self._identity_parts.get(job.model)
+        if parts is None:
+            spec = self.specifications[job.model]
+            parts = self._identity_parts[job.model] = identity_parts(spec["program"], spec["specification"])
+        return fragment_identity("", {}, self.factory.identity(job.real, job.basis, GEOMETRY_DECIMALS), parts)
+
+    @cached_property
+    def _identity_parts(self) -> dict[str, tuple[str, str]]:
+        """Per model chemistry, its store keys' JSON around the molecule (:func:`mbdask.store.identity_parts`)."""
+        return {}
 
     @cached_property
     def driver(self) -> str:
@@ -177,7 +184,7 @@ class ExpansionContext:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        for cached in ("factory", "driver"):
+        for cached in ("factory", "driver", "_identity_parts"):
             state.pop(cached, None)
         return state
 

@@ -10,7 +10,6 @@ which of those calculations they combine and with which sign.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import itertools
 import json
@@ -380,12 +379,17 @@ def _rows(tuples: Sequence[tuple[int, ...]], width: int) -> np.ndarray:
     return np.fromiter(itertools.chain.from_iterable(tuples), dtype=np.int64, count=len(tuples) * width).reshape(len(tuples), width)
 
 
-def _computed(core: ManyBodyCore) -> dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]:
-    """Per model chemistry, the (real, basis) pairs of QCManyBody's compute map: the calculations of a whole expansion."""
-    return {model: list(set().union(*compute_dict["all"].values())) for model, compute_dict in core.compute_map.items()}
+Calculations = Iterator[tuple[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]]
 
 
-def _kept_computed(core: ManyBodyCore, kept: dict[int, np.ndarray], bsse_types: Sequence[str]) -> dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]:
+def _computed(core: ManyBodyCore) -> Calculations:
+    """Per model chemistry, the (real, basis) pairs of QCManyBody's compute map: the calculations of a whole expansion
+    (one model at a time, so that only one model's list exists at once)."""
+    for model, compute_dict in core.compute_map.items():
+        yield model, list(set().union(*compute_dict["all"].values()))
+
+
+def _kept_computed(core: ManyBodyCore, kept: dict[int, np.ndarray], bsse_types: Sequence[str]) -> Calculations:
     """Per model chemistry, the (real, basis) pairs the kept clusters' increments need (``kept``: per order, one row per cluster).
 
     What :func:`_computed` lists for the whole expansion, restricted to the kept clusters,
@@ -406,15 +410,13 @@ def _kept_computed(core: ManyBodyCore, kept: dict[int, np.ndarray], bsse_types: 
                 # rows of (real, basis) fragments; a basis as large as the real set is the real set
                 rows = real if basis.shape[1] == len(positions) else np.hstack([real, basis])
                 groups[model_of[nbody]].setdefault((len(positions), basis.shape[1]), []).append(rows)
-    found: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
     for model, by_size in groups.items():
         pairs: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
         for (k, width), parts in by_size.items():
             rows = _unique_rows(np.concatenate(parts), core.nfragments)
             reals = list(map(tuple, rows[:, :k].tolist()))
             pairs.extend(zip(reals, reals if width == k else map(tuple, rows[:, k:].tolist())))
-        found[model] = pairs
-    return found
+        yield model, pairs
 
 
 def _unique_rows(rows: np.ndarray, nfr: int) -> np.ndarray:
@@ -428,7 +430,7 @@ def _unique_rows(rows: np.ndarray, nfr: int) -> np.ndarray:
     return (keys[:, None] // weights) % base
 
 
-def _jobs(nfr: int, computed: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]) -> tuple[list[FragmentJob], JobIndex]:
+def _jobs(nfr: int, computed: Calculations) -> tuple[list[FragmentJob], JobIndex]:
     """The calculations ``computed`` lists per model, in a stable order (model, size, indices), and their index.
 
     The order is that of sorting each model's (real, basis) pairs by
@@ -437,7 +439,7 @@ def _jobs(nfr: int, computed: dict[str, list[tuple[tuple[int, ...], tuple[int, .
     """
     index = JobIndex(nfr)
     jobs: list[FragmentJob] = []
-    for model, found in computed.items():
+    for model, found in computed:
         if not found:
             continue
         reals_all = list(map(operator.itemgetter(0), found))
@@ -489,15 +491,10 @@ def _cluster_dtype(nfragments: int) -> type:
     return np.int16 if nfragments < 2**15 else np.int32
 
 
-def _cluster_rows(nfr: int, nbody: int, kept: Optional[dict[int, set]] = None) -> np.ndarray:
-    """The clusters of one order (all, or the ``kept`` ones) in lexicographic order, one row each (1-based)."""
-    if kept is not None:
-        clusters = sorted(kept.get(nbody, ()))
-        flat = itertools.chain.from_iterable(clusters)
-        count = len(clusters)
-    else:
-        flat = itertools.chain.from_iterable(itertools.combinations(range(1, nfr + 1), nbody))
-        count = math.comb(nfr, nbody)
+def _cluster_rows(nfr: int, nbody: int) -> np.ndarray:
+    """Every cluster of one order in lexicographic order, one row each (1-based)."""
+    flat = itertools.chain.from_iterable(itertools.combinations(range(1, nfr + 1), nbody))
+    count = math.comb(nfr, nbody)
     return np.fromiter(flat, dtype=np.int64, count=count * nbody).reshape(count, nbody)
 
 
@@ -637,25 +634,24 @@ def _make_plan(inp: InputLike, check_installed: bool, screening: ScreeningLike) 
             f"(defined: {sorted(specs)}){hint}"
         )
     sizes = {i + 1: len(frag) for i, frag in enumerate(core.molecule.fragments)}
+    screened, kept, bsse_types = None, None, None
     if settings is None:
-        screened = None
-        jobs, index = _jobs(core.nfragments, _computed(core))
-        _check_programs(jobs, specs, check_installed, list(model.molecule.symbols))
-        blocks = _increment_blocks(core, jobs, index)
-        if getattr(core, "mc_compute_dict", None) is not None:
-            # QCManyBody's cached compute map (sets of every calculation, 100+ MB at scale) is
-            # not needed after this; ``core.compute_map`` makes it again if asked
-            core.mc_compute_dict = None
-    else:
+        computed = _computed(core)
+    else:  # the calculations from the kept clusters: QCManyBody's compute map is never built
         check_screenable(settings, [b.value for b in keywords.bsse_type], core.max_nbody, core.has_supersystem, keywords.supersystem_ie_only)
         screened = kept_clusters(settings, pair_distances(model.molecule, screening_radius(settings)), core.max_nbody)
-        kept = {n: _cluster_rows(core.nfragments, n, screened.kept) for n in screened.kept}
+        kept = screened.rows
         # QCManyBody adds cp by itself where vmfc's calculations hold it; a screened set does not
         bsse_types = [b.value for b in core.bsse_type if b.value != "cp"]
-        jobs, index = _jobs(core.nfragments, _kept_computed(core, kept, bsse_types))
-        _check_programs(jobs, specs, check_installed, list(model.molecule.symbols))
-        blocks = _increment_blocks(core, jobs, index, kept, bsse_types)
+        computed = _kept_computed(core, kept, bsse_types)
+    jobs, index = _jobs(core.nfragments, computed)
+    _check_programs(jobs, specs, check_installed, list(model.molecule.symbols))
+    blocks = _increment_blocks(core, jobs, index, kept, bsse_types)
     del index
+    if getattr(core, "mc_compute_dict", None) is not None:
+        # QCManyBody's cached compute map (sets of every calculation, 100+ MB at scale) is
+        # not needed after this; ``core.compute_map`` makes it again if asked
+        core.mc_compute_dict = None
     return Plan(
         input=model,
         computer=computer,

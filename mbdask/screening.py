@@ -9,7 +9,10 @@ clusters contribute zero.
 Screening decides with distances, before anything runs: per order k with a cutoff r_k
 (Angstrom), a k-cluster is kept if each pair of its fragments is within r_k (the distance
 of two fragments is their closest atom-atom distance). Explicit cluster lists can be given
-instead (or as well): then a cluster is kept only if it is listed.
+instead (or as well): then a cluster is kept only if it is listed. Neither walks all C(n, k)
+clusters: pairs come from a neighbour search over the atoms, and the kept k-clusters are
+grown from the kept (k-1)-clusters by their neighbours (:func:`kept_clusters`), so a plan of
+thousands of fragments costs what it keeps.
 
 QCManyBody's own level formulas assume complete levels, so a screened result is assembled
 (in :mod:`mbdask.manybody`) from per-cluster coefficients (the signed count of each calculation over the kept
@@ -225,6 +228,8 @@ class ScreenedSet:
     kept: dict[int, set[tuple[int, ...]]]
     total: dict[int, int]
     settings: Screening
+    #: per order, the kept clusters in lexicographic order, one row each (1-based): what the plan is built from
+    rows: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict:
         """JSON-friendly counts for the plan, the result's extras and the report."""
@@ -258,18 +263,18 @@ def reach(cutoffs: Mapping[int, float], order: int) -> Optional[float]:
 
 def grown_clusters(bases: Iterable[tuple[int, ...]], partners: Sequence[frozenset[int]]) -> list[tuple[int, ...]]:
     """The clusters of all-partner fragments one larger than ``bases``: each base (sorted) whose fragments are
-    all partners of each other, extended by every higher fragment that is a partner of all of them, in order.
+    all partners of each other, extended by every higher fragment that is a partner of all of them, in
+    lexicographic order (``bases`` a list: taken as sorted already; any other collection is sorted here).
 
     With ``partners`` the fragments within a pair cutoff, the work is proportional to what
     is found, not to the fragments in the system: a neighbour list, not a loop over all.
     """
     found = []
-    for base in sorted(bases):
-        last = base[-1]
-        near = partners[last]
+    for base in bases if isinstance(bases, list) else sorted(bases):
         if len(base) > 1 and not all(b in partners[a] for a, b in itertools.combinations(base, 2)):
             continue
-        common = near if len(base) == 1 else near.intersection(*(partners[i] for i in base[:-1]))
+        last = base[-1]
+        common = partners[last].intersection(*(partners[i] for i in base[:-1]))
         found.extend(base + (j,) for j in sorted(common) if j > last)
     return found
 
@@ -285,7 +290,9 @@ def kept_clusters(settings: Screening, distances: PairDistances, max_nbody: int)
     ``distances`` need to reach the largest cutoff.
     """
     nfr = distances.nfragments
-    kept: dict[int, set[tuple[int, ...]]] = {1: {(i,) for i in range(1, nfr + 1)}}
+    found: list[tuple[int, ...]] = [(i,) for i in range(1, nfr + 1)]
+    kept: dict[int, set[tuple[int, ...]]] = {1: set(found)}
+    rows = {1: _as_rows(found, 1)}
     listed: dict[int, list[tuple[int, ...]]] = {}
     for cluster in settings.clusters or ():
         listed.setdefault(len(cluster), []).append(cluster)
@@ -293,11 +300,17 @@ def kept_clusters(settings: Screening, distances: PairDistances, max_nbody: int)
         below = kept[order - 1]
         if settings.clusters is not None:
             cutoff = settings.distance_cutoffs.get(order)
-            kept[order] = {c for c in listed.get(order, ()) if subclusters_kept(c, below) and within_cutoff(c, distances, cutoff)}
-        else:
-            kept[order] = set(grown_clusters(below, distances.partners(reach(settings.distance_cutoffs, order))))
+            found = sorted(c for c in listed.get(order, ()) if subclusters_kept(c, below) and within_cutoff(c, distances, cutoff))
+        else:  # grown from sorted bases in order: sorted already
+            found = grown_clusters(found, distances.partners(reach(settings.distance_cutoffs, order)))
+        kept[order] = set(found)
+        rows[order] = _as_rows(found, order)
     total = {n: math.comb(nfr, n) for n in kept}
-    return ScreenedSet(kept, total, settings)
+    return ScreenedSet(kept, total, settings, rows)
+
+
+def _as_rows(clusters: list[tuple[int, ...]], order: int) -> np.ndarray:
+    return np.fromiter(itertools.chain.from_iterable(clusters), dtype=np.int64, count=len(clusters) * order).reshape(len(clusters), order)
 
 
 def screening_radius(settings: Screening) -> Optional[float]:

@@ -19,14 +19,14 @@ from typing import Optional
 
 from dask.highlevelgraph import HighLevelGraph
 from distributed import Client, Future, as_completed
-from qcmanybody.utils import delabeler
 
+from .assemble import parse_label
 from .batching import Unit, make_units
 from .cost import CostModel
 from .energy_screening import CHEAP_LABEL, Cluster, Decisions, cheap_input
 from .execute import ExpansionContext
 from .graph import FragmentResources, unit_graph
-from .plan import FragmentJob, Increment, Plan, make_plan
+from .plan import FragmentJob, Plan, make_plan
 from .screening import Screening
 from .store import FragmentStore, StoreWriter
 
@@ -74,9 +74,11 @@ def screen(
     keep_results = plan.input.specification.protocols.cluster_results.value == "all"
     ctx = ExpansionContext(plan.input, plan.specifications, keep_results)
     cheap_cost, cost = CostModel.for_plan(cheap_plan), CostModel.for_plan(plan)
-    by_cluster: dict[Cluster, list[Increment]] = {}
-    for inc in plan.increments:
-        by_cluster.setdefault(inc.cluster, []).append(inc)
+    # per cluster, the plan's calculations its increments need (indices into plan.jobs)
+    by_cluster: dict[Cluster, list[int]] = {}
+    for block in plan.blocks:
+        for cluster, row in zip(map(tuple, block.clusters.tolist()), block.terms.tolist()):
+            by_cluster.setdefault(cluster, []).extend(row)
     decisions = Decisions.for_plan(plan, settings)
     token = uuid.uuid4().hex[:8]
     cheap_ctx_f, ctx_f = client.scatter([cheap_ctx, ctx], broadcast=True, hash=False)
@@ -113,7 +115,8 @@ def screen(
             jobs = [FragmentJob(CHEAP_LABEL, c, c) for c in sorted(cheap, key=lambda c: (len(c), c))]
             stored = store.find(jobs, cheap_ctx.store_key) if store is not None else {}
             cheap_units_now = make_units([job for job in jobs if job.label not in stored], cheap_cost, workers=workers)
-            new = [job for cluster in kept for inc in by_cluster.get(cluster, ()) for job, _ in inc.terms if job.label not in running and job.label not in found]
+            new = [plan.jobs[i] for cluster in kept for i in by_cluster.get(cluster, ())]
+            new = [job for job in new if job.label not in running and job.label not in found]
             new = sorted(dict.fromkeys(new), key=lambda j: (j.model, j.nbody, j.real, j.basis))
             found.update(store.find(new, ctx.store_key) if store is not None else {})
             units = make_units([job for job in new if job.label not in found], cost, workers=workers, cores=resources.cores)
@@ -130,7 +133,7 @@ def screen(
     def take_in(outputs: dict[str, dict]) -> None:
         """Cheap energies, by label, into the decisions."""
         for label, output in outputs.items():
-            decisions.cheap_energy(tuple(delabeler(label)[1]), output["values"]["energy"])
+            decisions.cheap_energy(tuple(parse_label(label)[1]), output["values"]["energy"])
 
     decisions.start()
     flush()

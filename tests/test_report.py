@@ -6,7 +6,6 @@ import copy
 import io
 import re
 import types
-from pathlib import Path
 
 import pytest
 from qcmanybody.models.v2 import ManyBodyResult

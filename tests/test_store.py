@@ -67,6 +67,24 @@ def test_key_changes_with_what_determines_the_numbers_and_not_with_names():
     assert ctx.store_key(ghosted) != key
 
 
+def test_keys_are_the_canonical_json_hash_stores_were_written_with():
+    """Keys are made from pieces (the model chemistry's encoded once): the same SHA-256 of the sorted, spaceless JSON
+    of format, molecule, program and specification that existing stores hold."""
+    import hashlib
+
+    from mbdask.execute import GEOMETRY_DECIMALS
+    from mbdask.store import STORE_FORMAT
+
+    plan = mbdask.plan(sleep_input(), check_installed=False)
+    ctx = ExpansionContext(plan.input, plan.specifications, False)
+    for job in plan.jobs:
+        spec = plan.specifications[job.model]
+        content = {"format": STORE_FORMAT, "program": spec["program"], "specification": spec["specification"],
+                   "molecule": ctx.factory.identity(job.real, job.basis, GEOMETRY_DECIMALS)}
+        text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+        assert ctx.store_key(job) == hashlib.sha256(text.encode()).hexdigest()
+
+
 def test_rerun_with_store_computes_nothing_and_gives_the_same_result(inprocess_client, tmp_path):
     path = tmp_path / "store.sqlite"
     inp = _energy_gradient_input()
