@@ -251,8 +251,8 @@ def _screening(args: argparse.Namespace) -> Optional[dict]:
             raise BadInputError("--screening-target picks the distance cutoffs: give it or --distance-cutoffs, not both")
         measured, cutoffs = cutoffs_for_target(target)
         text = ", ".join(f"{n}-body {r:g} A" for n, r in sorted(cutoffs.items()))
-        print(f"mbdask: --screening-target {target:g}: distance cutoffs {text}, measured to keep GFN2-xTB 3-body liquid water "
-              f"within {measured:g} kcal/mol per monomer (docs/screening.md)", file=sys.stderr)
+        print(f"mbdask: --screening-target {target:g}: distance cutoffs {text}, measured to keep GFN2-xTB 3-body of a 128-water "
+              f"liquid droplet within {measured:g} kcal/mol per monomer (docs/screening.md)", file=sys.stderr)
         options["target"] = target
     if getattr(args, "energy_thresholds", None):
         options["energy_thresholds"] = _per_order("--energy-thresholds", args.energy_thresholds)
