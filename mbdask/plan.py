@@ -575,7 +575,7 @@ def _check_programs(plan_jobs: list[FragmentJob], specs: dict[str, dict], check_
         if program in PROGRAMS_WITHOUT_GHOSTS:
             raise BadInputError(
                 f"model '{model}': {program} ignores ghost atoms, so cp/vmfc would silently give nocp numbers; "
-                "use bsse_type nocp or a program with ghost atoms (pyscf, psi4)"
+                "use bsse_type nocp (--bsse nocp on the command line) or a program with ghost atoms (pyscf, psi4)"
             )
 
 

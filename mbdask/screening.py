@@ -329,7 +329,7 @@ def check_screenable(settings: Screening, bsse_types: list[str], max_nbody: int,
         raise BadInputError("screening cannot be combined with supersystem_ie_only (which computes no intermediate order to screen)")
     if "cp" in bsse_types:
         raise BadInputError(
-            "screening needs bsse_type nocp or vmfc: QCManyBody's cp computes every subsystem in the full-cluster basis, "
+            "screening needs bsse_type nocp or vmfc (--bsse on the command line): QCManyBody's cp computes every subsystem in the full-cluster basis, "
             "which a screened expansion does not"
         )
     if has_supersystem:

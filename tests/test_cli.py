@@ -214,6 +214,16 @@ def test_basis_with_xtb_is_refused_not_put_in_the_label(capsys):
     assert captured.err.strip().splitlines()[-1].startswith("mbdask: error: --basis 6-31g: xtb takes no basis set")
 
 
+def test_ghost_atoms_refusal_names_the_command_lines_flag(capsys):
+    """xtb has no ghost atoms: cp is refused, and the message names --bsse (a user of the command line never
+    wrote bsse_type)."""
+    from conftest import DATA
+
+    assert main(["plan", str(DATA / "water3-uud.xyz"), "--bsse", "cp"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("mbdask: error: model ") and "ignores ghost atoms" in last and "(--bsse nocp on the command line)" in last
+
+
 def test_unknown_bsse_lists_each_treatment_once(tmp_path, capsys):
     from conftest import DATA
 

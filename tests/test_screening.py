@@ -212,7 +212,7 @@ def test_screening_refuses_cp_and_bad_options():
     inp = xtb_input(WATER6)
     inp["specification"]["specification"]["gfn2"].update(program="pyscf", model={"method": "hf", "basis": "sto-3g"}, keywords={})
     inp["specification"]["keywords"]["bsse_type"] = ["cp"]
-    with pytest.raises(BadInputError, match="screening needs bsse_type nocp or vmfc"):
+    with pytest.raises(BadInputError, match=r"screening needs bsse_type nocp or vmfc \(--bsse on the command line\)"):
         make_plan(inp, screening=CUTOFFS)
     for bad, message in (
         ({"distance_cutoffs": {1: 3.0}}, "orders start at 2"),
