@@ -29,7 +29,7 @@ from .errors import FragmentFailedError
 from .fragments import FragmentFactory, deepcopy_plain
 from .plan import FragmentJob
 from .programs import with_program_defaults
-from .store import GEOMETRY_DECIMALS, fragment_identity, identity_parts
+from .store import GEOMETRY_DECIMALS, identity_key, identity_parts
 
 _warm_lock = threading.Lock()
 _warm = False
@@ -171,7 +171,7 @@ class ExpansionContext:
         if parts is None:
             spec = self.specifications[job.model]
             parts = self._identity_parts[job.model] = identity_parts(spec["program"], spec["specification"])
-        return fragment_identity("", {}, self.factory.identity(job.real, job.basis, GEOMETRY_DECIMALS), parts)
+        return identity_key(parts, self.factory.identity_json(job.real, job.basis, GEOMETRY_DECIMALS))
 
     @cached_property
     def _identity_parts(self) -> dict[str, tuple[str, str]]:

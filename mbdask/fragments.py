@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -147,6 +148,8 @@ class FragmentFactory:
         self._templates: dict[tuple, tuple[Molecule, tuple[str, ...]]] = {}
         #: per number of decimals: each atom's rounded coordinates as text, each fragment's atoms, each atom's fragment
         self._identity_parts: dict[int, tuple[list[list[str]], list[list[int]], list[int]]] = {}
+        #: per number of decimals: each fragment's pieces of :meth:`identity_json` (None: fragments not contiguous)
+        self._identity_json_parts: dict[int, Optional[list[tuple[str, str, str, str, str, str]]]] = {}
 
     def __getstate__(self) -> dict:
         return {"parent": self.parent}
@@ -194,6 +197,45 @@ class FragmentFactory:
             "fragment_multiplicities": [fmults[i] for i in sorted(real_set)],
             "fix_symmetry": self.parent.fix_symmetry,
         }
+
+    def identity_json(self, real: tuple[int, ...], basis: tuple[int, ...], decimals: int) -> str:
+        """``json.dumps(identity(real, basis, decimals), sort_keys=True, separators=(",", ":"))``, joined from
+        each fragment's text made once: the store key of every calculation of a run needs it (9 of a key's
+        16 us were the JSON encoder's). Fragments are contiguous in the parent (QCManyBody requires it),
+        so a fragment's atoms follow one another in the key as in the parent."""
+        pieces = self._identity_json_parts.get(decimals, False)
+        if pieces is False:
+            pieces = self._identity_json_parts[decimals] = self._identity_json_pieces(decimals)
+        if pieces is None:  # not contiguous: the general path
+            return json.dumps(self.identity(real, basis, decimals), sort_keys=True, separators=(",", ":"), default=str)
+        real_set = {x - 1 for x in real}
+        used = sorted({x - 1 for x in basis} | real_set)
+        reals = sorted(real_set)
+        return "".join((
+            '{"fix_symmetry":', json.dumps(self.parent.fix_symmetry, default=str),
+            ',"fragment_charges":[', ",".join(pieces[f][0] for f in reals),
+            '],"fragment_multiplicities":[', ",".join(pieces[f][1] for f in reals),
+            '],"geometry":[', ",".join(pieces[f][2] for f in used),
+            '],"real":[', ",".join(pieces[f][3] if f in real_set else pieces[f][4] for f in used),
+            '],"symbols":[', ",".join(pieces[f][5] for f in used), "]}",
+        ))
+
+    def _identity_json_pieces(self, decimals: int) -> Optional[list[tuple[str, str, str, str, str, str]]]:
+        """Per fragment: its charge, multiplicity, coordinates, real flags, ghost flags and symbols as JSON text."""
+        _, symbols, _, _, _, fcharges, fmults = self._parent_arrays()
+        coordinates, fragment_atoms, _ = self._identity_arrays(decimals)
+        order = [a for atoms in fragment_atoms for a in atoms]
+        if order != list(range(len(symbols))) or any(atoms != sorted(atoms) for atoms in fragment_atoms):
+            return None
+        return [
+            (
+                json.dumps(fcharges[f]), json.dumps(fmults[f]),
+                ",".join(json.dumps(text) for a in atoms for text in coordinates[a]),
+                ",".join(["true"] * len(atoms)), ",".join(["false"] * len(atoms)),
+                ",".join(json.dumps(symbols[a]) for a in atoms),
+            )
+            for f, atoms in enumerate(fragment_atoms)
+        ]
 
     def _identity_arrays(self, decimals: int) -> tuple[list[list[str]], list[list[int]], list[int]]:
         """What :meth:`identity` picks from, made once per parent (a (H2O)64 4-body run asks 679,120 times)."""

@@ -72,11 +72,17 @@ def identity_parts(program: str, specification: dict) -> tuple[str, str]:
     return '{"format":' + _canonical(STORE_FORMAT) + ',"molecule":', ',"program":' + _canonical(program) + ',"specification":' + _canonical(specification) + "}"
 
 
-def fragment_identity(program: str, specification: dict, molecule_arrays: dict, parts: Optional[tuple[str, str]] = None) -> str:
+def fragment_identity(program: str, specification: dict, molecule_arrays: dict) -> str:
     """The store key: SHA-256 of the canonical JSON of ``{"format", "molecule", "program", "specification"}``
-    (keys sorted, no spaces); ``parts``: :func:`identity_parts` of ``program`` and ``specification``, made before."""
-    head, tail = parts or identity_parts(program, specification)
-    return hashlib.sha256((head + _canonical(molecule_arrays) + tail).encode()).hexdigest()
+    (keys sorted, no spaces)."""
+    return identity_key(identity_parts(program, specification), _canonical(molecule_arrays))
+
+
+def identity_key(parts: tuple[str, str], molecule_json: str) -> str:
+    """:func:`fragment_identity` from its pieces: :func:`identity_parts` of the model chemistry, made once per run,
+    and the molecule's canonical JSON (``FragmentFactory.identity_json``)."""
+    head, tail = parts
+    return hashlib.sha256((head + molecule_json + tail).encode()).hexdigest()
 
 
 def _decode_array(value: Any) -> Any:

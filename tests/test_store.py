@@ -75,14 +75,23 @@ def test_keys_are_the_canonical_json_hash_stores_were_written_with():
     from mbdask.execute import GEOMETRY_DECIMALS
     from mbdask.store import STORE_FORMAT
 
-    plan = mbdask.plan(sleep_input(), check_installed=False)
-    ctx = ExpansionContext(plan.input, plan.specifications, False)
-    for job in plan.jobs:
-        spec = plan.specifications[job.model]
-        content = {"format": STORE_FORMAT, "program": spec["program"], "specification": spec["specification"],
-                   "molecule": ctx.factory.identity(job.real, job.basis, GEOMETRY_DECIMALS)}
-        text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
-        assert ctx.store_key(job) == hashlib.sha256(text.encode()).hexdigest()
+    from conftest import DATA
+
+    from mbdask.xyz import ModelOptions, molecule_from_xyz
+
+    # ghost atoms (vmfc, cp) and a charged fragment (hydronium) too
+    ions = ModelOptions(program="pyscf", method="hf", basis="sto-3g", bsse=("vmfc", "cp"), max_nbody=2)
+    hydronium = ions.input_for(molecule_from_xyz(DATA / "hydronium-water6.xyz", guess_ions=True))
+    for inp, ghosts in ((sleep_input(), False), (hydronium, True)):
+        plan = mbdask.plan(inp, check_installed=False)
+        ctx = ExpansionContext(plan.input, plan.specifications, False)
+        assert any(job.basis != job.real for job in plan.jobs) == ghosts
+        for job in plan.jobs:
+            spec = plan.specifications[job.model]
+            content = {"format": STORE_FORMAT, "program": spec["program"], "specification": spec["specification"],
+                       "molecule": ctx.factory.identity(job.real, job.basis, GEOMETRY_DECIMALS)}
+            text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+            assert ctx.store_key(job) == hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_rerun_with_store_computes_nothing_and_gives_the_same_result(inprocess_client, tmp_path):
