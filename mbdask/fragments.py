@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -212,13 +213,17 @@ class FragmentFactory:
         used = sorted({x - 1 for x in basis} | real_set)
         reals = sorted(real_set)
         return "".join((
-            '{"fix_symmetry":', json.dumps(self.parent.fix_symmetry, default=str),
+            '{"fix_symmetry":', self._fix_symmetry_json,
             ',"fragment_charges":[', ",".join(pieces[f][0] for f in reals),
             '],"fragment_multiplicities":[', ",".join(pieces[f][1] for f in reals),
             '],"geometry":[', ",".join(pieces[f][2] for f in used),
             '],"real":[', ",".join(pieces[f][3] if f in real_set else pieces[f][4] for f in used),
             '],"symbols":[', ",".join(pieces[f][5] for f in used), "]}",
         ))
+
+    @functools.cached_property
+    def _fix_symmetry_json(self) -> str:
+        return json.dumps(self.parent.fix_symmetry, default=str)
 
     def _identity_json_pieces(self, decimals: int) -> Optional[list[tuple[str, str, str, str, str, str]]]:
         """Per fragment: its charge, multiplicity, coordinates, real flags, ghost flags and symbols as JSON text."""

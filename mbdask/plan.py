@@ -10,6 +10,7 @@ which of those calculations they combine and with which sign.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import itertools
 import json
@@ -55,6 +56,7 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@functools.lru_cache(maxsize=64)
 def label_prefix(model: str) -> str:
     """The start of every label of ``model``: see :func:`job_label`."""
     return "[" + json.dumps(str(model)) + ", "

@@ -74,11 +74,11 @@ def screen(
     keep_results = plan.input.specification.protocols.cluster_results.value == "all"
     ctx = ExpansionContext(plan.input, plan.specifications, keep_results)
     cheap_cost, cost = CostModel.for_plan(cheap_plan), CostModel.for_plan(plan)
-    # per cluster, the plan's calculations its increments need (indices into plan.jobs)
-    by_cluster: dict[Cluster, list[int]] = {}
-    for block in plan.blocks:
-        for cluster, row in zip(map(tuple, block.clusters.tolist()), block.terms.tolist()):
-            by_cluster.setdefault(cluster, []).extend(row)
+    # per cluster, where its increments' terms are: (block, row) of the plan's blocks (read only for kept clusters)
+    by_cluster: dict[Cluster, list[tuple[int, int]]] = {}
+    for b, block in enumerate(plan.blocks):
+        for row, cluster in enumerate(map(tuple, block.clusters.tolist())):
+            by_cluster.setdefault(cluster, []).append((b, row))
     decisions = Decisions.for_plan(plan, settings)
     token = uuid.uuid4().hex[:8]
     cheap_ctx_f, ctx_f = client.scatter([cheap_ctx, ctx], broadcast=True, hash=False)
@@ -115,7 +115,7 @@ def screen(
             jobs = [FragmentJob(CHEAP_LABEL, c, c) for c in sorted(cheap, key=lambda c: (len(c), c))]
             stored = store.find(jobs, cheap_ctx.store_key) if store is not None else {}
             cheap_units_now = make_units([job for job in jobs if job.label not in stored], cheap_cost, workers=workers)
-            new = [plan.jobs[i] for cluster in kept for i in by_cluster.get(cluster, ())]
+            new = [plan.jobs[i] for cluster in kept for b, row in by_cluster.get(cluster, ()) for i in plan.blocks[b].terms[row].tolist()]
             new = [job for job in new if job.label not in running and job.label not in found]
             new = sorted(dict.fromkeys(new), key=lambda j: (j.model, j.nbody, j.real, j.basis))
             found.update(store.find(new, ctx.store_key) if store is not None else {})

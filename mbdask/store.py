@@ -103,7 +103,8 @@ def encode_output(output: dict) -> str:
 
 
 def decode_output(payload: str) -> dict:
-    data = jsonext_loads(payload)
+    # only arrays carry jsonext's marker: without one, the plain decoder (no hook called per dict)
+    data = jsonext_loads(payload) if '"_nd_"' in payload else json.loads(payload)
     data["values"] = {k: _decode_array(v) for k, v in data["values"].items()}
     if "result" in data:
         from qcelemental.models.v2 import AtomicResult
