@@ -23,9 +23,7 @@ import argparse
 import datetime
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from bench_large import MemorySampler  # noqa: E402
+from bench_large import sampled_run  # noqa: E402
 
 KCAL = 627.5094740631
 SECTION = "## Energy screening at 10^5-10^6 candidates"
@@ -74,16 +72,10 @@ def run(workdir: Path, store: Path, geometry: str, t3: float, t4: float) -> dict
         if Path(f"{store}{suffix}").exists():
             shutil.copyfile(f"{store}{suffix}", workdir / f"run.sqlite{suffix}")
     command = [sys.executable, "-c", SCRIPT, str(HERE / "data" / f"water64-{geometry}.xyz"), str(t3), str(t4)]
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sampler = MemorySampler(proc.pid)
-    sampler.start()
-    stdout, stderr = proc.communicate()
-    wall = time.perf_counter() - start
-    sampler.stop.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"mbdask exited {proc.returncode}: {stderr[-3000:]}")
+    done = sampled_run(command, workdir)
+    wall, sampler = done.wall_s, done.sampler
+    if done.returncode != 0:
+        raise RuntimeError(f"mbdask exited {done.returncode}: {done.stderr[-3000:]}")
     result = json.loads((workdir / "result.json").read_text())
     extras = result["extras"]["mbdask"]
     report = extras["screening"]["energy"]

@@ -35,7 +35,9 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import psutil
 
@@ -81,6 +83,30 @@ class MemorySampler(threading.Thread):
             except psutil.NoSuchProcess:
                 return
             self.stop.wait(1.0)
+
+
+@dataclass
+class SampledRun:
+    """A finished whole process: its exit code, output, wall time, and the memory and CPU its sampler saw."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_s: float
+    sampler: MemorySampler
+
+
+def sampled_run(command: list[str], cwd: Optional[Path] = None, env: Optional[dict] = None) -> SampledRun:
+    """Run ``command`` to its end under a :class:`MemorySampler`, timed from outside."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = MemorySampler(proc.pid)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    return SampledRun(proc.returncode, stdout, stderr, wall, sampler)
 
 
 def command(geometry: str, nbody: int) -> list[str]:

@@ -31,14 +31,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from bench_large import MemorySampler  # noqa: E402
+from bench_large import sampled_run  # noqa: E402
 from droplets import SPHERE, droplet_xyz  # noqa: E402
 
 SECTION = "## Thousands of fragments: screened plans and runs"
@@ -86,17 +85,10 @@ def cli_plan(xyz: Path, nbody: int, cutoffs: str) -> dict:
     """``python -m mbdask plan`` as a user types it: a whole process, start-up included."""
     cmd = [sys.executable, "-m", "mbdask", "plan", str(xyz), "--program", "xtb", "--method", "gfn2-xtb", "--max-nbody", str(nbody),
            "--distance-cutoffs", cutoffs]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sampler = MemorySampler(proc.pid)
-    sampler.start()
-    stdout, stderr = proc.communicate()
-    wall = time.perf_counter() - start
-    sampler.stop.set()
-    sampler.join()
-    if proc.returncode:
-        raise RuntimeError(stderr[-2000:])
-    return {"file": xyz.name, "cutoffs": cutoffs, "wall_s": wall, "peak_mb": sampler.main_peak / 2**20, "stdout": stdout}
+    done = sampled_run(cmd)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return {"file": xyz.name, "cutoffs": cutoffs, "wall_s": done.wall_s, "peak_mb": done.sampler.main_peak / 2**20, "stdout": done.stdout}
 
 
 def run_row(nwaters: int, nbody: int, cutoffs: str, workdir: Path, driver: str = "energy") -> dict:
@@ -110,18 +102,12 @@ def run_row(nwaters: int, nbody: int, cutoffs: str, workdir: Path, driver: str =
            "--driver", driver, "--distance-cutoffs", cutoffs, "--store", "run.sqlite", "-o", "result.json", "--profile", "profile.json",
            "--report", "report.html"]
     env = {**os.environ, "DASK_MBDASK__PROGRESS__LOG_INTERVAL": "60"}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    sampler = MemorySampler(proc.pid)
-    sampler.start()
-    stdout, stderr = proc.communicate()
-    wall = time.perf_counter() - start
-    sampler.stop.set()
-    sampler.join()
-    (folder / "stdout.txt").write_text(stdout)
-    (folder / "stderr.txt").write_text(stderr)
-    if proc.returncode:
-        raise RuntimeError(f"mbdask exited {proc.returncode}: {stderr[-3000:]}")
+    done = sampled_run(cmd, folder, env)
+    wall, sampler = done.wall_s, done.sampler
+    (folder / "stdout.txt").write_text(done.stdout)
+    (folder / "stderr.txt").write_text(done.stderr)
+    if done.returncode:
+        raise RuntimeError(f"mbdask exited {done.returncode}: {done.stderr[-3000:]}")
     profile = json.loads((folder / "profile.json").read_text())
     result = json.loads((folder / "result.json").read_text())
     extras = result["extras"]["mbdask"]
@@ -167,16 +153,10 @@ def energy_row(run_folder: Path, nwaters: int, nbody: int, cutoffs: str, thresho
     per_order = {int(n): float(v) for n, v in (part.split(":") for part in cutoffs.split(","))}
     taus = {int(n): float(v) for n, v in (part.split(":") for part in thresholds.split(","))}
     cmd = [sys.executable, "-c", ENERGY_SCRIPT, str(droplet_xyz(nwaters, workdir)), str(nbody), json.dumps(per_order), json.dumps(taus)]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sampler = MemorySampler(proc.pid)
-    sampler.start()
-    _, stderr = proc.communicate()
-    wall = time.perf_counter() - start
-    sampler.stop.set()
-    sampler.join()
-    if proc.returncode:
-        raise RuntimeError(f"mbdask exited {proc.returncode}: {stderr[-3000:]}")
+    done = sampled_run(cmd, folder)
+    wall, sampler = done.wall_s, done.sampler
+    if done.returncode:
+        raise RuntimeError(f"mbdask exited {done.returncode}: {done.stderr[-3000:]}")
     extras = json.loads((folder / "result.json").read_text())["extras"]["mbdask"]
     report = extras["screening"]["energy"]
     candidates = sum(row["candidates"] for row in report["orders"].values())
@@ -188,10 +168,14 @@ def energy_row(run_folder: Path, nwaters: int, nbody: int, cutoffs: str, thresho
     }
 
 
-def section_markdown(plans: list[dict], cli: dict, runs: list[dict], machine: str, energy: Optional[list[dict]] = None) -> str:
+def section_markdown(
+    plans: list[dict], cli: dict, runs: list[dict], machine: str, energy: Optional[list[dict]] = None, unscreened: Optional[dict] = None
+) -> str:
     lines = [
         SECTION, "",
-        f"Measured {datetime.date.today().isoformat()} on {machine} with `python benchmarks/bench_screened_scale.py --docs`: "
+        f"Measured {datetime.date.today().isoformat()} on {machine} with `python benchmarks/bench_screened_scale.py` (the plan "
+        "table by default; each end-to-end run with `--run N:K:CUTOFFS[:gradient]`, energy screening with `--energy "
+        "N:CUTOFFS:THRESHOLDS`; `--from-json` of their merged output writes this section): "
         "GFN2-xTB nocp expansions screened by distance (closest atoms; a k-cluster is kept when all its sub-clusters are "
         "kept and each pair lies within the k-body cutoff) on liquid-water droplets of N waters, the first N waters of "
         "`benchmarks/data/water4096-liquid-sphere.xyz` (ordered by distance from its centre). Plan + graph: a fresh process "
@@ -206,6 +190,10 @@ def section_markdown(plans: list[dict], cli: dict, runs: list[dict], machine: st
             f"| {row['waters']:,} | {row['cutoffs']} | {kept} | {row['calculations']:,} | {row['plan_s']:.2f} | {row['graph_s']:.2f} | "
             f"{row['plan_s'] + row['graph_s']:.2f} | {row['us_per_calculation']:.1f} | {row['peak_mb']:.0f} |"
         )
+    if unscreened:
+        lines += ["", "Unscreened plans did not get slower: `python benchmarks/bench_plan.py 64:4` ((H2O)64 4-body, 679,120 "
+                      "calculations, plan + graph), this checkout and the one before issue #26 alternately: "
+                      + "; ".join(f"{who} {', '.join(f'{r[0]:.2f} s / {r[1]:.0f} MB' for r in rows)}" for who, rows in unscreened.items()) + "."]
     if cli:
         lines += ["", f"`python -m mbdask plan {cli['file']} --program xtb --method gfn2-xtb --max-nbody 3 --distance-cutoffs {cli['cutoffs']}` "
                       f"(the whole 4,096-water file, a whole process as a user runs it, start-up and reading the XYZ file included): "
@@ -215,7 +203,8 @@ def section_markdown(plans: list[dict], cli: dict, runs: list[dict], machine: st
             "", "End to end, the command line as a user runs it (`python -m mbdask run DROPLET.xyz --program xtb --method gfn2-xtb "
             "--max-nbody K --distance-cutoffs ... --store run.sqlite -o result.json --profile profile.json --report report.html`, "
             "a fresh store, LocalCluster of 2 single-thread workers). Bound = QC program time / 2 cores (or the longest fragment); "
-            "wall includes Python's start, planning, the cluster's start, writing the result, its tables and the report.", "",
+            "wall includes Python's start, planning, the cluster's start, writing the result, its tables and the report "
+            "(together 2-4 s: they dominate the ratio below 256 waters; from 512 waters on the runs stay within 1.1 of the bound).", "",
             "| waters | n-body | driver | cutoffs (A) | calculations | wall s | bound s | wall / bound | client peak MB | worker peak MB | report MB | interaction per water, kcal/mol |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -231,7 +220,8 @@ def section_markdown(plans: list[dict], cli: dict, runs: list[dict], machine: st
             "(a neighbour search), decided by GFN2-xTB as the cheap model; run on a copy of the distance-screened run's store "
             "with that run's GFN2-xTB as the cheap model, so that every calculation is found there and the figures are "
             "mbdask's own work (a whole process calling `mbdask.compute`: candidates, decisions, store look-ups, the graph "
-            "and the assembly of the kept set).", "",
+            "and the assembly of the kept set; 'computed': calculations the store did not hold). Client CPU varies by about "
+            "5% between runs (0.107-0.113 ms per candidate in three).", "",
             "| waters | cutoffs (A) | thresholds (kcal/mol) | candidates | kept per order | calculations | computed | wall s | client CPU s | per candidate, ms | client peak MB |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -294,7 +284,7 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(data, indent=1))
     if args.docs:
-        write_section(section_markdown(data["plans"], data["cli"], data["runs"], machine(), data.get("energy")), section=SECTION)
+        write_section(section_markdown(data["plans"], data["cli"], data["runs"], machine(), data.get("energy"), data.get("unscreened")), section=SECTION)
 
 
 def _split_energy_spec(text: str) -> tuple[str, str]:
