@@ -33,7 +33,7 @@ from qcelemental import constants  # noqa: E402
 from qcmanybody.models.v2 import ManyBodyResult  # noqa: E402
 from qcmanybody.utils import delabeler  # noqa: E402
 
-from mbdask.screening import candidates, fragment_distances  # noqa: E402
+from mbdask.screening import fragment_distances, subclusters_kept  # noqa: E402
 from mbdask.xyz import molecule_from_xyz  # noqa: E402
 
 KCAL = constants.hartree2kcalmol
@@ -69,6 +69,17 @@ GFN2 = expansion("gfn2", "xtb", {"method": "gfn2-xtb"}, {"accuracy": 0.01}, 4)
 def interaction_sums(result: ManyBodyResult) -> dict[int, float]:
     top = max(int(n) for n in result.input_data.specification.keywords.levels)
     return {n: getattr(result.properties, f"nocp_corrected_interaction_energy_through_{n}_body") * KCAL for n in range(2, top + 1)}
+
+
+def candidates(previous: set, order: int, distances, cutoff) -> list[tuple[int, ...]]:
+    """Clusters of ``order`` whose sub-clusters are all in ``previous`` and whose pairs lie within ``cutoff`` (None: any),
+    by trying every extension: fine for 20 waters (mbdask itself grows them from neighbour lists)."""
+    n = distances.shape[0]
+    return [
+        cluster for base in sorted(previous) for cluster in (base + (j,) for j in range(base[-1] + 1, n + 1))
+        if subclusters_kept(cluster, previous)
+        and (cutoff is None or all(distances[a - 1, b - 1] <= cutoff for a, b in itertools.combinations(cluster, 2)))
+    ]
 
 
 def distance_cutoffs_matching(kept: dict[str, int]) -> dict[int, float]:

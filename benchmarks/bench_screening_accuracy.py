@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -75,10 +74,7 @@ def load(run: Path, xyz: Path) -> dict:
     for n in sorted(set(nbody.tolist())):
         idx = np.flatnonzero(nbody == n)
         clusters = np.array([fragments[i] for i in idx], dtype=np.int64).reshape(len(idx), n)
-        span = np.zeros(len(idx))
-        for a, b in itertools.combinations(range(n), 2):
-            span = np.maximum(span, [distances.distance(x, y) for x, y in clusters[:, [a, b]].tolist()])
-        out["orders"][n] = {"energy": energy[idx], "span": span}
+        out["orders"][n] = {"energy": energy[idx], "span": distances.largest(clusters)}
     return out
 
 

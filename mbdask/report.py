@@ -29,6 +29,7 @@ from . import config
 from .errors import plural
 from .outputs import write_atomic
 from .profile import column_of
+from .screening import pair_distances
 
 HARTREE_TO_KCAL = constants.hartree2kcalmol
 
@@ -290,18 +291,6 @@ def _pair_heatmap(increments: dict, nfragments: int):
     return fig
 
 
-def _cluster_sizes(clusters: list[list[int]], molecule: Any) -> np.ndarray:
-    """Per cluster, its largest pair distance in Angstrom (closest atoms of each pair): what a distance cutoff compares."""
-    xyz = np.asarray(molecule.geometry, dtype=float).reshape(-1, 3) * constants.bohr2angstroms
-    atoms = [np.asarray(f, dtype=np.int64) for f in molecule.fragments]
-    sizes = np.zeros(len(clusters))
-    for row, cluster in enumerate(clusters):
-        for a, b in itertools.combinations(cluster, 2):
-            diff = xyz[atoms[a - 1]][:, None, :] - xyz[atoms[b - 1]][None, :, :]
-            sizes[row] = max(sizes[row], float(np.sqrt((diff**2).sum(-1)).min()))
-    return sizes
-
-
 def _increments_by_size(increments: dict, molecule: Any, cutoffs: Optional[Mapping[str, float]] = None):
     """Each order's increments (|kcal/mol|, log scale) against the cluster's size: how fast they fall off,
     and where the distance cutoffs cut. For systems too large for a fragment x fragment map.
@@ -322,6 +311,8 @@ def _increments_by_size(increments: dict, molecule: Any, cutoffs: Optional[Mappi
     if not orders:
         return None
     share = max(1, config.number("mbdask.report.plotted-fragments") // len(orders))
+    # every pair of a kept cluster is a kept dimer: within the 2-body cutoff, if there is one
+    distances = pair_distances(molecule, float((cutoffs or {}).get("2", math.inf)))
     pick = np.random.default_rng(0)
     fig = _figure_with_legend(
         title=f"{bsse} increments against cluster size", x_axis_label="cluster size: largest pair distance, closest atoms [A]",
@@ -337,7 +328,8 @@ def _increments_by_size(increments: dict, molecule: Any, cutoffs: Optional[Mappi
         clusters = [list(fragments[i]) for i in rows_n.tolist()]
         kcal = energy[rows_n]
         source = ColumnDataSource({
-            "size": _cluster_sizes(clusters, molecule), "abs": np.maximum(np.abs(kcal), 1e-12), "kcal": kcal,
+            "size": distances.largest(np.array(clusters, dtype=np.int64).reshape(len(clusters), n)),
+            "abs": np.maximum(np.abs(kcal), 1e-12), "kcal": kcal,
             "name": ["(" + ",".join(map(str, c)) + ")" for c in clusters],
         })
         fig.scatter("size", "abs", source=source, color=colour, size=4, alpha=0.5, legend_label=f"{n}-body")

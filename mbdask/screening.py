@@ -173,6 +173,18 @@ class PairDistances:
             found[b].add(a)
         return [frozenset(s) for s in found]
 
+    def largest(self, clusters: np.ndarray) -> np.ndarray:
+        """Per cluster (rows of 1-based fragments), its largest pair distance: what a distance cutoff compares
+        (``inf`` where a pair lies beyond :attr:`radius`). Looked up with numpy, no loop per cluster."""
+        codes = self.pairs[:, 0] * (self.nfragments + 1) + self.pairs[:, 1]  # sorted, as the pairs are
+        out = np.zeros(len(clusters))
+        for a, b in itertools.combinations(range(clusters.shape[1]), 2):
+            wanted = np.minimum(clusters[:, a], clusters[:, b]) * (self.nfragments + 1) + np.maximum(clusters[:, a], clusters[:, b])
+            at = np.minimum(np.searchsorted(codes, wanted), max(len(codes) - 1, 0))
+            found = np.where(codes[at] == wanted, self.distances[at], np.inf) if len(codes) else np.full(len(wanted), np.inf)
+            out = np.maximum(out, found)
+        return out
+
     def dense(self) -> np.ndarray:
         """The full matrix (``inf`` beyond :attr:`radius`; 0-based, zero diagonal): for small systems and tests."""
         out = np.full((self.nfragments, self.nfragments), np.inf)

@@ -181,6 +181,9 @@ def test_pair_distances_are_the_closest_atoms_within_the_radius():
         expected = {(a + 1, b + 1): dense[a, b] for a, b in itertools.combinations(range(30), 2) if dense[a, b] <= radius}
         assert dict(zip(map(tuple, found.pairs.tolist()), found.distances.tolist())) == pytest.approx(expected, abs=0)
         assert found.distance(3, 1) == expected.get((1, 3), np.inf)
+        trimers = np.array(list(itertools.combinations(range(1, 31), 3)))
+        largest = [max(expected.get(p, np.inf) for p in itertools.combinations(c, 2)) for c in trimers.tolist()]
+        assert np.array_equal(found.largest(trimers), largest)
     assert np.array_equal(fragment_distances(molecule), dense)
 
 
