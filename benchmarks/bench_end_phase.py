@@ -4,7 +4,7 @@
 script rebuilds, in one process, what the result node and the command line do with those
 outputs after the last fragment, and times each piece:
 
-* the collect nodes (``mbdask.graph.collect_size`` units each): their outputs made into what
+* the collect nodes (``mbdask.graph.build.collect_size`` units each): their outputs made into what
   they hand on (columns), pickled and unpickled as Dask moves them to the assembling worker;
 * the result node's assembly (QCManyBody's ``analyze`` and ``get_results``, mbdask's tables);
 * the result pickled and unpickled (worker to client);
@@ -52,11 +52,11 @@ def main() -> None:
     sys.path.insert(0, str(args.tree))
 
     from mbdask import api, graph
-    from mbdask.execute import ExpansionContext
-    from mbdask.outputs import save_result
-    from mbdask.report import summary_table
-    from mbdask.store import FragmentStore
-    from mbdask.xyz import ModelOptions, molecule_from_xyz
+    from mbdask.calculation.execute import ExpansionContext
+    from mbdask.calculation.store import FragmentStore
+    from mbdask.diagnostics.report import summary_table
+    from mbdask.inputs.xyz import ModelOptions, molecule_from_xyz
+    from mbdask.results.outputs import save_result
 
     times: dict = {}
     molecule = molecule_from_xyz(HERE / "data" / f"water64-{args.geometry}.xyz", None, None, guess_ions=True)
@@ -82,7 +82,12 @@ def main() -> None:
     _timed(times, "summary table", lambda: summary_table(result))
     args.out.mkdir(parents=True, exist_ok=True)
     _timed(times, "save_result", lambda: save_result(result, args.out / "result.json"))
-    row = {"tree": str(args.tree), "calculations": len(known), "seconds": times, "return_energy": result.properties.return_energy}
+    row = {
+        "tree": str(args.tree),
+        "calculations": len(known),
+        "seconds": times,
+        "return_energy": result.properties.return_energy,
+    }
     text = json.dumps(row, indent=1)
     print(text)
     if args.json:

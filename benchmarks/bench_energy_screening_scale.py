@@ -42,7 +42,7 @@ SECTION = "## Energy screening at 10^5-10^6 candidates"
 SCRIPT = """
 import sys
 import mbdask
-from mbdask.xyz import ModelOptions, molecule_from_xyz
+from mbdask.inputs.xyz import ModelOptions, molecule_from_xyz
 if __name__ == "__main__":
     xyz, t3, t4 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
     inp = ModelOptions(max_nbody=4).input_for(molecule_from_xyz(xyz, guess_ions=True))
@@ -62,7 +62,10 @@ def predicted(clusters: dict, values: dict, t3: float, t4: float) -> dict:
     codes = np.stack([tet[:, a] * n * n + tet[:, b] * n + tet[:, c] for a, b, c in subsets], axis=1)
     candidate = np.isin(codes, np.fromiter(code3, dtype=np.int64)).all(axis=1)
     kept4 = candidate & (np.abs(values[4]) * KCAL > t4)
-    return {"3": {"candidates": len(values[3]), "kept": len(kept3)}, "4": {"candidates": int(candidate.sum()), "kept": int(kept4.sum())}}
+    return {
+        "3": {"candidates": len(values[3]), "kept": len(kept3)},
+        "4": {"candidates": int(candidate.sum()), "kept": int(kept4.sum())},
+    }
 
 
 def run(workdir: Path, store: Path, geometry: str, t3: float, t4: float) -> dict:
@@ -81,16 +84,24 @@ def run(workdir: Path, store: Path, geometry: str, t3: float, t4: float) -> dict
     report = extras["screening"]["energy"]
     timing = extras["timing"]
     return {
-        "t3": t3, "t4": t4, "wall_s": wall, "client_cpu_s": sampler.main_cpu, "client_peak_mb": sampler.main_peak / 2**20,
-        "orders": report["orders"], "screening_seconds": report.get("screening_seconds"),
-        "calculations": extras["nfragment_calculations"], "from_store": timing.get("from_store"),
-        "computed": len(timing["fragments"]), "through_4": extras["levels"]["nocp"]["4"]["through"],
+        "t3": t3,
+        "t4": t4,
+        "wall_s": wall,
+        "client_cpu_s": sampler.main_cpu,
+        "client_peak_mb": sampler.main_peak / 2**20,
+        "orders": report["orders"],
+        "screening_seconds": report.get("screening_seconds"),
+        "calculations": extras["nfragment_calculations"],
+        "from_store": timing.get("from_store"),
+        "computed": len(timing["fragments"]),
+        "through_4": extras["levels"]["nocp"]["4"]["through"],
     }
 
 
 def section_markdown(rows: list[dict], geometry: str, machine: str) -> str:
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"Measured {datetime.date.today().isoformat()} on {machine} with `python benchmarks/bench_energy_screening_scale.py "
         f"--reference DIR --geometry {geometry} --docs`: (H2O)64 {geometry} 4-body, energy screening at 3- and 4-body with "
         "GFN2-xTB as the cheap model, on a copy of the unscreened run's store, so that every calculation is found there and "
@@ -128,7 +139,9 @@ def section_markdown(rows: list[dict], geometry: str, machine: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", type=Path, required=True, help="folder of the unscreened run (result.json, its CSVs, run.sqlite)")
+    parser.add_argument(
+        "--reference", type=Path, required=True, help="folder of the unscreened run (result.json, its CSVs, run.sqlite)"
+    )
     parser.add_argument("--geometry", default="droplet")
     parser.add_argument("--t3", type=float, nargs="+", default=[0.01, 0.001])
     parser.add_argument("--t4", type=float, default=0.01)
@@ -148,7 +161,11 @@ def main() -> None:
             continue
         row = run(args.workdir / f"t3-{t3:g}", args.reference / "run.sqlite", args.geometry, t3, args.t4)
         row["predicted"] = expected
-        row["agrees"] = all(row["orders"][n]["candidates"] == expected[n]["candidates"] and row["orders"][n]["kept"] == expected[n]["kept"] for n in ("3", "4"))
+        row["agrees"] = all(
+            row["orders"][n]["candidates"] == expected[n]["candidates"]
+            and row["orders"][n]["kept"] == expected[n]["kept"]
+            for n in ("3", "4")
+        )
         print(json.dumps({k: v for k, v in row.items() if k != "phases"}), flush=True)
         rows.append(row)
     if args.json:

@@ -27,8 +27,8 @@ from qcelemental.models.v2 import AtomicInput
 from qcmanybody.v2 import ManyBodyComputer
 
 import mbdask
-from mbdask.cluster import usable_cores
-from mbdask.execute import extract_properties, pinned_threads
+from mbdask.calculation.execute import extract_properties, pinned_threads
+from mbdask.deploy.cluster import usable_cores
 
 mbdask.register_programs()  # sequential QCManyBody runs PySCF through mbdask's harness
 
@@ -140,9 +140,8 @@ def concurrent_fragment_slowdown(workers: int = 2, nwaters: int = 20, group: int
     """
     import statistics
 
-    from distributed import Client, LocalCluster
-
     from clusters import xtb_input
+    from distributed import Client, LocalCluster
 
     inp = xtb_input(nwaters, 2)
     molecule = inp["molecule"]
@@ -153,11 +152,24 @@ def concurrent_fragment_slowdown(workers: int = 2, nwaters: int = 20, group: int
     medians = {}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
         for n in (1, workers):
-            with LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, resources={"cores": 1}, host="127.0.0.1",
-                dashboard_address=None, env=env,
-            ) as cluster, Client(cluster, set_as_default=False) as client:
+            with (
+                LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=1,
+                    processes=True,
+                    resources={"cores": 1},
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    env=env,
+                ) as cluster,
+                Client(cluster, set_as_default=False) as client,
+            ):
                 mbdask.compute(inp, client)  # warm-up: imports, each worker's first xtb call
                 fragments = mbdask.compute(inp, client).extras["mbdask"]["timing"]["fragments"]
                 medians[n] = statistics.median(f["seconds"] for f in fragments)
-    return {"workers": workers, "alone_s": medians[1], "concurrent_s": medians[workers], "slowdown": medians[workers] / medians[1]}
+    return {
+        "workers": workers,
+        "alone_s": medians[1],
+        "concurrent_s": medians[workers],
+        "slowdown": medians[workers] / medians[1],
+    }

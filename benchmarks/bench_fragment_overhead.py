@@ -15,7 +15,7 @@ Steps: "unit set-up" is what a unit pays once (thread pinning, harness and ``Tas
 look-up, worker name, the ``predicted`` entries), divided over its fragments.
 
 Then the same loop once more, step by step (``time.perf_counter_ns`` around each step of
-``mbdask.execute._run_pinned``, copied here), and cProfile's top entries.
+``mbdask.calculation.execute._run_pinned``, copied here), and cProfile's top entries.
 
 Each is measured for xtb and for ``bench-constant``, a TEST DOUBLE (not chemistry)
 registered here: a harness that returns a made-up energy without computing, so that the
@@ -32,9 +32,10 @@ import io
 import pstats
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, Iterator, Sequence
+from typing import Any, ClassVar
 
 import qcengine
 from qcelemental.models.v2 import AtomicResult
@@ -43,9 +44,9 @@ from qcengine.programs.model import ProgramHarness
 
 import mbdask
 from mbdask import execute
-from mbdask.execute import ExpansionContext, run_unit, warm_up
-from mbdask.plan import FragmentJob
-from mbdask.xyz import molecule_from_xyz
+from mbdask.calculation.execute import ExpansionContext, run_unit, warm_up
+from mbdask.inputs.xyz import molecule_from_xyz
+from mbdask.planning.plan import FragmentJob
 
 DATA = Path(__file__).resolve().parent / "data"
 CONSTANT = "bench-constant"
@@ -54,9 +55,13 @@ CONSTANT = "bench-constant"
 class ConstantHarness(ProgramHarness):
     """TEST DOUBLE, not chemistry: returns energy -1.0 per real atom without computing."""
 
-    _defaults: ClassVar[Dict[str, Any]] = {
-        "name": CONSTANT, "scratch": False, "thread_safe": True, "thread_parallel": False,
-        "node_parallel": False, "managed_memory": False,
+    _defaults: ClassVar[dict[str, Any]] = {
+        "name": CONSTANT,
+        "scratch": False,
+        "thread_safe": True,
+        "thread_parallel": False,
+        "node_parallel": False,
+        "managed_memory": False,
     }
 
     @staticmethod
@@ -69,8 +74,11 @@ class ConstantHarness(ProgramHarness):
     def compute(self, input_data, config):
         energy = -1.0 * sum(input_data.molecule.real)
         return AtomicResult(
-            input_data=input_data, molecule=input_data.molecule, properties={"return_energy": energy},
-            return_result=energy, success=True,
+            input_data=input_data,
+            molecule=input_data.molecule,
+            properties={"return_energy": energy},
+            return_result=energy,
+            success=True,
             provenance={"creator": CONSTANT, "version": "0", "routine": "benchmarks.bench_fragment_overhead"},
         )
 
@@ -81,7 +89,9 @@ def water20_input() -> dict:
         "specification": {
             "driver": "energy",
             "keywords": {"bsse_type": ["nocp"], "levels": {3: "gfn2"}},
-            "specification": {"gfn2": {"program": "xtb", "model": {"method": "gfn2-xtb"}, "keywords": {"accuracy": 0.01}}},
+            "specification": {
+                "gfn2": {"program": "xtb", "model": {"method": "gfn2-xtb"}, "keywords": {"accuracy": 0.01}}
+            },
         },
         "molecule": molecule_from_xyz(DATA / "water20-dodecahedron.xyz"),
     }
@@ -212,18 +222,23 @@ def main() -> None:
     for ctx in ctxs.values():  # first calls load xtb, fill caches
         total_and_program(ctx, jobs[: args.batch], args.batch)
 
-    print(f"{len(jobs)} fragments (water20 GFN2-xTB dimers/trimers), units of {args.batch}, best of {args.repeats}, ms per fragment\n")
+    print(
+        f"{len(jobs)} fragments (water20 GFN2-xTB dimers/trimers), units of {args.batch}, best of {args.repeats}, ms per fragment\n"
+    )
     print("| program | (a) run_unit | (b) harness compute | mbdask's own (a)-(b) |")
     print("|---|---:|---:|---:|")
     for name, ctx in ctxs.items():
-        total, program = best(lambda: total_and_program(ctx, jobs, args.batch), args.repeats, key=lambda tp: tp[0] - tp[1])
+        total, program = best(
+            lambda: total_and_program(ctx, jobs, args.batch), args.repeats, key=lambda tp: tp[0] - tp[1]
+        )
         print(f"| {name} | {total:.3f} | {program:.3f} | **{total - program:.3f}** |")
 
     print("\nStep by step (a copy of the loop with perf_counter_ns around each step):\n")
     print("| step | " + " | ".join(ctxs) + " |")
     print("|---|" + "---:|" * len(ctxs))
     steps = {
-        name: best(lambda: step_times(ctx, jobs, args.batch), args.repeats, key=lambda s: sum(s.values())) for name, ctx in ctxs.items()
+        name: best(lambda: step_times(ctx, jobs, args.batch), args.repeats, key=lambda s: sum(s.values()))
+        for name, ctx in ctxs.items()
     }
     for step in STEPS:
         print(f"| {step} | " + " | ".join(f"{steps[name][step]:.3f}" for name in ctxs) + " |")

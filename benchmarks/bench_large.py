@@ -37,7 +37,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import psutil
 
@@ -96,7 +95,7 @@ class SampledRun:
     sampler: MemorySampler
 
 
-def sampled_run(command: list[str], cwd: Optional[Path] = None, env: Optional[dict] = None) -> SampledRun:
+def sampled_run(command: list[str], cwd: Path | None = None, env: dict | None = None) -> SampledRun:
     """Run ``command`` to its end under a :class:`MemorySampler`, timed from outside."""
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -111,13 +110,33 @@ def sampled_run(command: list[str], cwd: Optional[Path] = None, env: Optional[di
 
 def command(geometry: str, nbody: int) -> list[str]:
     return [
-        sys.executable, "-m", "mbdask", "run", str(HERE / "data" / f"water64-{geometry}.xyz"), "--program", "xtb",
-        "--method", "gfn2-xtb", "--max-nbody", str(nbody), "--store", "run.sqlite", "-o", "result.json", "--profile", "profile.json",
+        sys.executable,
+        "-m",
+        "mbdask",
+        "run",
+        str(HERE / "data" / f"water64-{geometry}.xyz"),
+        "--program",
+        "xtb",
+        "--method",
+        "gfn2-xtb",
+        "--max-nbody",
+        str(nbody),
+        "--store",
+        "run.sqlite",
+        "-o",
+        "result.json",
+        "--profile",
+        "profile.json",
     ]
 
 
 def _env() -> dict:
-    return {**os.environ, "DASK_MBDASK__PROGRESS__LOG_INTERVAL": "15", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "DASK_MBDASK__PROGRESS__LOG_INTERVAL": "15",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
 
 
 def _store_rows(path: Path) -> int:
@@ -129,7 +148,9 @@ def _store_rows(path: Path) -> int:
 
 def full_run(workdir: Path, geometry: str, nbody: int) -> dict:
     start = time.perf_counter()
-    proc = subprocess.Popen(command(geometry, nbody), cwd=workdir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command(geometry, nbody), cwd=workdir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     sampler = MemorySampler(proc.pid)
     sampler.start()
     progress: list[tuple[float, int, int, float | None]] = []
@@ -165,15 +186,23 @@ def full_run(workdir: Path, geometry: str, nbody: int) -> dict:
     diffs = {n: abs(levels[str(n)]["through"] - qcmb[n]) for n in qcmb if qcmb[n] is not None}
     eta = _eta_errors(progress, wall)
     return {
-        "geometry": geometry, "nbody": nbody, "wall_s": wall, "calculations": profile["fragments"],
-        "bound_s": profile["zero_overhead_bound_seconds"], "efficiency": profile["zero_overhead_bound_seconds"] / wall,
+        "geometry": geometry,
+        "nbody": nbody,
+        "wall_s": wall,
+        "calculations": profile["fragments"],
+        "bound_s": profile["zero_overhead_bound_seconds"],
+        "efficiency": profile["zero_overhead_bound_seconds"] / wall,
         "wall_over_bound": wall / profile["zero_overhead_bound_seconds"],
-        "client_peak_mb": sampler.main_peak / 2**20, "worker_peak_mb": max(sampler.child_peaks.values(), default=0) / 2**20,
-        "files_bytes": files, "store_rows": _store_rows(workdir / "run.sqlite"),
+        "client_peak_mb": sampler.main_peak / 2**20,
+        "worker_peak_mb": max(sampler.child_peaks.values(), default=0) / 2**20,
+        "files_bytes": files,
+        "store_rows": _store_rows(workdir / "run.sqlite"),
         "through": {n: levels[str(n)]["through"] for n in range(1, nbody + 1)},
         "interaction_kcal": {n: levels[str(n)]["interaction"] * 627.5094740631 for n in range(1, nbody + 1)},
         "max_diff_increments_vs_qcmanybody": max(diffs.values()) if diffs else None,
-        "eta": eta, "progress": progress, "profile_phases": profile.get("phases"),
+        "eta": eta,
+        "progress": progress,
+        "profile_phases": profile.get("phases"),
         "stdout_tail": stdout[-1500:],
     }
 
@@ -185,13 +214,23 @@ def _eta_errors(progress: list, wall: float) -> dict:
         return {}
     end = max(t for t, done, total, _ in progress)  # the last line: all fragments done
     errors = [abs(left - (end - t)) / (end - t) for t, left in stamped if t >= 0.1 * end and end - t > 0]
-    return {"lines": len(stamped), "after_first_tenth": len(errors), "max_relative_error": max(errors, default=None),
-            "median_relative_error": sorted(errors)[len(errors) // 2] if errors else None}
+    return {
+        "lines": len(stamped),
+        "after_first_tenth": len(errors),
+        "max_relative_error": max(errors, default=None),
+        "median_relative_error": sorted(errors)[len(errors) // 2] if errors else None,
+    }
 
 
 def kill_and_resume(workdir: Path, geometry: str, nbody: int, fraction: float) -> dict:
-    proc = subprocess.Popen(command(geometry, nbody), cwd=workdir, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command(geometry, nbody),
+        cwd=workdir,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     store = workdir / "run.sqlite"
     total = None
     while proc.poll() is None:
@@ -208,9 +247,15 @@ def kill_and_resume(workdir: Path, geometry: str, nbody: int, fraction: float) -
     killed_rows = _store_rows(store)
     run = full_run(workdir, geometry, nbody)
     timing = json.loads((workdir / "result.json").read_text())["extras"]["mbdask"]
-    return {"geometry": geometry, "nbody": nbody, "killed_at_rows": killed_rows, "planned": total,
-            "rerun_from_store": timing["timing"]["from_store"], "rerun_computed": run["calculations"],  # the profile counts computed ones
-            "rerun": {k: run[k] for k in ("wall_s", "efficiency")}}
+    return {
+        "geometry": geometry,
+        "nbody": nbody,
+        "killed_at_rows": killed_rows,
+        "planned": total,
+        "rerun_from_store": timing["timing"]["from_store"],
+        "rerun_computed": run["calculations"],  # the profile counts computed ones
+        "rerun": {k: run[k] for k in ("wall_s", "efficiency")},
+    }
 
 
 def _planned(geometry: str, nbody: int) -> int:
@@ -224,7 +269,9 @@ def main() -> None:
     parser.add_argument("--geometry", default="droplet", choices=["droplet", "liquid-box"])
     parser.add_argument("--nbody", type=int, default=4)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mbdask-large"))
-    parser.add_argument("--kill-at", type=float, default=None, help="kill once this fraction is in the store, then rerun")
+    parser.add_argument(
+        "--kill-at", type=float, default=None, help="kill once this fraction is in the store, then rerun"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)

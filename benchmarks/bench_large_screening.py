@@ -81,27 +81,61 @@ def scan(clusters, values, dist, grid) -> list[dict]:
             kept_calcs += int(keep.sum())
             dropped += float(values[n][~keep].sum())
             per_order[n] = {"kept": int(keep.sum()), "all": int(len(keep))}
-        rows.append({"cutoffs": cutoffs, "calculations": kept_calcs, "share": kept_calcs / sum(len(v) for v in values.values()),
-                     "error_per_monomer_kcal": abs(dropped) * KCAL / len(values[1]), "error_total_kcal": -dropped * KCAL,
-                     "orders": per_order})
+        rows.append(
+            {
+                "cutoffs": cutoffs,
+                "calculations": kept_calcs,
+                "share": kept_calcs / sum(len(v) for v in values.values()),
+                "error_per_monomer_kcal": abs(dropped) * KCAL / len(values[1]),
+                "error_total_kcal": -dropped * KCAL,
+                "orders": per_order,
+            }
+        )
     return rows
 
 
 def run_screened(cutoffs: dict[int, float], workdir: Path, geometry: str) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     text = ",".join(f"{n}:{r:g}" for n, r in sorted(cutoffs.items()))
-    cmd = [sys.executable, "-m", "mbdask", "run", str(HERE / "data" / f"water64-{geometry}.xyz"), "--program", "xtb", "--method", "gfn2-xtb",
-           "--max-nbody", "4", "--distance-cutoffs", text, "-o", "result.json", "--profile", "profile.json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mbdask",
+        "run",
+        str(HERE / "data" / f"water64-{geometry}.xyz"),
+        "--program",
+        "xtb",
+        "--method",
+        "gfn2-xtb",
+        "--max-nbody",
+        "4",
+        "--distance-cutoffs",
+        text,
+        "-o",
+        "result.json",
+        "--profile",
+        "profile.json",
+    ]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "DASK_MBDASK__PROGRESS__LOG_INTERVAL": "30"})
+    proc = subprocess.run(
+        cmd,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "DASK_MBDASK__PROGRESS__LOG_INTERVAL": "30"},
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     result = json.loads((workdir / "result.json").read_text())
     profile = json.loads((workdir / "profile.json").read_text())
-    return {"cutoffs": text, "wall_s": wall, "calculations": result["extras"]["mbdask"]["nfragment_calculations"],
-            "through_4": result["extras"]["mbdask"]["levels"]["nocp"]["4"]["through"], "efficiency": profile["efficiency"]}
+    return {
+        "cutoffs": text,
+        "wall_s": wall,
+        "calculations": result["extras"]["mbdask"]["nfragment_calculations"],
+        "through_4": result["extras"]["mbdask"]["levels"]["nocp"]["4"]["through"],
+        "efficiency": profile["efficiency"],
+    }
 
 
 def main() -> None:
@@ -113,8 +147,13 @@ def main() -> None:
     args = parser.parse_args()
     dist = pair_distances(HERE / "data" / f"water64-{args.geometry}.xyz")
     clusters, values, levels = increments(args.reference)
-    grid = [{2: r2, 3: r3, 4: r4} for r2 in (8.0, 12.0, 99.0) for r3 in (4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0) for r4 in (3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
-            if r4 <= r3 <= r2]
+    grid = [
+        {2: r2, 3: r3, 4: r4}
+        for r2 in (8.0, 12.0, 99.0)
+        for r3 in (4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0)
+        for r4 in (3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+        if r4 <= r3 <= r2
+    ]
     rows = scan(clusters, values, dist, grid)
     out: dict = {"reference_through": levels, "scan": rows}
     good = sorted((r for r in rows if r["share"] <= 0.10), key=lambda r: r["error_per_monomer_kcal"])

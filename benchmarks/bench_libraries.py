@@ -2,11 +2,11 @@
 
     python benchmarks/bench_libraries.py
 
-1. Fragments of an XYZ structure: ``mbdask.xyz.find_fragments`` (QCElemental's
+1. Fragments of an XYZ structure: ``mbdask.inputs.xyz.find_fragments`` (QCElemental's
    ``guess_connectivity``, a row at a time) against the N x N distance matrix it replaced
    (kept below as the reference), on the (H2O)64 droplet and on 5 copies of it side by side
    (960 atoms). The fragments must be identical.
-2. A fragment output in the checkpoint store: ``mbdask.store.encode_output``/``decode_output``
+2. A fragment output in the checkpoint store: ``mbdask.calculation.store.encode_output``/``decode_output``
    (QCElemental's ``jsonext``) against the list-of-floats JSON they replaced, for an xtb
    trimer gradient (9 x 3) and a (H2O)64 Hessian (576 x 576). Round trips must be exact.
 
@@ -28,8 +28,8 @@ import qcelemental
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from mbdask.store import decode_output, encode_output  # noqa: E402
-from mbdask.xyz import find_fragments, read_xyz  # noqa: E402
+from mbdask.calculation.store import decode_output, encode_output  # noqa: E402
+from mbdask.inputs.xyz import find_fragments, read_xyz  # noqa: E402
 
 
 def dense_fragments(symbols: list[str], geometry: np.ndarray, tolerance: float = 1.2) -> list[list[int]]:
@@ -55,13 +55,19 @@ def dense_fragments(symbols: list[str], geometry: np.ndarray, tolerance: float =
 
 def list_encode(output: dict) -> str:
     """The replaced store payload: arrays as shape and a list of floats."""
-    values = {k: {"shape": list(v.shape), "data": v.ravel().tolist()} if isinstance(v, np.ndarray) else v for k, v in output["values"].items()}
+    values = {
+        k: {"shape": list(v.shape), "data": v.ravel().tolist()} if isinstance(v, np.ndarray) else v
+        for k, v in output["values"].items()
+    }
     return json.dumps({**{k: v for k, v in output.items() if k != "values"}, "values": values}, separators=(",", ":"))
 
 
 def list_decode(payload: str) -> dict:
     data = json.loads(payload)
-    data["values"] = {k: np.asarray(v["data"], dtype=float).reshape(v["shape"]) if isinstance(v, dict) else v for k, v in data["values"].items()}
+    data["values"] = {
+        k: np.asarray(v["data"], dtype=float).reshape(v["shape"]) if isinstance(v, dict) else v
+        for k, v in data["values"].items()
+    }
     return data
 
 
@@ -84,8 +90,16 @@ def main() -> None:
         new, old = best(lambda: find_fragments(syms, geom), 5), best(lambda: dense_fragments(syms, geom), 5)
         rows.append((f"fragments of {len(syms)} atoms", old, new))
     rng = np.random.default_rng(0)
-    for name, shape, repeats in (("store payload, 9 x 3 gradient", (9, 3), 2000), ("store payload, 576 x 576 Hessian", (576, 576), 5)):
-        output = {"label": "l", "values": {"energy": -76.1, "gradient" if shape[1] == 3 else "hessian": rng.standard_normal(shape)}, "start": 0.0, "stop": 1.0}
+    for name, shape, repeats in (
+        ("store payload, 9 x 3 gradient", (9, 3), 2000),
+        ("store payload, 576 x 576 Hessian", (576, 576), 5),
+    ):
+        output = {
+            "label": "l",
+            "values": {"energy": -76.1, "gradient" if shape[1] == 3 else "hessian": rng.standard_normal(shape)},
+            "start": 0.0,
+            "stop": 1.0,
+        }
         key = next(k for k in output["values"] if k != "energy")
         assert np.array_equal(decode_output(encode_output(output))["values"][key], output["values"][key])
         assert np.array_equal(list_decode(list_encode(output))["values"][key], output["values"][key])
@@ -93,10 +107,12 @@ def main() -> None:
         old = best(lambda: [list_decode(list_encode(output)) for _ in range(repeats)], 3) / repeats
         rows.append((f"{name} (encode + decode)", old, new))
     print("\n## QCElemental's helpers against the code they replaced\n")
-    print(f"Measured {datetime.date.today()} on {platform.machine()}, {psutil.cpu_count()} logical cores, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, qcelemental "
-          f"{qcelemental.__version__}, with `python benchmarks/bench_libraries.py`: best of several repeats, one process. "
-          "Fragments identical and round trips exact in every case.\n")
+    print(
+        f"Measured {datetime.date.today()} on {platform.machine()}, {psutil.cpu_count()} logical cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, qcelemental "
+        f"{qcelemental.__version__}, with `python benchmarks/bench_libraries.py`: best of several repeats, one process. "
+        "Fragments identical and round trips exact in every case.\n"
+    )
     print("| what | replaced code (ms) | QCElemental (ms) | old / new |")
     print("|---|---|---|---|")
     for what, old, new in rows:

@@ -26,16 +26,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import dask  # noqa: E402
+from clusters import water_cluster  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
+from sleep_program import register  # noqa: E402
 
 import mbdask  # noqa: E402
-from clusters import water_cluster  # noqa: E402
-from mbdask.api import _units  # noqa: E402
-from mbdask.workers import increment_tasks  # noqa: E402
-from mbdask.cluster import ClusterSize, start_local_cluster, worker_resources  # noqa: E402
-from mbdask.execute import ExpansionContext, run_fragment  # noqa: E402
-from mbdask.graph import FragmentResources, build_graph  # noqa: E402
-from sleep_program import register  # noqa: E402
+from mbdask.calculation.execute import ExpansionContext, run_fragment  # noqa: E402
+from mbdask.deploy.cluster import ClusterSize, start_local_cluster, worker_resources  # noqa: E402
+from mbdask.deploy.workers import increment_tasks  # noqa: E402
+from mbdask.graph.build import FragmentResources, build_graph  # noqa: E402
+from mbdask.workflows.expansion import _units  # noqa: E402
 
 
 def sleep_input(nwaters: int, max_nbody: int, bsse: str, unit: float, basis: str = "6-31g*") -> dict:
@@ -43,7 +43,13 @@ def sleep_input(nwaters: int, max_nbody: int, bsse: str, unit: float, basis: str
         "specification": {
             "driver": "energy",
             "keywords": {"bsse_type": [bsse], "levels": {max_nbody: "sleep"}},
-            "specification": {"sleep": {"program": "predicted-sleep", "model": {"method": "hf", "basis": basis}, "keywords": {"unit": unit}}},
+            "specification": {
+                "sleep": {
+                    "program": "predicted-sleep",
+                    "model": {"method": "hf", "basis": basis},
+                    "keywords": {"unit": unit},
+                }
+            },
         },
         "molecule": water_cluster(nwaters),
     }
@@ -51,29 +57,44 @@ def sleep_input(nwaters: int, max_nbody: int, bsse: str, unit: float, basis: str
 
 def _cluster(workers: int, threads: int) -> LocalCluster:
     """mbdask's own LocalCluster configuration (start_local_cluster), the sleep program preloaded."""
-    return start_local_cluster(ClusterSize.from_machine(workers, threads), dashboard_address=None, preload=["sleep_program"])
+    return start_local_cluster(
+        ClusterSize.from_machine(workers, threads), dashboard_address=None, preload=["sleep_program"]
+    )
 
 
 def _bound(durations: list[float], workers: int) -> float:
     return max(sum(durations) / workers, max(durations))
 
 
-def run_mbdask(client: Client, plan, workers: int, *, order: str = "levels", restricted: bool = False, auto_cores: bool = False) -> dict:
+def run_mbdask(
+    client: Client, plan, workers: int, *, order: str = "levels", restricted: bool = False, auto_cores: bool = False
+) -> dict:
     resources = FragmentResources(1, None, annotate_cores=restricted or auto_cores)
     workers_info = worker_resources(client)
     units = _units(plan, {}, workers_info, resources, batch=True, auto_cores=auto_cores)
-    graph = build_graph(plan, uuid.uuid4().hex[:8], resources=resources, units=units, order=order, increment_tasks=increment_tasks(workers_info))
+    graph = build_graph(
+        plan,
+        uuid.uuid4().hex[:8],
+        resources=resources,
+        units=units,
+        order=order,
+        increment_tasks=increment_tasks(workers_info),
+    )
     start = time.perf_counter()
     (result,) = client.get(graph.graph, [graph.result], sync=True)
     makespan = time.perf_counter() - start
     timing = result.extras["mbdask"]["timing"]
-    return {"makespan": makespan, "span": timing["span_seconds"], "bound": _bound([f["seconds"] for f in timing["fragments"]], workers),
-            "energy": result.properties.return_energy}
+    return {
+        "makespan": makespan,
+        "span": timing["span_seconds"],
+        "bound": _bound([f["seconds"] for f in timing["fragments"]], workers),
+        "energy": result.properties.return_energy,
+    }
 
 
 def _warm_up() -> None:
-    from mbdask.cost import basis_functions
-    from mbdask.execute import warm_up
+    from mbdask.calculation.execute import warm_up
+    from mbdask.programs.basis import basis_functions
 
     warm_up()
     basis_functions("O", "6-31g*")
@@ -91,8 +112,12 @@ def run_level_by_level(client: Client, plan, workers: int) -> dict:
     analyzed = plan.core.analyze({o["label"]: o["values"] for o in outputs})
     makespan = time.perf_counter() - start
     span = max(o["stop"] for o in outputs) - min(o["start"] for o in outputs)
-    return {"makespan": makespan, "span": span, "bound": _bound([o["stop"] - o["start"] for o in outputs], workers),
-            "energy": analyzed["ret_energy"]}
+    return {
+        "makespan": makespan,
+        "span": span,
+        "bound": _bound([o["stop"] - o["start"] for o in outputs], workers),
+        "energy": analyzed["ret_energy"],
+    }
 
 
 def makespan_rows(nwaters=16, max_nbody=3, bsse="cp", workers=16, unit=None) -> list[dict]:
@@ -107,7 +132,10 @@ def makespan_rows(nwaters=16, max_nbody=3, bsse="cp", workers=16, unit=None) -> 
         for name, run in [
             ("mbdask (default: levels order, queued)", lambda: run_mbdask(client, plan, workers)),
             ("mbdask, order=cost", lambda: run_mbdask(client, plan, workers, order="cost")),
-            ("mbdask, resource-restricted tasks (work stealing)", lambda: run_mbdask(client, plan, workers, restricted=True)),
+            (
+                "mbdask, resource-restricted tasks (work stealing)",
+                lambda: run_mbdask(client, plan, workers, restricted=True),
+            ),
             ("level-by-level executor (barriers)", lambda: run_level_by_level(client, plan, workers)),
         ]:
             row = run()
@@ -135,7 +163,10 @@ def profiler_rows(nwaters: int = 16, workers: int = 16, repeats: int = 3) -> lis
                 row = run_mbdask(client, plan, workers)
             ratios[interval].append(row["makespan"] / row["bound"])
             print(interval, ratios[interval][-1], flush=True)
-    return [{"interval": interval, "ratios": values, "mean": sum(values) / len(values)} for interval, values in ratios.items()]
+    return [
+        {"interval": interval, "ratios": values, "mean": sum(values) / len(values)}
+        for interval, values in ratios.items()
+    ]
 
 
 def hybrid_rows(unit: float = 5e-6, cores: int = 16) -> list[dict]:
@@ -161,8 +192,14 @@ def hybrid_rows(unit: float = 5e-6, cores: int = 16) -> list[dict]:
             wall = time.perf_counter() - start
             timing = result.extras["mbdask"]["timing"]["fragments"]
             core_seconds = sum(f["seconds"] * f["ncores"] for f in timing)
-            rows.append({"cores_per_fragment": per_fragment, "makespan": wall, "bound": core_seconds / cores,
-                         "max_cores": max(f["ncores"] for f in timing)})
+            rows.append(
+                {
+                    "cores_per_fragment": per_fragment,
+                    "makespan": wall,
+                    "bound": core_seconds / cores,
+                    "max_cores": max(f["ncores"] for f in timing),
+                }
+            )
             print(rows[-1], flush=True)
     return rows
 

@@ -1,10 +1,10 @@
 """Geometry optimisation on MBE gradients: steps per minute, mbdask versus sequential QCManyBody, side by side.
 
-Both routes run the same optimiser, geomeTRIC as :func:`mbdask.optimize.minimise` sets it
+Both routes run the same optimiser, geomeTRIC as :func:`mbdask.workflows.optimize.minimise` sets it
 up (TRIC coordinates, the same convergence set), from the same start geometry; only the
 MBE gradient at each geometry is computed differently:
 
-* ``mbdask``: :func:`mbdask.optimize.optimize` with no client, so it starts a LocalCluster
+* ``mbdask``: :func:`mbdask.workflows.optimize.optimize` with no client, so it starts a LocalCluster
   (one single-threaded worker per core) once and runs each step's expansion on it, the
   wall time including starting and closing that cluster; and again on a LocalCluster
   that is already up (a notebook's case);
@@ -47,7 +47,14 @@ MAX_STEPS = 30
 QUICK_STEPS = 4
 #: The default case, (H2O)n of benchmarks/clusters.py.
 NWATERS = 10
-CLUSTER_FILES = {3: "water3-uud", 6: "water6-prism", 8: "water8-s4", 10: "water10-pp1", 16: "water16-4444a", 20: "water20-dodecahedron"}
+CLUSTER_FILES = {
+    3: "water3-uud",
+    6: "water6-prism",
+    8: "water8-s4",
+    10: "water10-pp1",
+    16: "water16-4444a",
+    20: "water20-dodecahedron",
+}
 #: Runs of each route, interleaved; the best wall time of each counts.
 REPEATS = 2
 #: Settings of the sequential route (bench_executors.py's "default" and "1 thread").
@@ -72,8 +79,8 @@ def sequential_mbe(inp: dict):
     from qcmanybody.v2 import ManyBodyComputer
 
     import mbdask
-    from mbdask.execute import extract_properties
-    from mbdask.optimize import gradient_input, molecule_at
+    from mbdask.calculation.execute import extract_properties
+    from mbdask.workflows.optimize import gradient_input, molecule_at
 
     mbdask.register_programs()
     model = gradient_input(inp)
@@ -97,8 +104,8 @@ def run_mbdask(inp: dict, max_steps: int, workers: int, *, running: bool = False
     """``mbdask.optimize`` with no client (it starts and closes a LocalCluster, timed), or with ``running``
     on a LocalCluster started beforehand (untimed), as in a notebook."""
 
-    from mbdask.cluster import connected
-    from mbdask.optimize import optimize
+    from mbdask.deploy.cluster import connected
+    from mbdask.workflows.optimize import optimize
 
     with contextlib.ExitStack() as stack:
         client, where = None, "cluster start included"
@@ -109,8 +116,14 @@ def run_mbdask(inp: dict, max_steps: int, workers: int, *, running: bool = False
         start = time.perf_counter()
         result = optimize(inp, client, max_steps=max_steps, n_workers=workers)
         wall = time.perf_counter() - start
-    return {"route": f"mbdask, {workers} workers, {where}", "steps": result.steps, "evaluations": result.evaluations,
-            "wall": wall, "energy": result.energies[-1], "converged": result.converged}
+    return {
+        "route": f"mbdask, {workers} workers, {where}",
+        "steps": result.steps,
+        "evaluations": result.evaluations,
+        "wall": wall,
+        "energy": result.energies[-1],
+        "converged": result.converged,
+    }
 
 
 def run_sequential(inp: dict, max_steps: int, setting: str) -> dict:
@@ -119,8 +132,8 @@ def run_sequential(inp: dict, max_steps: int, setting: str) -> dict:
     import os
     from unittest import mock
 
-    from mbdask.execute import pinned_threads
-    from mbdask.optimize import minimise
+    from mbdask.calculation.execute import pinned_threads
+    from mbdask.workflows.optimize import minimise
 
     model, evaluate = sequential_mbe(inp)
     with contextlib.ExitStack() as stack:
@@ -130,23 +143,36 @@ def run_sequential(inp: dict, max_steps: int, setting: str) -> dict:
         start = time.perf_counter()
         run = minimise(model.molecule, evaluate, max_steps=max_steps)
         wall = time.perf_counter() - start
-    return {"route": f"QCManyBody sequential, {setting}", "steps": run.steps, "evaluations": len(run.frames), "wall": wall,
-            "energy": run.frames[-1].energy, "converged": run.converged}
+    return {
+        "route": f"QCManyBody sequential, {setting}",
+        "steps": run.steps,
+        "evaluations": len(run.frames),
+        "wall": wall,
+        "energy": run.frames[-1].energy,
+        "converged": run.converged,
+    }
 
 
-def section_markdown(rows: list[dict], machine: str, command: str, case: str, date: str | None = None, repeats: int = 1) -> str:
+def section_markdown(
+    rows: list[dict], machine: str, command: str, case: str, date: str | None = None, repeats: int = 1
+) -> str:
     """The benchmarks page's section: one row per route, energy differences against the first sequential one."""
     reference = next(row for row in rows if row["route"].startswith("QCManyBody"))
     sequential = [row for row in rows if row["route"].startswith("QCManyBody")]
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"Measured {date or datetime.date.today().isoformat()} on {machine} with `{command}`. {case}, from the same start geometry, "
         "the same optimiser on every route (geomeTRIC, TRIC coordinates, GAU convergence, as `mbdask.optimize` sets it up); "
         "only each step's MBE gradient is computed differently: one mbdask expansion on a LocalCluster started once "
         "(its start included in the wall time, or already up), or QCManyBody's fragments one after another in one process "
         "(as installed, and truly single-threaded). "
         "Steps/min counts geomeTRIC's steps; each step is one MBE gradient. "
-        + (f"Routes interleaved, {repeats} runs each; the best wall time counts (all runs in the last column)." if repeats > 1 else ""),
+        + (
+            f"Routes interleaved, {repeats} runs each; the best wall time counts (all runs in the last column)."
+            if repeats > 1
+            else ""
+        ),
         "",
         "| route | steps | converged | wall s | steps/min | final energy (Eh) | energy diff (Eh) | every run, wall s |",
         "|---|---|---|---|---|---|---|---|",
@@ -161,8 +187,11 @@ def section_markdown(rows: list[dict], machine: str, command: str, case: str, da
     fastest = min(sequential, key=lambda row: row["wall"])
     if len({row["steps"] for row in rows}) == 1:
         ratios = "; ".join(f"{row['route']}: {fastest['wall'] / row['wall']:.2f}" for row in mbdask_rows)
-        lines += ["", f"Every route took the same steps. Speed-up over the fastest sequential setting ({fastest['route']}), "
-                  f"its wall time over mbdask's: {ratios}."]
+        lines += [
+            "",
+            f"Every route took the same steps. Speed-up over the fastest sequential setting ({fastest['route']}), "
+            f"its wall time over mbdask's: {ratios}.",
+        ]
     else:
         lines += ["", "The routes took different numbers of steps: compare steps/min."]
     spread = max(max(row.get("walls", [row["wall"]])) / min(row.get("walls", [row["wall"]])) for row in rows)
@@ -180,19 +209,34 @@ def write_docs(text: str, page: Path = HERE.parent / "docs" / "benchmarks.md") -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"every route stops after {QUICK_STEPS} steps (about 30 s)")
-    parser.add_argument("--max-steps", type=int, help=f"geomeTRIC's step limit (default {MAX_STEPS}, --quick {QUICK_STEPS})")
-    parser.add_argument("--waters", type=int, default=NWATERS, help=f"the water cluster (benchmarks/clusters.py; default {NWATERS})")
-    parser.add_argument("--repeats", type=int, default=REPEATS, help=f"runs of each route, interleaved, the best counts (default {REPEATS}; --quick 1)")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"every route stops after {QUICK_STEPS} steps (about 30 s)"
+    )
+    parser.add_argument(
+        "--max-steps", type=int, help=f"geomeTRIC's step limit (default {MAX_STEPS}, --quick {QUICK_STEPS})"
+    )
+    parser.add_argument(
+        "--waters", type=int, default=NWATERS, help=f"the water cluster (benchmarks/clusters.py; default {NWATERS})"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=REPEATS,
+        help=f"runs of each route, interleaved, the best counts (default {REPEATS}; --quick 1)",
+    )
     parser.add_argument("--docs", action="store_true", help="write the section of docs/benchmarks.md")
     parser.add_argument("--json", metavar="FILE", help="write the measurements here")
-    parser.add_argument("--from-json", metavar="FILE", help="measure nothing: the section from a --json file of an earlier run")
+    parser.add_argument(
+        "--from-json", metavar="FILE", help="measure nothing: the section from a --json file of an earlier run"
+    )
     args = parser.parse_args()
     if args.from_json:
         run = json.loads(Path(args.from_json).read_text())
     else:
         run = measure(args.quick, args.max_steps, args.waters, 1 if args.quick else args.repeats)
-    text = section_markdown(run["rows"], run["machine"], run["command"], run["case"], run["date"], run.get("repeats", 1))
+    text = section_markdown(
+        run["rows"], run["machine"], run["command"], run["case"], run["date"], run.get("repeats", 1)
+    )
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(run, indent=1))
@@ -205,8 +249,9 @@ def measure(quick: bool, steps: int | None, nwaters: int = NWATERS, repeats: int
 
     mbdask first in each round: its workers fork from a process that has no threads yet.
     """
-    from mbdask.cluster import usable_cores
     from run_all import machine
+
+    from mbdask.deploy.cluster import usable_cores
 
     max_steps = steps or (QUICK_STEPS if quick else MAX_STEPS)
     inp = case_input(nwaters)
@@ -222,13 +267,26 @@ def measure(quick: bool, steps: int | None, nwaters: int = NWATERS, repeats: int
             done.append(route())
             print(json.dumps(done[-1]), flush=True)
     rows = [{**min(done, key=lambda row: row["wall"]), "walls": [row["wall"] for row in done]} for done in runs]
-    options = (" --quick" if quick else "") + (f" --max-steps {steps}" if steps else "") + (f" --waters {nwaters}" if nwaters != NWATERS else "")
+    options = (
+        (" --quick" if quick else "")
+        + (f" --max-steps {steps}" if steps else "")
+        + (f" --waters {nwaters}" if nwaters != NWATERS else "")
+    )
     options += f" --repeats {repeats}" if repeats != REPEATS else ""
     command = f"python benchmarks/bench_optimize.py{options} --docs"
     calculations = nwaters + math.comb(nwaters, 2) + math.comb(nwaters, 3)
-    case = (f"(H2O){nwaters} ({CLUSTER_FILES.get(nwaters, 'tiled')}), 3-body nocp GFN2-xTB ({calculations} calculations a step), "
-            f"at most {max_steps} steps")
-    return {"rows": rows, "machine": machine(), "command": command, "case": case, "date": datetime.date.today().isoformat(), "repeats": repeats}
+    case = (
+        f"(H2O){nwaters} ({CLUSTER_FILES.get(nwaters, 'tiled')}), 3-body nocp GFN2-xTB ({calculations} calculations a step), "
+        f"at most {max_steps} steps"
+    )
+    return {
+        "rows": rows,
+        "machine": machine(),
+        "command": command,
+        "case": case,
+        "date": datetime.date.today().isoformat(),
+        "repeats": repeats,
+    }
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Every executor runs as a fresh ``python`` process timed from outside (interprete
 imports, cluster start, plan, run, assembly, output: what a user waits for):
 
 * ``mbdask``: ``python -m mbdask run INPUT --profile`` (default: workers forked from the
-  command-line process, :mod:`mbdask.forked_workers`);
+  command-line process, :mod:`mbdask.deploy.forked_workers`);
 * ``mbdask spawned``: the same with ``DASK_MBDASK__LOCAL_CLUSTER__WORKERS=spawn`` (Dask's own
   LocalCluster start, the default before);
 * ``mbdask.compute``: a script calling ``mbdask.compute(INPUT)`` without a client, in the
@@ -94,7 +94,7 @@ if __name__ == "__main__":
 WARM = """
 import json, sys, time
 import mbdask
-from mbdask.cluster import connected
+from mbdask.deploy.cluster import connected
 if __name__ == "__main__":
     paths, repeats = sys.argv[1:-1], int(sys.argv[-1])
     with connected() as conn:  # the LocalCluster mbdask.compute would start here: workers forked from this process
@@ -130,7 +130,9 @@ UNSET_THREADS = {name: None for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREAD
 def _timed(args: list[str], env: dict | None = None) -> tuple[float, str]:
     start = time.perf_counter()
     merged = {**os.environ, **(env or {})}
-    proc = subprocess.run(args, capture_output=True, text=True, env={k: v for k, v in merged.items() if v is not None}, cwd=ROOT)
+    proc = subprocess.run(
+        args, capture_output=True, text=True, env={k: v for k, v in merged.items() if v is not None}, cwd=ROOT
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{args[:4]} failed: {proc.stderr[-2000:]}")
@@ -168,7 +170,10 @@ def _muted_xtb(inp: dict) -> dict | None:
 def warm(paths: list[Path], repeats: int = 3) -> list[dict]:
     """Each input through ``mbdask.compute`` on a cluster that is already up, as in a script's loop: one
     process, the LocalCluster mbdask starts (workers forked from it), one warm-up run, then best of 3."""
-    _, stdout = _timed([sys.executable, "-c", WARM, *map(str, paths), str(repeats)], {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    _, stdout = _timed(
+        [sys.executable, "-c", WARM, *map(str, paths), str(repeats)],
+        {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
+    )
     return [json.loads(line) for line in stdout.strip().splitlines() if line.startswith("{")]
 
 
@@ -177,13 +182,39 @@ def run_case(name: str, path: Path, workers: int, repeats: int, work: Path) -> d
     muted = _muted_xtb(inp)
     if muted is not None:
         (work / "muted.json").write_text(json.dumps(muted))
-    runs: dict[str, list] = {key: [] for key in ("mbdask", "mbdask spawned", "mbdask.compute", *SEQUENTIAL, "pool", *(["pool muted"] if muted else []))}
+    runs: dict[str, list] = {
+        key: []
+        for key in (
+            "mbdask",
+            "mbdask spawned",
+            "mbdask.compute",
+            *SEQUENTIAL,
+            "pool",
+            *(["pool muted"] if muted else []),
+        )
+    }
     energies: list[float] = []
     profile = {}
     for _ in range(repeats):
         for key, env in (("mbdask", {}), ("mbdask spawned", {"DASK_MBDASK__LOCAL_CLUSTER__WORKERS": "spawn"})):
             out, prof = work / "result.json", work / "profile.json"
-            wall, _ = _timed([sys.executable, "-m", "mbdask", "run", str(path), "--no-progress", "--workers", str(workers), "-o", str(out), "--profile", str(prof)], env)
+            wall, _ = _timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "mbdask",
+                    "run",
+                    str(path),
+                    "--no-progress",
+                    "--workers",
+                    str(workers),
+                    "-o",
+                    str(out),
+                    "--profile",
+                    str(prof),
+                ],
+                env,
+            )
             runs[key].append(wall)
             energies.append(json.loads(out.read_text())["properties"]["return_energy"])
             if key == "mbdask" and wall == min(runs[key]):
@@ -207,11 +238,20 @@ def run_case(name: str, path: Path, workers: int, repeats: int, work: Path) -> d
     bound = profile["zero_overhead_bound_seconds"]
     phases = {row["phase"]: row["seconds"] for row in profile["phases"]}
     return {
-        "case": name, "input": str(path), "fragments": profile["fragments"], "workers": workers, **{f"{k} s": v for k, v in best.items()},
-        "bound s": bound, "efficiency": bound / best["mbdask"], "efficiency spawned": bound / best["mbdask spawned"],
+        "case": name,
+        "input": str(path),
+        "fragments": profile["fragments"],
+        "workers": workers,
+        **{f"{k} s": v for k, v in best.items()},
+        "bound s": bound,
+        "efficiency": bound / best["mbdask"],
+        "efficiency spawned": bound / best["mbdask spawned"],
         "library vs command line": best["mbdask.compute"] / best["mbdask"],
-        "vs best sequential": sequential / best["mbdask"], "vs pool": pool / best["mbdask"],
-        "max energy diff": max(energies) - min(energies), "profile": profile, "phases": phases,
+        "vs best sequential": sequential / best["mbdask"],
+        "vs pool": pool / best["mbdask"],
+        "max energy diff": max(energies) - min(energies),
+        "profile": profile,
+        "phases": phases,
     }
 
 
@@ -225,20 +265,47 @@ def long_case() -> dict:
 def long_run(path: Path, workers: int, work: Path) -> dict:
     """The command line on ``path`` once, whole process: wall time, bound and efficiency from its profile."""
     profile_path = work / "long-profile.json"
-    wall, _ = _timed([sys.executable, "-m", "mbdask", "run", str(path), "--no-progress", "--workers", str(workers),
-                      "-o", str(work / "long-result.json"), "--profile", str(profile_path)])
+    wall, _ = _timed(
+        [
+            sys.executable,
+            "-m",
+            "mbdask",
+            "run",
+            str(path),
+            "--no-progress",
+            "--workers",
+            str(workers),
+            "-o",
+            str(work / "long-result.json"),
+            "--profile",
+            str(profile_path),
+        ]
+    )
     profile = json.loads(profile_path.read_text())
     bound = profile["zero_overhead_bound_seconds"]
-    return {"fragments": profile["fragments"], "wall": wall, "bound": bound, "efficiency": bound / wall,
-            "phases": {row["phase"]: row["seconds"] for row in profile["phases"]}}
+    return {
+        "fragments": profile["fragments"],
+        "wall": wall,
+        "bound": bound,
+        "efficiency": bound / wall,
+        "phases": {row["phase"]: row["seconds"] for row in profile["phases"]},
+    }
 
 
 def throughput(method: str) -> dict:
     """(H2O)64 3-body through the zero-duration program, priced by the cost model as ``method``; a whole process."""
-    wall, stdout = _timed([sys.executable, "-c", THROUGHPUT, str(HERE), method], {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    wall, stdout = _timed(
+        [sys.executable, "-c", THROUGHPUT, str(HERE), method], {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    )
     data = json.loads(stdout.strip().splitlines()[-1])
-    return {"priced as": method, "fragments": data["fragments"], "wall": wall, "per_second": data["fragments"] / wall,
-            "own_ms": data["own_ms"], "program_ms": data["program_ms"]}
+    return {
+        "priced as": method,
+        "fragments": data["fragments"],
+        "wall": wall,
+        "per_second": data["fragments"] / wall,
+        "own_ms": data["own_ms"],
+        "program_ms": data["program_ms"],
+    }
 
 
 #: Title of the benchmarks page's section that this script writes (run_all.py keeps it).
@@ -250,7 +317,8 @@ def section_markdown(result: dict, machine: str) -> str:
     import datetime
 
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"Measured {datetime.date.today().isoformat()} on {machine} with `python benchmarks/bench_overhead.py --docs`. "
         "Each figure is a whole process timed from outside (interpreter start, imports, plan, cluster start, run, "
         "assembly, output, exit); executors interleaved, best of "
@@ -271,7 +339,9 @@ def section_markdown(result: dict, machine: str) -> str:
     if result.get("rows"):
         lines += ["", "Where mbdask's wall time goes (`--profile` of the best mbdask run; seconds):", ""]
         phases = list(result["rows"][0]["phases"])
-        lines.append("| case | " + " | ".join(phases) + " | mbdask per fragment ms | Dask and idle in the span, core-s |")
+        lines.append(
+            "| case | " + " | ".join(phases) + " | mbdask per fragment ms | Dask and idle in the span, core-s |"
+        )
         lines.append("|---|" + "---|" * (len(phases) + 2))
         for row in result["rows"]:
             span = row["profile"]["fragment_span"]
@@ -281,18 +351,24 @@ def section_markdown(result: dict, machine: str) -> str:
             lines.append(f"| {row['case']} | " + " | ".join(cells) + " |")
     if any("warm" in row for row in result.get("rows", [])):
         lines += [
-            "", "The same inputs through `mbdask.compute` on a cluster that is already up (one process, the LocalCluster "
-            "mbdask starts, with workers forked from it; one warm-up run, then best of 3: a script's loop):", "",
-            "| case | wall s | bound s | efficiency | call to first fragment s |", "|---|---|---|---|---|",
+            "",
+            "The same inputs through `mbdask.compute` on a cluster that is already up (one process, the LocalCluster "
+            "mbdask starts, with workers forked from it; one warm-up run, then best of 3: a script's loop):",
+            "",
+            "| case | wall s | bound s | efficiency | call to first fragment s |",
+            "|---|---|---|---|---|",
         ]
         for row in result["rows"]:
             if "warm" in row:
                 w = row["warm"]
-                lines.append(f"| {row['case']} | {w['wall']:.2f} | {w['bound']:.2f} | {w['efficiency']:.2f} | {w['first']:.2f} |")
+                lines.append(
+                    f"| {row['case']} | {w['wall']:.2f} | {w['bound']:.2f} | {w['efficiency']:.2f} | {w['first']:.2f} |"
+                )
     if "long" in result:
         long = result["long"]
         lines += [
-            "", f"A job of about a minute, (H2O)16 3-body HF/6-31G* PySCF ({long['fragments']} calculations), whole "
+            "",
+            f"A job of about a minute, (H2O)16 3-body HF/6-31G* PySCF ({long['fragments']} calculations), whole "
             f"command-line process: {long['wall']:.1f} s against a bound of {long['bound']:.1f} s, **efficiency "
             f"{long['efficiency']:.2f}**.",
         ]
@@ -334,12 +410,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one small case, one repeat, no throughput run")
     parser.add_argument("--json", metavar="FILE", help="write the rows here")
     parser.add_argument("--throughput-only", action="store_true", help="only the (H2O)64 zero-cost throughput runs")
-    parser.add_argument("--long", action="store_true", help="also the job of about a minute, (H2O)16 3-body HF/6-31G* PySCF, mbdask only")
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help="also the job of about a minute, (H2O)16 3-body HF/6-31G* PySCF, mbdask only",
+    )
     parser.add_argument("--docs", action="store_true", help="write the section of docs/benchmarks.md")
-    parser.add_argument("--from-json", metavar="FILE", help="measure nothing: the section from a --json file of an earlier run")
+    parser.add_argument(
+        "--from-json", metavar="FILE", help="measure nothing: the section from a --json file of an earlier run"
+    )
     args = parser.parse_args()
-    from mbdask.cluster import usable_cores
     from run_all import machine
+
+    from mbdask.deploy.cluster import usable_cores
 
     if args.from_json:
         write_section(section_markdown(json.loads(Path(args.from_json).read_text()), machine()))

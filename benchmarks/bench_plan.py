@@ -25,9 +25,9 @@ import json, sys, time, tracemalloc
 sys.path.insert(0, sys.argv[1])
 from clusters import xtb_input
 import mbdask
-from mbdask.api import _units
-from mbdask.workers import increment_tasks
-from mbdask.graph import FragmentResources, build_graph
+from mbdask.workflows.expansion import _units
+from mbdask.deploy.workers import increment_tasks
+from mbdask.graph.build import FragmentResources, build_graph
 n, nb, traced = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 inp = xtb_input(n, nb)
 workers = [{"address": "a", "nthreads": 1, "memory_limit": 2**30, "resources": {"cores": 1, "memory": 2**30}}] * 2
@@ -55,10 +55,17 @@ print(json.dumps(row))
 def run(cases=CASES, traced: bool = False) -> list[dict]:
     rows = []
     for n, nb in cases:
-        out = subprocess.run([sys.executable, "-c", CHILD, str(HERE), str(n), str(nb), "0"], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(HERE), str(n), str(nb), "0"], capture_output=True, text=True, check=True
+        )
         row = json.loads(out.stdout.strip().splitlines()[-1])
         if traced:
-            out = subprocess.run([sys.executable, "-c", CHILD, str(HERE), str(n), str(nb), "1"], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(HERE), str(n), str(nb), "1"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             row["traced_peak_mb"] = json.loads(out.stdout.strip().splitlines()[-1])["traced_peak_mb"]
         rows.append(row)
     return rows
@@ -68,9 +75,15 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     traced = "--tracemalloc" in args
     cases = [tuple(map(int, a.split(":"))) for a in args if a != "--tracemalloc"] or CASES
-    print("| cluster | fragments | graph nodes | plan s | graph s (units + build) | plan + graph s | peak RSS MB |" + (" tracemalloc peak MB |" if traced else ""))
+    print(
+        "| cluster | fragments | graph nodes | plan s | graph s (units + build) | plan + graph s | peak RSS MB |"
+        + (" tracemalloc peak MB |" if traced else "")
+    )
     print("|---|---|---|---|---|---|---|" + ("---|" if traced else ""))
     for row in run(cases, traced):
-        print(f"| (H2O){row['waters']} {row['nbody']}-body | {row['fragments']} | {row['nodes']} | {row['plan_s']:.2f} | "
-              f"{row['graph_s']:.2f} ({row['units_s']:.2f} + {row['graph_s'] - row['units_s']:.2f}) | {row['plan_s'] + row['graph_s']:.2f} | "
-              f"{row['peak_mb']:.0f} |" + (f" {row['traced_peak_mb']:.0f} |" if traced else ""), flush=True)
+        print(
+            f"| (H2O){row['waters']} {row['nbody']}-body | {row['fragments']} | {row['nodes']} | {row['plan_s']:.2f} | "
+            f"{row['graph_s']:.2f} ({row['units_s']:.2f} + {row['graph_s'] - row['units_s']:.2f}) | {row['plan_s'] + row['graph_s']:.2f} | "
+            f"{row['peak_mb']:.0f} |" + (f" {row['traced_peak_mb']:.0f} |" if traced else ""),
+            flush=True,
+        )

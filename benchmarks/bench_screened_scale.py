@@ -32,7 +32,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -50,10 +49,10 @@ import json, sys, time
 t_start = time.perf_counter()
 import scipy.spatial  # imported by the first screened plan: counted with the imports, not the plan
 import mbdask
-from mbdask.api import _units
-from mbdask.graph import FragmentResources, build_graph
-from mbdask.workers import increment_tasks
-from mbdask.xyz import ModelOptions, molecule_from_xyz
+from mbdask.workflows.expansion import _units
+from mbdask.graph.build import FragmentResources, build_graph
+from mbdask.deploy.workers import increment_tasks
+from mbdask.inputs.xyz import ModelOptions, molecule_from_xyz
 path, nbody, text = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 cutoffs = {int(n): float(r) for n, r in (part.split(":") for part in text.split(","))}
 t0 = time.perf_counter()
@@ -75,7 +74,9 @@ print(json.dumps({"waters": plan.nfragments, "nbody": nbody, "cutoffs": text, "c
 
 
 def plan_row(xyz: Path, nbody: int, cutoffs: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(xyz), str(nbody), cutoffs], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(xyz), str(nbody), cutoffs], capture_output=True, text=True, check=True
+    )
     row = json.loads(out.stdout.strip().splitlines()[-1])
     row["us_per_calculation"] = 1e6 * (row["plan_s"] + row["graph_s"]) / row["calculations"]
     return row
@@ -83,12 +84,31 @@ def plan_row(xyz: Path, nbody: int, cutoffs: str) -> dict:
 
 def cli_plan(xyz: Path, nbody: int, cutoffs: str) -> dict:
     """``python -m mbdask plan`` as a user types it: a whole process, start-up included."""
-    cmd = [sys.executable, "-m", "mbdask", "plan", str(xyz), "--program", "xtb", "--method", "gfn2-xtb", "--max-nbody", str(nbody),
-           "--distance-cutoffs", cutoffs]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mbdask",
+        "plan",
+        str(xyz),
+        "--program",
+        "xtb",
+        "--method",
+        "gfn2-xtb",
+        "--max-nbody",
+        str(nbody),
+        "--distance-cutoffs",
+        cutoffs,
+    ]
     done = sampled_run(cmd)
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
-    return {"file": xyz.name, "cutoffs": cutoffs, "wall_s": done.wall_s, "peak_mb": done.sampler.main_peak / 2**20, "stdout": done.stdout}
+    return {
+        "file": xyz.name,
+        "cutoffs": cutoffs,
+        "wall_s": done.wall_s,
+        "peak_mb": done.sampler.main_peak / 2**20,
+        "stdout": done.stdout,
+    }
 
 
 def run_row(nwaters: int, nbody: int, cutoffs: str, workdir: Path, driver: str = "energy") -> dict:
@@ -98,9 +118,31 @@ def run_row(nwaters: int, nbody: int, cutoffs: str, workdir: Path, driver: str =
     for name in ("run.sqlite", "run.sqlite-wal", "run.sqlite-shm"):
         (folder / name).unlink(missing_ok=True)
     xyz = droplet_xyz(nwaters, workdir)
-    cmd = [sys.executable, "-m", "mbdask", "run", str(xyz), "--program", "xtb", "--method", "gfn2-xtb", "--max-nbody", str(nbody),
-           "--driver", driver, "--distance-cutoffs", cutoffs, "--store", "run.sqlite", "-o", "result.json", "--profile", "profile.json",
-           "--report", "report.html"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mbdask",
+        "run",
+        str(xyz),
+        "--program",
+        "xtb",
+        "--method",
+        "gfn2-xtb",
+        "--max-nbody",
+        str(nbody),
+        "--driver",
+        driver,
+        "--distance-cutoffs",
+        cutoffs,
+        "--store",
+        "run.sqlite",
+        "-o",
+        "result.json",
+        "--profile",
+        "profile.json",
+        "--report",
+        "report.html",
+    ]
     env = {**os.environ, "DASK_MBDASK__PROGRESS__LOG_INTERVAL": "60"}
     done = sampled_run(cmd, folder, env)
     wall, sampler = done.wall_s, done.sampler
@@ -114,12 +156,20 @@ def run_row(nwaters: int, nbody: int, cutoffs: str, workdir: Path, driver: str =
     levels = extras["levels"]["nocp"]
     bound = profile["zero_overhead_bound_seconds"]
     return {
-        "waters": nwaters, "nbody": nbody, "cutoffs": cutoffs, "driver": driver, "wall_s": wall, "bound_s": bound,
-        "wall_over_bound": wall / bound, "calculations": extras["nfragment_calculations"],
+        "waters": nwaters,
+        "nbody": nbody,
+        "cutoffs": cutoffs,
+        "driver": driver,
+        "wall_s": wall,
+        "bound_s": bound,
+        "wall_over_bound": wall / bound,
+        "calculations": extras["nfragment_calculations"],
         "kept": {n: row["kept"] for n, row in extras["screening"]["orders"].items()},
         "interaction_per_monomer_kcal": levels[str(nbody)]["interaction"] * KCAL / nwaters,
-        "client_peak_mb": sampler.main_peak / 2**20, "worker_peak_mb": max(sampler.child_peaks.values(), default=0) / 2**20,
-        "report_mb": (folder / "report.html").stat().st_size / 2**20, "folder": str(folder),
+        "client_peak_mb": sampler.main_peak / 2**20,
+        "worker_peak_mb": max(sampler.child_peaks.values(), default=0) / 2**20,
+        "report_mb": (folder / "report.html").stat().st_size / 2**20,
+        "folder": str(folder),
         "phases": profile.get("phases"),
     }
 
@@ -129,7 +179,7 @@ def run_row(nwaters: int, nbody: int, cutoffs: str, workdir: Path, driver: str =
 ENERGY_SCRIPT = """
 import json, sys, time
 import mbdask
-from mbdask.xyz import ModelOptions, molecule_from_xyz
+from mbdask.inputs.xyz import ModelOptions, molecule_from_xyz
 if __name__ == "__main__":
     xyz, nbody, cutoffs, thresholds = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
     inp = ModelOptions(max_nbody=nbody).input_for(molecule_from_xyz(xyz))
@@ -152,7 +202,15 @@ def energy_row(run_folder: Path, nwaters: int, nbody: int, cutoffs: str, thresho
             shutil.copyfile(run_folder / f"run.sqlite{suffix}", folder / f"run.sqlite{suffix}")
     per_order = {int(n): float(v) for n, v in (part.split(":") for part in cutoffs.split(","))}
     taus = {int(n): float(v) for n, v in (part.split(":") for part in thresholds.split(","))}
-    cmd = [sys.executable, "-c", ENERGY_SCRIPT, str(droplet_xyz(nwaters, workdir)), str(nbody), json.dumps(per_order), json.dumps(taus)]
+    cmd = [
+        sys.executable,
+        "-c",
+        ENERGY_SCRIPT,
+        str(droplet_xyz(nwaters, workdir)),
+        str(nbody),
+        json.dumps(per_order),
+        json.dumps(taus),
+    ]
     done = sampled_run(cmd, folder)
     wall, sampler = done.wall_s, done.sampler
     if done.returncode:
@@ -161,18 +219,32 @@ def energy_row(run_folder: Path, nwaters: int, nbody: int, cutoffs: str, thresho
     report = extras["screening"]["energy"]
     candidates = sum(row["candidates"] for row in report["orders"].values())
     return {
-        "waters": nwaters, "cutoffs": cutoffs, "thresholds": thresholds, "wall_s": wall, "client_cpu_s": sampler.main_cpu,
-        "client_peak_mb": sampler.main_peak / 2**20, "candidates": candidates, "orders": report["orders"],
-        "screening_seconds": report.get("screening_seconds"), "calculations": extras["nfragment_calculations"],
-        "computed": len(extras["timing"]["fragments"]), "client_ms_per_candidate": 1000 * sampler.main_cpu / candidates,
+        "waters": nwaters,
+        "cutoffs": cutoffs,
+        "thresholds": thresholds,
+        "wall_s": wall,
+        "client_cpu_s": sampler.main_cpu,
+        "client_peak_mb": sampler.main_peak / 2**20,
+        "candidates": candidates,
+        "orders": report["orders"],
+        "screening_seconds": report.get("screening_seconds"),
+        "calculations": extras["nfragment_calculations"],
+        "computed": len(extras["timing"]["fragments"]),
+        "client_ms_per_candidate": 1000 * sampler.main_cpu / candidates,
     }
 
 
 def section_markdown(
-    plans: list[dict], cli: dict, runs: list[dict], machine: str, energy: Optional[list[dict]] = None, unscreened: Optional[dict] = None
+    plans: list[dict],
+    cli: dict,
+    runs: list[dict],
+    machine: str,
+    energy: list[dict] | None = None,
+    unscreened: dict | None = None,
 ) -> str:
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"Measured {datetime.date.today().isoformat()} on {machine} with `python benchmarks/bench_screened_scale.py` (the plan "
         "table by default; each end-to-end run with `--run N:K:CUTOFFS[:gradient]`, energy screening with `--energy "
         "N:CUTOFFS:THRESHOLDS`; `--from-json` of their merged output writes this section): "
@@ -180,7 +252,8 @@ def section_markdown(
         "kept and each pair lies within the k-body cutoff) on liquid-water droplets of N waters, the first N waters of "
         "`benchmarks/data/water4096-liquid-sphere.xyz` (ordered by distance from its centre). Plan + graph: a fresh process "
         "plans, batches for two single-thread workers and builds the graph as `mbdask.start` does before sending it "
-        "(imports, SciPy's 0.4 s included, not counted); peak RSS is that process's (imports included, about 120 MB).", "",
+        "(imports, SciPy's 0.4 s included, not counted); peak RSS is that process's (imports included, about 120 MB).",
+        "",
         "| waters | cutoffs (A) | kept 2-body / 3-body | calculations | plan s | graph s | plan + graph s | per calculation, us | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -191,20 +264,31 @@ def section_markdown(
             f"{row['plan_s'] + row['graph_s']:.2f} | {row['us_per_calculation']:.1f} | {row['peak_mb']:.0f} |"
         )
     if unscreened:
-        lines += ["", "Unscreened plans did not get slower: `python benchmarks/bench_plan.py 64:4` ((H2O)64 4-body, 679,120 "
-                      "calculations, plan + graph), this checkout and the one before issue #26 alternately: "
-                      + "; ".join(f"{who} {', '.join(f'{r[0]:.2f} s / {r[1]:.0f} MB' for r in rows)}" for who, rows in unscreened.items()) + "."]
+        lines += [
+            "",
+            "Unscreened plans did not get slower: `python benchmarks/bench_plan.py 64:4` ((H2O)64 4-body, 679,120 "
+            "calculations, plan + graph), this checkout and the one before issue #26 alternately: "
+            + "; ".join(
+                f"{who} {', '.join(f'{r[0]:.2f} s / {r[1]:.0f} MB' for r in rows)}" for who, rows in unscreened.items()
+            )
+            + ".",
+        ]
     if cli:
-        lines += ["", f"`python -m mbdask plan {cli['file']} --program xtb --method gfn2-xtb --max-nbody 3 --distance-cutoffs {cli['cutoffs']}` "
-                      f"(the whole 4,096-water file, a whole process as a user runs it, start-up and reading the XYZ file included): "
-                      f"**{cli['wall_s']:.1f} s**, peak {cli['peak_mb']:.0f} MB."]
+        lines += [
+            "",
+            f"`python -m mbdask plan {cli['file']} --program xtb --method gfn2-xtb --max-nbody 3 --distance-cutoffs {cli['cutoffs']}` "
+            f"(the whole 4,096-water file, a whole process as a user runs it, start-up and reading the XYZ file included): "
+            f"**{cli['wall_s']:.1f} s**, peak {cli['peak_mb']:.0f} MB.",
+        ]
     if runs:
         lines += [
-            "", "End to end, the command line as a user runs it (`python -m mbdask run DROPLET.xyz --program xtb --method gfn2-xtb "
+            "",
+            "End to end, the command line as a user runs it (`python -m mbdask run DROPLET.xyz --program xtb --method gfn2-xtb "
             "--max-nbody K --distance-cutoffs ... --store run.sqlite -o result.json --profile profile.json --report report.html`, "
             "a fresh store, LocalCluster of 2 single-thread workers). Bound = QC program time / 2 cores (or the longest fragment); "
             "wall includes Python's start, planning, the cluster's start, writing the result, its tables and the report "
-            "(together 2-4 s: they dominate the ratio below 256 waters; from 512 waters on the runs stay within 1.1 of the bound).", "",
+            "(together 2-4 s: they dominate the ratio below 256 waters; from 512 waters on the runs stay within 1.1 of the bound).",
+            "",
             "| waters | n-body | driver | cutoffs (A) | calculations | wall s | bound s | wall / bound | client peak MB | worker peak MB | report MB | interaction per water, kcal/mol |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -216,12 +300,14 @@ def section_markdown(
             )
     if energy:
         lines += [
-            "", "Energy screening of thousands of waters: the candidates are the clusters within the distance cutoffs "
+            "",
+            "Energy screening of thousands of waters: the candidates are the clusters within the distance cutoffs "
             "(a neighbour search), decided by GFN2-xTB as the cheap model; run on a copy of the distance-screened run's store "
             "with that run's GFN2-xTB as the cheap model, so that every calculation is found there and the figures are "
             "mbdask's own work (a whole process calling `mbdask.compute`: candidates, decisions, store look-ups, the graph "
             "and the assembly of the kept set; 'computed': calculations the store did not hold). Client CPU varies by about "
-            "5% between runs (0.107-0.113 ms per candidate in three).", "",
+            "5% between runs (0.107-0.113 ms per candidate in three).",
+            "",
             "| waters | cutoffs (A) | thresholds (kcal/mol) | candidates | kept per order | calculations | computed | wall s | client CPU s | per candidate, ms | client peak MB |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -237,17 +323,31 @@ def section_markdown(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES), help="droplet sizes for the plan table (none: skip it)")
+    parser.add_argument(
+        "--sizes", type=int, nargs="*", default=list(SIZES), help="droplet sizes for the plan table (none: skip it)"
+    )
     parser.add_argument("--nbody", type=int, default=3)
     parser.add_argument("--cutoffs", default="2:9,3:6")
-    parser.add_argument("--run", action="append", default=[], metavar="N:NBODY:CUTOFFS[:gradient]",
-                        help="an end-to-end run, e.g. 1024:3:2:9,3:6 (cutoffs as --distance-cutoffs takes them)")
-    parser.add_argument("--energy", action="append", default=[], metavar="N:CUTOFFS:THRESHOLDS",
-                        help="energy screening over the store of the --run at N waters with CUTOFFS, e.g. 1024:2:9,3:6:2:0.05,3:0.01 "
-                        "(the run's folder must be in --workdir)")
+    parser.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="N:NBODY:CUTOFFS[:gradient]",
+        help="an end-to-end run, e.g. 1024:3:2:9,3:6 (cutoffs as --distance-cutoffs takes them)",
+    )
+    parser.add_argument(
+        "--energy",
+        action="append",
+        default=[],
+        metavar="N:CUTOFFS:THRESHOLDS",
+        help="energy screening over the store of the --run at N waters with CUTOFFS, e.g. 1024:2:9,3:6:2:0.05,3:0.01 "
+        "(the run's folder must be in --workdir)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mbdask-screened-scale"))
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--from-json", type=Path, default=None, help="measure nothing: the section from an earlier --json")
+    parser.add_argument(
+        "--from-json", type=Path, default=None, help="measure nothing: the section from an earlier --json"
+    )
     parser.add_argument("--docs", action="store_true", help="write the section of docs/benchmarks.md")
     args = parser.parse_args()
     from bench_overhead import write_section
@@ -284,7 +384,12 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(data, indent=1))
     if args.docs:
-        write_section(section_markdown(data["plans"], data["cli"], data["runs"], machine(), data.get("energy"), data.get("unscreened")), section=SECTION)
+        write_section(
+            section_markdown(
+                data["plans"], data["cli"], data["runs"], machine(), data.get("energy"), data.get("unscreened")
+            ),
+            section=SECTION,
+        )
 
 
 def _split_energy_spec(text: str) -> tuple[str, str]:

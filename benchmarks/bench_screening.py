@@ -27,14 +27,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import mbdask  # noqa: E402
 from distributed import Client  # noqa: E402
 from qcelemental import constants  # noqa: E402
 from qcmanybody.models.v2 import ManyBodyResult  # noqa: E402
 from qcmanybody.utils import delabeler  # noqa: E402
 
-from mbdask.screening import fragment_distances, subclusters_kept  # noqa: E402
-from mbdask.xyz import molecule_from_xyz  # noqa: E402
+import mbdask  # noqa: E402
+from mbdask.inputs.xyz import molecule_from_xyz  # noqa: E402
+from mbdask.planning.screening import fragment_distances, subclusters_kept  # noqa: E402
 
 KCAL = constants.hartree2kcalmol
 GEOMETRY = HERE / "data" / "water20-dodecahedron.xyz"
@@ -68,7 +68,10 @@ GFN2 = expansion("gfn2", "xtb", {"method": "gfn2-xtb"}, {"accuracy": 0.01}, 4)
 
 def interaction_sums(result: ManyBodyResult) -> dict[int, float]:
     top = max(int(n) for n in result.input_data.specification.keywords.levels)
-    return {n: getattr(result.properties, f"nocp_corrected_interaction_energy_through_{n}_body") * KCAL for n in range(2, top + 1)}
+    return {
+        n: getattr(result.properties, f"nocp_corrected_interaction_energy_through_{n}_body") * KCAL
+        for n in range(2, top + 1)
+    }
 
 
 def candidates(previous: set, order: int, distances, cutoff) -> list[tuple[int, ...]]:
@@ -76,7 +79,9 @@ def candidates(previous: set, order: int, distances, cutoff) -> list[tuple[int, 
     by trying every extension: fine for 20 waters (mbdask itself grows them from neighbour lists)."""
     n = distances.shape[0]
     return [
-        cluster for base in sorted(previous) for cluster in (base + (j,) for j in range(base[-1] + 1, n + 1))
+        cluster
+        for base in sorted(previous)
+        for cluster in (base + (j,) for j in range(base[-1] + 1, n + 1))
         if subclusters_kept(cluster, previous)
         and (cutoff is None or all(distances[a - 1, b - 1] <= cutoff for a, b in itertools.combinations(cluster, 2)))
     ]
@@ -105,7 +110,9 @@ def stored_seconds(store: str, model: str) -> dict[tuple[int, ...], float]:
     return {tuple(delabeler(label)[1]): secs for label, secs in rows if delabeler(label)[0] == model}
 
 
-def screened_row(label: str, result: ManyBodyResult, reference: ManyBodyResult, seconds: dict, total_seconds: float) -> str:
+def screened_row(
+    label: str, result: ManyBodyResult, reference: ManyBodyResult, seconds: dict, total_seconds: float
+) -> str:
     summary = result.extras["mbdask"]["screening"]
     kept = "/".join(str(row["kept"]) for n, row in summary["orders"].items() if n != "1")
     ncalc = result.extras["mbdask"]["nfragment_calculations"]
@@ -125,11 +132,15 @@ def main() -> None:
     parser.add_argument("--store", default="hf20.sqlite", help="checkpoint store for the HF and xtb fragments")
     parser.add_argument("--reference", default="hf20-ref.json", help="unscreened HF result (computed if missing)")
     parser.add_argument("--max-nbody", type=int, default=4, help="highest order of the HF expansion (default 4)")
-    parser.add_argument("--out", default=str(HERE.parent / "docs" / "benchmarks.md"), help="markdown file whose screening section is replaced ('' to only print)")
+    parser.add_argument(
+        "--out",
+        default=str(HERE.parent / "docs" / "benchmarks.md"),
+        help="markdown file whose screening section is replaced ('' to only print)",
+    )
     args = parser.parse_args()
 
     HF = hf(args.max_nbody)
-    with mbdask.cluster.connected(n_workers=2) as conn:
+    with mbdask.deploy.cluster.connected(n_workers=2) as conn:
         client = conn.client
         lines = ["## Screened expansions: (H2O)20 dodecahedron", ""]
         start = time.perf_counter()
@@ -156,7 +167,8 @@ def main() -> None:
         ref_sums = interaction_sums(reference)
         lines += [
             f"HF/6-31G (PySCF), unscreened reference through {args.max_nbody}-body: interaction energy "
-            + ", ".join(f"through {n}-body {e:.3f}" for n, e in ref_sums.items()) + f" kcal/mol; {len(computed)} calculations, "
+            + ", ".join(f"through {n}-body {e:.3f}" for n, e in ref_sums.items())
+            + f" kcal/mol; {len(computed)} calculations, "
             f"{total_seconds:.0f} s of fragment compute (about {total_seconds / 2:.0f} s on 2 workers).",
             "",
             "Screened runs reload their HF fragments from the reference's checkpoint store, so the HF time they would take "
@@ -170,7 +182,9 @@ def main() -> None:
             energy = mbdask.compute(HF, client, store=args.store, screening={"energy_thresholds": thresholds})
             label = "energy " + ", ".join(f"{n}: {t:g}" for n, t in thresholds.items()) + " kcal/mol"
             lines.append(screened_row(label, energy, reference, seconds, total_seconds))
-            cutoffs = distance_cutoffs_matching({n: row["kept"] for n, row in energy.extras["mbdask"]["screening"]["orders"].items()})
+            cutoffs = distance_cutoffs_matching(
+                {n: row["kept"] for n, row in energy.extras["mbdask"]["screening"]["orders"].items()}
+            )
             distance = mbdask.compute(HF, client, store=args.store, screening={"distance_cutoffs": cutoffs})
             dlabel = "distance " + ", ".join(f"{n}: {c:.2f}" for n, c in cutoffs.items()) + " A (same counts)"
             lines.append(screened_row(dlabel, distance, reference, seconds, total_seconds))

@@ -52,14 +52,16 @@ def net_dipole_per_water(xyz: Path) -> tuple[float, float]:
     charges = np.array([-0.834 if a[0] == "O" else 0.417 for a in atoms])
     debye = 4.80320  # e * Angstrom
     waters = (charges[:, None] * coords).reshape(-1, 3, 3).sum(axis=1)  # per water (neutral, so origin-free)
-    return float(np.linalg.norm(waters.sum(axis=0)) * debye / len(waters)), float(np.linalg.norm(waters, axis=1).mean() * debye)
+    return float(np.linalg.norm(waters.sum(axis=0)) * debye / len(waters)), float(
+        np.linalg.norm(waters, axis=1).mean() * debye
+    )
 
 
 def load(run: Path, xyz: Path) -> dict:
     """Per order, the clusters (1-based rows), their increments (Eh) and largest pair distance (A); and the run's levels."""
-    from mbdask.screening import pair_distances
+    from mbdask.inputs.xyz import molecule_from_xyz
+    from mbdask.planning.screening import pair_distances
     from mbdask.tables import Rows
-    from mbdask.xyz import molecule_from_xyz
 
     rows = Rows.read_csv(run / "result.increments.nocp.csv.gz")
     nbody = np.array(rows.column("nbody"))
@@ -68,9 +70,15 @@ def load(run: Path, xyz: Path) -> dict:
     result = json.loads((run / "result.json").read_text())
     # geometry (bohr) and fragments are all the neighbour search reads: no QCElemental Molecule needed
     molecule = SimpleNamespace(**molecule_from_xyz(xyz))
-    assert len(molecule.fragments) == result["extras"]["mbdask"]["levels"]["nocp"]["1"]["nclusters"], "not the run's XYZ file"
+    assert len(molecule.fragments) == result["extras"]["mbdask"]["levels"]["nocp"]["1"]["nclusters"], (
+        "not the run's XYZ file"
+    )
     distances = pair_distances(molecule, max(R2) + 10.0)
-    out: dict = {"levels": result["extras"]["mbdask"]["levels"]["nocp"], "nwaters": len(molecule.fragments), "orders": {}}
+    out: dict = {
+        "levels": result["extras"]["mbdask"]["levels"]["nocp"],
+        "nwaters": len(molecule.fragments),
+        "orders": {},
+    }
     for n in sorted(set(nbody.tolist())):
         idx = np.flatnonzero(nbody == n)
         clusters = np.array([fragments[i] for i in idx], dtype=np.int64).reshape(len(idx), n)
@@ -88,8 +96,16 @@ def scan(data: dict, grid: list[tuple[float, float]]) -> list[dict]:
         keep2 = orders[2]["span"] <= r2
         keep3 = orders[3]["span"] <= min(r2, r3)
         kept = float(orders[2]["energy"][keep2].sum() + orders[3]["energy"][keep3].sum())
-        rows.append({"r2": r2, "r3": r3, "dimers": int(keep2.sum()), "trimers": int(keep3.sum()),
-                     "calculations_per_water": (nw + keep2.sum() + keep3.sum()) / nw, "error_per_water_kcal": (kept - whole) * KCAL / nw})
+        rows.append(
+            {
+                "r2": r2,
+                "r3": r3,
+                "dimers": int(keep2.sum()),
+                "trimers": int(keep3.sum()),
+                "calculations_per_water": (nw + keep2.sum() + keep3.sum()) / nw,
+                "error_per_water_kcal": (kept - whole) * KCAL / nw,
+            }
+        )
     return rows
 
 
@@ -97,7 +113,11 @@ def recommend(rows: list[dict], targets=TARGETS) -> dict[float, dict]:
     """Per target, the cheapest cutoffs whose error, and the error of every larger cutoff pair in the grid, is within it."""
     out = {}
     for target in targets:
-        safe = [r for r in rows if all(abs(o["error_per_water_kcal"]) <= target for o in rows if o["r2"] >= r["r2"] and o["r3"] >= r["r3"])]
+        safe = [
+            r
+            for r in rows
+            if all(abs(o["error_per_water_kcal"]) <= target for o in rows if o["r2"] >= r["r2"] and o["r3"] >= r["r3"])
+        ]
         if safe:
             out[target] = min(safe, key=lambda r: (r["calculations_per_water"], -r["r2"]))
     return out
@@ -105,57 +125,86 @@ def recommend(rows: list[dict], targets=TARGETS) -> dict[float, dict]:
 
 def section_markdown(reference: dict, recommended: dict, convergence: list[dict], conv_info: dict, machine: str) -> str:
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"Measured {datetime.date.today().isoformat()} on {machine} with `python benchmarks/bench_screening_accuracy.py --docs` "
         f"from the per-cluster increments of real GFN2-xTB nocp 3-body runs (no model of the error: mbdask's screened energy is "
-        f"the exact sum of the kept increments, so a screened energy at any smaller cutoffs follows from a run that kept more).", "",
+        f"the exact sum of the kept increments, so a screened energy at any smaller cutoffs follows from a run that kept more).",
+        "",
         f"**Error against the unscreened expansion**: the {reference['nwaters']}-water droplet (the first {reference['nwaters']} "
         f"waters of `water4096-liquid-sphere.xyz`), unscreened 3-body, {reference['calculations']:,} calculations. "
         "Screened energy per water minus the unscreened one, kcal/mol "
-        "(rows: 2-body cutoff; columns: 3-body cutoff; in brackets: calculations per water):", "",
+        "(rows: 2-body cutoff; columns: 3-body cutoff; in brackets: calculations per water):",
+        "",
     ]
     r3s = sorted({r["r3"] for r in reference["scan"]})
     lines.append("| 2-body \\ 3-body (A) | " + " | ".join(f"{r:g}" for r in r3s) + " |")
     lines.append("|---" * (len(r3s) + 1) + "|")
     for r2 in sorted({r["r2"] for r in reference["scan"]}):
         cells = [next(r for r in reference["scan"] if r["r2"] == r2 and r["r3"] == r3) for r3 in r3s]
-        lines.append(f"| {r2:g} | " + " | ".join(f"{c['error_per_water_kcal']:+.3f} ({c['calculations_per_water']:.0f})" for c in cells) + " |")
-    lines += ["", "Recommended (the cheapest cutoffs whose error, and that of every larger pair above, stays within the target):", "",
-              "| target, kcal/mol per water | 2-body cutoff (A) | 3-body cutoff (A) | calculations per water | error here |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {r2:g} | "
+            + " | ".join(f"{c['error_per_water_kcal']:+.3f} ({c['calculations_per_water']:.0f})" for c in cells)
+            + " |"
+        )
+    lines += [
+        "",
+        "Recommended (the cheapest cutoffs whose error, and that of every larger pair above, stays within the target):",
+        "",
+        "| target, kcal/mol per water | 2-body cutoff (A) | 3-body cutoff (A) | calculations per water | error here |",
+        "|---|---|---|---|---|",
+    ]
     for target, row in sorted(recommended.items(), reverse=True):
-        lines.append(f"| {target:g} | {row['r2']:g} | {row['r3']:g} | {row['calculations_per_water']:.0f} | {row['error_per_water_kcal']:+.3f} |")
+        lines.append(
+            f"| {target:g} | {row['r2']:g} | {row['r3']:g} | {row['calculations_per_water']:.0f} | {row['error_per_water_kcal']:+.3f} |"
+        )
     if convergence:
-        lines += ["", f"**Convergence at {conv_info['nwaters']:,} waters**: one screened run at 2-body {conv_info['r2']:g} A, 3-body "
-                      f"{conv_info['r3']:g} A ({conv_info['calculations']:,} calculations); the energy per water at smaller cutoffs "
-                      "minus that run's, kcal/mol (calculations per water in brackets):", ""]
+        lines += [
+            "",
+            f"**Convergence at {conv_info['nwaters']:,} waters**: one screened run at 2-body {conv_info['r2']:g} A, 3-body "
+            f"{conv_info['r3']:g} A ({conv_info['calculations']:,} calculations); the energy per water at smaller cutoffs "
+            "minus that run's, kcal/mol (calculations per water in brackets):",
+            "",
+        ]
         dipole = conv_info.get("net_dipole_debye_per_water")
         r3s = sorted({r["r3"] for r in convergence})
         lines.append("| 2-body \\ 3-body (A) | " + " | ".join(f"{r:g}" for r in r3s) + " |")
         lines.append("|---" * (len(r3s) + 1) + "|")
         for r2 in sorted({r["r2"] for r in convergence}):
             cells = [next(r for r in convergence if r["r2"] == r2 and r["r3"] == r3) for r3 in r3s]
-            lines.append(f"| {r2:g} | " + " | ".join(f"{c['error_per_water_kcal']:+.3f} ({c['calculations_per_water']:.0f})" for c in cells) + " |")
+            lines.append(
+                f"| {r2:g} | "
+                + " | ".join(f"{c['error_per_water_kcal']:+.3f} ({c['calculations_per_water']:.0f})" for c in cells)
+                + " |"
+            )
         if dipole is not None:
-            lines += ["", (
-                f"Read: the 2-body sum of the {conv_info['nwaters']:,}-water droplet has not converged at {conv_info['r2']:g} A: each "
-                "further 2 A of 2-body cutoff from 10 A on still lowers the energy by more than 0.1 kcal/mol per water, where the 128-water droplet "
-                "(about 20 A across, so with few pairs beyond 16 A) had converged. The droplets are cut from a 64-water box "
-                f"tiled in space, and the box has a net dipole: {dipole:.2f} D per water along one direction (TIP3P charges; one "
-                f"water's dipole is {conv_info['water_dipole_debye']:.2f} D), a polarised, ferroelectric-like droplet whose "
-                "dipole-dipole pair sum falls off no faster than the number of pairs grows. In a disordered liquid the net "
-                "dipole per water shrinks as one over the square root of the number of waters; so this slow 2-body convergence "
-                "is mostly the tiled geometry's, and the recommended cutoffs above, from the 128-water droplet, are the better "
-                "guide for liquid water. For polar systems with long-range order (crystals, oriented interfaces), check the "
-                "2-body cutoff on the system itself."
-            )]
+            lines += [
+                "",
+                (
+                    f"Read: the 2-body sum of the {conv_info['nwaters']:,}-water droplet has not converged at {conv_info['r2']:g} A: each "
+                    "further 2 A of 2-body cutoff from 10 A on still lowers the energy by more than 0.1 kcal/mol per water, where the 128-water droplet "
+                    "(about 20 A across, so with few pairs beyond 16 A) had converged. The droplets are cut from a 64-water box "
+                    f"tiled in space, and the box has a net dipole: {dipole:.2f} D per water along one direction (TIP3P charges; one "
+                    f"water's dipole is {conv_info['water_dipole_debye']:.2f} D), a polarised, ferroelectric-like droplet whose "
+                    "dipole-dipole pair sum falls off no faster than the number of pairs grows. In a disordered liquid the net "
+                    "dipole per water shrinks as one over the square root of the number of waters; so this slow 2-body convergence "
+                    "is mostly the tiled geometry's, and the recommended cutoffs above, from the 128-water droplet, are the better "
+                    "guide for liquid water. For polar systems with long-range order (crystals, oriented interfaces), check the "
+                    "2-body cutoff on the system itself."
+                ),
+            ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", type=Path, required=True, help="folder of an unscreened 3-body run (result.json and its tables)")
+    parser.add_argument(
+        "--reference", type=Path, required=True, help="folder of an unscreened 3-body run (result.json and its tables)"
+    )
     parser.add_argument("--xyz", type=Path, required=True, help="the XYZ file that run used")
-    parser.add_argument("--convergence", type=Path, default=None, help="folder of a screened 3-body run with large cutoffs")
+    parser.add_argument(
+        "--convergence", type=Path, default=None, help="folder of a screened 3-body run with large cutoffs"
+    )
     parser.add_argument("--convergence-xyz", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--docs", action="store_true")
@@ -165,8 +214,13 @@ def main() -> None:
 
     ref = load(args.reference, args.xyz)
     grid = [(r2, r3) for r2 in R2 for r3 in R3]
-    reference = {"nwaters": ref["nwaters"], "scan": scan(ref, grid),
-                 "calculations": json.loads((args.reference / "result.json").read_text())["extras"]["mbdask"]["nfragment_calculations"]}
+    reference = {
+        "nwaters": ref["nwaters"],
+        "scan": scan(ref, grid),
+        "calculations": json.loads((args.reference / "result.json").read_text())["extras"]["mbdask"][
+            "nfragment_calculations"
+        ],
+    }
     recommended = recommend(reference["scan"])
     out: dict = {"reference": reference, "recommended": {str(k): v for k, v in recommended.items()}}
     convergence, info = [], {}
@@ -174,7 +228,12 @@ def main() -> None:
         conv = load(args.convergence, args.convergence_xyz)
         summary = json.loads((args.convergence / "result.json").read_text())["extras"]["mbdask"]
         top = summary["screening"]["distance_cutoffs"]
-        info = {"nwaters": conv["nwaters"], "r2": float(top["2"]), "r3": float(top["3"]), "calculations": summary["nfragment_calculations"]}
+        info = {
+            "nwaters": conv["nwaters"],
+            "r2": float(top["2"]),
+            "r3": float(top["3"]),
+            "calculations": summary["nfragment_calculations"],
+        }
         info["net_dipole_debye_per_water"], info["water_dipole_debye"] = net_dipole_per_water(args.convergence_xyz)
         convergence = scan(conv, [(r2, r3) for r2 in R2 for r3 in R3 if r2 <= info["r2"] and r3 <= info["r3"]])
         out["convergence"] = {"info": info, "scan": convergence}

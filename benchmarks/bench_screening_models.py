@@ -10,7 +10,7 @@ What it measures, on benchmarks/data/water64-droplet.xyz (64 waters, one fragmen
 for the target GFN2-xTB and every cheap candidate the installed xtb can run (GFN1-xTB,
 GFN-FF; GFN0-xTB and IPEA-xTB are tried and reported as unavailable if their parameter
 files are missing), all with the keywords mbdask's xtb specifications use
-(``{"accuracy": 0.01}``), through the route mbdask uses (``mbdask.engine.run_program``,
+(``{"accuracy": 0.01}``), through the route mbdask uses (``mbdask.calculation.engine.run_program``,
 i.e. QCEngine's ``xtb`` harness -> ``xtb.qcschema.harness.run_qcschema`` -> xtb-python),
 single thread:
 
@@ -61,8 +61,8 @@ import numpy as np  # noqa: E402
 from qcelemental import constants  # noqa: E402
 from qcelemental.models.v2 import AtomicInput, Molecule  # noqa: E402
 
-from mbdask.engine import run_program  # noqa: E402
-from mbdask.xyz import molecule_from_xyz  # noqa: E402
+from mbdask.calculation.engine import run_program  # noqa: E402
+from mbdask.inputs.xyz import molecule_from_xyz  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 GEOMETRY = HERE / "data" / "water64-droplet.xyz"
@@ -105,10 +105,14 @@ class Energies:
     def atomic_input(self, subset: tuple[int, ...]) -> AtomicInput:
         atoms = [a for f in subset for a in self.fragments[f]]
         mol = Molecule(
-            symbols=[self.symbols[a] for a in atoms], geometry=self.geometry[atoms],
-            fix_com=True, fix_orientation=True,
+            symbols=[self.symbols[a] for a in atoms],
+            geometry=self.geometry[atoms],
+            fix_com=True,
+            fix_orientation=True,
         )
-        return AtomicInput(molecule=mol, specification={"driver": "energy", "model": {"method": self.method}, "keywords": KEYWORDS})
+        return AtomicInput(
+            molecule=mol, specification={"driver": "energy", "model": {"method": self.method}, "keywords": KEYWORDS}
+        )
 
     def __call__(self, subset: tuple[int, ...]) -> float:
         subset = tuple(sorted(subset))
@@ -210,10 +214,17 @@ def main() -> None:
     os.chdir(workdir)  # GFN-FF writes its topology files into the working directory
 
     import xtb
+
     out: dict = {
-        "geometry": str(GEOMETRY), "keywords": KEYWORDS, "route": "mbdask.engine.run_program (qcengine xtb harness)",
-        "xtb_python": getattr(xtb, "__version__", "?"), "python": platform.python_version(),
-        "loadavg_start": os.getloadavg(), "args": vars(args), "models": {}, "unavailable": {},
+        "geometry": str(GEOMETRY),
+        "keywords": KEYWORDS,
+        "route": "mbdask.calculation.engine.run_program (qcengine xtb harness)",
+        "xtb_python": getattr(xtb, "__version__", "?"),
+        "python": platform.python_version(),
+        "loadavg_start": os.getloadavg(),
+        "args": vars(args),
+        "models": {},
+        "unavailable": {},
     }
     with quiet_stdout():
         models = [TARGET]
@@ -240,13 +251,17 @@ def main() -> None:
             "total_clusters": len(combos),
             "close_max_oo_range": [float(worst[close].min()), float(worst[close].max())],
         }
-        print(f"{k}-body: {len(combos)} clusters; closest {args.n_close} have max O-O "
-              f"{worst[close].min():.2f}-{worst[close].max():.2f} A", flush=True)
+        print(
+            f"{k}-body: {len(combos)} clusters; closest {args.n_close} have max O-O "
+            f"{worst[close].min():.2f}-{worst[close].max():.2f} A",
+            flush=True,
+        )
 
     # 1. cost per single point, interleaved over models
     from xtb.interface import Calculator
     from xtb.libxtb import VERBOSITY_MUTED
     from xtb.utils import get_method
+
     engines = {m: Energies(molecule, m) for m in models}
     timing: dict = {m: {} for m in models}
     with quiet_stdout():
@@ -271,14 +286,20 @@ def main() -> None:
             for m in models:
                 q = np.percentile(route[m], [25, 50, 75])
                 timing[m][f"{k}-mer"] = {
-                    "route_median_s": float(q[1]), "route_q25_s": float(q[0]), "route_q75_s": float(q[2]),
-                    "singlepoint_median_s": float(np.median(kernel[m])), "n": len(route[m]),
+                    "route_median_s": float(q[1]),
+                    "route_q25_s": float(q[0]),
+                    "route_q75_s": float(q[2]),
+                    "singlepoint_median_s": float(np.median(kernel[m])),
+                    "n": len(route[m]),
                 }
     for m in models:
-        print(f"{m:9s} trimer {timing[m]['3-mer']['route_median_s'] * 1e3:6.2f} ms  "
-              f"tetramer {timing[m]['4-mer']['route_median_s'] * 1e3:6.2f} ms  "
-              f"(singlepoint alone {timing[m]['3-mer']['singlepoint_median_s'] * 1e3:.2f} / "
-              f"{timing[m]['4-mer']['singlepoint_median_s'] * 1e3:.2f} ms)", flush=True)
+        print(
+            f"{m:9s} trimer {timing[m]['3-mer']['route_median_s'] * 1e3:6.2f} ms  "
+            f"tetramer {timing[m]['4-mer']['route_median_s'] * 1e3:6.2f} ms  "
+            f"(singlepoint alone {timing[m]['3-mer']['singlepoint_median_s'] * 1e3:.2f} / "
+            f"{timing[m]['4-mer']['singlepoint_median_s'] * 1e3:.2f} ms)",
+            flush=True,
+        )
 
     # 2. increments
     incr: dict[str, dict[int, np.ndarray]] = {m: {} for m in models}
@@ -287,14 +308,19 @@ def main() -> None:
             t = time.perf_counter()
             for k in (3, 4):
                 incr[m][k] = np.array([engines[m].increment(c) for c in samples[k]["clusters"]])
-            out["models"][m] = {"timing": timing[m], "n_energies": len(engines[m].cache),
-                                "increment_pass_s": time.perf_counter() - t}
+            out["models"][m] = {
+                "timing": timing[m],
+                "n_energies": len(engines[m].cache),
+                "increment_pass_s": time.perf_counter() - t,
+            }
     for m in models:
         print(f"{m}: {len(engines[m].cache)} energies in {out['models'][m]['increment_pass_s']:.0f} s", flush=True)
 
     # sub-trimer increments of each sampled tetramer (for the hierarchical rule), from the caches
-    sub3 = {m: np.array([[engines[m].increment(t) for t in itertools.combinations(c, 3)]
-                         for c in samples[4]["clusters"]]) for m in models}
+    sub3 = {
+        m: np.array([[engines[m].increment(t) for t in itertools.combinations(c, 3)] for c in samples[4]["clusters"]])
+        for m in models
+    }
 
     for k in (3, 4):
         s = samples[k]
@@ -316,8 +342,10 @@ def main() -> None:
             cheap = incr[m][k]
             entry = out["models"][m].setdefault("fidelity", {})[f"{k}-body"] = {
                 "stats": {part: stats(ref[mask], cheap[mask]) for part, mask in parts.items()},
-                "threshold_rule": {part: {str(t): rule(ref[mask], np.abs(cheap[mask]) > t) for t in THRESHOLDS}
-                                   for part, mask in parts.items()},
+                "threshold_rule": {
+                    part: {str(t): rule(ref[mask], np.abs(cheap[mask]) > t) for t in THRESHOLDS}
+                    for part, mask in parts.items()
+                },
             }
             if k == 4:
                 hier = {}
@@ -344,29 +372,40 @@ def main() -> None:
         out.setdefault("matched_budget_rule", {})[f"{k}-body"] = budget
         # stratified estimate for the whole (H2O)64 k-body population
         w = np.where(s["is_close"], 1.0, (s["total_clusters"] - s["is_close"].sum()) / (~s["is_close"]).sum())
-        pop = {"distance": {str(d): population(ref, s["max_oo"] < d, w) for d in DISTANCES},
-               "ideal_gfn2": {str(t): population(ref, np.abs(ref) > t, w) for t in THRESHOLDS}}
+        pop = {
+            "distance": {str(d): population(ref, s["max_oo"] < d, w) for d in DISTANCES},
+            "ideal_gfn2": {str(t): population(ref, np.abs(ref) > t, w) for t in THRESHOLDS},
+        }
         for m in models:
             if m != TARGET:
                 pop[m] = {str(t): population(ref, np.abs(incr[m][k]) > t, w) for t in THRESHOLDS}
                 if k == 4:
                     pop[m + " hierarchical"] = {
                         str(t): population(ref, (np.abs(incr[m][k]) > t) & (np.abs(sub3[m]) > t).all(axis=1), w)
-                        for t in THRESHOLDS}
+                        for t in THRESHOLDS
+                    }
         out.setdefault("population_estimate", {})[f"{k}-body"] = pop
         # GFN2 screening itself (self-screening): the ideal a cheap model can reach
         out.setdefault("ideal_gfn2_threshold_rule", {})[f"{k}-body"] = {
-            part: {str(t): rule(ref[mask], np.abs(ref[mask]) > t) for t in THRESHOLDS} for part, mask in parts.items()}
+            part: {str(t): rule(ref[mask], np.abs(ref[mask]) > t) for t in THRESHOLDS} for part, mask in parts.items()
+        }
 
     out["raw"] = {
         f"{k}-body": {
-            "clusters": samples[k]["clusters"], "max_oo_A": samples[k]["max_oo"].tolist(),
+            "clusters": samples[k]["clusters"],
+            "max_oo_A": samples[k]["max_oo"].tolist(),
             "is_close": samples[k]["is_close"].tolist(),
             "increments_kcal": {m: incr[m][k].tolist() for m in models},
-        } for k in (3, 4)
+        }
+        for k in (3, 4)
     }
-    out["samples"] = {f"{k}-body": {"total_clusters": samples[k]["total_clusters"],
-                                    "close_max_oo_range_A": samples[k]["close_max_oo_range"]} for k in (3, 4)}
+    out["samples"] = {
+        f"{k}-body": {
+            "total_clusters": samples[k]["total_clusters"],
+            "close_max_oo_range_A": samples[k]["close_max_oo_range"],
+        }
+        for k in (3, 4)
+    }
     out["loadavg_end"] = os.getloadavg()
     out["wall_s"] = time.perf_counter() - t_start
     Path(args.out).write_text(json.dumps(out, indent=1))
@@ -378,8 +417,11 @@ def main() -> None:
                 continue
             f = out["models"][m]["fidelity"][f"{k}-body"]
             st = f["stats"]["all"]
-            rr = " ".join(f"{f['threshold_rule']['all'][str(t)]['kept_fraction']:.2f}/"
-                          f"{100 * f['threshold_rule']['all'][str(t)]['dropped_abs_fraction']:.2f}" for t in THRESHOLDS)
+            rr = " ".join(
+                f"{f['threshold_rule']['all'][str(t)]['kept_fraction']:.2f}/"
+                f"{100 * f['threshold_rule']['all'][str(t)]['dropped_abs_fraction']:.2f}"
+                for t in THRESHOLDS
+            )
             print(f"  {m:9s} {st['pearson_r']:.3f} {st['slope']:.2f} {st['mae_kcal']:.4f} | {rr}")
     print(f"\nwrote {args.out} in {out['wall_s']:.0f} s")
 

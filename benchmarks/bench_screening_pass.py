@@ -32,8 +32,8 @@ ROOT = HERE.parent
 SCRIPT = r"""
 import json, sys, time
 import mbdask
-from mbdask.cluster import ClusterSize, start_local_cluster
-from mbdask.xyz import ModelOptions, molecule_from_xyz
+from mbdask.deploy.cluster import ClusterSize, start_local_cluster
+from mbdask.inputs.xyz import ModelOptions, molecule_from_xyz
 from distributed import Client
 if __name__ == "__main__":
     inp = ModelOptions(method="gfn1-xtb", max_nbody=3).input_for(molecule_from_xyz(sys.argv[1]))
@@ -56,7 +56,11 @@ def run(tree: Path) -> dict:
     data = HERE / "data"
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(data / "water20-dodecahedron.xyz"), str(data / "water6-prism.xyz")],
-        capture_output=True, text=True, env=env, check=True, cwd="/tmp",
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd="/tmp",
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -76,18 +80,27 @@ def main() -> None:
     assert all(r["kept"] == old[0]["kept"] for r in old + new), "kept clusters differ"
     med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
     print("\n## Energy screening's pass: expensive outputs handed on as futures\n")
-    print(f"Measured {datetime.date.today()} on {platform.machine()}, {psutil.cpu_count()} logical cores, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()} with "
-          f"`python benchmarks/bench_screening_pass.py --old OLD --repeats {args.repeats}`: (H2O)20 dodecahedron to 3-body, "
-          f"GFN1-xTB screened by GFN2-xTB (2-body 0.1, 3-body 0.05 kcal/mol), kept {old[0]['kept']}, "
-          f"{new[0]['computed']} GFN1 calculations; LocalCluster of 2 single-thread workers, warmed up; old and new "
-          f"alternating, medians of {args.repeats}.\n")
+    print(
+        f"Measured {datetime.date.today()} on {platform.machine()}, {psutil.cpu_count()} logical cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()} with "
+        f"`python benchmarks/bench_screening_pass.py --old OLD --repeats {args.repeats}`: (H2O)20 dodecahedron to 3-body, "
+        f"GFN1-xTB screened by GFN2-xTB (2-body 0.1, 3-body 0.05 kcal/mol), kept {old[0]['kept']}, "
+        f"{new[0]['computed']} GFN1 calculations; LocalCluster of 2 single-thread workers, warmed up; old and new "
+        f"alternating, medians of {args.repeats}.\n"
+    )
     spread = lambda runs, key: f"{min(r[key] for r in runs):.2f}-{max(r[key] for r in runs):.2f}"  # noqa: E731
     print("| code | `start` returns (s), median (range) | whole run (s), median (range) |")
     print("|---|---|---|")
-    for name, runs in (("old: the pass gathers the expensive outputs", old), ("new: their futures handed to the graph", new)):
-        print(f"| {name} | {med(runs, 'start'):.2f} ({spread(runs, 'start')}) | {med(runs, 'total'):.2f} ({spread(runs, 'total')}) |")
-    print(f"\nEnergies equal to 1e-10 and the same clusters kept in every run; whole run new/old: {med(new, 'total') / med(old, 'total'):.2f} (medians).")
+    for name, runs in (
+        ("old: the pass gathers the expensive outputs", old),
+        ("new: their futures handed to the graph", new),
+    ):
+        print(
+            f"| {name} | {med(runs, 'start'):.2f} ({spread(runs, 'start')}) | {med(runs, 'total'):.2f} ({spread(runs, 'total')}) |"
+        )
+    print(
+        f"\nEnergies equal to 1e-10 and the same clusters kept in every run; whole run new/old: {med(new, 'total') / med(old, 'total'):.2f} (medians)."
+    )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ SECTION = "## Many structures in one run"
 LIBRARY_LOOP = """
 import json, sys, time
 import mbdask
-from mbdask.cluster import connected
+from mbdask.deploy.cluster import connected
 if __name__ == "__main__":
     paths = sys.argv[1:]
     start = time.perf_counter()
@@ -84,9 +84,26 @@ def _timed(args: list[str]) -> tuple[float, str]:
 
 def one_run(traj: Path, work: Path) -> dict:
     out = work / "out"
-    wall, _ = _timed([sys.executable, "-m", "mbdask", "run", str(traj), "--max-nbody", "3", "--no-progress", "--output-dir", str(out)])
+    wall, _ = _timed(
+        [
+            sys.executable,
+            "-m",
+            "mbdask",
+            "run",
+            str(traj),
+            "--max-nbody",
+            "3",
+            "--no-progress",
+            "--output-dir",
+            str(out),
+        ]
+    )
     rows = list(csv.DictReader((out / "structures.csv").open()))
-    return {"wall": wall, "busy": sum(float(r["task_seconds"]) for r in rows), "energies": [float(r["total_energy_Eh"]) for r in rows]}
+    return {
+        "wall": wall,
+        "busy": sum(float(r["task_seconds"]) for r in rows),
+        "energies": [float(r["total_energy_Eh"]) for r in rows],
+    }
 
 
 def shell_loop(paths: list[Path], work: Path) -> dict:
@@ -108,7 +125,7 @@ def library_loop(paths: list[Path]) -> dict:
 
 def frame_inputs(traj: Path, work: Path) -> list[Path]:
     """Each frame's ManyBodyInput as a JSON file, exactly as the one run builds it (the first frame's fragments)."""
-    from mbdask.xyz import ModelOptions, molecules_from_xyz
+    from mbdask.inputs.xyz import ModelOptions, molecules_from_xyz
 
     paths = []
     for molecule in molecules_from_xyz(traj, guess_ions=True):
@@ -118,7 +135,7 @@ def frame_inputs(traj: Path, work: Path) -> list[Path]:
 
 
 def measure(count: int, repeats: int) -> dict:
-    from mbdask.cluster import usable_cores
+    from mbdask.deploy.cluster import usable_cores
 
     cores = usable_cores()
     routes: dict[str, list[dict]] = {"one run": [], "library loop": [], "shell loop": []}
@@ -137,17 +154,23 @@ def measure(count: int, repeats: int) -> dict:
     reference = best["one run"]["energies"]
     rows = []
     for name, run in best.items():
-        rows.append({
-            "route": name, "wall": run["wall"], "busy": run["busy"], "idle": 1.0 - run["busy"] / (cores * run["wall"]),
-            "vs one run": run["wall"] / best["one run"]["wall"],
-            "max energy diff": max(abs(a - b) for a, b in zip(run["energies"], reference)),
-        })
+        rows.append(
+            {
+                "route": name,
+                "wall": run["wall"],
+                "busy": run["busy"],
+                "idle": 1.0 - run["busy"] / (cores * run["wall"]),
+                "vs one run": run["wall"] / best["one run"]["wall"],
+                "max energy diff": max(abs(a - b) for a, b in zip(run["energies"], reference)),
+            }
+        )
     return {"frames": count, "cores": cores, "rows": rows}
 
 
 def section_markdown(result: dict, machine: str) -> str:
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"Measured {datetime.date.today().isoformat()} on {machine} with `python benchmarks/bench_structures.py --docs`: "
         f"{result['frames']} frames of (H2O)10 (the minimum and copies displaced by 0.05 Angstrom per coordinate, "
         "seeded; trajectory-like, not molecular dynamics), 3-body GFN2-xTB, nocp, 175 calculations per frame. "

@@ -11,15 +11,21 @@ from pathlib import Path
 import numpy as np
 import qcelemental
 
-from mbdask.xyz import molecule_from_xyz
+from mbdask.inputs.xyz import molecule_from_xyz
 
 DATA = Path(__file__).resolve().parent / "data"
 
 
 def water_cluster(nwaters: int) -> dict:
     """A QCSchema molecule dict of ``nwaters`` waters (16, 32, 64 tile water16-4444a)."""
-    files = {3: "water3-uud.xyz", 6: "water6-prism.xyz", 8: "water8-s4.xyz", 10: "water10-pp1.xyz",
-             16: "water16-4444a.xyz", 20: "water20-dodecahedron.xyz"}
+    files = {
+        3: "water3-uud.xyz",
+        6: "water6-prism.xyz",
+        8: "water8-s4.xyz",
+        10: "water10-pp1.xyz",
+        16: "water16-4444a.xyz",
+        20: "water20-dodecahedron.xyz",
+    }
     if nwaters in files:
         return molecule_from_xyz(DATA / files[nwaters])
     if nwaters % 16:
@@ -34,8 +40,13 @@ def water_cluster(nwaters: int) -> dict:
         symbols += base["symbols"]
         coords.append(geom + offset)
         fragments += [[start + i for i in frag] for frag in base["fragments"]]
-    return {"symbols": symbols, "geometry": np.vstack(coords).ravel().tolist(), "fragments": fragments,
-            "molecular_charge": 0.0, "name": f"water{nwaters}-tiled"}
+    return {
+        "symbols": symbols,
+        "geometry": np.vstack(coords).ravel().tolist(),
+        "fragments": fragments,
+        "molecular_charge": 0.0,
+        "name": f"water{nwaters}-tiled",
+    }
 
 
 def xtb_input(nwaters: int, max_nbody: int, bsse=("nocp",), driver="energy") -> dict:

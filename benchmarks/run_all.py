@@ -1,7 +1,7 @@
 """Run every benchmark and write docs/benchmarks.md (machine and date included).
 
-    python benchmarks/run_all.py            # all cases
-    python benchmarks/run_all.py --quick    # smaller cases, a minute or two
+python benchmarks/run_all.py            # all cases
+python benchmarks/run_all.py --quick    # smaller cases, a minute or two
 """
 
 from __future__ import annotations
@@ -47,10 +47,18 @@ def machine() -> str:
 #: bench_fragment_overhead.py's table, bench_screened_scale.py, bench_screening_accuracy.py,
 #: bench_energy_screening_scale.py --waters); run_all keeps them.
 KEPT_SECTIONS = (
-    "## Screened expansions", "## Screening, read", "## Overhead: whole processes", "## Overhead per fragment", "## Overhead, read",
-    "## (H2O)64 at 4-body end to end", "## Screening models for (H2O)64", "## Many structures in one run",
-    "## Geometry optimisation on MBE gradients", "## Energy screening at 10^5-10^6 candidates",
-    "## Thousands of fragments: screened plans and runs", "## Screening accuracy and recommended cutoffs",
+    "## Screened expansions",
+    "## Screening, read",
+    "## Overhead: whole processes",
+    "## Overhead per fragment",
+    "## Overhead, read",
+    "## (H2O)64 at 4-body end to end",
+    "## Screening models for (H2O)64",
+    "## Many structures in one run",
+    "## Geometry optimisation on MBE gradients",
+    "## Energy screening at 10^5-10^6 candidates",
+    "## Thousands of fragments: screened plans and runs",
+    "## Screening accuracy and recommended cutoffs",
     "## Energy screening of thousands of waters",
 )
 
@@ -85,10 +93,14 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     # (name, input, speed-up the issue's target is stated against, target)
-    cases = [("(H2O)10 3-body GFN2-xTB", xtb_input(10, 3), "speedup_vs_1_thread", 1.6)] if args.quick else [
-        ("(H2O)20 3-body GFN2-xTB (1,350 fragments)", xtb_input(20, 3), "speedup_vs_1_thread", 1.6),
-        ("(H2O)10 3-body HF/6-31G* PySCF (175 fragments)", pyscf_input(10, 3), "speedup_vs_issue_best", 1.85),
-    ]
+    cases = (
+        [("(H2O)10 3-body GFN2-xTB", xtb_input(10, 3), "speedup_vs_1_thread", 1.6)]
+        if args.quick
+        else [
+            ("(H2O)20 3-body GFN2-xTB (1,350 fragments)", xtb_input(20, 3), "speedup_vs_1_thread", 1.6),
+            ("(H2O)10 3-body HF/6-31G* PySCF (175 fragments)", pyscf_input(10, 3), "speedup_vs_issue_best", 1.85),
+        ]
+    )
     forked_lines = []
     for name, inp, target_key, target in cases:
         row = compare(name, inp, repeats=REPEATS, forked=True)
@@ -97,7 +109,9 @@ def main() -> None:
             f"| {name} | {row['mbdask_s']:.1f} | {row['forked_s']:.1f} | {row['pool_s']:.1f} | {row['pool_s'] / row['forked_s']:.2f} | "
             f"{100 * row['forked_overhead']:.1f}% ({100 * row['forked_startup_share']:.1f}%) |"
         )
-        against = "QCManyBody on 1 thread" if target_key == "speedup_vs_1_thread" else "the better of default and 1 thread"
+        against = (
+            "QCManyBody on 1 thread" if target_key == "speedup_vs_1_thread" else "the better of default and 1 thread"
+        )
         verdict = "met" if row[target_key] >= target else "not met"
         if target_key == "speedup_vs_1_thread":
             verdict += ", not slower than the pool" if row["speedup_vs_pool"] >= 1 else ", SLOWER than the pool"
@@ -116,9 +130,9 @@ def main() -> None:
         "its start-up part = time from the call until the first fragment started, over the wall time.",
         "Ceiling = the fastest QCManyBody time / (sum of mbdask's single-core fragment times / cores): the",
         "speed-up over the fastest sequential run that a run with zero overhead would reach on these cores.",
-        "QCManyBody settings: \"default\" as installed; \"1 thread\" BLAS/OpenMP pools limited to one thread",
-        "(threadpoolctl) and `QCENGINE_NCORES=1`, a truly single-threaded run (issue #4's \"pinned to 1\");",
-        "\"BLAS pinned\" the pools limited to one thread but QCEngine still telling each program every core,",
+        'QCManyBody settings: "default" as installed; "1 thread" BLAS/OpenMP pools limited to one thread',
+        '(threadpoolctl) and `QCENGINE_NCORES=1`, a truly single-threaded run (issue #4\'s "pinned to 1");',
+        '"BLAS pinned" the pools limited to one thread but QCEngine still telling each program every core,',
         "which PySCF's harness turns into that many OpenMP threads. mbdask runs one single-core fragment per worker.",
         "On 2 cores PySCF's own two threads make the sequential run about 1.6x faster than on one thread (BLAS",
         "pinned against 1 thread above), so the BLAS-pinned run uses both cores and is the fastest; the ceiling",
@@ -168,7 +182,10 @@ def main() -> None:
         "",
         "Workers' stack sampling for the dashboard's Profile page, same cp case, mbdask default, one cluster",
         f"per setting, {len(profiled[0]['ratios'])} runs each interleaved: makespan / bound "
-        + "; ".join(f"every {row['interval']} {', '.join(f'{r:.3f}' for r in row['ratios'])} (mean {row['mean']:.3f})" for row in profiled)
+        + "; ".join(
+            f"every {row['interval']} {', '.join(f'{r:.3f}' for r in row['ratios'])} (mean {row['mean']:.3f})"
+            for row in profiled
+        )
         + ". Dask samples every 10 ms; mbdask's LocalCluster every 100 ms.",
     ]
     lines += [
@@ -182,7 +199,9 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     for row in hybrid_rows():
-        lines.append(f"| {row['cores_per_fragment']} | {row['makespan']:.2f} | {row['bound']:.2f} | {row['max_cores']} |")
+        lines.append(
+            f"| {row['cores_per_fragment']} | {row['makespan']:.2f} | {row['bound']:.2f} | {row['max_cores']} |"
+        )
     row = throughput_row(64 if not args.quick else 16)
     lines += [
         "",

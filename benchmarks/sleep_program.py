@@ -15,13 +15,13 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Dict
+from typing import Any, ClassVar
 
 import qcengine
 from qcelemental.models.v2 import AtomicResult
 from qcengine.programs.base import programs
 
-from mbdask.cost import basis_functions
+from mbdask.programs.basis import basis_functions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from doubles import DoubleHarness  # noqa: E402  (the test doubles' common harness settings)
@@ -30,7 +30,7 @@ from doubles import DoubleHarness  # noqa: E402  (the test doubles' common harne
 class PredictedSleepHarness(DoubleHarness):
     """Sleeps for the predicted cost of the fragment (benchmark double, not chemistry)."""
 
-    _defaults: ClassVar[Dict[str, Any]] = {**DoubleHarness._defaults, "name": "predicted-sleep"}
+    _defaults: ClassVar[dict[str, Any]] = {**DoubleHarness._defaults, "name": "predicted-sleep"}
 
     def compute(self, input_data, config):
         spec = input_data.specification
@@ -41,8 +41,12 @@ class PredictedSleepHarness(DoubleHarness):
         time.sleep(seconds)
         nreal = sum(input_data.molecule.real)
         return AtomicResult(
-            input_data=input_data, molecule=input_data.molecule, properties={"return_energy": -0.1 * nreal},
-            return_result=-0.1 * nreal, success=True, extras={"slept": seconds},
+            input_data=input_data,
+            molecule=input_data.molecule,
+            properties={"return_energy": -0.1 * nreal},
+            return_result=-0.1 * nreal,
+            success=True,
+            extras={"slept": seconds},
             provenance={"creator": "predicted-sleep", "version": "0", "routine": "benchmarks.sleep_program"},
         )
 

@@ -52,8 +52,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -141,10 +141,16 @@ def preflight() -> None:
         import xtb.interface  # noqa: F401
     except Exception:
         raise Skip("xtb-python is not installed (pip install xtb)") from None
-    missing = [name for name in ("slurmctld", "slurmd", "sbatch", "munged") if not (shutil.which(name) or Path(f"/usr/sbin/{name}").exists())]
+    missing = [
+        name
+        for name in ("slurmctld", "slurmd", "sbatch", "munged")
+        if not (shutil.which(name) or Path(f"/usr/sbin/{name}").exists())
+    ]
     if missing:
         if not shutil.which("apt-get"):
-            raise Skip(f"SLURM is not installed ({', '.join(missing)} missing) and there is no apt-get to install Debian's slurm-wlm")
+            raise Skip(
+                f"SLURM is not installed ({', '.join(missing)} missing) and there is no apt-get to install Debian's slurm-wlm"
+            )
         log("installing Debian's slurm-wlm (and munge) with apt-get")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         done = sh("apt-get", "install", "-y", "-q", "slurm-wlm", timeout=900, check=False, env=env)
@@ -153,7 +159,10 @@ def preflight() -> None:
             done = sh("apt-get", "install", "-y", "-q", "slurm-wlm", timeout=900, check=False, env=env)
         if done.returncode != 0:
             raise Skip(f"apt-get install slurm-wlm failed: {done.stderr.strip()[-300:]}")
-    if sh("pgrep", "-x", "slurmctld", check=False).returncode == 0 or sh("pgrep", "-x", "slurmd", check=False).returncode == 0:
+    if (
+        sh("pgrep", "-x", "slurmctld", check=False).returncode == 0
+        or sh("pgrep", "-x", "slurmd", check=False).returncode == 0
+    ):
         raise Skip("a slurmctld or slurmd is already running on this machine; not touching it")
 
 
@@ -189,13 +198,13 @@ class OneNodeSlurm:
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.conf_backup: Optional[str] = None
+        self.conf_backup: str | None = None
         self.wrote_conf = False
         self.clean_state = False
         self.made_socket_dir = False
         self.user = os.environ.get("USER") or "root"
 
-    def __enter__(self) -> "OneNodeSlurm":
+    def __enter__(self) -> OneNodeSlurm:
         try:
             self.start()
         except BaseException:
@@ -227,12 +236,19 @@ class OneNodeSlurm:
             self.made_socket_dir = not MUNGE_SOCKET_DIR.exists()
             MUNGE_SOCKET_DIR.mkdir(parents=True, exist_ok=True)
             shutil.chown(MUNGE_SOCKET_DIR, "munge", "munge")
-            munged = subprocess.Popen(["/usr/sbin/munged", "-F"], user="munge", group="munge",
-                                      stdout=open(logs / "munged.log", "w"), stderr=subprocess.STDOUT)
+            munged = subprocess.Popen(
+                ["/usr/sbin/munged", "-F"],
+                user="munge",
+                group="munge",
+                stdout=open(logs / "munged.log", "w"),
+                stderr=subprocess.STDOUT,
+            )
             self.procs.append(("munged", munged))
             if not wait_until(self.munge_works, 10):
-                raise Skip(f"munged does not start (see {logs / 'munged.log'}): "
-                           + (logs / "munged.log").read_text(errors="replace").strip()[-300:])
+                raise Skip(
+                    f"munged does not start (see {logs / 'munged.log'}): "
+                    + (logs / "munged.log").read_text(errors="replace").strip()[-300:]
+                )
         cpus = os.cpu_count() or 1
         with open("/proc/meminfo") as f:
             total_kb = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
@@ -248,11 +264,19 @@ class OneNodeSlurm:
             shutil.chown(d, "slurm", "slurm")
         Path("/var/log/slurm").mkdir(parents=True, exist_ok=True)
         shutil.chown("/var/log/slurm", "slurm", "slurm")
-        ctld = subprocess.Popen(["/usr/sbin/slurmctld", "-D"], stdout=open(logs / "slurmctld.out", "w"), stderr=subprocess.STDOUT)
+        ctld = subprocess.Popen(
+            ["/usr/sbin/slurmctld", "-D"], stdout=open(logs / "slurmctld.out", "w"), stderr=subprocess.STDOUT
+        )
         self.procs.append(("slurmctld", ctld))
         if not wait_until(lambda: sh("scontrol", "ping", check=False).stdout.count("UP") > 0, 20):
-            raise RuntimeError(f"slurmctld does not answer (see {logs / 'slurmctld.out'} and /var/log/slurm/slurmctld.log)")
-        slurmd = subprocess.Popen(["/usr/sbin/slurmd", "-D", "-N", "localhost"], stdout=open(logs / "slurmd.out", "w"), stderr=subprocess.STDOUT)
+            raise RuntimeError(
+                f"slurmctld does not answer (see {logs / 'slurmctld.out'} and /var/log/slurm/slurmctld.log)"
+            )
+        slurmd = subprocess.Popen(
+            ["/usr/sbin/slurmd", "-D", "-N", "localhost"],
+            stdout=open(logs / "slurmd.out", "w"),
+            stderr=subprocess.STDOUT,
+        )
         self.procs.append(("slurmd", slurmd))
         if not wait_until(lambda: sh("sinfo", "-h", "-N", "-o", "%T", check=False).stdout.strip() == "idle", 30):
             state = sh("sinfo", "-h", "-N", "-o", "%T %E", check=False).stdout.strip()
@@ -277,8 +301,11 @@ class OneNodeSlurm:
             shutil.rmtree(MUNGE_SOCKET_DIR, ignore_errors=True)
             self.made_socket_dir = False
         # job steps (slurmstepd) outlive slurmd; after scancel none should be left
-        left = [line.split()[0] for line in sh("ps", "-o", "pid=,stat=", "-C", "slurmstepd", check=False).stdout.splitlines()
-                if "Z" not in line.split()[1]]  # zombies go with this process
+        left = [
+            line.split()[0]
+            for line in sh("ps", "-o", "pid=,stat=", "-C", "slurmstepd", check=False).stdout.splitlines()
+            if "Z" not in line.split()[1]
+        ]  # zombies go with this process
         if left:
             log(f"slurmstepd still running after teardown: {left}")
         if self.wrote_conf:
@@ -305,16 +332,23 @@ class Watcher(threading.Thread):
     there, calls ``action`` once (the scancel), recording when and how many rows were in.
     """
 
-    def __init__(self, t0: float, store: Path, user: str, workers: Callable[[], int], cancel_at: Optional[int] = None,
-                 action: Optional[Callable[[], list[str]]] = None):
+    def __init__(
+        self,
+        t0: float,
+        store: Path,
+        user: str,
+        workers: Callable[[], int],
+        cancel_at: int | None = None,
+        action: Callable[[], list[str]] | None = None,
+    ):
         super().__init__(daemon=True)
         self.t0, self.store, self.user, self.workers = t0, store, user, workers
         self.cancel_at, self.action = cancel_at, action
-        self.first_fragment: Optional[float] = None
-        self.first_worker: Optional[float] = None
-        self.cancelled: Optional[float] = None
+        self.first_fragment: float | None = None
+        self.first_worker: float | None = None
+        self.cancelled: float | None = None
         self.cancelled_jobs: list[str] = []
-        self.rows_at_cancel: Optional[int] = None
+        self.rows_at_cancel: int | None = None
         self.jobs_seen: dict[str, float] = {}
         self.worker_counts: list[tuple[float, int]] = []
         self.halt = threading.Event()
@@ -338,7 +372,12 @@ class Watcher(threading.Thread):
                 last_jobs = now
                 for job in job_ids(self.user):
                     self.jobs_seen.setdefault(job, round(now, 2))
-            if self.action is not None and self.cancelled is None and self.cancel_at is not None and rows >= self.cancel_at:
+            if (
+                self.action is not None
+                and self.cancelled is None
+                and self.cancel_at is not None
+                and rows >= self.cancel_at
+            ):
                 self.cancelled_jobs = self.action()
                 self.cancelled = time.monotonic() - self.t0
                 self.rows_at_cancel = rows
@@ -374,7 +413,7 @@ class Notices(logging.Handler):
         self.lines.append((round(time.monotonic() - self.t0, 2), message))
         print(message, file=sys.stderr, flush=True)
 
-    def first(self, text: str) -> Optional[tuple[float, str]]:
+    def first(self, text: str) -> tuple[float, str] | None:
         return next(((t, m) for t, m in self.lines if text in m), None)
 
 
@@ -395,7 +434,7 @@ def mbdask_notices(t0: float):
 
 def write_input(path: Path, xyz: str, max_nbody: int) -> dict:
     """cluster.json: a ManyBodyInput for GFN2-xTB nocp up to ``max_nbody`` of benchmarks/data/``xyz``."""
-    from mbdask.xyz import molecule_from_xyz
+    from mbdask.inputs.xyz import molecule_from_xyz
 
     inp = {
         "specification": {
@@ -435,16 +474,20 @@ def make_cluster(workdir: Path, *, memory_gib: float = 2.0, lifetime: tuple[str,
     memory_bytes = int(memory_gib * 2**30)
     return SLURMCluster(
         queue="debug",
-        account="myproject",             # accepted without accounting (AccountingStorageType=none)
-        cores=1,                         # threads per worker: one per core
-        processes=1,                     # one worker process per job
+        account="myproject",  # accepted without accounting (AccountingStorageType=none)
+        cores=1,  # threads per worker: one per core
+        processes=1,  # one worker process per job
         memory=f"{memory_gib:g}GiB",
         walltime="00:30:00",
-        interface="lo",                  # scheduler and workers on this machine's loopback
+        interface="lo",  # scheduler and workers on this machine's loopback
         worker_extra_args=[
-            "--resources", f"cores=1,memory={memory_bytes}",
+            "--resources",
+            f"cores=1,memory={memory_bytes}",
             # leave before the wall time, cleanly (the scheduler moves their work elsewhere)
-            "--lifetime", lifetime[0], "--lifetime-stagger", lifetime[1],
+            "--lifetime",
+            lifetime[0],
+            "--lifetime-stagger",
+            lifetime[1],
         ],
         job_script_prologue=[
             f"source {Path(sys.prefix) / 'bin' / 'activate'}",
@@ -457,13 +500,16 @@ def make_cluster(workdir: Path, *, memory_gib: float = 2.0, lifetime: tuple[str,
 
 def worker_settings(client) -> dict:
     """What the workers run with: MALLOC_TRIM_THRESHOLD_ and the profile interval (docs/hpc.md's yaml)."""
+
     def probe():
         import os
 
         import dask
 
-        return {"malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
-                "profile_interval": dask.config.get("distributed.worker.profile.interval")}
+        return {
+            "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+            "profile_interval": dask.config.get("distributed.worker.profile.interval"),
+        }
 
     return client.run(probe)
 
@@ -476,8 +522,19 @@ def local_reference(cluster_json: Path) -> tuple[float, float]:
     return float(result.return_result), time.monotonic() - t
 
 
-def slurm_library_run(name: str, workdir: Path, cluster_json: Path, user: str, reference: float, *, total: int,
-                      cancel_at: Optional[int], adapt: bool, worker_timeout: float, lifetime: tuple[str, str] = ("25m", "2m")) -> dict:
+def slurm_library_run(
+    name: str,
+    workdir: Path,
+    cluster_json: Path,
+    user: str,
+    reference: float,
+    *,
+    total: int,
+    cancel_at: int | None,
+    adapt: bool,
+    worker_timeout: float,
+    lifetime: tuple[str, str] = ("25m", "2m"),
+) -> dict:
     """The recipe through the library: SLURMCluster, scale (or adapt), Client, mbdask.compute at once."""
     import dask
     from dask.utils import parse_timedelta
@@ -486,11 +543,16 @@ def slurm_library_run(name: str, workdir: Path, cluster_json: Path, user: str, r
     import mbdask
 
     store = workdir / f"{name}.sqlite"
-    out: dict = {"run": name, "scaling": "adapt(minimum_jobs=2, maximum_jobs=2)" if adapt else "scale(jobs=2)", "lifetime": lifetime}
+    out: dict = {
+        "run": name,
+        "scaling": "adapt(minimum_jobs=2, maximum_jobs=2)" if adapt else "scale(jobs=2)",
+        "lifetime": lifetime,
+    }
     cluster = make_cluster(workdir, lifetime=lifetime)
     client = None
     watcher = None
     try:
+
         def cancel_one() -> list[str]:
             running = running_job_ids(user) or job_ids(user)
             victim = running[:1]
@@ -505,14 +567,26 @@ def slurm_library_run(name: str, workdir: Path, cluster_json: Path, user: str, r
             else:
                 cluster.scale(jobs=2)
             client = Client(cluster)
-            watcher = Watcher(t0, store, user, lambda: len(cluster.scheduler_info.get("workers", {})),
-                              cancel_at=cancel_at, action=cancel_one if cancel_at is not None else None)
+            watcher = Watcher(
+                t0,
+                store,
+                user,
+                lambda: len(cluster.scheduler_info.get("workers", {})),
+                cancel_at=cancel_at,
+                action=cancel_one if cancel_at is not None else None,
+            )
             watcher.start()
             t_compute = time.monotonic() - t0
             error = None
             try:
-                result = mbdask.compute(str(cluster_json), client, cores_per_fragment=1, memory_per_fragment=0.5,
-                                        store=str(store), worker_timeout=worker_timeout)
+                result = mbdask.compute(
+                    str(cluster_json),
+                    client,
+                    cores_per_fragment=1,
+                    memory_per_fragment=0.5,
+                    store=str(store),
+                    worker_timeout=worker_timeout,
+                )
                 energy = float(result.return_result)
             except Exception as exc:  # reported, not raised: the other checks still run
                 error, energy = f"{type(exc).__name__}: {exc}", None
@@ -529,27 +603,31 @@ def slurm_library_run(name: str, workdir: Path, cluster_json: Path, user: str, r
                 settings = {}
         waiting = notices.first("waiting for workers")
         logs = [workdir / "job-logs" / f"dask-worker-{job}.err" for job in watcher.jobs_seen]
-        left_gracefully = sum(f.read_text(errors="replace").count("Closing worker gracefully") for f in logs if f.exists())
-        out.update({
-            "workers_left_gracefully": left_gracefully,
-            "compute_called_s": round(t_compute, 2),
-            "waiting_notice": waiting[1] if waiting else None,
-            "first_worker_s": watcher.first_worker,
-            "first_fragment_s": watcher.first_fragment,
-            "result_s": round(t_result, 2),
-            "energy": energy,
-            "error": error,
-            "abs_diff_vs_local": abs(energy - reference) if energy is not None else None,
-            "fragments_total": total,
-            "store_rows": store_rows(store),
-            "cancelled_at_s": watcher.cancelled,
-            "cancelled_jobs": watcher.cancelled_jobs,
-            "rows_at_cancel": watcher.rows_at_cancel,
-            "jobs_seen": watcher.jobs_seen,
-            "worker_counts": watcher.worker_counts,
-            "notices": notices.lines,
-            "worker_settings": settings,
-        })
+        left_gracefully = sum(
+            f.read_text(errors="replace").count("Closing worker gracefully") for f in logs if f.exists()
+        )
+        out.update(
+            {
+                "workers_left_gracefully": left_gracefully,
+                "compute_called_s": round(t_compute, 2),
+                "waiting_notice": waiting[1] if waiting else None,
+                "first_worker_s": watcher.first_worker,
+                "first_fragment_s": watcher.first_fragment,
+                "result_s": round(t_result, 2),
+                "energy": energy,
+                "error": error,
+                "abs_diff_vs_local": abs(energy - reference) if energy is not None else None,
+                "fragments_total": total,
+                "store_rows": store_rows(store),
+                "cancelled_at_s": watcher.cancelled,
+                "cancelled_jobs": watcher.cancelled_jobs,
+                "rows_at_cancel": watcher.rows_at_cancel,
+                "jobs_seen": watcher.jobs_seen,
+                "worker_counts": watcher.worker_counts,
+                "notices": notices.lines,
+                "worker_settings": settings,
+            }
+        )
         return out
     finally:
         if watcher is not None and watcher.is_alive():
@@ -560,8 +638,9 @@ def slurm_library_run(name: str, workdir: Path, cluster_json: Path, user: str, r
         wait_until(lambda: not job_ids(user), 30)
 
 
-def slurm_cli_all_cancelled(workdir: Path, cluster_json: Path, user: str, *, total: int, cancel_at: int,
-                            worker_timeout: float) -> dict:
+def slurm_cli_all_cancelled(
+    workdir: Path, cluster_json: Path, user: str, *, total: int, cancel_at: int, worker_timeout: float
+) -> dict:
     """The command line against the SLURMCluster's scheduler; every job cancelled mid-run."""
     store = workdir / "all-cancelled.sqlite"
     out: dict = {"run": "all-cancelled (CLI)"}
@@ -571,9 +650,26 @@ def slurm_cli_all_cancelled(workdir: Path, cluster_json: Path, user: str, *, tot
     try:
         t0 = time.monotonic()
         cluster.scale(jobs=2)
-        cmd = [sys.executable, "-m", "mbdask", "run", str(cluster_json), "--scheduler", cluster.scheduler_address,
-               "--worker-timeout", f"{worker_timeout:g}", "--cores-per-fragment", "1", "--memory-per-fragment", "0.5",
-               "--store", str(store), "-o", str(workdir / "all-cancelled.json"), "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mbdask",
+            "run",
+            str(cluster_json),
+            "--scheduler",
+            cluster.scheduler_address,
+            "--worker-timeout",
+            f"{worker_timeout:g}",
+            "--cores-per-fragment",
+            "1",
+            "--memory-per-fragment",
+            "0.5",
+            "--store",
+            str(store),
+            "-o",
+            str(workdir / "all-cancelled.json"),
+            "--no-progress",
+        ]
         out["command"] = " ".join(cmd)
         lines: list[tuple[float, str]] = []
         stdout_file = workdir / "all-cancelled.stdout"
@@ -593,7 +689,14 @@ def slurm_cli_all_cancelled(workdir: Path, cluster_json: Path, user: str, *, tot
             sh("scancel", "-u", user, check=False)
             return jobs
 
-        watcher = Watcher(t0, store, user, lambda: len(cluster.scheduler_info.get("workers", {})), cancel_at=cancel_at, action=cancel_all)
+        watcher = Watcher(
+            t0,
+            store,
+            user,
+            lambda: len(cluster.scheduler_info.get("workers", {})),
+            cancel_at=cancel_at,
+            action=cancel_all,
+        )
         watcher.start()
         proc.wait(timeout=worker_timeout + 300)
         t_exit = time.monotonic() - t0
@@ -606,25 +709,29 @@ def slurm_cli_all_cancelled(workdir: Path, cluster_json: Path, user: str, *, tot
 
         gone = first("no worker is left")
         stopped = first("no worker was left for")
-        out.update({
-            "exit_code": proc.returncode,
-            "exit_s": round(t_exit, 2),
-            "first_worker_s": watcher.first_worker,
-            "first_fragment_s": watcher.first_fragment,
-            "waiting_notice": (first("waiting for workers") or (None, None))[1],
-            "cancelled_at_s": watcher.cancelled,
-            "cancelled_jobs": watcher.cancelled_jobs,
-            "rows_at_cancel": watcher.rows_at_cancel,
-            "no_worker_notice": gone,
-            "stop_message": stopped,
-            "notice_after_cancel_s": round(gone[0] - watcher.cancelled, 2) if gone and watcher.cancelled is not None else None,
-            "exit_after_notice_s": round(t_exit - gone[0], 2) if gone else None,
-            "store_rows": store_rows(store),
-            "fragments_total": total,
-            "stderr": [m for _, m in lines][-15:],
-            "stdout_tail": stdout[-500:],
-            "worker_counts": watcher.worker_counts,
-        })
+        out.update(
+            {
+                "exit_code": proc.returncode,
+                "exit_s": round(t_exit, 2),
+                "first_worker_s": watcher.first_worker,
+                "first_fragment_s": watcher.first_fragment,
+                "waiting_notice": (first("waiting for workers") or (None, None))[1],
+                "cancelled_at_s": watcher.cancelled,
+                "cancelled_jobs": watcher.cancelled_jobs,
+                "rows_at_cancel": watcher.rows_at_cancel,
+                "no_worker_notice": gone,
+                "stop_message": stopped,
+                "notice_after_cancel_s": round(gone[0] - watcher.cancelled, 2)
+                if gone and watcher.cancelled is not None
+                else None,
+                "exit_after_notice_s": round(t_exit - gone[0], 2) if gone else None,
+                "store_rows": store_rows(store),
+                "fragments_total": total,
+                "stderr": [m for _, m in lines][-15:],
+                "stdout_tail": stdout[-500:],
+                "worker_counts": watcher.worker_counts,
+            }
+        )
         return out
     finally:
         if watcher is not None and watcher.is_alive():
@@ -647,7 +754,12 @@ def resume_locally(cluster_json: Path, store: Path) -> dict:
         energy = float(sub.result().return_result)
     finally:
         sub.connection.close()
-    return {"rows_before": before, "from_store": sub.from_store, "energy": energy, "seconds": round(time.monotonic() - t, 2)}
+    return {
+        "rows_before": before,
+        "from_store": sub.from_store,
+        "energy": energy,
+        "seconds": round(time.monotonic() - t, 2),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,26 +777,40 @@ def checks(report: dict, worker_timeout: float) -> dict:
     if clean:
         verdict(
             "point 1: compute right after scale(jobs=2) waits for the workers and gives the local energy",
-            clean["error"] is None and clean["waiting_notice"] is not None and clean["abs_diff_vs_local"] is not None
+            clean["error"] is None
+            and clean["waiting_notice"] is not None
+            and clean["abs_diff_vs_local"] is not None
             and clean["abs_diff_vs_local"] <= 1e-10,
-            waiting_notice=clean["waiting_notice"], abs_diff=clean["abs_diff_vs_local"], error=clean["error"],
-            submit_to_first_worker_s=clean["first_worker_s"], submit_to_first_fragment_s=clean["first_fragment_s"],
+            waiting_notice=clean["waiting_notice"],
+            abs_diff=clean["abs_diff_vs_local"],
+            error=clean["error"],
+            submit_to_first_worker_s=clean["first_worker_s"],
+            submit_to_first_fragment_s=clean["first_fragment_s"],
             submit_to_result_s=clean["result_s"],
         )
         settings = clean["worker_settings"]
         verdict(
             "docs/hpc.md's worker yaml (here through DASK_CONFIG in the job script): no MALLOC_TRIM_THRESHOLD_, profile every 100ms",
-            bool(settings) and all(w["malloc_trim"] is None and w["profile_interval"] == "100ms" for w in settings.values()),
+            bool(settings)
+            and all(w["malloc_trim"] is None and w["profile_interval"] == "100ms" for w in settings.values()),
             workers=settings,
         )
     one = report.get("cancel_one")
     if one:
-        mid = one["cancelled_at_s"] is not None and one["cancelled_at_s"] < one["result_s"] and (one["rows_at_cancel"] or 0) < one["fragments_total"]
+        mid = (
+            one["cancelled_at_s"] is not None
+            and one["cancelled_at_s"] < one["result_s"]
+            and (one["rows_at_cancel"] or 0) < one["fragments_total"]
+        )
         verdict(
             "one job cancelled mid-run: the run finishes with the local energy",
             mid and one["error"] is None and one["abs_diff_vs_local"] is not None and one["abs_diff_vs_local"] <= 1e-10,
-            mid_run=mid, abs_diff=one["abs_diff_vs_local"], error=one["error"], rows_at_cancel=one["rows_at_cancel"],
-            submit_to_first_fragment_s=one["first_fragment_s"], submit_to_result_s=one["result_s"],
+            mid_run=mid,
+            abs_diff=one["abs_diff_vs_local"],
+            error=one["error"],
+            rows_at_cancel=one["rows_at_cancel"],
+            submit_to_first_fragment_s=one["first_fragment_s"],
+            submit_to_result_s=one["result_s"],
         )
     adapt = report.get("cancel_one_adapt")
     if adapt:
@@ -694,20 +820,36 @@ def checks(report: dict, worker_timeout: float) -> dict:
         back = next((t for t, n in counts_after if n >= 2), None)
         verdict(
             "adapt(minimum_jobs=2, maximum_jobs=2), one job cancelled mid-run: finishes with the local energy, the job is replaced",
-            cancelled is not None and cancelled < adapt["result_s"] and adapt["error"] is None
-            and adapt["abs_diff_vs_local"] is not None and adapt["abs_diff_vs_local"] <= 1e-10 and bool(new_jobs) and back is not None,
-            abs_diff=adapt["abs_diff_vs_local"], error=adapt["error"], cancelled_at_s=cancelled, result_s=adapt["result_s"],
-            replacement_jobs_seen_at_s=new_jobs, two_workers_again_at_s=back, workers_after_cancel=counts_after,
+            cancelled is not None
+            and cancelled < adapt["result_s"]
+            and adapt["error"] is None
+            and adapt["abs_diff_vs_local"] is not None
+            and adapt["abs_diff_vs_local"] <= 1e-10
+            and bool(new_jobs)
+            and back is not None,
+            abs_diff=adapt["abs_diff_vs_local"],
+            error=adapt["error"],
+            cancelled_at_s=cancelled,
+            result_s=adapt["result_s"],
+            replacement_jobs_seen_at_s=new_jobs,
+            two_workers_again_at_s=back,
+            workers_after_cancel=counts_after,
         )
     life = report.get("lifetime")
     if life:
         verdict(
             f"workers with --lifetime {life['lifetime'][0]} --lifetime-stagger {life['lifetime'][1]} and adapt: they leave, are "
             "replaced, and the run gives the local energy",
-            life["error"] is None and life["abs_diff_vs_local"] is not None and life["abs_diff_vs_local"] <= 1e-10
-            and life["workers_left_gracefully"] > 0 and len(life["jobs_seen"]) > 2,
-            abs_diff=life["abs_diff_vs_local"], error=life["error"], left_gracefully=life["workers_left_gracefully"],
-            jobs_first_seen_s=life["jobs_seen"], worker_counts=life["worker_counts"],
+            life["error"] is None
+            and life["abs_diff_vs_local"] is not None
+            and life["abs_diff_vs_local"] <= 1e-10
+            and life["workers_left_gracefully"] > 0
+            and len(life["jobs_seen"]) > 2,
+            abs_diff=life["abs_diff_vs_local"],
+            error=life["error"],
+            left_gracefully=life["workers_left_gracefully"],
+            jobs_first_seen_s=life["jobs_seen"],
+            worker_counts=life["worker_counts"],
             no_worker_notices=sum("no worker is left" in m for _, m in life["notices"]),
             submit_to_result_s=life["result_s"],
         )
@@ -717,20 +859,31 @@ def checks(report: dict, worker_timeout: float) -> dict:
         mid = gone["cancelled_at_s"] is not None and (gone["rows_at_cancel"] or 0) < gone["fragments_total"]
         verdict(
             "all jobs cancelled mid-run: notice at once, exit code 1 after the worker timeout, finished fragments in the store",
-            mid and gone["exit_code"] == 1 and gone["no_worker_notice"] is not None and msg is not None
-            and gone["notice_after_cancel_s"] is not None and gone["notice_after_cancel_s"] <= 15
-            and gone["exit_after_notice_s"] is not None and worker_timeout - 1 <= gone["exit_after_notice_s"] <= worker_timeout + 10
+            mid
+            and gone["exit_code"] == 1
+            and gone["no_worker_notice"] is not None
+            and msg is not None
+            and gone["notice_after_cancel_s"] is not None
+            and gone["notice_after_cancel_s"] <= 15
+            and gone["exit_after_notice_s"] is not None
+            and worker_timeout - 1 <= gone["exit_after_notice_s"] <= worker_timeout + 10
             and 0 < gone["store_rows"] < gone["fragments_total"],
-            exit_code=gone["exit_code"], notice_after_cancel_s=gone["notice_after_cancel_s"],
-            exit_after_notice_s=gone["exit_after_notice_s"], store_rows=gone["store_rows"], fragments_total=gone["fragments_total"],
-            message=msg[1] if msg else None, submit_to_first_fragment_s=gone["first_fragment_s"],
+            exit_code=gone["exit_code"],
+            notice_after_cancel_s=gone["notice_after_cancel_s"],
+            exit_after_notice_s=gone["exit_after_notice_s"],
+            store_rows=gone["store_rows"],
+            fragments_total=gone["fragments_total"],
+            message=msg[1] if msg else None,
+            submit_to_first_fragment_s=gone["first_fragment_s"],
         )
     resumed = report.get("resume")
     if resumed:
         verdict(
             "rerun with the same store (locally): reuses the finished fragments, local energy",
             resumed["from_store"] == resumed["rows_before"] > 0 and abs(resumed["energy"] - ref) <= 1e-10,
-            from_store=resumed["from_store"], rows_before=resumed["rows_before"], abs_diff=abs(resumed["energy"] - ref),
+            from_store=resumed["from_store"],
+            rows_before=resumed["rows_before"],
+            abs_diff=abs(resumed["energy"] - ref),
         )
     return verdicts
 
@@ -739,18 +892,32 @@ def _interrupted(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--xyz", default="water16-4444a.xyz",
-                        help="water cluster in benchmarks/data (default water16-4444a.xyz: 696 calculations, ~5 s on one core)")
+    parser.add_argument(
+        "--xyz",
+        default="water16-4444a.xyz",
+        help="water cluster in benchmarks/data (default water16-4444a.xyz: 696 calculations, ~5 s on one core)",
+    )
     parser.add_argument("--max-nbody", type=int, default=3)
-    parser.add_argument("--worker-timeout", type=float, default=20.0, help="mbdask's worker timeout for the SLURM runs (s)")
-    parser.add_argument("--cancel-at", type=float, default=0.3, help="cancel when this fraction of the fragments is in the store")
-    parser.add_argument("--no-adapt", action="store_true", help="leave out the cluster.adapt(minimum_jobs=2, maximum_jobs=2) variant")
-    parser.add_argument("--lifetime", metavar="T,STAGGER",
-                        help="also a run with adapt(minimum_jobs=2, maximum_jobs=2) and workers started with --lifetime T "
-                        "--lifetime-stagger STAGGER (e.g. 8s,2s): they leave during the run and are replaced")
-    parser.add_argument("--workdir", type=Path, help="scratch folder (default: a new temporary one, removed at the end)")
+    parser.add_argument(
+        "--worker-timeout", type=float, default=20.0, help="mbdask's worker timeout for the SLURM runs (s)"
+    )
+    parser.add_argument(
+        "--cancel-at", type=float, default=0.3, help="cancel when this fraction of the fragments is in the store"
+    )
+    parser.add_argument(
+        "--no-adapt", action="store_true", help="leave out the cluster.adapt(minimum_jobs=2, maximum_jobs=2) variant"
+    )
+    parser.add_argument(
+        "--lifetime",
+        metavar="T,STAGGER",
+        help="also a run with adapt(minimum_jobs=2, maximum_jobs=2) and workers started with --lifetime T "
+        "--lifetime-stagger STAGGER (e.g. 8s,2s): they leave during the run and are replaced",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="scratch folder (default: a new temporary one, removed at the end)"
+    )
     parser.add_argument("--json", type=Path, help="write the measurements and verdicts here")
     args = parser.parse_args(argv)
 
@@ -763,7 +930,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     workdir = workdir.resolve()
     os.chdir(workdir)  # the store is a file where mbdask runs: here, on the "login node"
-    report: dict = {"xyz": args.xyz, "max_nbody": args.max_nbody, "worker_timeout": args.worker_timeout, "workdir": str(workdir)}
+    report: dict = {
+        "xyz": args.xyz,
+        "max_nbody": args.max_nbody,
+        "worker_timeout": args.worker_timeout,
+        "workdir": str(workdir),
+    }
 
     import mbdask
 
@@ -772,7 +944,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     total = len(mbdask.plan(str(cluster_json)).jobs)
     report["fragments_total"] = total
     cancel_at = max(1, int(args.cancel_at * total))
-    log(f"{args.xyz} GFN2-xTB nocp {args.max_nbody}-body: {total} fragment calculations; cancelling at {cancel_at} in the store")
+    log(
+        f"{args.xyz} GFN2-xTB nocp {args.max_nbody}-body: {total} fragment calculations; cancelling at {cancel_at} in the store"
+    )
 
     # stop the SLURM daemons also on SIGTERM (a test's time-out, kill): the context managers run
     signal.signal(signal.SIGTERM, _interrupted)
@@ -785,20 +959,30 @@ def main(argv: Optional[list[str]] = None) -> int:
             log(f"local run (LocalCluster, 2 workers): {energy:.10f} Eh in {seconds:.1f} s")
             common = {"total": total, "worker_timeout": args.worker_timeout}
             log("point 1: compute right after scale(jobs=2)")
-            report["point1"] = slurm_library_run("point1", workdir, cluster_json, user, energy, cancel_at=None, adapt=False, **common)
+            report["point1"] = slurm_library_run(
+                "point1", workdir, cluster_json, user, energy, cancel_at=None, adapt=False, **common
+            )
             log("one job cancelled mid-run")
-            report["cancel_one"] = slurm_library_run("cancel-one", workdir, cluster_json, user, energy, cancel_at=cancel_at, adapt=False, **common)
+            report["cancel_one"] = slurm_library_run(
+                "cancel-one", workdir, cluster_json, user, energy, cancel_at=cancel_at, adapt=False, **common
+            )
             if not args.no_adapt:
                 log("one job cancelled mid-run, cluster.adapt(minimum_jobs=2, maximum_jobs=2)")
-                report["cancel_one_adapt"] = slurm_library_run("cancel-one-adapt", workdir, cluster_json, user, energy,
-                                                               cancel_at=cancel_at, adapt=True, **common)
+                report["cancel_one_adapt"] = slurm_library_run(
+                    "cancel-one-adapt", workdir, cluster_json, user, energy, cancel_at=cancel_at, adapt=True, **common
+                )
             if args.lifetime:
                 life = tuple(args.lifetime.split(","))
-                log(f"workers with --lifetime {life[0]} --lifetime-stagger {life[1]}, cluster.adapt(minimum_jobs=2, maximum_jobs=2)")
-                report["lifetime"] = slurm_library_run("lifetime", workdir, cluster_json, user, energy, cancel_at=None, adapt=True,
-                                                       lifetime=life, **common)
+                log(
+                    f"workers with --lifetime {life[0]} --lifetime-stagger {life[1]}, cluster.adapt(minimum_jobs=2, maximum_jobs=2)"
+                )
+                report["lifetime"] = slurm_library_run(
+                    "lifetime", workdir, cluster_json, user, energy, cancel_at=None, adapt=True, lifetime=life, **common
+                )
             log("every job cancelled mid-run (command line)")
-            report["all_cancelled"] = slurm_cli_all_cancelled(workdir, cluster_json, user, cancel_at=cancel_at, **common)
+            report["all_cancelled"] = slurm_cli_all_cancelled(
+                workdir, cluster_json, user, cancel_at=cancel_at, **common
+            )
         report["resume"] = resume_locally(cluster_json, workdir / "all-cancelled.sqlite")
         report["checks"] = checks(report, args.worker_timeout)
         status = 0 if all(c["pass"] for c in report["checks"].values()) else 1
@@ -809,7 +993,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(report, indent=1, default=str))
         for name, c in report.get("checks", {}).items():
-            print(f"{'PASS' if c['pass'] else 'FAIL'}  {name}\n      {json.dumps({k: v for k, v in c.items() if k != 'pass'}, default=str)}")
+            print(
+                f"{'PASS' if c['pass'] else 'FAIL'}  {name}\n      {json.dumps({k: v for k, v in c.items() if k != 'pass'}, default=str)}"
+            )
         if args.workdir is None and status != 1:
             shutil.rmtree(workdir, ignore_errors=True)
     return status

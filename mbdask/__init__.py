@@ -1,7 +1,10 @@
 """mbdask: quantum-chemistry many-body expansions as a Dask task graph.
 
-``submit`` / ``compute`` run a QCManyBody ``ManyBodyInput`` with one Dask task per fragment
-calculation and return QCManyBody's ``ManyBodyResult``; ``plan`` counts what would run.
+``compute`` / ``submit`` / ``start`` run a QCManyBody ``ManyBodyInput`` with one Dask task per
+fragment calculation and return QCManyBody's ``ManyBodyResult``; ``plan`` counts what would
+run. docs/api.md lists what is public: the names in ``__all__``. Everything else stays
+importable from the module that defines it (docs/design.md maps the package), with no
+promise that it keeps its name.
 
 The names below are imported on first use (PEP 562): ``import mbdask`` costs milliseconds,
 not the second that Dask, QCElemental, QCManyBody and Bokeh take together, so that the
@@ -14,98 +17,86 @@ every worker; call :func:`register_programs` before using them in a plain
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
-from .errors import RENAMED as _RENAMED, renamed as _renamed  # light: re and warnings
+from mbdask import _compat
 
 if TYPE_CHECKING:  # what the names below are, for type checkers and the API docs
-    from .api import Submission, compute, plan, start, submit
-    from .cluster import ClusterSize, connect, local_cluster, start_local_cluster
-    from .errors import BadInputError, FragmentFailedError, MbdaskError, NoWorkersError, SchedulerLostError
-    from .inputs import load_input
-    from .optimize import OptimizationResult, optimize
-    from .outputs import load_result, save_result
-    from .plan import FragmentJob, Increment, Plan
-    from .programs import register_programs
-    from .report import figures, report, summary_table
-    from .screening import Screening
-    from .store import FragmentStore
-    from .structures import ManyResults, compute_many, read_structures, start_many, submit_many
-    from .tables import Rows
-    from .xyz import xyz_input
+    from mbdask.calculation.store import FragmentStore
+    from mbdask.deploy.cluster import local_cluster
+    from mbdask.diagnostics.report import figures, report, summary_table
+    from mbdask.errors import BadInputError, FragmentFailedError, MbdaskError, NoWorkersError, SchedulerLostError
+    from mbdask.inputs.load import load_input
+    from mbdask.inputs.xyz import xyz_input
+    from mbdask.planning.plan import Plan
+    from mbdask.planning.screening import Screening
+    from mbdask.programs import register_programs
+    from mbdask.results.outputs import load_result, save_result
+    from mbdask.tables import Rows
+    from mbdask.workflows.expansion import Submission, compute, plan, start, submit
+    from mbdask.workflows.optimize import OptimizationResult, optimize
+    from mbdask.workflows.options import RunOptions
+    from mbdask.workflows.structures import (
+        ManyResults,
+        ManySubmission,
+        compute_many,
+        read_structures,
+        start_many,
+        submit_many,
+    )
 
-#: Public name -> the module of the package that defines it.
+#: Public name -> the module that defines it.
 _EXPORTS = {
-    "Submission": "api",
-    "compute": "api",
-    "plan": "api",
-    "start": "api",
-    "submit": "api",
-    "ClusterSize": "cluster",
-    "connect": "cluster",
-    "local_cluster": "cluster",
-    "start_local_cluster": "cluster",
-    "FragmentFailedError": "errors",
-    "BadInputError": "errors",
+    # one expansion
+    "plan": "workflows.expansion",
+    "start": "workflows.expansion",
+    "submit": "workflows.expansion",
+    "compute": "workflows.expansion",
+    "Submission": "workflows.expansion",
+    "Plan": "planning.plan",
+    "RunOptions": "workflows.options",
+    # its input
+    "load_input": "inputs.load",
+    "xyz_input": "inputs.xyz",
+    "Screening": "planning.screening",
+    # many structures, geometry optimisation
+    "compute_many": "workflows.structures",
+    "start_many": "workflows.structures",
+    "submit_many": "workflows.structures",
+    "read_structures": "workflows.structures",
+    "ManySubmission": "workflows.structures",
+    "ManyResults": "workflows.structures",
+    "optimize": "workflows.optimize",
+    "OptimizationResult": "workflows.optimize",
+    # where it runs, what it keeps
+    "local_cluster": "deploy.cluster",
+    "FragmentStore": "calculation.store",
+    "register_programs": "programs",
+    # results and reports
+    "load_result": "results.outputs",
+    "save_result": "results.outputs",
+    "Rows": "tables",
+    "report": "diagnostics.report",
+    "figures": "diagnostics.report",
+    "summary_table": "diagnostics.report",
+    # errors
     "MbdaskError": "errors",
+    "BadInputError": "errors",
+    "FragmentFailedError": "errors",
     "NoWorkersError": "errors",
     "SchedulerLostError": "errors",
-    "load_input": "inputs",
-    "OptimizationResult": "optimize",
-    "optimize": "optimize",
-    "load_result": "outputs",
-    "save_result": "outputs",
-    "FragmentJob": "plan",
-    "Increment": "plan",
-    "Plan": "plan",
-    "figures": "report",
-    "report": "report",
-    "summary_table": "report",
-    "Screening": "screening",
-    "FragmentStore": "store",
-    "ManyResults": "structures",
-    "compute_many": "structures",
-    "read_structures": "structures",
-    "start_many": "structures",
-    "submit_many": "structures",
-    "Rows": "tables",
-    "register_programs": "programs",
-    "xyz_input": "xyz",
 }
-#: Functions named like a module of the package (``mbdask.plan`` is the function, the module
-#: is ``sys.modules["mbdask.plan"]``, as before these names were lazy).
-_SHADOWED = ("plan", "report", "optimize")
-
-
-class _Package(types.ModuleType):
-    """The package module, keeping :data:`_SHADOWED` names for the functions.
-
-    Importing a submodule sets the package's attribute of that name to the submodule;
-    for ``plan``, ``report`` and ``optimize`` that would hide the functions (``mbdask.plan(inp)``).
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SHADOWED and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        from .version import package_version
+        from mbdask.version import package_version
 
         value = package_version()
     elif name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    elif name in _RENAMED:  # an old name: warns each time, never cached
-        return _renamed(name, __name__)
+        value = getattr(importlib.import_module(f"mbdask.{_EXPORTS[name]}"), name)
     else:
-        raise AttributeError(f"module 'mbdask' has no attribute {name!r}")
+        return _compat.old_package_name(name)  # warns each time (never cached), or AttributeError
     globals()[name] = value
     return value
 
@@ -115,40 +106,37 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "BadInputError",
-    "ClusterSize",
-    "FragmentFailedError",
-    "FragmentJob",
-    "FragmentStore",
-    "Increment",
-    "ManyResults",
-    "MbdaskError",
-    "NoWorkersError",
-    "OptimizationResult",
-    "Plan",
-    "Rows",
-    "SchedulerLostError",
-    "Screening",
-    "Submission",
     "__version__",
-    "compute",
-    "compute_many",
-    "connect",
-    "figures",
-    "load_input",
-    "load_result",
-    "local_cluster",
-    "optimize",
     "plan",
-    "read_structures",
-    "register_programs",
-    "report",
-    "save_result",
     "start",
-    "start_local_cluster",
-    "start_many",
     "submit",
-    "submit_many",
-    "summary_table",
+    "compute",
+    "Submission",
+    "Plan",
+    "RunOptions",
+    "load_input",
     "xyz_input",
+    "Screening",
+    "compute_many",
+    "start_many",
+    "submit_many",
+    "read_structures",
+    "ManySubmission",
+    "ManyResults",
+    "optimize",
+    "OptimizationResult",
+    "local_cluster",
+    "FragmentStore",
+    "register_programs",
+    "load_result",
+    "save_result",
+    "Rows",
+    "report",
+    "figures",
+    "summary_table",
+    "MbdaskError",
+    "BadInputError",
+    "FragmentFailedError",
+    "NoWorkersError",
+    "SchedulerLostError",
 ]

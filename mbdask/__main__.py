@@ -1,6 +1,6 @@
 """``python -m mbdask``: see ``mbdask.cli``."""
 
-from .cli import entry
+from mbdask.cli import entry
 
 if __name__ == "__main__":
     entry()

@@ -11,9 +11,10 @@ import gc
 import os
 import sys
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from .errors import BadInputError, FragmentFailedError, MbdaskError, plural
+from mbdask.errors import BadInputError, FragmentFailedError, MbdaskError, plural
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -46,33 +47,51 @@ def build_parser() -> argparse.ArgumentParser:
         "or a multi-frame XYZ file (a trajectory) run one expansion per structure, all on one cluster.",
     )
     run.add_argument(
-        "inputs", nargs="+", metavar="INPUT",
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
         help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below; several, a directory of them, "
         "or a multi-frame XYZ file: one expansion per structure",
     )
     _add_xyz_options(run)
     run.add_argument("-o", "--output", metavar="FILE", help="write the ManyBodyResult JSON here (atomically)")
     run.add_argument(
-        "--output-dir", metavar="DIR",
+        "--output-dir",
+        metavar="DIR",
         help="several structures: write each one's result as DIR/NAME.json and the table of all as DIR/structures.csv",
     )
     run.add_argument(
-        "--report", metavar="FILE",
+        "--report",
+        metavar="FILE",
         help="write a self-contained HTML report (n-body table, plots, timeline; for several structures their energies) here",
     )
     _add_run_options(run)
-    run.add_argument("--keep-going", action="store_true", help="if a fragment fails, still write the result through the highest complete n-body order, marked partial (exit code 1)")
     run.add_argument(
-        "--distance-cutoffs", metavar="N:A,...",
+        "--keep-going",
+        action="store_true",
+        help="if a fragment fails, still write the result through the highest complete n-body order, marked partial (exit code 1)",
+    )
+    run.add_argument(
+        "--distance-cutoffs",
+        metavar="N:A,...",
         help="screening: keep an N-body cluster only if each pair of its fragments is within A Angstrom (closest atoms), e.g. 2:9,3:5,4:4 (nocp/vmfc)",
     )
     run.add_argument(
-        "--energy-thresholds", metavar="N:KCAL,...",
+        "--energy-thresholds",
+        metavar="N:KCAL,...",
         help="screening: keep an N-body cluster only if its GFN2-xTB increment exceeds KCAL kcal/mol in magnitude, e.g. 2:0.05,3:0.01",
     )
     run.add_argument("--screening-target", metavar="KCAL", type=float, help=SCREENING_TARGET_HELP)
-    run.add_argument("--profile", metavar="FILE", help="write where the run's time went (phases, QC programs, mbdask, Dask) as JSON here, and print it")
-    run.add_argument("--no-progress", action="store_true", help="no progress (on a terminal: bars redrawn in place; otherwise a line every 60 s, Dask config mbdask.progress.log-interval)")
+    run.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="write where the run's time went (phases, QC programs, mbdask, Dask) as JSON here, and print it",
+    )
+    run.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress (on a terminal: bars redrawn in place; otherwise a line every 60 s, Dask config mbdask.progress.log-interval)",
+    )
 
     opt = sub.add_parser(
         "optimize",
@@ -80,26 +99,55 @@ def build_parser() -> argparse.ArgumentParser:
         description="Minimise the MBE energy of INPUT's molecule with geomeTRIC; each geometry's MBE gradient is one "
         "expansion on a cluster started once. Needs geomeTRIC: pip install 'mbdask[optimize]'.",
     )
-    opt.add_argument("input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below")
+    opt.add_argument(
+        "input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below"
+    )
     _add_xyz_options(opt, drivers=("gradient",))
-    opt.add_argument("--max-steps", type=int, default=100, metavar="N", help="geomeTRIC steps at most (default 100); reaching them is exit code 1")
-    opt.add_argument("--convergence", metavar="SET", help="geomeTRIC convergence set: GAU (default), GAU_LOOSE, GAU_TIGHT, GAU_VERYTIGHT, NWCHEM_LOOSE, TURBOMOLE, INTERFRAG_TIGHT")
-    opt.add_argument("-o", "--output", metavar="FILE", help="write the final geometry here: XYZ (.xyz) or the QCSchema molecule as JSON (.json)")
-    opt.add_argument("--trajectory", metavar="FILE", help="write every geometry here as a multi-frame XYZ, the energy in each comment line (rewritten after every step)")
+    opt.add_argument(
+        "--max-steps",
+        type=int,
+        default=100,
+        metavar="N",
+        help="geomeTRIC steps at most (default 100); reaching them is exit code 1",
+    )
+    opt.add_argument(
+        "--convergence",
+        metavar="SET",
+        help="geomeTRIC convergence set: GAU (default), GAU_LOOSE, GAU_TIGHT, GAU_VERYTIGHT, NWCHEM_LOOSE, TURBOMOLE, INTERFRAG_TIGHT",
+    )
+    opt.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the final geometry here: XYZ (.xyz) or the QCSchema molecule as JSON (.json)",
+    )
+    opt.add_argument(
+        "--trajectory",
+        metavar="FILE",
+        help="write every geometry here as a multi-frame XYZ, the energy in each comment line (rewritten after every step)",
+    )
     opt.add_argument("--result", metavar="FILE", help="write the last step's ManyBodyResult JSON here")
     _add_run_options(opt)
     opt.add_argument("--distance-cutoffs", metavar="N:A,...", help="screening as for run")
-    opt.add_argument("--freeze-screening", action="store_true", help="keep the clusters screening kept at the start geometry for every step")
+    opt.add_argument(
+        "--freeze-screening",
+        action="store_true",
+        help="keep the clusters screening kept at the start geometry for every step",
+    )
 
     plan = sub.add_parser(
         "plan",
         help="count the fragment calculations and graph size, compute nothing",
         description="Validate INPUT and print, per model chemistry and n-body order, how many calculations would run.",
     )
-    plan.add_argument("input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below")
+    plan.add_argument(
+        "input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below"
+    )
     _add_xyz_options(plan)
     plan.add_argument("--distance-cutoffs", metavar="N:A,...", help="screening as for run: count what it keeps")
-    plan.add_argument("--screening-target", metavar="KCAL", type=float, help="as for run: count what the cutoffs it picks keep")
+    plan.add_argument(
+        "--screening-target", metavar="KCAL", type=float, help="as for run: count what the cutoffs it picks keep"
+    )
     return parser
 
 
@@ -108,49 +156,89 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
     Defaults that are settings are shown as mbdask.yaml has them (read without importing Dask).
     """
-    from .config import packaged_default
+    from mbdask.config import packaged_default
 
     def default(key: str) -> object:
         return packaged_default(f"mbdask.{key}")
 
-    parser.add_argument("--scheduler", type=_scheduler_address, metavar="ADDR", help="address of a running Dask scheduler (default: start a LocalCluster)")
-    parser.add_argument("--tls-ca-file", metavar="PEM", help="with --scheduler tls://...: CA certificate that signed the scheduler's")
+    parser.add_argument(
+        "--scheduler",
+        type=_scheduler_address,
+        metavar="ADDR",
+        help="address of a running Dask scheduler (default: start a LocalCluster)",
+    )
+    parser.add_argument(
+        "--tls-ca-file", metavar="PEM", help="with --scheduler tls://...: CA certificate that signed the scheduler's"
+    )
     parser.add_argument("--tls-cert", metavar="PEM", help="client certificate for TLS (with --tls-key)")
     parser.add_argument("--tls-key", metavar="PEM", help="client private key for TLS")
     parser.add_argument(
-        "--worker-timeout", type=_seconds, metavar="SECONDS",
+        "--worker-timeout",
+        type=_seconds,
+        metavar="SECONDS",
         help="with --scheduler: wait this long for workers to join (batch jobs start late) and, during the run, for workers "
         f"to come back when none is left, then stop with exit code 1 (default {default('worker-timeout')}, Dask config mbdask.worker-timeout)",
     )
     parser.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: one per core)")
-    parser.add_argument("--threads-per-worker", type=int, metavar="N", help="LocalCluster threads (cores) per worker (default 1)")
-    parser.add_argument("--memory-limit", type=_byte_size, metavar="SIZE", help=f"LocalCluster memory per worker, e.g. 4GiB (default: {100 * default('local-cluster.memory-fraction'):g}%% of RAM / workers, "
-                        "Dask config mbdask.local-cluster.memory-fraction)")
     parser.add_argument(
-        "--cores-per-fragment", type=_cores, default=1, metavar="N|auto",
+        "--threads-per-worker", type=int, metavar="N", help="LocalCluster threads (cores) per worker (default 1)"
+    )
+    parser.add_argument(
+        "--memory-limit",
+        type=_byte_size,
+        metavar="SIZE",
+        help=f"LocalCluster memory per worker, e.g. 4GiB (default: {100 * default('local-cluster.memory-fraction'):g}%% of RAM / workers, "
+        "Dask config mbdask.local-cluster.memory-fraction)",
+    )
+    parser.add_argument(
+        "--cores-per-fragment",
+        type=_cores,
+        default=1,
+        metavar="N|auto",
         help="cores each QC calculation uses and reserves (default 1); 'auto': more cores for fragments predicted to finish the run alone",
     )
-    parser.add_argument("--memory-per-fragment", type=float, metavar="GIB", help="memory in GiB per QC calculation (default: worker share)")
-    parser.add_argument("--retries", type=int, default=0, metavar="N", help="retries of a failed fragment before giving up (default 0)")
-    parser.add_argument("--store", metavar="PATH", help="checkpoint store (SQLite file, created if missing): reuse fragments found there, save each finished one")
-    parser.add_argument("--order", choices=("levels", "cost"), default="levels", help="levels: n-body orders finish one after another (default); cost: longest first overall")
+    parser.add_argument(
+        "--memory-per-fragment",
+        type=float,
+        metavar="GIB",
+        help="memory in GiB per QC calculation (default: worker share)",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=0, metavar="N", help="retries of a failed fragment before giving up (default 0)"
+    )
+    parser.add_argument(
+        "--store",
+        metavar="PATH",
+        help="checkpoint store (SQLite file, created if missing): reuse fragments found there, save each finished one",
+    )
+    parser.add_argument(
+        "--order",
+        choices=("levels", "cost"),
+        default="levels",
+        help="levels: n-body orders finish one after another (default); cost: longest first overall",
+    )
     parser.add_argument("--no-batch", action="store_true", help="one Dask task per fragment even for cheap fragments")
     parser.add_argument(
-        "--dashboard", action=argparse.BooleanOptionalAction, default=None,
+        "--dashboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help=f"serve Dask's dashboard from the LocalCluster (default: only for runs predicted to take {default('local-cluster.dashboard-min-seconds')} s "
         "per core or more, Dask config mbdask.local-cluster.dashboard)",
     )
 
 
-def _add_xyz_options(parser: argparse.ArgumentParser, drivers: Sequence[str] = ("energy", "gradient", "hessian")) -> None:
+def _add_xyz_options(
+    parser: argparse.ArgumentParser, drivers: Sequence[str] = ("energy", "gradient", "hessian")
+) -> None:
     """The model-chemistry options that turn an XYZ file into a ManyBodyInput (run, plan and optimize).
 
-    Their defaults are :class:`mbdask.xyz.ModelOptions`'s, applied there: here they stay None, so
+    Their defaults are :class:`mbdask.inputs.xyz.ModelOptions`'s, applied there: here they stay None, so
     that an option given with a ManyBodyInput file is seen and refused (:func:`_refuse_model_options`),
     even when its value is the default.
     """
     xyz = parser.add_argument_group(
-        "XYZ input", "fragments found from connectivity (covalent radii); the model chemistry from these options "
+        "XYZ input",
+        "fragments found from connectivity (covalent radii); the model chemistry from these options "
         "(for XYZ files only: a ManyBodyInput file holds its own, and they are refused with one)",
     )
     xyz.add_argument("--program", help="QCEngine program (default xtb)")
@@ -161,9 +249,17 @@ def _add_xyz_options(parser: argparse.ArgumentParser, drivers: Sequence[str] = (
     if len(drivers) > 1:
         xyz.add_argument("--driver", choices=drivers, help=f"{', '.join(drivers)} (default {drivers[0]})")
     else:
-        xyz.add_argument("--driver", choices=drivers, help=f"an optimisation runs MBE gradients: {drivers[0]} is the only choice")
-    xyz.add_argument("--fragment-charges", metavar="Q,Q,...", help="charge of each fragment (default: 0, or the charge of common ions such as H3O+ and OH-)")
-    xyz.add_argument("--fragments", metavar="GROUPS", help="override the fragments: 0-based atoms, e.g. '0-2;3-5;6,7,8'")
+        xyz.add_argument(
+            "--driver", choices=drivers, help=f"an optimisation runs MBE gradients: {drivers[0]} is the only choice"
+        )
+    xyz.add_argument(
+        "--fragment-charges",
+        metavar="Q,Q,...",
+        help="charge of each fragment (default: 0, or the charge of common ions such as H3O+ and OH-)",
+    )
+    xyz.add_argument(
+        "--fragments", metavar="GROUPS", help="override the fragments: 0-based atoms, e.g. '0-2;3-5;6,7,8'"
+    )
 
 
 def _cores(text: str):
@@ -203,13 +299,15 @@ def _scheduler_address(text: str) -> str:
         if scheme != "inproc":
             parse_host_port(location)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected [PROTOCOL://]HOST:PORT such as tcp://node1:8786, got {text!r}: {exc}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected [PROTOCOL://]HOST:PORT such as tcp://node1:8786, got {text!r}: {exc}"
+        ) from None
     return text
 
 
 def _bsse_types(text: str) -> tuple[str, ...]:
     """--bsse: comma-separated BSSE treatments, each one QCManyBody knows (aliases such as ssfc included)."""
-    from .xyz import bsse_types
+    from mbdask.inputs.xyz import bsse_types
 
     try:
         return bsse_types(text)
@@ -218,8 +316,8 @@ def _bsse_types(text: str) -> tuple[str, ...]:
 
 
 def _seconds(text: str) -> float:
-    """--worker-timeout: read as the library reads it (:func:`mbdask.cluster.worker_timeout`)."""
-    from .cluster import worker_timeout
+    """--worker-timeout: read as the library reads it (:func:`mbdask.deploy.cluster.worker_timeout`)."""
+    from mbdask.deploy.cluster import worker_timeout
 
     try:
         return worker_timeout(text)
@@ -238,28 +336,33 @@ def _per_order(option: str, text: str) -> dict[str, str]:
     return pairs
 
 
-def _screening(args: argparse.Namespace) -> Optional[dict]:
+def _screening(args: argparse.Namespace) -> dict | None:
     """The library's screening option from --distance-cutoffs, --screening-target and --energy-thresholds."""
     options = {}
     if args.distance_cutoffs:
         options["distance_cutoffs"] = _per_order("--distance-cutoffs", args.distance_cutoffs)
     target = getattr(args, "screening_target", None)
     if target is not None:
-        from .screening import cutoffs_for_target
+        from mbdask.planning.screening import cutoffs_for_target
 
         if args.distance_cutoffs:
-            raise BadInputError("--screening-target picks the distance cutoffs: give it or --distance-cutoffs, not both")
+            raise BadInputError(
+                "--screening-target picks the distance cutoffs: give it or --distance-cutoffs, not both"
+            )
         measured, cutoffs = cutoffs_for_target(target)
         text = ", ".join(f"{n}-body {r:g} A" for n, r in sorted(cutoffs.items()))
-        print(f"mbdask: --screening-target {target:g}: distance cutoffs {text}, measured to keep GFN2-xTB 3-body of a 128-water "
-              f"liquid droplet within {measured:g} kcal/mol per monomer (docs/screening.md)", file=sys.stderr)
+        print(
+            f"mbdask: --screening-target {target:g}: distance cutoffs {text}, measured to keep GFN2-xTB 3-body of a 128-water "
+            f"liquid droplet within {measured:g} kcal/mol per monomer (docs/screening.md)",
+            file=sys.stderr,
+        )
         options["target"] = target
     if getattr(args, "energy_thresholds", None):
         options["energy_thresholds"] = _per_order("--energy-thresholds", args.energy_thresholds)
     return options or None
 
 
-def _positive(name: str, value: Optional[int]) -> None:
+def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise BadInputError(f"{name} must be at least 1, got {value}")
 
@@ -276,15 +379,22 @@ def _security(args: argparse.Namespace):
         if not os.path.isfile(value):
             raise BadInputError(f"{name} {value}: no such file")
     if not args.scheduler:
-        raise BadInputError("--tls-* options need --scheduler tls://HOST:PORT (a LocalCluster started here listens on 127.0.0.1 only)")
+        raise BadInputError(
+            "--tls-* options need --scheduler tls://HOST:PORT (a LocalCluster started here listens on 127.0.0.1 only)"
+        )
     from distributed.security import Security
 
-    return Security(tls_ca_file=args.tls_ca_file, tls_client_cert=args.tls_cert, tls_client_key=args.tls_key, require_encryption=True)
+    return Security(
+        tls_ca_file=args.tls_ca_file,
+        tls_client_cert=args.tls_cert,
+        tls_client_key=args.tls_key,
+        require_encryption=True,
+    )
 
 
 def _given_model_options(args: argparse.Namespace) -> dict[str, Any]:
     """The XYZ options given on the command line (--program, --method, ...), by their library names."""
-    from .xyz import XYZ_OPTIONS
+    from mbdask.inputs.xyz import XYZ_OPTIONS
 
     return {name: getattr(args, name) for name in XYZ_OPTIONS if getattr(args, name, None) is not None}
 
@@ -292,7 +402,7 @@ def _given_model_options(args: argparse.Namespace) -> dict[str, Any]:
 def _refuse_model_options(args: argparse.Namespace, holders: Sequence[str], structures: int = 1) -> None:
     """Refuse XYZ options given with ManyBodyInput files (``holders``, among ``structures`` inputs): such a file holds
     its own model chemistry and expansion, and running it while ignoring them would run another expansion than the one asked for."""
-    from .xyz import refused_model_options
+    from mbdask.inputs.xyz import refused_model_options
 
     given = _given_model_options(args)
     if given and holders:
@@ -301,30 +411,34 @@ def _refuse_model_options(args: argparse.Namespace, holders: Sequence[str], stru
 
 
 def _model_options(args: argparse.Namespace):
-    """The XYZ options (--program, --method, ...) as :class:`mbdask.xyz.ModelOptions`, its defaults for those not given."""
-    from .xyz import ModelOptions
+    """The XYZ options (--program, --method, ...) as :class:`mbdask.inputs.xyz.ModelOptions`, its defaults for those not given."""
+    from mbdask.inputs.xyz import ModelOptions
 
     given = _given_model_options(args)
-    return ModelOptions(**{name: value for name, value in given.items() if name not in ("fragment_charges", "fragments")})
+    return ModelOptions(
+        **{name: value for name, value in given.items() if name not in ("fragment_charges", "fragments")}
+    )
 
 
-def _xyz_charges_and_fragments(args: argparse.Namespace) -> tuple[Optional[list[float]], Optional[list[list[int]]]]:
+def _xyz_charges_and_fragments(args: argparse.Namespace) -> tuple[list[float] | None, list[list[int]] | None]:
     """--fragment-charges and --fragments, read."""
-    from .xyz import parse_fragments
+    from mbdask.inputs.xyz import parse_fragments
 
     charges = None
     if args.fragment_charges:
         try:
             charges = [float(q) for q in args.fragment_charges.split(",")]
         except ValueError:
-            raise BadInputError(f"--fragment-charges {args.fragment_charges!r}: expected numbers separated by commas") from None
+            raise BadInputError(
+                f"--fragment-charges {args.fragment_charges!r}: expected numbers separated by commas"
+            ) from None
     return charges, parse_fragments(args.fragments) if args.fragments else None
 
 
 def _input(args: argparse.Namespace) -> Any:
     """What to run for ``args.input``: the file itself (a ManyBodyInput; XYZ options refused), or for an
     XYZ file the ManyBodyInput dict the --program/--method/... options make of it (its fragments printed)."""
-    from .xyz import describe_fragments, is_xyz, xyz_input
+    from mbdask.inputs.xyz import describe_fragments, is_xyz, xyz_input
 
     if not is_xyz(args.input):
         _refuse_model_options(args, [args.input])
@@ -340,7 +454,7 @@ def _input(args: argparse.Namespace) -> Any:
 
 def _several_structures(paths: list[str]) -> bool:
     """Several inputs, a directory, or an XYZ file of more than one frame."""
-    from .xyz import is_xyz, read_xyz_frames
+    from mbdask.inputs.xyz import is_xyz, read_xyz_frames
 
     if len(paths) > 1 or os.path.isdir(paths[0]):
         return True
@@ -357,19 +471,26 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_many(args: argparse.Namespace) -> int:
-    """One expansion per structure, all on one cluster (:mod:`mbdask.structures`); exit 1 if any failed."""
-    from . import api
-    from .outputs import check_writable
-    from .structures import read_structures, start_many, write_structure_results
+    """One expansion per structure, all on one cluster (:mod:`mbdask.workflows.structures`); exit 1 if any failed."""
+    from mbdask.results.outputs import check_writable
+    from mbdask.workflows import expansion as api
+    from mbdask.workflows.structures import read_structures, start_many, write_structure_results
 
     if args.output:
-        raise BadInputError("several structures: write their results with --output-dir DIR (one JSON each and structures.csv), not -o")
+        raise BadInputError(
+            "several structures: write their results with --output-dir DIR (one JSON each and structures.csv), not -o"
+        )
     if args.profile:
-        raise BadInputError("--profile is for one structure; several structures report their times in --output-dir's structures.csv")
+        raise BadInputError(
+            "--profile is for one structure; several structures report their times in --output-dir's structures.csv"
+        )
     _positive("--workers", args.workers)
     _positive("--threads-per-worker", args.threads_per_worker)
     api.check_options(
-        cores_per_fragment=args.cores_per_fragment, memory_per_fragment=args.memory_per_fragment, retries=args.retries, order=args.order
+        cores_per_fragment=args.cores_per_fragment,
+        memory_per_fragment=args.memory_per_fragment,
+        retries=args.retries,
+        order=args.order,
     )
     if args.report:
         check_writable(args.report)
@@ -377,23 +498,31 @@ def _run_many(args: argparse.Namespace) -> int:
         raise BadInputError(f"--output-dir {args.output_dir}: exists and is not a directory")
     charges, fragments = _xyz_charges_and_fragments(args)
     structures = read_structures(args.inputs, _model_options(args), fragment_charges=charges, fragments=fragments)
-    _refuse_model_options(args, [p for p in structures.values() if isinstance(p, str)], len(structures))  # read_structures gives their paths
+    _refuse_model_options(
+        args, [p for p in structures.values() if isinstance(p, str)], len(structures)
+    )  # read_structures gives their paths
     print(f"mbdask: {plural(len(structures), 'structure')}: {_names(list(structures))}", file=sys.stderr)
     many = start_many(
-        structures, args.scheduler, **_cluster_options(args, _security(args)), worker_timeout=args.worker_timeout,
-        **_run_options(args), keep_going=args.keep_going, progress=not args.no_progress, screening=_screening(args),
+        structures,
+        args.scheduler,
+        **_cluster_options(args, _security(args)),
+        worker_timeout=args.worker_timeout,
+        **_run_options(args),
+        keep_going=args.keep_going,
+        progress=not args.no_progress,
+        screening=_screening(args),
     )
     try:
         for name, error in many.errors.items():
             print(f"mbdask: {name}: not run: {error}", file=sys.stderr)
-        from .cluster import dashboard_link
+        from mbdask.deploy.cluster import dashboard_link
 
         link = dashboard_link(many.connection.client)
         if link:
             print(f"mbdask: dashboard at {link}", file=sys.stderr)
         gc.freeze()
         if not args.no_progress:
-            from .progress import show
+            from mbdask.diagnostics.progress import show
 
             show(many.progress())
         results = many.results(keep_going=args.keep_going)
@@ -401,18 +530,26 @@ def _run_many(args: argparse.Namespace) -> int:
         many.close_store()
         many.connection.close()
     print(results.summary())
-    shared = f"; {plural(results.shared, 'calculation')} shared between structures, computed once" if results.shared else ""
-    print(f"mbdask: {len(results)} of {plural(len(results.order), 'structure')} finished{shared}; wall time {results.wall_seconds:.2f} s")
+    shared = (
+        f"; {plural(results.shared, 'calculation')} shared between structures, computed once" if results.shared else ""
+    )
+    print(
+        f"mbdask: {len(results)} of {plural(len(results.order), 'structure')} finished{shared}; wall time {results.wall_seconds:.2f} s"
+    )
     if args.output_dir:
         write_structure_results(results, args.output_dir)
         print(f"mbdask: results written to {args.output_dir} (one JSON per structure, structures.csv)")
     if args.report:
-        from .report import structures_report
+        from mbdask.diagnostics.report import structures_report
 
         structures_report(results, args.report)
         print(f"mbdask: report written to {args.report}")
     if results.errors:
-        print(f"mbdask: {plural(len(results.errors), 'structure')} failed: " + "; ".join(f"{n}: {e}" for n, e in results.errors.items()), file=sys.stderr)
+        print(
+            f"mbdask: {plural(len(results.errors), 'structure')} failed: "
+            + "; ".join(f"{n}: {e}" for n, e in results.errors.items()),
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return EXIT_OK
 
@@ -420,16 +557,23 @@ def _run_many(args: argparse.Namespace) -> int:
 def _cluster_options(args: argparse.Namespace, security: Any) -> dict[str, Any]:
     """The options that start (--workers, ...) or reach (TLS) the cluster, as the library names them."""
     return {
-        "n_workers": args.workers, "threads_per_worker": args.threads_per_worker, "memory_limit": args.memory_limit,
-        "security": security, "dashboard": args.dashboard,
+        "n_workers": args.workers,
+        "threads_per_worker": args.threads_per_worker,
+        "memory_limit": args.memory_limit,
+        "security": security,
+        "dashboard": args.dashboard,
     }
 
 
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     """What each expansion runs with (--cores-per-fragment, --retries, --store, ...), as the library names them."""
     return {
-        "cores_per_fragment": args.cores_per_fragment, "memory_per_fragment": args.memory_per_fragment, "retries": args.retries,
-        "order": args.order, "batch": not args.no_batch, "store": args.store,
+        "cores_per_fragment": args.cores_per_fragment,
+        "memory_per_fragment": args.memory_per_fragment,
+        "retries": args.retries,
+        "order": args.order,
+        "batch": not args.no_batch,
+        "store": args.store,
     }
 
 
@@ -441,11 +585,11 @@ def _names(names: list[str], shown: int = 6) -> str:
 
 
 def _run_one(args: argparse.Namespace) -> int:
-    from . import api
-    from .cluster import dashboard_link
-    from .outputs import check_writable, save_result
-    from .profile import RunProfile
-    from .store import FragmentStore
+    from mbdask.calculation.store import FragmentStore
+    from mbdask.deploy.cluster import dashboard_link
+    from mbdask.diagnostics.profile import RunProfile
+    from mbdask.results.outputs import check_writable, save_result
+    from mbdask.workflows import expansion as api
 
     profile = RunProfile()
     profile.mark("imported")
@@ -453,7 +597,10 @@ def _run_one(args: argparse.Namespace) -> int:
     _positive("--workers", args.workers)
     _positive("--threads-per-worker", args.threads_per_worker)
     api.check_options(
-        cores_per_fragment=args.cores_per_fragment, memory_per_fragment=args.memory_per_fragment, retries=args.retries, order=args.order
+        cores_per_fragment=args.cores_per_fragment,
+        memory_per_fragment=args.memory_per_fragment,
+        retries=args.retries,
+        order=args.order,
     )
     for path in (args.output, args.report, args.profile):
         if path:
@@ -473,7 +620,11 @@ def _run_one(args: argparse.Namespace) -> int:
         if link:
             print(f"mbdask: dashboard at {link}", file=sys.stderr)
         sub = api.start(
-            plan, conn.client, **{**_run_options(args), "store": store}, keep_going=args.keep_going, progress=not args.no_progress,
+            plan,
+            conn.client,
+            **{**_run_options(args), "store": store},
+            keep_going=args.keep_going,
+            progress=not args.no_progress,
             worker_timeout=args.worker_timeout,
         )
         profile.mark("submitted")
@@ -482,12 +633,18 @@ def _run_one(args: argparse.Namespace) -> int:
         # results arrive (unpickling a 679k-calculation result took minutes with them in view).
         gc.freeze()
         if sub.from_store:
-            print(f"mbdask: {sub.from_store} of {len(plan.jobs)} fragment calculations found in {args.store}", file=sys.stderr)
+            print(
+                f"mbdask: {sub.from_store} of {len(plan.jobs)} fragment calculations found in {args.store}",
+                file=sys.stderr,
+            )
         if store is not None and store.corrupted:
             they = "it is" if len(store.corrupted) == 1 else "they are"
-            print(f"mbdask: {plural(len(store.corrupted), 'corrupted store entry', 'corrupted store entries')} ignored; {they} recomputed", file=sys.stderr)
+            print(
+                f"mbdask: {plural(len(store.corrupted), 'corrupted store entry', 'corrupted store entries')} ignored; {they} recomputed",
+                file=sys.stderr,
+            )
         if sub.progress is not None:
-            from .progress import show
+            from mbdask.diagnostics.progress import show
 
             show(sub.progress)
         result = api.result_of(sub, keep_going=args.keep_going)
@@ -499,7 +656,7 @@ def _run_one(args: argparse.Namespace) -> int:
     profile.mark("closed")
     wall = time.perf_counter() - wall_start
 
-    from .report import calculations_phrase, energy_phrase, report, summary_table, times_phrase
+    from mbdask.diagnostics.report import calculations_phrase, energy_phrase, report, summary_table, times_phrase
 
     print(result.stdout)
     print(summary_table(result))
@@ -513,7 +670,7 @@ def _run_one(args: argparse.Namespace) -> int:
         report(result, args.report, title=f"mbdask report: {os.path.basename(str(args.input))}", wall_seconds=wall)
         print(f"mbdask: report written to {args.report}")
     if args.profile:
-        from .profile import format_summary, write_profile
+        from mbdask.diagnostics.profile import format_summary, write_profile
 
         profile.mark("written")
         profile.with_result(result)
@@ -533,9 +690,9 @@ def _run_one(args: argparse.Namespace) -> int:
 
 
 def _optimize(args: argparse.Namespace) -> int:
-    """Geometry optimisation (:func:`mbdask.optimize.optimize`); exit 1 if it stopped at --max-steps."""
-    from .optimize import optimize
-    from .outputs import check_writable, save_result, write_atomic
+    """Geometry optimisation (:func:`mbdask.workflows.optimize.optimize`); exit 1 if it stopped at --max-steps."""
+    from mbdask.results.outputs import check_writable, save_result, write_atomic
+    from mbdask.workflows.optimize import optimize
 
     _positive("--workers", args.workers)
     _positive("--threads-per-worker", args.threads_per_worker)
@@ -546,16 +703,25 @@ def _optimize(args: argparse.Namespace) -> int:
         raise BadInputError(f"-o {args.output}: the final geometry is written as .xyz or .json")
     inp = _input(args)
     opt = optimize(
-        inp, args.scheduler, max_steps=args.max_steps, convergence=args.convergence, freeze_screening=args.freeze_screening,
-        trajectory=args.trajectory, screening=_screening(args), worker_timeout=args.worker_timeout,
-        **_cluster_options(args, _security(args)), **_run_options(args),
+        inp,
+        args.scheduler,
+        max_steps=args.max_steps,
+        convergence=args.convergence,
+        freeze_screening=args.freeze_screening,
+        trajectory=args.trajectory,
+        screening=_screening(args),
+        worker_timeout=args.worker_timeout,
+        **_cluster_options(args, _security(args)),
+        **_run_options(args),
     )
     print(f"{'step':>5}  {'MBE energy / Eh':>20}  {'change / Eh':>12}  {'RMS gradient':>12}  {'max gradient':>12}")
     for step, (energy, rms, largest) in enumerate(zip(opt.energies, opt.gradient_rms, opt.gradient_max)):
         change = "" if step == 0 else f"{energy - opt.energies[step - 1]:+.3e}"
         print(f"{step:>5}  {energy:>20.10f}  {change:>12}  {rms:>12.3e}  {largest:>12.3e}")
     state = "converged" if opt.converged else f"NOT converged after {plural(opt.steps, 'step')} (--max-steps)"
-    print(f"mbdask: optimisation {state}: {plural(opt.steps, 'step')}, {plural(opt.evaluations, 'expansion')}, final MBE energy {opt.energy:.10f} Eh")
+    print(
+        f"mbdask: optimisation {state}: {plural(opt.steps, 'step')}, {plural(opt.evaluations, 'expansion')}, final MBE energy {opt.energy:.10f} Eh"
+    )
     if args.output:
         if args.output.lower().endswith(".xyz"):
             opt.to_xyz(args.output)
@@ -571,8 +737,8 @@ def _optimize(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from . import api
-    from .graph import graph_summary
+    from mbdask.graph.build import graph_summary
+    from mbdask.workflows import expansion as api
 
     inp = _input(args)
     planned = api.plan(inp, screening=_screening(args))
@@ -585,7 +751,7 @@ def _kept(args: argparse.Namespace) -> str:
     """After an interrupt of ``run`` or ``optimize``: what the store kept for the same command to resume from, or that nothing was kept."""
     if args.command not in ("run", "optimize"):
         return ""
-    from .store import kept_for_next_run
+    from mbdask.calculation.store import kept_for_next_run
 
     return f"; {kept_for_next_run(args.store)}"
 
@@ -599,7 +765,7 @@ def _single_threaded_client() -> None:
 
     The command line computes no fragment itself. numpy's OpenBLAS starts its threads as soon
     as numpy is imported, and a process with threads must not fork
-    (:mod:`mbdask.forked_workers`); so this runs before anything imports numpy. Each
+    (:mod:`mbdask.deploy.forked_workers`); so this runs before anything imports numpy. Each
     fragment on a worker raises the pools to its own cores while it runs.
     """
     if "numpy" not in sys.modules:
@@ -607,11 +773,11 @@ def _single_threaded_client() -> None:
             os.environ.setdefault(name, "1")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code instead of raising for anything expected."""
     args = build_parser().parse_args(argv)
     try:
-        from .config import check_numbers
+        from mbdask.config import check_numbers
 
         check_numbers()  # a bad setting (Dask YAML, DASK_MBDASK__...) stops here, before anything is read or written
         return {"run": _run, "optimize": _optimize, "plan": _plan}[args.command](args)
@@ -630,7 +796,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:  # an unexpected failure: one line unless asked for the traceback
         if os.environ.get("MBDASK_DEBUG"):
             raise
-        print(f"mbdask: internal error: {type(exc).__name__}: {exc} (set MBDASK_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"mbdask: internal error: {type(exc).__name__}: {exc} (set MBDASK_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
 
 

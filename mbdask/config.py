@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .errors import BadInputError
+from mbdask.errors import BadInputError
 
 DEFAULTS = Path(__file__).with_name("mbdask.yaml")
 _lock = threading.Lock()
@@ -99,7 +99,9 @@ def number(key: str) -> Any:
         if converted != converted or (kind is int and float(value) != converted):
             raise ValueError
     except (TypeError, ValueError):
-        raise BadInputError(f"Dask config {key}: {value!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        raise BadInputError(
+            f"Dask config {key}: {value!r} is not {'a whole number' if kind is int else 'a number'}"
+        ) from None
     if converted < 0 or (converted == 0 and not zero_allowed):
         raise BadInputError(f"Dask config {key}: {value!r} must be {'at least' if zero_allowed else 'above'} 0")
     return converted

@@ -12,7 +12,6 @@ things; ``mbdask.InputError`` still works, with a ``DeprecationWarning``.
 from __future__ import annotations
 
 import re
-import warnings
 from typing import Any
 
 
@@ -80,18 +79,7 @@ def plural(count: int, word: str, words: str = "") -> str:
     return f"{count} {word if count == 1 else (words or word + 's')}"
 
 
-#: Old names -> the current ones (PEP 562 ``__getattr__`` here and in the package root).
-RENAMED = {"InputError": "BadInputError"}
-
-
-def renamed(name: str, where: str) -> Any:
-    """The object an old public name stands for, with a ``DeprecationWarning`` naming the new one."""
-    new = RENAMED[name]
-    warnings.warn(f"{where}.{name} is now {where}.{new} (QCEngine has an InputError of its own)", DeprecationWarning, stacklevel=3)
-    return globals()[new]
-
-
 def __getattr__(name: str) -> Any:
-    if name in RENAMED:
-        return renamed(name, __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from mbdask._compat import old_errors_name  # InputError, the old name of BadInputError
+
+    return old_errors_name(name)

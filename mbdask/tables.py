@@ -21,8 +21,8 @@ import csv
 import gzip
 import itertools
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any, Iterator, Optional, Union
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from pydantic_core import SchemaSerializer, core_schema
@@ -54,7 +54,7 @@ class Ragged(Sequence):
         self.flat, self.offsets = flat, offsets
 
     @classmethod
-    def from_lists(cls, lists: Sequence[Sequence[int]]) -> "Ragged":
+    def from_lists(cls, lists: Sequence[Sequence[int]]) -> Ragged:
         lengths = np.fromiter((len(item) for item in lists), dtype=np.int64, count=len(lists))
         flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(lengths.sum()))
         return cls(flat, np.concatenate([[0], np.cumsum(lengths)]))
@@ -78,15 +78,15 @@ class Coded(Sequence):
         self.values, self.codes = values, codes
 
     @classmethod
-    def from_list(cls, items: Sequence[Optional[str]]) -> "Coded":
-        index: dict[Optional[str], int] = {}
+    def from_list(cls, items: Sequence[str | None]) -> Coded:
+        index: dict[str | None, int] = {}
         codes = np.fromiter((index.setdefault(item, len(index)) for item in items), dtype=np.int32, count=len(items))
         return cls(list(index), codes)
 
     def __len__(self) -> int:
         return len(self.codes)
 
-    def __getitem__(self, index: int) -> Optional[str]:  # type: ignore[override]
+    def __getitem__(self, index: int) -> str | None:  # type: ignore[override]
         return self.values[self.codes[index]]
 
     def tolist(self) -> list:
@@ -110,7 +110,7 @@ def _compact(values: Any) -> Any:
     return values
 
 
-def none_for_nan(values: np.ndarray) -> list[Optional[float]]:
+def none_for_nan(values: np.ndarray) -> list[float | None]:
     """A float column as Python values, NaN (no value) as None, as a list of dicts holds it."""
     return [None if value != value else value for value in values.tolist()]
 
@@ -134,7 +134,7 @@ class Rows(Sequence):
         core_schema.any_schema(serialization=core_schema.plain_serializer_function_ser_schema(lambda rows: list(rows)))
     )
 
-    def __init__(self, blocks: Sequence[Block] = (), names: Optional[Sequence[str]] = None):
+    def __init__(self, blocks: Sequence[Block] = (), names: Sequence[str] | None = None):
         self._blocks: list[Block] = []
         self._ends: list[int] = []
         total = 0
@@ -152,11 +152,11 @@ class Rows(Sequence):
         self.names: list[str] = list(names) if names is not None else [*first[1], *first[0]]
 
     @classmethod
-    def from_columns(cls, **columns: Any) -> "Rows":
+    def from_columns(cls, **columns: Any) -> Rows:
         return cls([(columns, {})])
 
     @classmethod
-    def from_dicts(cls, rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> "Rows":
+    def from_dicts(cls, rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Rows:
         """The columns ``names`` of ``rows`` (missing values None), numbers as arrays."""
         return cls([({name: [row.get(name) for row in rows] for name in names}, {})], names)
 
@@ -168,7 +168,7 @@ class Rows(Sequence):
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
 
-    def __getitem__(self, index: Union[int, slice]) -> Any:
+    def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         if index < 0:
@@ -217,7 +217,7 @@ class Rows(Sequence):
     def _sizes(self) -> list[int]:
         return [end - start for start, end in zip([0, *self._ends], self._ends)]
 
-    def write_csv(self, path: Union[str, os.PathLike], gzipped: Optional[bool] = None) -> None:
+    def write_csv(self, path: str | os.PathLike, gzipped: bool | None = None) -> None:
         """Write the rows to ``path``, one header line first; gzipped if ``gzipped`` (default: when the name ends in ``.gz``)."""
         if str(path).endswith(".gz") if gzipped is None else gzipped:
             # level 1: 679k rows in seconds, not the half minute of gzip's default level 9
@@ -230,7 +230,9 @@ class Rows(Sequence):
             for (columns, constants), size in zip(self._blocks, self._sizes()):
                 made: list[tuple[Any, list[str]]] = []  # nocp's basis equals real: its texts are made once
                 texts = [
-                    _csv_texts(columns[name], name, made) if name in columns else [_csv_text(_csv_value(constants.get(name), name))] * size
+                    _csv_texts(columns[name], name, made)
+                    if name in columns
+                    else [_csv_text(_csv_value(constants.get(name), name))] * size
                     for name in self.names
                 ]
                 if len(texts) > 1 and not any(_needs_quotes(column) for column in texts):
@@ -240,7 +242,7 @@ class Rows(Sequence):
                     writer.writerows(zip(*texts))
 
     @classmethod
-    def read_csv(cls, path: Union[str, os.PathLike]) -> "Rows":
+    def read_csv(cls, path: str | os.PathLike) -> Rows:
         """Rows written by :meth:`write_csv`: index lists back as lists, numbers as numbers, empty as None."""
         opener = gzip.open if str(path).endswith(".gz") else open
         with opener(path, "rt", newline="") as handle:  # type: ignore[operator]
@@ -262,7 +264,7 @@ def _csv_text(value: Any) -> str:
     return "" if value is None else value if isinstance(value, str) else str(value)
 
 
-def _csv_texts(column: Any, name: str, made: Optional[list[tuple[Any, list[str]]]] = None) -> list[str]:
+def _csv_texts(column: Any, name: str, made: list[tuple[Any, list[str]]] | None = None) -> list[str]:
     """A column as the texts its CSV cells hold (what ``csv.writer`` would write for its values);
     ``made``: index columns already written in this block, reused where equal."""
     if name in INDEX_COLUMNS:
@@ -324,9 +326,10 @@ def _from_csv(texts: list[str], name: str) -> Any:
 
 def replaced(node: Any, replace: Any, prefix: tuple[str, ...] = ()) -> Any:
     """A copy of nested dicts ``node`` with every :class:`Rows` (or table reference) replaced by ``replace(path, value)``."""
-    if isinstance(node, Rows) or (isinstance(node, Mapping) and "table" in node and "rows" in node and "columns" in node):
+    if isinstance(node, Rows) or (
+        isinstance(node, Mapping) and "table" in node and "rows" in node and "columns" in node
+    ):
         return replace(prefix, node)
     if isinstance(node, Mapping):
         return {key: replaced(value, replace, prefix + (str(key),)) for key, value in node.items()}
     return node
-

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def package_version() -> str:
     """The installed distribution's version; ``0.0.0+source`` when running from a source tree."""
     from importlib.metadata import PackageNotFoundError, version

@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -35,12 +35,12 @@ CHROMIUM_FLAGS = (
 )
 
 
-def chromium() -> Optional[str]:
+def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 async def _session(
-    ws_url: str, page_url: str, expression: str, ready: str, timeout: float, screenshot: Optional[Path] = None
+    ws_url: str, page_url: str, expression: str, ready: str, timeout: float, screenshot: Path | None = None
 ) -> tuple[Any, list[str]]:
     from tornado.websocket import websocket_connect
 
@@ -82,7 +82,7 @@ async def _session(
 
 
 def evaluate_page(
-    path: Union[Path, str], expression: str, ready: str, timeout: float = 60.0, screenshot: Optional[Path] = None
+    path: Path | str, expression: str, ready: str, timeout: float = 60.0, screenshot: Path | None = None
 ) -> tuple[Any, list[str]]:
     """Open ``path`` (a file, or an ``http://`` address), wait until the JavaScript ``ready`` is true, return
     ``expression``'s value and page errors; with ``screenshot``, the page as drawn then is saved there (PNG)."""

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
-
 from doubles import register_doubles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,25 +28,36 @@ needs_xtb = pytest.mark.skipif(not HAVE_XTB, reason="xtb-python is not installed
 def inprocess_client():
     """A real scheduler with two single-thread workers in this process (sees test doubles)."""
     register_doubles()
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, resources={"cores": 1}, protocol="tcp",
-        host="127.0.0.1", dashboard_address=None,
-    ) as cluster, Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=False,
+            resources={"cores": 1},
+            protocol="tcp",
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         yield client
 
 
 @pytest.fixture(scope="session")
 def process_client():
     """A real scheduler with two worker processes, as mbdask would start them (2 GiB each)."""
-    from mbdask.cluster import ClusterSize, start_local_cluster
+    from mbdask.deploy.cluster import ClusterSize, start_local_cluster
 
-    with start_local_cluster(ClusterSize(2, 1, 2 * 2**30), dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as client:
+    with (
+        start_local_cluster(ClusterSize(2, 1, 2 * 2**30), dashboard_address=None) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         yield client
 
 
 def xtb_input(xyz: str, *, driver: str = "energy", bsse=("nocp",), levels=None, max_nbody: int = 3) -> dict:
     """A ManyBodyInput dict for a water cluster from benchmarks/data with GFN2-xTB (and GFN1)."""
-    from mbdask.xyz import molecule_from_xyz
+    from mbdask.inputs.xyz import molecule_from_xyz
 
     specs = {
         "gfn2": {"program": "xtb", "model": {"method": "gfn2-xtb"}, "keywords": {"accuracy": 0.01}},

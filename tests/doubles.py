@@ -29,7 +29,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Dict
+from typing import Any, ClassVar
 
 import numpy as np
 import qcengine
@@ -54,14 +54,14 @@ def fragment_indices(molecule) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return real, tuple(sorted(set(real) | set(ghost)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def component_data(name: str) -> dict:
     from qcmanybody.tests.utils import load_component_data
 
     return load_component_data(name)
 
 
-def _result(input_data, values: Dict[str, Any], creator: str, extras: Dict[str, Any] | None = None) -> AtomicResult:
+def _result(input_data, values: dict[str, Any], creator: str, extras: dict[str, Any] | None = None) -> AtomicResult:
     driver = input_data.specification.driver.value
     props = {f"return_{k}": v for k, v in values.items()}
     props["calcinfo_natom"] = len(input_data.molecule.symbols)
@@ -79,9 +79,13 @@ def _result(input_data, values: Dict[str, Any], creator: str, extras: Dict[str, 
 class DoubleHarness(ProgramHarness):
     """Common settings of the test doubles: always found, thread safe, no scratch."""
 
-    _defaults: ClassVar[Dict[str, Any]] = {
-        "name": "double", "scratch": False, "thread_safe": True, "thread_parallel": False,
-        "node_parallel": False, "managed_memory": False,
+    _defaults: ClassVar[dict[str, Any]] = {
+        "name": "double",
+        "scratch": False,
+        "thread_safe": True,
+        "thread_parallel": False,
+        "node_parallel": False,
+        "managed_memory": False,
     }
 
     @staticmethod
@@ -92,7 +96,7 @@ class DoubleHarness(ProgramHarness):
 class ReplayHarness(DoubleHarness):
     """Replays stored QCManyBody component data (test double, not chemistry)."""
 
-    _defaults: ClassVar[Dict[str, Any]] = {**DoubleHarness._defaults, "name": "replay"}
+    _defaults: ClassVar[dict[str, Any]] = {**DoubleHarness._defaults, "name": "replay"}
 
     def compute(self, input_data, config):
         real, basis = fragment_indices(input_data.molecule)
@@ -106,7 +110,7 @@ class ReplayHarness(DoubleHarness):
 class SleepHarness(DoubleHarness):
     """Sleeps for a given time per n-body order (test double, not chemistry)."""
 
-    _defaults: ClassVar[Dict[str, Any]] = {**DoubleHarness._defaults, "name": "sleep"}
+    _defaults: ClassVar[dict[str, Any]] = {**DoubleHarness._defaults, "name": "sleep"}
 
     def compute(self, input_data, config):
         real, basis = fragment_indices(input_data.molecule)
@@ -143,7 +147,7 @@ def wait_for_file(path: Path, timeout: float = GATE_TIMEOUT) -> None:
         time.sleep(0.01)
 
 
-def thread_settings(load: tuple[str, ...] = ()) -> Dict[str, Any]:
+def thread_settings(load: tuple[str, ...] = ()) -> dict[str, Any]:
     """The thread settings this thread of this process runs with, after importing ``load``.
 
     ``pools``: every BLAS/OpenMP pool threadpoolctl finds (library file, API, threads);
@@ -170,7 +174,7 @@ class ThreadsHarness(DoubleHarness):
     ``ncores``), which come back with the input's ``protocols: {cluster_results: all}``.
     """
 
-    _defaults: ClassVar[Dict[str, Any]] = {**DoubleHarness._defaults, "name": "threads"}
+    _defaults: ClassVar[dict[str, Any]] = {**DoubleHarness._defaults, "name": "threads"}
 
     def compute(self, input_data, config):
         real, _ = fragment_indices(input_data.molecule)

@@ -26,9 +26,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 #: Subnet of the test network (a /24, only inside the namespaces).
 SUBNET = "10.231.0"
@@ -38,7 +38,7 @@ class Unavailable(Exception):
     """Namespaces cannot be made here (not root, tools missing, unprivileged container): skip."""
 
 
-def unavailable() -> Optional[str]:
+def unavailable() -> str | None:
     """Why namespaces surely cannot be made here, or None (creating them may still fail)."""
     if not sys.platform.startswith("linux"):
         return "network namespaces need Linux"
@@ -71,7 +71,7 @@ class Hosts:
     is refused); :meth:`add` adds a host, :meth:`start` a process on it.
     """
 
-    def __init__(self, prefix: Optional[str] = None):
+    def __init__(self, prefix: str | None = None):
         reason = unavailable()
         if reason:
             raise Unavailable(reason)
@@ -92,7 +92,7 @@ class Hosts:
             self.close()
             raise Unavailable(f"cannot create a bridge in a network namespace ({exc})") from None
 
-    def __enter__(self) -> "Hosts":
+    def __enter__(self) -> Hosts:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -118,33 +118,66 @@ class Hosts:
         self.hosts[name] = host
         return host
 
-    def command(self, host: Host, argv: Sequence[str], *, private_dir: Optional[Path] = None) -> list[str]:
+    def command(self, host: Host, argv: Sequence[str], *, private_dir: Path | None = None) -> list[str]:
         """``argv`` run on ``host``; with ``private_dir``, in a mount namespace with a fresh tmpfs there as cwd."""
         prefix = ["ip", "netns", "exec", host.namespace]
         if private_dir is None:
             return prefix + list(argv)
         script = 'mount -t tmpfs -o size=128m,mode=0700 mbdask-private "$1" && cd "$1" && shift && exec "$@"'
-        return prefix + ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(private_dir), *argv]
+        return prefix + [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            str(private_dir),
+            *argv,
+        ]
 
-    def start(self, host: Host, argv: Sequence[str], *, log: Path, cwd: Path, private_dir: Optional[Path] = None, env=None) -> subprocess.Popen:
+    def start(
+        self, host: Host, argv: Sequence[str], *, log: Path, cwd: Path, private_dir: Path | None = None, env=None
+    ) -> subprocess.Popen:
         """Start ``argv`` on ``host`` in a process group of its own, output to ``log``."""
         if private_dir is not None:
             private_dir.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                self.command(host, argv, private_dir=private_dir), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                self.command(host, argv, private_dir=private_dir),
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         host.processes.append(proc)
         return proc
 
-    def run(self, host: Host, argv: Sequence[str], *, cwd: Path, timeout: float, private_dir: Optional[Path] = None, env=None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        host: Host,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        timeout: float,
+        private_dir: Path | None = None,
+        env=None,
+    ) -> subprocess.CompletedProcess:
         """Run ``argv`` on ``host`` to the end (its process group killed on time-out)."""
         if private_dir is not None:
             private_dir.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(
-            self.command(host, argv, private_dir=private_dir), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, start_new_session=True,
+            self.command(host, argv, private_dir=private_dir),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         host.processes.append(proc)
         try:
@@ -212,10 +245,16 @@ def watch(address: str, victim: str, fraction: float, timeout: float = 120.0) ->
     def probe(dask_scheduler, victim=victim):
         # a finished unit does not stay in memory: once the client has stored its outputs and the
         # nodes that need it have run, it is released and forgotten; so count what is still to run
-        units = [ts for ts in dask_scheduler.tasks.values() if isinstance(ts.key, tuple) and str(ts.key[0]).split(" ")[1:2] == ["frag"]]
+        units = [
+            ts
+            for ts in dask_scheduler.tasks.values()
+            if isinstance(ts.key, tuple) and str(ts.key[0]).split(" ")[1:2] == ["frag"]
+        ]
         pending = sum(ts.state in ("released", "waiting", "queued", "processing", "no-worker") for ts in units)
         ws = next((w for w in dask_scheduler.workers.values() if w.name == victim), None)
-        busy = ws is not None and any(str(ts.key[0]).split(" ")[1:2] == ["frag"] for ts in ws.processing if isinstance(ts.key, tuple))
+        busy = ws is not None and any(
+            str(ts.key[0]).split(" ")[1:2] == ["frag"] for ts in ws.processing if isinstance(ts.key, tuple)
+        )
         return {"units": len(units), "pending": pending, "victim_busy": busy}
 
     seen_units = 0  # the most unit tasks seen at once: the run's units (none is forgotten before the first look)

@@ -9,7 +9,7 @@ from qcelemental.models.v2 import AtomicInput
 from qcmanybody.v2 import ManyBodyComputer
 
 import mbdask
-from mbdask.execute import extract_properties
+from mbdask.calculation.execute import extract_properties
 
 mbdask.register_programs()  # QCManyBody's own runs call mbdask's PySCF harness through plain QCEngine
 

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import EXAMPLES, needs_xtb, write_json, xtb_input
+
+from mbdask.calculation.store import FragmentStore
 from mbdask.cli import main
-from mbdask.store import FragmentStore
 
 
 def _exit_code(argv: list[str]) -> int:
@@ -33,30 +33,84 @@ BAD_INPUTS = {
     "malformed_yaml": lambda tmp: (tmp / "bad.yaml").write_text("a: [1, 2\nb: }") and tmp / "bad.yaml",
     "missing_file": lambda tmp: tmp / "nope.json",
     "not_an_object": lambda tmp: write_json(tmp / "list.json", [1, 2, 3]),
-    "unknown_program": lambda tmp: _bad(tmp, "up", lambda d: d["specification"]["specification"]["gfn2"].update(program="qchemix")),
-    "program_not_installed": lambda tmp: _bad(tmp, "pni", lambda d: d["specification"]["specification"]["gfn2"].update(program="nwchem")),
+    "unknown_program": lambda tmp: _bad(
+        tmp, "up", lambda d: d["specification"]["specification"]["gfn2"].update(program="qchemix")
+    ),
+    "program_not_installed": lambda tmp: _bad(
+        tmp, "pni", lambda d: d["specification"]["specification"]["gfn2"].update(program="nwchem")
+    ),
     "cp_with_xtb": lambda tmp: _bad(tmp, "cp", lambda d: d["specification"]["keywords"].update(bsse_type=["cp"])),
     "vmfc_with_xtb": lambda tmp: _bad(tmp, "vmfc", lambda d: d["specification"]["keywords"].update(bsse_type=["vmfc"])),
-    "noncontiguous_levels": lambda tmp: _bad(tmp, "ncl", lambda d: d["specification"]["keywords"].update(levels={1: "gfn2", 2: "gfn1", 3: "gfn2"}) or d["specification"]["specification"].update(gfn1={"program": "xtb", "model": {"method": "gfn1-xtb"}})),
-    "max_nbody_too_large": lambda tmp: _bad(tmp, "mnb", lambda d: d["specification"]["keywords"].update(levels={5: "gfn2"})),
+    "noncontiguous_levels": lambda tmp: _bad(
+        tmp,
+        "ncl",
+        lambda d: (
+            d["specification"]["keywords"].update(levels={1: "gfn2", 2: "gfn1", 3: "gfn2"})
+            or d["specification"]["specification"].update(gfn1={"program": "xtb", "model": {"method": "gfn1-xtb"}})
+        ),
+    ),
+    "max_nbody_too_large": lambda tmp: _bad(
+        tmp, "mnb", lambda d: d["specification"]["keywords"].update(levels={5: "gfn2"})
+    ),
     "no_fragments": lambda tmp: _bad(tmp, "nof", lambda d: d["molecule"].pop("fragments")),
     "missing_specification": lambda tmp: _bad(tmp, "nos", lambda d: d["specification"].pop("specification")),
     "unknown_bsse": lambda tmp: _bad(tmp, "ub", lambda d: d["specification"]["keywords"].update(bsse_type=["xyz"])),
     "bad_driver": lambda tmp: _bad(tmp, "bd", lambda d: d["specification"].update(driver="properties")),
     "bad_element": lambda tmp: _bad(tmp, "be", lambda d: d["molecule"]["symbols"].__setitem__(0, "Xx")),
-    "undefined_model_in_levels": lambda tmp: _bad(tmp, "um", lambda d: d["specification"]["keywords"].update(levels={3: "mp2"})),
+    "undefined_model_in_levels": lambda tmp: _bad(
+        tmp, "um", lambda d: d["specification"]["keywords"].update(levels={3: "mp2"})
+    ),
     "one_fragment_only": lambda tmp: _bad(tmp, "one", lambda d: d["molecule"].update(fragments=[list(range(9))])),
-    "overlapping_atoms": lambda tmp: _bad(tmp, "ov", lambda d: d["molecule"]["geometry"].__setitem__(slice(3, 6), d["molecule"]["geometry"][0:3])),
-    "absurd_charge": lambda tmp: _bad(tmp, "chg", lambda d: d["molecule"].update(fragment_charges=[50, 0, 0], molecular_charge=50)),
-    "absurd_multiplicity": lambda tmp: _bad(tmp, "mult", lambda d: d["molecule"].update(fragment_multiplicities=[2, 1, 1])),
+    "overlapping_atoms": lambda tmp: _bad(
+        tmp, "ov", lambda d: d["molecule"]["geometry"].__setitem__(slice(3, 6), d["molecule"]["geometry"][0:3])
+    ),
+    "absurd_charge": lambda tmp: _bad(
+        tmp, "chg", lambda d: d["molecule"].update(fragment_charges=[50, 0, 0], molecular_charge=50)
+    ),
+    "absurd_multiplicity": lambda tmp: _bad(
+        tmp, "mult", lambda d: d["molecule"].update(fragment_multiplicities=[2, 1, 1])
+    ),
     "hessian_with_xtb": lambda tmp: _bad(tmp, "hx", lambda d: d["specification"].update(driver="hessian")),
-    "unknown_basis": lambda tmp: _bad(tmp, "ub", lambda d: d["specification"]["specification"]["gfn2"].update(program="pyscf", model={"method": "hf", "basis": "cc-pvbogus"}, keywords={})),
-    "unknown_pyscf_keyword": lambda tmp: _bad(tmp, "uk", lambda d: d["specification"]["specification"]["gfn2"].update(program="pyscf", model={"method": "hf", "basis": "sto-3g"}, keywords={"scf_typo": 1})),
-    "ccsd_gradient_with_pyscf": lambda tmp: _bad(tmp, "ccg", lambda d: d["specification"].update(driver="gradient") or d["specification"]["specification"]["gfn2"].update(program="pyscf", model={"method": "ccsd", "basis": "sto-3g"}, keywords={})),
+    "unknown_basis": lambda tmp: _bad(
+        tmp,
+        "ub",
+        lambda d: d["specification"]["specification"]["gfn2"].update(
+            program="pyscf", model={"method": "hf", "basis": "cc-pvbogus"}, keywords={}
+        ),
+    ),
+    "unknown_pyscf_keyword": lambda tmp: _bad(
+        tmp,
+        "uk",
+        lambda d: d["specification"]["specification"]["gfn2"].update(
+            program="pyscf", model={"method": "hf", "basis": "sto-3g"}, keywords={"scf_typo": 1}
+        ),
+    ),
+    "ccsd_gradient_with_pyscf": lambda tmp: _bad(
+        tmp,
+        "ccg",
+        lambda d: (
+            d["specification"].update(driver="gradient")
+            or d["specification"]["specification"]["gfn2"].update(
+                program="pyscf", model={"method": "ccsd", "basis": "sto-3g"}, keywords={}
+            )
+        ),
+    ),
     "input_is_a_directory": lambda tmp: (tmp / "adir").mkdir() or tmp / "adir",
-    "xtb_method_typo": lambda tmp: _bad(tmp, "mt", lambda d: d["specification"]["specification"]["gfn2"].update(model={"method": "gfn3-xtb"})),
-    "basis_with_xtb": lambda tmp: _bad(tmp, "bx", lambda d: d["specification"]["specification"]["gfn2"].update(model={"method": "gfn2-xtb", "basis": "6-31g"})),
-    "embedding_charges": lambda tmp: _bad(tmp, "ec", lambda d: d["specification"]["keywords"].update(embedding_charges={1: [0, 0, 0], 2: [0, 0, 0], 3: [0, 0, 0]}, return_total_data=True)),
+    "xtb_method_typo": lambda tmp: _bad(
+        tmp, "mt", lambda d: d["specification"]["specification"]["gfn2"].update(model={"method": "gfn3-xtb"})
+    ),
+    "basis_with_xtb": lambda tmp: _bad(
+        tmp,
+        "bx",
+        lambda d: d["specification"]["specification"]["gfn2"].update(model={"method": "gfn2-xtb", "basis": "6-31g"}),
+    ),
+    "embedding_charges": lambda tmp: _bad(
+        tmp,
+        "ec",
+        lambda d: d["specification"]["keywords"].update(
+            embedding_charges={1: [0, 0, 0], 2: [0, 0, 0], 3: [0, 0, 0]}, return_total_data=True
+        ),
+    ),
 }
 
 
@@ -76,14 +130,36 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ca
 @pytest.mark.parametrize(
     "args",
     [
-        ["--workers", "0"], ["--cores-per-fragment", "0"], ["--cores-per-fragment", "many"], ["--retries", "-1"],
-        ["-o", "/nonexistent/dir/r.json"], ["--bogus"], ["--memory-per-fragment", "0"], ["--memory-per-fragment", "-2"],
-        ["--store", "/nonexistent/dir/store.sqlite"], ["--store", "{tmp}/notes.txt"], ["--tls-ca-file", "ca.pem"],
-        ["--report", "/nonexistent/dir/report.html"], ["--report", "{tmp}"],
-        ["--memory-limit", "lots"], ["--memory-limit", "0"], ["--memory-limit=-1GB"], ["--workers", "x"], ["--workers", "-1"],
-        ["--threads-per-worker", "0"], ["--threads-per-worker", "two"], ["--retries", "x"], ["--memory-per-fragment", "x"],
-        ["--order", "random"], ["--scheduler", "nonsense"], ["--scheduler", "foo://host:8786"], ["--scheduler", "host:port"],
-        ["--distance-cutoffs", "2:abc"], ["--distance-cutoffs", "abc"], ["--energy-thresholds", "x"], ["--energy-thresholds", "2:x"],
+        ["--workers", "0"],
+        ["--cores-per-fragment", "0"],
+        ["--cores-per-fragment", "many"],
+        ["--retries", "-1"],
+        ["-o", "/nonexistent/dir/r.json"],
+        ["--bogus"],
+        ["--memory-per-fragment", "0"],
+        ["--memory-per-fragment", "-2"],
+        ["--store", "/nonexistent/dir/store.sqlite"],
+        ["--store", "{tmp}/notes.txt"],
+        ["--tls-ca-file", "ca.pem"],
+        ["--report", "/nonexistent/dir/report.html"],
+        ["--report", "{tmp}"],
+        ["--memory-limit", "lots"],
+        ["--memory-limit", "0"],
+        ["--memory-limit=-1GB"],
+        ["--workers", "x"],
+        ["--workers", "-1"],
+        ["--threads-per-worker", "0"],
+        ["--threads-per-worker", "two"],
+        ["--retries", "x"],
+        ["--memory-per-fragment", "x"],
+        ["--order", "random"],
+        ["--scheduler", "nonsense"],
+        ["--scheduler", "foo://host:8786"],
+        ["--scheduler", "host:port"],
+        ["--distance-cutoffs", "2:abc"],
+        ["--distance-cutoffs", "abc"],
+        ["--energy-thresholds", "x"],
+        ["--energy-thresholds", "2:x"],
     ],
 )
 def test_bad_options_exit_2(tmp_path, capsys, args):
@@ -106,9 +182,24 @@ def test_plan_prints_counts_per_model_and_order(capsys):
 def test_run_bundled_example_end_to_end(tmp_path):
     out, report, profile = tmp_path / "result.json", tmp_path / "report.html", tmp_path / "profile.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "mbdask", "run", str(EXAMPLES / "water6-gfn2.json"), "-o", str(out), "--workers", "2", "--report", str(report),
-         "--profile", str(profile)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mbdask",
+            "run",
+            str(EXAMPLES / "water6-gfn2.json"),
+            "-o",
+            str(out),
+            "--workers",
+            "2",
+            "--report",
+            str(report),
+            "--profile",
+            str(profile),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     # --profile: every phase from process start to the outputs, adding up to the wall time
@@ -120,7 +211,9 @@ def test_run_bundled_example_end_to_end(tmp_path):
     assert spent["fragment_span"]["mbdask_own_ms_per_fragment"] > 0  # recorded by the workers
     assert "mbdask profile:" in proc.stderr and "fragments (first start to last stop)" in proc.stderr
     assert "N-Body: Non-Counterpoise Corrected (NoCP) energies" in proc.stdout
-    assert re.search(r"mbdask: 41 fragment calculations on [12] workers?; wall time", proc.stdout), proc.stdout  # workers that ran fragments
+    assert re.search(r"mbdask: 41 fragment calculations on [12] workers?; wall time", proc.stdout), (
+        proc.stdout
+    )  # workers that ran fragments
     assert "mbdask: nocp interaction energy through 3-body" in proc.stdout
     # the summary table: one row per order, with its calculations
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("gfn2 ")]
@@ -142,7 +235,8 @@ def test_help_documents_the_commands():
 
 def test_xyz_input_finds_fragments_and_ion_charges():
     from conftest import DATA
-    from mbdask.xyz import formula, molecule_from_xyz
+
+    from mbdask.inputs.xyz import formula, molecule_from_xyz
 
     mol = molecule_from_xyz(DATA / "hydronium-water6.xyz", guess_ions=True)
     formulas = [formula([mol["symbols"][a] for a in frag]) for frag in mol["fragments"]]
@@ -157,7 +251,21 @@ def test_run_xyz_file_with_model_options(tmp_path, capsys):
     from conftest import DATA
 
     out = tmp_path / "r.json"
-    code = main(["run", str(DATA / "water3-uud.xyz"), "--method", "gfn2-xtb", "--max-nbody", "2", "--workers", "1", "-o", str(out), "--no-progress"])
+    code = main(
+        [
+            "run",
+            str(DATA / "water3-uud.xyz"),
+            "--method",
+            "gfn2-xtb",
+            "--max-nbody",
+            "2",
+            "--workers",
+            "1",
+            "-o",
+            str(out),
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "3 fragments in" in captured.err and "H2O" in captured.err
@@ -167,9 +275,17 @@ def test_run_xyz_file_with_model_options(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args",
     [
-        ["--fragments", "0-2;3-5"], ["--fragment-charges", "1,x"], ["--program", "pyscf"], ["--fragments", "0-x"],
-        ["--fragment-charges", "1,,0"], ["--max-nbody", "x"], ["--max-nbody", "0"], ["--bsse", "cpp"], ["--driver", "properties"],
-        ["--method", "gfn3-xtb"], ["--basis", "6-31g"],
+        ["--fragments", "0-2;3-5"],
+        ["--fragment-charges", "1,x"],
+        ["--program", "pyscf"],
+        ["--fragments", "0-x"],
+        ["--fragment-charges", "1,,0"],
+        ["--max-nbody", "x"],
+        ["--max-nbody", "0"],
+        ["--bsse", "cpp"],
+        ["--driver", "properties"],
+        ["--method", "gfn3-xtb"],
+        ["--basis", "6-31g"],
     ],
 )
 @pytest.mark.parametrize("command", ["run", "plan"])
@@ -177,7 +293,9 @@ def test_bad_xyz_options_exit_2(command, args, tmp_path, capsys):
     from conftest import DATA
 
     out = tmp_path / "r.json"
-    code = _exit_code([command, str(DATA / "water3-uud.xyz"), *args, *(["--no-progress", "-o", str(out)] if command == "run" else [])])
+    code = _exit_code(
+        [command, str(DATA / "water3-uud.xyz"), *args, *(["--no-progress", "-o", str(out)] if command == "run" else [])]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("mbdask: error:"), err
     assert not out.exists()
@@ -190,7 +308,10 @@ def test_element_without_a_covalent_radius_is_refused_not_guessed(tmp_path, caps
     out = tmp_path / "r.json"
     assert _exit_code(["run", str(xyz), "--no-progress", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "mbdask: error: no covalent radius for Bk in QCElemental: give the fragments (--fragments)" and len(err) == 1
+    assert (
+        err[-1] == "mbdask: error: no covalent radius for Bk in QCElemental: give the fragments (--fragments)"
+        and len(err) == 1
+    )
     assert not out.exists()
 
 
@@ -221,7 +342,11 @@ def test_ghost_atoms_refusal_names_the_command_lines_flag(capsys):
 
     assert main(["plan", str(DATA / "water3-uud.xyz"), "--bsse", "cp"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("mbdask: error: model ") and "ignores ghost atoms" in last and "(--bsse nocp on the command line)" in last
+    assert (
+        last.startswith("mbdask: error: model ")
+        and "ignores ghost atoms" in last
+        and "(--bsse nocp on the command line)" in last
+    )
 
 
 def test_unknown_bsse_lists_each_treatment_once(tmp_path, capsys):
@@ -233,7 +358,9 @@ def test_unknown_bsse_lists_each_treatment_once(tmp_path, capsys):
     assert err.endswith("bsse_type.0: Input should be 'nocp', 'cp' or 'vmfc', got 'cpp'"), err
     assert _exit_code(["plan", str(DATA / "water3-uud.xyz"), "--bsse", "nocp,cpp"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("mbdask: error: argument --bsse: unknown BSSE treatment 'cpp': expected a comma-separated list of nocp, cp, vmfc"), err
+    assert err.startswith(
+        "mbdask: error: argument --bsse: unknown BSSE treatment 'cpp': expected a comma-separated list of nocp, cp, vmfc"
+    ), err
 
 
 def test_bsse_option_takes_qcmanybodys_aliases_in_any_case(capsys):
@@ -254,20 +381,47 @@ def _without_last_atom(lines: list[str]) -> list[str]:
 #: XYZ files that disagree with themselves: (change to water6-prism.xyz's lines, what the one line says after the path)
 BAD_XYZ = {
     "count_below_atom_lines": (lambda lines: ["17", *lines[1:]], ":20: line 1 says 17 atoms but 18 atom lines follow"),
-    "count_above_atom_lines": (lambda lines: ["19", *lines[1:]], ":1: line 1 says 19 atoms but only 18 atom lines follow"),
+    "count_above_atom_lines": (
+        lambda lines: ["19", *lines[1:]],
+        ":1: line 1 says 19 atoms but only 18 atom lines follow",
+    ),
     "hydrogen_deleted": (
         _without_last_atom,
         ":2: line 2 says charge 0 but the fragments found carry -1 (fragment 6 HO -1); give --fragment-charges or fix line 2",
     ),
-    "atom_without_element": (lambda lines: [*lines[:3], "  1.0 2.0 3.0", *lines[4:]], ":4: expected 'Element x y z', got '1.0 2.0 3.0'"),
-    "two_coordinates": (lambda lines: [*lines[:3], "H 1.0 2.0", *lines[4:]], ":4: expected 'Element x y z', got 'H 1.0 2.0'"),
-    "number_for_element": (lambda lines: [*lines[:3], "1.0 1.0 2.0 3.0", *lines[4:]], ":4: '1.0' is not an element symbol"),
-    "unknown_element": (lambda lines: [*lines[:3], lines[3].replace("H", "Xx", 1), *lines[4:]], ":4: 'Xx' is not an element symbol"),
-    "coordinate_not_a_number": (lambda lines: [*lines[:3], "H 1.0 2.0 3,0", *lines[4:]], ":4: expected 'Element x y z' with numbers"),
-    "coordinate_nan": (lambda lines: [*lines[:3], "H 1.0 2.0 nan", *lines[4:]], ":4: coordinates must be finite numbers"),
+    "atom_without_element": (
+        lambda lines: [*lines[:3], "  1.0 2.0 3.0", *lines[4:]],
+        ":4: expected 'Element x y z', got '1.0 2.0 3.0'",
+    ),
+    "two_coordinates": (
+        lambda lines: [*lines[:3], "H 1.0 2.0", *lines[4:]],
+        ":4: expected 'Element x y z', got 'H 1.0 2.0'",
+    ),
+    "number_for_element": (
+        lambda lines: [*lines[:3], "1.0 1.0 2.0 3.0", *lines[4:]],
+        ":4: '1.0' is not an element symbol",
+    ),
+    "unknown_element": (
+        lambda lines: [*lines[:3], lines[3].replace("H", "Xx", 1), *lines[4:]],
+        ":4: 'Xx' is not an element symbol",
+    ),
+    "coordinate_not_a_number": (
+        lambda lines: [*lines[:3], "H 1.0 2.0 3,0", *lines[4:]],
+        ":4: expected 'Element x y z' with numbers",
+    ),
+    "coordinate_nan": (
+        lambda lines: [*lines[:3], "H 1.0 2.0 nan", *lines[4:]],
+        ":4: coordinates must be finite numbers",
+    ),
     "blank_line_among_atoms": (lambda lines: [*lines[:5], "", *lines[5:]], ":6: blank line among the atom lines"),
-    "multiplicity_parity": (lambda lines: [lines[0], "0 2", *lines[2:]], ":2: line 2 says multiplicity 2 but 60 electrons (charge 0) need an odd"),
-    "no_count_line": (lambda lines: ["water hexamer", *lines[1:]], ":1: not an XYZ file (line 1 must be the atom count)"),
+    "multiplicity_parity": (
+        lambda lines: [lines[0], "0 2", *lines[2:]],
+        ":2: line 2 says multiplicity 2 but 60 electrons (charge 0) need an odd",
+    ),
+    "no_count_line": (
+        lambda lines: ["water hexamer", *lines[1:]],
+        ":1: not an XYZ file (line 1 must be the atom count)",
+    ),
 }
 
 
@@ -328,8 +482,14 @@ def test_every_bundled_example_plans(example, capsys):
 
 #: Each model option, at a value the XYZ defaults give too (given is given, whatever its value).
 MODEL_OPTIONS = {
-    "--program": "xtb", "--method": "gfn2-xtb", "--basis": "6-31g", "--bsse": "nocp", "--max-nbody": "2", "--driver": "energy",
-    "--fragment-charges": "0,0,0,0,0,0", "--fragments": "0-2;3-5;6-8;9-11;12-14;15-17",
+    "--program": "xtb",
+    "--method": "gfn2-xtb",
+    "--basis": "6-31g",
+    "--bsse": "nocp",
+    "--max-nbody": "2",
+    "--driver": "energy",
+    "--fragment-charges": "0,0,0,0,0,0",
+    "--fragments": "0-2;3-5;6-8;9-11;12-14;15-17",
 }
 
 
@@ -340,7 +500,9 @@ def test_model_options_beside_a_manybodyinput_file_are_refused_not_ignored(comma
     --max-nbody and friends ran another expansion than the one asked for, with exit 0 (issue #25)."""
     out = tmp_path / "r.json"
     value = "gradient" if command == "optimize" and option == "--driver" else MODEL_OPTIONS[option]
-    extra = {"run": ["--no-progress", "-o", str(out)], "optimize": ["-o", str(out.with_suffix(".xyz"))], "plan": []}[command]
+    extra = {"run": ["--no-progress", "-o", str(out)], "optimize": ["-o", str(out.with_suffix(".xyz"))], "plan": []}[
+        command
+    ]
     code = _exit_code([command, str(EXAMPLES / "water6-gfn2.json"), option, value, *extra])
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
@@ -354,7 +516,9 @@ def test_model_options_beside_a_manybodyinput_file_are_refused_not_ignored(comma
 
 def test_refusal_names_every_model_option_given(capsys):
     """The issue's command line: three options, one line naming them all."""
-    code = main(["plan", str(EXAMPLES / "water6-gfn2.json"), "--max-nbody", "2", "--method", "gfn1-xtb", "--bsse", "cp"])
+    code = main(
+        ["plan", str(EXAMPLES / "water6-gfn2.json"), "--max-nbody", "2", "--method", "gfn1-xtb", "--bsse", "cp"]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("mbdask: error: --method, --bsse, --max-nbody apply to XYZ input only"), err
 
@@ -362,7 +526,18 @@ def test_refusal_names_every_model_option_given(capsys):
 def test_model_options_with_xyz_and_manybodyinput_files_together_are_refused(tmp_path, capsys):
     """In a list of inputs they would apply to the XYZ files and silently not to the others."""
     out = tmp_path / "results"
-    code = main(["run", str(EXAMPLES / "water6-gfn2.json"), str(EXAMPLES / "water3-uud.xyz"), "--max-nbody", "2", "--output-dir", str(out), "--no-progress"])
+    code = main(
+        [
+            "run",
+            str(EXAMPLES / "water6-gfn2.json"),
+            str(EXAMPLES / "water3-uud.xyz"),
+            "--max-nbody",
+            "2",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1] == (
         f"mbdask: error: --max-nbody applies to XYZ input only, and {EXAMPLES / 'water6-gfn2.json'} holds its own model chemistry "
@@ -377,7 +552,11 @@ def test_optimize_refuses_a_driver_other_than_gradient(driver, tmp_path, capsys)
     out = tmp_path / "final.xyz"
     code = _exit_code(["optimize", str(EXAMPLES / "water3-uud.xyz"), "--driver", driver, "-o", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith(f"mbdask: error: argument --driver: invalid choice: '{driver}'"), err
+    assert (
+        code == 2
+        and len(err) == 1
+        and err[0].startswith(f"mbdask: error: argument --driver: invalid choice: '{driver}'")
+    ), err
     assert not out.exists()
 
 
@@ -402,7 +581,9 @@ def test_interrupt_says_what_the_store_holds_and_that_the_same_command_resumes(c
 
     from mbdask import api
 
-    optimize = importlib.import_module("mbdask.optimize")  # the module (mbdask.optimize is the function)
+    optimize = importlib.import_module(
+        "mbdask.workflows.optimize"
+    )  # the module (mbdask.workflows.optimize is the function)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -410,11 +591,17 @@ def test_interrupt_says_what_the_store_holds_and_that_the_same_command_resumes(c
     monkeypatch.setattr(api, "connect_for", interrupted)  # Ctrl-C while the cluster starts
     monkeypatch.setattr(optimize, "connect_for", interrupted)
     store = tmp_path / "store.sqlite"
-    FragmentStore.open(store).put_many([("a" * 64, "one", {"return_result": 1.0}), ("b" * 64, "two", {"return_result": 2.0})])
+    FragmentStore.open(store).put_many(
+        [("a" * 64, "one", {"return_result": 1.0}), ("b" * 64, "two", {"return_result": 2.0})]
+    )
     extra = ["--no-progress"] if command == "run" else []
     assert main([command, str(EXAMPLES / "water6-gfn2.json"), "--store", str(store), *extra]) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"mbdask: interrupted; 2 calculations are in the store {store}: run the same command (the same store) to resume from them"]
+    assert err == [
+        f"mbdask: interrupted; 2 calculations are in the store {store}: run the same command (the same store) to resume from them"
+    ]
     assert main([command, str(EXAMPLES / "water6-gfn2.json"), *extra]) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["mbdask: interrupted; nothing was saved (no store): with --store PATH (store= in Python) finished calculations are kept for the next run"]
+    assert err == [
+        "mbdask: interrupted; nothing was saved (no store): with --store PATH (store= in Python) finished calculations are kept for the next run"
+    ]

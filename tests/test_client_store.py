@@ -14,25 +14,28 @@ import time
 
 import cloudpickle
 import pytest
+from conftest import EXAMPLES, needs_xtb, xtb_input
 from distributed import Client, get_task_stream
+from test_graph import sleep_input
 
 import mbdask
-from conftest import EXAMPLES, needs_xtb, xtb_input
-from mbdask.store import FragmentStore, StoreWriter
-from test_graph import sleep_input
+from mbdask.calculation.store import FragmentStore, StoreWriter
 
 
 @needs_xtb
 def test_relative_store_is_the_clients_file_and_workers_never_open_it(tmp_path, monkeypatch):
     """Workers in another directory than the client; ``store="run.sqlite"`` is the client's file (issue #17)."""
-    from mbdask.cluster import ClusterSize, start_local_cluster
+    from mbdask.deploy.cluster import ClusterSize, start_local_cluster
 
     here, there = tmp_path / "client", tmp_path / "workers"
     here.mkdir()
     there.mkdir()
     monkeypatch.chdir(here)
     inp = xtb_input("water3-uud.xyz", levels={2: "gfn2"}, max_nbody=2)  # 3 monomers, 3 dimers
-    with start_local_cluster(ClusterSize(2, 1, 2 * 2**30), dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as client:
+    with (
+        start_local_cluster(ClusterSize(2, 1, 2 * 2**30), dashboard_address=None) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         client.run(os.chdir, str(there))
         assert set(client.run(os.getcwd).values()) == {str(there)}
         first = mbdask.compute(inp, client, store="run.sqlite")
@@ -79,19 +82,25 @@ def test_keep_going_failure_leaves_every_finished_fragment_in_the_store(inproces
 
 
 def test_writer_writes_new_outputs_only_and_releases_each_future(inprocess_client, tmp_path):
-    from mbdask.execute import ExpansionContext, run_unit
+    from mbdask.calculation.execute import ExpansionContext, run_unit
 
     plan = mbdask.plan(sleep_input(), check_installed=False)
     ctx = ExpansionContext(plan.input, plan.specifications, False)
     store = FragmentStore(tmp_path / "store.sqlite")
     writer = StoreWriter(store, inprocess_client)
     jobs, extra = list(plan.jobs[:4]), plan.jobs[5]
-    known = {jobs[0].label: {"label": jobs[0].label, "values": {"energy": -1.0}, "start": 0.0, "stop": 1.0, "stored": True}}
+    known = {
+        jobs[0].label: {"label": jobs[0].label, "values": {"energy": -1.0}, "start": 0.0, "stop": 1.0, "stored": True}
+    }
     future = inprocess_client.submit(run_unit, ctx, jobs, 1, None, known, [0.5] * 4, pure=False)
     key = future.key
     writer.track(future, jobs, ctx.store_key, skip={jobs[1].label})
     del future
-    writer.add({extra.label: {"label": extra.label, "values": {"energy": -2.0}, "start": 0.0, "stop": 0.5}}, [extra], ctx.store_key)
+    writer.add(
+        {extra.label: {"label": extra.label, "values": {"energy": -2.0}, "start": 0.0, "stop": 0.5}},
+        [extra],
+        ctx.store_key,
+    )
     writer.seal()
     deadline = time.monotonic() + 30
     while writer.pending and time.monotonic() < deadline:  # the sealed writer ends once the unit is written
@@ -143,7 +152,7 @@ def test_full_disk_is_said_once_and_at_the_end_how_many_were_not_saved(inprocess
     with caplog.at_level(logging.WARNING, logger="mbdask"):
         sub = mbdask.start(sleep_input(), inprocess_client, store=store, batch=False)  # 41 units: many writes
         result = sub.result()
-    said = [r.getMessage() for r in caplog.records if r.name.startswith("mbdask.store")]
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("mbdask.calculation.store")]
     assert result.extras["mbdask"]["nfragment_calculations"] == 41
     assert len(said) == 2, said
     assert said[0] == (

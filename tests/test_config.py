@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from mbdask import config
-from mbdask.assemble import inline_limit
-from mbdask.cluster import want_dashboard, worker_start_method, worker_timeout
+from mbdask.deploy.cluster import want_dashboard, worker_start_method, worker_timeout
+from mbdask.results.assemble import inline_limit
 
 
 def test_defaults_come_from_the_packaged_yaml():
@@ -25,13 +25,17 @@ def test_defaults_come_from_the_packaged_yaml():
 
 
 def test_dask_config_and_environment_override_the_defaults():
-    with dask.config.set({"mbdask.worker-timeout": "10m", "mbdask.result.inline-limit": 7, "mbdask.local-cluster.dashboard": False}):
+    with dask.config.set(
+        {"mbdask.worker-timeout": "10m", "mbdask.result.inline-limit": 7, "mbdask.local-cluster.dashboard": False}
+    ):
         assert worker_timeout() == 600.0 and inline_limit() == 7 and not want_dashboard(1e6)
     with dask.config.set({"mbdask.worker-timeout": 30}):
         assert worker_timeout() == 30.0
-    code = "from mbdask.assemble import inline_limit; from mbdask.cluster import worker_timeout; print(inline_limit(), worker_timeout())"
+    code = "from mbdask.results.assemble import inline_limit; from mbdask.deploy.cluster import worker_timeout; print(inline_limit(), worker_timeout())"
     env = {"DASK_MBDASK__RESULT__INLINE_LIMIT": "123", "DASK_MBDASK__WORKER_TIMEOUT": "45", "PATH": ""}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout.split()
     assert out == ["123", "45.0"]
 
 
@@ -41,7 +45,7 @@ def test_a_dask_config_block_before_the_first_run_leaves_the_defaults_in_place()
     next run must still find its defaults, not fail with KeyError: 'mbdask'. A fresh process, so
     that nothing has read the settings yet."""
     code = (
-        "import dask; from mbdask import config; from mbdask.cluster import worker_timeout\n"
+        "import dask; from mbdask import config; from mbdask.deploy.cluster import worker_timeout\n"
         "with dask.config.set({'mbdask.worker-timeout': 5}):\n"
         "    assert worker_timeout() == 5.0\n"
         "print(worker_timeout(), config.number('mbdask.graph.collect-nodes'))\n"
@@ -63,7 +67,11 @@ def test_every_setting_is_documented_with_its_default():
 
     defaults = yaml.safe_load(config.DEFAULTS.read_text())
     page = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
-    rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip() for line in page.splitlines() if line.startswith("| `mbdask.")}
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[2].strip()
+        for line in page.splitlines()
+        if line.startswith("| `mbdask.")
+    }
     keys = _leaf_keys(defaults)
     assert sorted(rows) == sorted(keys)
     for key in keys:
@@ -74,7 +82,7 @@ def test_a_setting_from_the_environment_changes_how_a_run_is_batched():
     """DASK_MBDASK__BATCHING__...: batches of cheap calculations get longer, so there are fewer tasks."""
     code = (
         "import mbdask, sys; sys.path.insert(0, 'tests'); from conftest import xtb_input, EXAMPLES\n"
-        "from mbdask.batching import make_units; from mbdask.cost import CostModel\n"
+        "from mbdask.planning.batching import make_units; from mbdask.planning.cost import CostModel\n"
         "plan = mbdask.plan(xtb_input(EXAMPLES / 'water6-prism.xyz'), check_installed=False)\n"
         "print(len(make_units(plan.jobs, CostModel.for_plan(plan), workers=1)))"
     )
@@ -83,14 +91,25 @@ def test_a_setting_from_the_environment_changes_how_a_run_is_batched():
     root = Path(__file__).resolve().parent.parent
     counts = []
     for env in ({}, {"DASK_MBDASK__BATCHING__MIN_SECONDS": "10", "DASK_MBDASK__BATCHING__MAX_SECONDS": "100"}):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, cwd=root, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            cwd=root,
+            check=True,
+        )
         counts.append(int(out.stdout.split()[-1]))
     assert counts[1] < counts[0], counts
 
 
 def test_every_numeric_setting_is_checked():
     defaults = yaml.safe_load(config.DEFAULTS.read_text())
-    numeric = {key for key in _leaf_keys(defaults) if isinstance(config.packaged_default(key), (int, float)) and key != "mbdask.worker-timeout"}
+    numeric = {
+        key
+        for key in _leaf_keys(defaults)
+        if isinstance(config.packaged_default(key), (int, float)) and key != "mbdask.worker-timeout"
+    }
     assert numeric == set(config.NUMBERS)  # worker-timeout has its own parser ("10m")
     config.check_numbers()  # the packaged defaults pass
 
@@ -116,7 +135,13 @@ def test_a_bad_setting_on_the_command_line_is_one_line_exit_2_and_nothing_writte
 
     out = tmp_path / "result.json"
     env = {**os.environ, "DASK_MBDASK__BATCHING__MIN_SECONDS": "abc"}
-    proc = subprocess.run([sys.executable, "-m", "mbdask", "run", str(EXAMPLES / "water6-gfn2.json"), "-o", str(out)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mbdask", "run", str(EXAMPLES / "water6-gfn2.json"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 2 and not out.exists()
-    assert proc.stderr.strip().splitlines() == ["mbdask: error: Dask config mbdask.batching.min-seconds: 'abc' is not a number"]
+    assert proc.stderr.strip().splitlines() == [
+        "mbdask: error: Dask config mbdask.batching.min-seconds: 'abc' is not a number"
+    ]

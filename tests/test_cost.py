@@ -5,13 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mbdask.cost import CostModel, ModelCost, calibrated_during_run, kind_of
-from mbdask.plan import FragmentJob
+from mbdask.planning.cost import CostModel, ModelCost, calibrated_during_run, kind_of
+from mbdask.planning.plan import FragmentJob
 
 
 def _cp_model() -> CostModel:
     """Three fragments of equal size: every calculation in the full basis has one predicted cost."""
-    return CostModel({"hf": ModelCost(exponent=3, driver_factor=1.0, unit_seconds=1e-6, overhead=0.0, per_fragment_size={1: 25.0, 2: 25.0, 3: 25.0})})
+    return CostModel(
+        {
+            "hf": ModelCost(
+                exponent=3,
+                driver_factor=1.0,
+                unit_seconds=1e-6,
+                overhead=0.0,
+                per_fragment_size={1: 25.0, 2: 25.0, 3: 25.0},
+            )
+        }
+    )
 
 
 def test_calibration_tells_apart_kinds_the_size_model_cannot():
@@ -30,7 +40,15 @@ def test_calibration_tells_apart_kinds_the_size_model_cannot():
 
 
 def _fragment(real, start, seconds, predicted=0.5, worker="w1"):
-    return {"model": "hf", "real": list(real), "basis": [1, 2, 3], "start": start, "seconds": seconds, "predicted": predicted, "worker": worker}
+    return {
+        "model": "hf",
+        "real": list(real),
+        "basis": [1, 2, 3],
+        "start": start,
+        "seconds": seconds,
+        "predicted": predicted,
+        "worker": worker,
+    }
 
 
 def test_a_run_calibrates_each_kind_from_its_first_finished_fragments():
@@ -69,7 +87,12 @@ def _replayed_in_full(fragments: list[dict]) -> list:
             _, j = heapq.heappop(finished)
             done = fragments[j]
             samples = ratios.setdefault(kind_of(done["model"], done["real"], done["basis"]), [])
-            if len(samples) < CALIBRATION_SAMPLES and j not in warm_up and done.get("predicted") and done["seconds"] > 0:
+            if (
+                len(samples) < CALIBRATION_SAMPLES
+                and j not in warm_up
+                and done.get("predicted")
+                and done["seconds"] > 0
+            ):
                 samples.append(done["seconds"] / done["predicted"])
                 factor[kind_of(done["model"], done["real"], done["basis"])] = statistics.median(samples)
         heapq.heappush(finished, (frag["start"] + frag["seconds"], i))
@@ -85,8 +108,12 @@ def test_the_replay_stops_early_once_every_kind_is_calibrated_and_changes_nothin
     fragments = []
     for i in range(3000):
         real = tuple(range(1, 2 + i % 3))
-        fragments.append({**_fragment(real, float(rng.uniform(0, 100)), float(rng.uniform(0.1, 2.0)), worker=f"w{i % 3}"),
-                          "predicted": None if i % 17 == 0 else float(rng.uniform(0.1, 1.0))})
+        fragments.append(
+            {
+                **_fragment(real, float(rng.uniform(0, 100)), float(rng.uniform(0.1, 2.0)), worker=f"w{i % 3}"),
+                "predicted": None if i % 17 == 0 else float(rng.uniform(0.1, 1.0)),
+            }
+        )
     assert calibrated_during_run(fragments) == _replayed_in_full(fragments)
     # a kind that never fills (five trimers) keeps the replay going to the end: same answer
     few = fragments[:200] + [{**_fragment((1, 2, 3, 4), 50.0 + k, 1.0), "predicted": 0.5} for k in range(5)]

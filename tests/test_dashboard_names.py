@@ -11,19 +11,19 @@ through Dask's own functions, so a change in how Dask cuts them fails here too.
 from __future__ import annotations
 
 import pytest
+from browser import chromium, evaluate_page
+from conftest import EXAMPLES, ROOT
 from dask.utils import key_split
 from distributed import Client, LocalCluster
 from distributed.diagnostics.progress_stream import progress_quads
+from doubles import register_doubles
 
 import mbdask
-from browser import chromium, evaluate_page
-from conftest import EXAMPLES, ROOT
-from doubles import register_doubles
 from mbdask import config
-from mbdask.batching import Unit
-from mbdask.graph import FragmentResources, build_graph, group_name, unit_key
-from mbdask.plan import FragmentJob
-from mbdask.xyz import molecule_from_xyz
+from mbdask.graph.build import FragmentResources, build_graph, group_name, unit_key
+from mbdask.inputs.xyz import molecule_from_xyz
+from mbdask.planning.batching import Unit
+from mbdask.planning.plan import FragmentJob
 
 #: Model chemistry labels as users write them: long, alike at the start.
 MODELS = {"mp2": "mp2/aug-cc-pvtz", "b3lyp": "b3lyp-d3bj/aug-cc-pvtz", "hf": "hf/aug-cc-pvtz", "xtb": "gfn2-xtb"}
@@ -111,17 +111,29 @@ def test_status_page_progress_rows_read_differently_during_a_run(tmp_path):
     inp["specification"]["specification"] = {"sleepy/aug-cc-pvtz": spec}
     # the page is ready once the trimers' row is drawn: 1- and 2-body are done by then, the trimers held
     ready = f"(() => {{ const v = {PROGRESS_LABELS}; return v !== null && v.names.some((n) => n.startsWith('3b frag')); }})()"
-    with LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address="127.0.0.1:0",
-    ) as cluster, Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=False,
+            protocol="tcp",
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         sub = mbdask.start(inp, client, batch=False)
         try:
-            labels, errors = evaluate_page(cluster.dashboard_link, PROGRESS_LABELS, ready, timeout=60, screenshot=tmp_path / "status.png")
+            labels, errors = evaluate_page(
+                cluster.dashboard_link, PROGRESS_LABELS, ready, timeout=60, screenshot=tmp_path / "status.png"
+            )
         finally:
             gate.touch()
         sub.result()
     assert errors == [] and labels is not None
-    assert {"1b frag sleepy/aug_cc_pvtz", "2b frag sleepy/aug_cc_pvtz", "3b frag sleepy/aug_cc_pvtz"} <= set(labels["names"])
+    assert {"1b frag sleepy/aug_cc_pvtz", "2b frag sleepy/aug_cc_pvtz", "3b frag sleepy/aug_cc_pvtz"} <= set(
+        labels["names"]
+    )
     assert len(set(labels["shown"])) == len(labels["shown"]), labels["shown"]
     assert {"1b frag slee...", "2b frag slee...", "3b frag slee...", "3b incr nocp"} <= set(labels["shown"])
     assert (tmp_path / "status.png").stat().st_size > 10_000
@@ -130,8 +142,13 @@ def test_status_page_progress_rows_read_differently_during_a_run(tmp_path):
 def test_reports_doc_names_the_groups_and_when_the_dashboard_is_served_as_the_code_does():
     """docs/reports.md said the dashboard's address is always printed, with the old group names."""
     text = " ".join((ROOT / "docs" / "reports.md").read_text().split())
-    for name in (group_name(2, "frag", "gfn2-xtb"), group_name(2, "cheap", "gfn2-xtb"), group_name(3, "incr", "nocp"),
-                 group_name(3, "level", "nocp"), group_name("supersystem", "incr", "cp")):
+    for name in (
+        group_name(2, "frag", "gfn2-xtb"),
+        group_name(2, "cheap", "gfn2-xtb"),
+        group_name(3, "incr", "nocp"),
+        group_name(3, "level", "nocp"),
+        group_name("supersystem", "incr", "cp"),
+    ):
         assert f"`{name}`" in text, name
     seconds = config.packaged_default("mbdask.local-cluster.dashboard-min-seconds")
     assert f"predicted to take {seconds:g} s per core or more" in text

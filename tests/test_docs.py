@@ -36,11 +36,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import yaml
-
 from conftest import DATA, EXAMPLES, ROOT
 from test_structures import trajectory
 
@@ -60,7 +58,7 @@ class Block:
     language: str
     code: str
     #: the reason given in a ``<!-- not run: ... -->`` line just before the fence
-    not_run: Optional[str] = None
+    not_run: str | None = None
 
     @property
     def name(self) -> str:
@@ -81,7 +79,11 @@ def code_blocks(path: Path) -> list[Block]:
         code = "\n".join(line[indent:] for line in lines[index + 1 : end])
         before = next((lines[i] for i in range(index - 1, -1, -1) if lines[i].strip()), "")
         marked = NOT_RUN.match(before)
-        blocks.append(Block(str(path.relative_to(ROOT)), index + 1, opening["language"], code, marked["reason"] if marked else None))
+        blocks.append(
+            Block(
+                str(path.relative_to(ROOT)), index + 1, opening["language"], code, marked["reason"] if marked else None
+            )
+        )
         index = end + 1
     return blocks
 
@@ -93,7 +95,7 @@ ALL_BLOCKS = [block for path in DOCUMENTS for block in code_blocks(path)]
 KNOWN_FAILING: dict[tuple[str, str], str] = {}
 
 
-def _known(document: str, code: str) -> Optional[str]:
+def _known(document: str, code: str) -> str | None:
     first = code.strip().splitlines()[0] if code.strip() else ""
     return KNOWN_FAILING.get((document, first))
 
@@ -129,7 +131,7 @@ PLACEHOLDER_NAMES = {
 
 
 def _water_trimer_input(max_nbody: int) -> dict:
-    from mbdask.xyz import ModelOptions, molecule_from_xyz
+    from mbdask.inputs.xyz import ModelOptions, molecule_from_xyz
 
     return ModelOptions(max_nbody=max_nbody).input_for(molecule_from_xyz(EXAMPLES / "water3-uud.xyz"))
 
@@ -139,7 +141,7 @@ def workspace(tmp_path_factory) -> Path:
     """A folder as a reader's: ``examples/``, the placeholder files, and ``python``/``.venv/bin/python`` as this interpreter."""
     import json
 
-    from mbdask.xyz import ModelOptions, molecule_from_xyz
+    from mbdask.inputs.xyz import ModelOptions, molecule_from_xyz
 
     home = tmp_path_factory.mktemp("docs-workspace")
     shutil.copytree(EXAMPLES, home / "examples")
@@ -162,7 +164,9 @@ def workspace(tmp_path_factory) -> Path:
         (home / folder).mkdir()
         shutil.copy(EXAMPLES / "water3-uud.xyz", home / folder / "uud.xyz")
         frames = trajectory(home / "two-frames.xyz", frames=2).read_text().splitlines()
-        (home / folder / "moved.xyz").write_text("\n".join(frames[len(frames) // 2 :]) + "\n")  # the second frame: displaced
+        (home / folder / "moved.xyz").write_text(
+            "\n".join(frames[len(frames) // 2 :]) + "\n"
+        )  # the second frame: displaced
     return home
 
 
@@ -207,7 +211,12 @@ PYTHON = [block for block in ALL_BLOCKS if block.language == "python"]
 def test_python_block_runs(block: Block, code: str, workspace: Path, environment: dict) -> None:
     prelude = [PLACEHOLDER_NAMES[name] for name in sorted(free_names(code) & set(PLACEHOLDER_NAMES))]
     proc = subprocess.run(
-        [sys.executable, "-c", "\n".join([*prelude, code])], cwd=workspace, env=environment, capture_output=True, text=True, timeout=TIMEOUT,
+        [sys.executable, "-c", "\n".join([*prelude, code])],
+        cwd=workspace,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert proc.returncode == 0, _failure(f"{block.name} (python)", proc)
 
@@ -258,8 +267,10 @@ MBDASK_COMMANDS = [command for command in COMMANDS if MBDASK_COMMAND.match(comma
 def test_every_shell_command_is_run_or_says_why_not() -> None:
     assert MBDASK_COMMANDS, "no python -m mbdask command found in the documentation"
     unexplained = [
-        command.name for command in COMMANDS
-        if not MBDASK_COMMAND.match(command.text) and not any(re.match(p, command.text) for p in COMMANDS_NOT_RUN)
+        command.name
+        for command in COMMANDS
+        if not MBDASK_COMMAND.match(command.text)
+        and not any(re.match(p, command.text) for p in COMMANDS_NOT_RUN)
         and not command.block.not_run
     ]
     assert unexplained == [], "commands neither run nor named in COMMANDS_NOT_RUN (say why they are not run there)"
@@ -267,7 +278,9 @@ def test_every_shell_command_is_run_or_says_why_not() -> None:
 
 @pytest.mark.parametrize("command, code", [_param(c.block, c, c.text, c.name) for c in MBDASK_COMMANDS])
 def test_mbdask_command_runs(command, code: str, workspace: Path, environment: dict) -> None:
-    proc = subprocess.run(["bash", "-c", code], cwd=workspace, env=environment, capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        ["bash", "-c", code], cwd=workspace, env=environment, capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert proc.returncode == 0, _failure(command.name, proc)
 
 
@@ -325,14 +338,20 @@ def test_yaml_block_parses_and_names_real_settings(block: Block, code: str) -> N
 # --- the site ------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (pip install 'mbdask[docs]')")
 @pytest.mark.skipif(
-    importlib.util.find_spec("mkdocstrings_handlers") is None, reason="mkdocstrings[python] is not installed (pip install 'mbdask[docs]')"
+    importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (pip install 'mbdask[docs]')"
+)
+@pytest.mark.skipif(
+    importlib.util.find_spec("mkdocstrings_handlers") is None,
+    reason="mkdocstrings[python] is not installed (pip install 'mbdask[docs]')",
 )
 def test_docs_build_strict_with_generated_cli_reference(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     cli = (tmp_path / "site" / "cli" / "index.html").read_text()

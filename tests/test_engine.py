@@ -1,4 +1,4 @@
-"""The per-call shortcuts of mbdask.engine give what qcengine.compute gives, and the
+"""The per-call shortcuts of mbdask.calculation.engine give what qcengine.compute gives, and the
 LocalCluster's workers run without the environment that slows QC programs down."""
 
 from __future__ import annotations
@@ -7,23 +7,25 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, ClassVar, Dict
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 import qcengine
+from conftest import needs_xtb
 from qcelemental.models.v2 import AtomicInput
 from qcengine.programs.model import ProgramHarness
 
 import mbdask
-from conftest import needs_xtb
-from mbdask.engine import ProgramRunner, cpu_name, run_program, task_config
+from mbdask.calculation.engine import ProgramRunner, cpu_name, run_program, task_config
 
 WATER = {"symbols": ["O", "H", "H"], "geometry": [0.0, 0.0, -0.124, 0.0, -1.431, 0.984, 0.0, 1.431, 0.984]}
 
 
 def _input(method: str, driver: str = "energy") -> AtomicInput:
-    return AtomicInput(molecule=WATER, specification={"driver": driver, "model": {"method": method}, "keywords": {"accuracy": 0.01}})
+    return AtomicInput(
+        molecule=WATER, specification={"driver": driver, "model": {"method": method}, "keywords": {"accuracy": 0.01}}
+    )
 
 
 @needs_xtb
@@ -60,7 +62,7 @@ def test_machine_information_without_py_cpuinfo():
         "import cpuinfo\n"
         "def refuse(): raise SystemExit('py-cpuinfo was called')\n"
         "cpuinfo.get_cpu_info = refuse\n"
-        "from mbdask.engine import cpu_name, fill_machine_info\n"
+        "from mbdask.calculation.engine import cpu_name, fill_machine_info\n"
         "import qcengine\n"
         "fill_machine_info()\n"
         "assert qcengine.config.get_provenance_augments()['cpu'] == cpu_name()\n"
@@ -91,13 +93,16 @@ def test_local_cluster_workers_profile_every_100_ms_unless_configured():
     def interval() -> str:
         return dask.config.get("distributed.worker.profile.interval")
 
-    with mbdask.cluster.connected(n_workers=1) as conn:
+    with mbdask.deploy.cluster.connected(n_workers=1) as conn:
         assert list(conn.client.run(interval).values()) == ["100ms"]
-    with dask.config.set({"mbdask.local-cluster.profile-interval": "20ms"}), mbdask.cluster.connected(n_workers=1) as conn:
+    with (
+        dask.config.set({"mbdask.local-cluster.profile-interval": "20ms"}),
+        mbdask.deploy.cluster.connected(n_workers=1) as conn,
+    ):
         assert list(conn.client.run(interval).values()) == ["20ms"]
     # null: Dask's own setting, whatever the user made it
     settings = {"mbdask.local-cluster.profile-interval": None, "distributed.worker.profile.interval": "30ms"}
-    with dask.config.set(settings), mbdask.cluster.connected(n_workers=1) as conn:
+    with dask.config.set(settings), mbdask.deploy.cluster.connected(n_workers=1) as conn:
         assert list(conn.client.run(interval).values()) == ["30ms"]
 
 
@@ -130,8 +135,13 @@ def test_local_cluster_with_forked_workers_gives_the_spawned_result(tmp_path):
 class CannedHarness(ProgramHarness):
     """Returns the result it was given (``CANNED["result"]``), every time, or fails (test double, not chemistry)."""
 
-    _defaults: ClassVar[Dict[str, Any]] = {
-        "name": "canned", "scratch": False, "thread_safe": True, "thread_parallel": False, "node_parallel": False, "managed_memory": False,
+    _defaults: ClassVar[dict[str, Any]] = {
+        "name": "canned",
+        "scratch": False,
+        "thread_safe": True,
+        "thread_parallel": False,
+        "node_parallel": False,
+        "managed_memory": False,
     }
 
     @staticmethod
@@ -144,11 +154,11 @@ class CannedHarness(ProgramHarness):
         return CANNED["result"]
 
 
-CANNED: Dict[str, Any] = {}
+CANNED: dict[str, Any] = {}
 
 
 @pytest.fixture
-def canned() -> Dict[str, Any]:
+def canned() -> dict[str, Any]:
     qcengine.register_program(CannedHarness())
     try:
         yield CANNED
@@ -161,7 +171,7 @@ def canned() -> Dict[str, Any]:
 @pytest.mark.parametrize("driver", ["energy", "gradient"])
 def test_results_without_provenance_have_qcengines_numbers(canned, driver):
     """``provenance=False`` returns the harness's result; QCEngine's provenance step changes none of its numbers."""
-    from mbdask.execute import extract_properties
+    from mbdask.calculation.execute import extract_properties
 
     inp = _input("gfn2-xtb", driver)
     canned["result"] = qcengine.get_program("xtb").compute(inp, task_config(1))
@@ -179,7 +189,10 @@ def test_results_without_provenance_have_qcengines_numbers(canned, driver):
 def test_failures_without_provenance_are_qcengines():
     ours = ProgramRunner(1)(_input("gfn9-xtb"), "xtb", provenance=False)
     theirs = qcengine.compute(_input("gfn9-xtb"), "xtb", task_config={"ncores": 1, "retries": 0})
-    assert not ours.success and (ours.error.error_type, ours.error.error_message) == (theirs.error.error_type, theirs.error.error_message)
+    assert not ours.success and (ours.error.error_type, ours.error.error_message) == (
+        theirs.error.error_type,
+        theirs.error.error_message,
+    )
 
 
 def test_program_runner_looks_the_harness_up_once(canned, monkeypatch):
@@ -199,7 +212,7 @@ def test_thread_environment_leaves_the_environment_as_qcengines_environ_context(
     """During and after the call, with the variables already pinned or not, and with a program that changes them."""
     from qcengine.util import environ_context
 
-    from mbdask.engine import thread_environment
+    from mbdask.calculation.engine import thread_environment
 
     config = task_config(2)
     seen = {}
@@ -223,7 +236,8 @@ def test_thread_environment_leaves_the_environment_as_qcengines_environ_context(
 def test_run_unit_gives_the_same_numbers_with_and_without_kept_results():
     """Kept results go through QCEngine's provenance step, others not: the numbers are bit for bit the same."""
     from conftest import xtb_input
-    from mbdask.execute import ExpansionContext, run_unit
+
+    from mbdask.calculation.execute import ExpansionContext, run_unit
 
     plan = mbdask.plan(xtb_input("water6-prism.xyz", driver="gradient"))
     jobs = plan.jobs[:8]
@@ -242,20 +256,33 @@ def test_xtb_fragments_leak_no_file_descriptors_and_keep_the_users_keywords():
     """xtb-python's harness keeps one file open per calculation at its default verbosity
     (a worker stopped with "Too many open files" after ~20,000 (H2O)64 trimers); mbdask's
     fragment inputs ask for no output unless the user set a verbosity."""
-    from mbdask.execute import ExpansionContext, run_unit
+    from mbdask.calculation.execute import ExpansionContext, run_unit
 
-    plan = mbdask.plan({
-        "specification": {
-            "driver": "energy", "keywords": {"bsse_type": ["nocp"], "levels": {2: "gfn2"}},
-            "specification": {"gfn2": {"program": "xtb", "model": {"method": "gfn2-xtb"}, "keywords": {"accuracy": 0.01}}},
-        },
-        "molecule": {"symbols": ["O", "H", "H"] * 3, "geometry": [c + 5.0 * (i // 9) for i, c in enumerate(WATER["geometry"] * 3)],
-                     "fragments": [[0, 1, 2], [3, 4, 5], [6, 7, 8]]},
-    })
+    plan = mbdask.plan(
+        {
+            "specification": {
+                "driver": "energy",
+                "keywords": {"bsse_type": ["nocp"], "levels": {2: "gfn2"}},
+                "specification": {
+                    "gfn2": {"program": "xtb", "model": {"method": "gfn2-xtb"}, "keywords": {"accuracy": 0.01}}
+                },
+            },
+            "molecule": {
+                "symbols": ["O", "H", "H"] * 3,
+                "geometry": [c + 5.0 * (i // 9) for i, c in enumerate(WATER["geometry"] * 3)],
+                "fragments": [[0, 1, 2], [3, 4, 5], [6, 7, 8]],
+            },
+        }
+    )
     ctx = ExpansionContext(plan.input, plan.specifications, False)
     job = plan.jobs[0]
-    assert ctx.atomic_input(job.model, ctx.factory.molecule(job.real, job.basis)).specification.keywords == {"verbosity": "muted", "accuracy": 0.01}
-    assert plan.specifications[job.model]["specification"]["keywords"] == {"accuracy": 0.01}  # the store key's and the result's
+    assert ctx.atomic_input(job.model, ctx.factory.molecule(job.real, job.basis)).specification.keywords == {
+        "verbosity": "muted",
+        "accuracy": 0.01,
+    }
+    assert plan.specifications[job.model]["specification"]["keywords"] == {
+        "accuracy": 0.01
+    }  # the store key's and the result's
     run_unit(ctx, plan.jobs)  # warm-up: the program's own files
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(5):

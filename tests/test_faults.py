@@ -14,13 +14,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import write_json
 from distributed import Client, LocalCluster
+from doubles import register_doubles
+from test_graph import sleep_input
 
 import mbdask
-from conftest import write_json
-from doubles import register_doubles
-from mbdask.store import FragmentStore
-from test_graph import sleep_input
+from mbdask.calculation.store import FragmentStore
 
 TESTS = Path(__file__).resolve().parent
 
@@ -53,9 +53,17 @@ def test_killed_worker_reruns_only_its_own_work_and_the_store_keeps_everything(i
     are still needed; the client's store has every calculation once the run is done."""
     reference = mbdask.compute(sleep_input(), inprocess_client)
     log, store, gate = tmp_path / "calls.log", tmp_path / "store.sqlite", tmp_path / "trimers may finish"
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, preload=["doubles"],
-    ) as cluster, Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            preload=["doubles"],
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         sub = mbdask.start(_slow_input(log, gate={"3": str(gate)}), client, store=store, batch=False)
         try:
             # each single-thread worker is held in a trimer at the gate: monomers and dimers are
@@ -87,8 +95,12 @@ def test_killed_cli_resumes_from_its_store(inprocess_client, tmp_path):
     gate = tmp_path / "trimers may finish"  # closed for the first run, which is killed while trimers wait at it
     inp = write_json(tmp_path / "input.json", _slow_input(log, gate={"3": str(gate)}))
     env = {**os.environ, "PYTHONPATH": str(TESTS), "DASK_DISTRIBUTED__WORKER__PRELOAD": '["doubles"]'}
-    args = _cli_script(["run", str(inp), "--store", str(store), "-o", str(out), "--workers", "2", "--no-progress", "--no-batch"])
-    first = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = _cli_script(
+        ["run", str(inp), "--store", str(store), "-o", str(out), "--workers", "2", "--no-progress", "--no-batch"]
+    )
+    first = subprocess.Popen(
+        args, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         _wait_for(lambda: _trimer_calls(log) == 2, timeout=120)  # both workers in a trimer, held at the gate
         # the client writes each finished unit as it arrives: the kill comes once it has written
@@ -151,7 +163,10 @@ def test_cli_keep_going_writes_a_partial_result_and_exits_1(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(TESTS), "DASK_DISTRIBUTED__WORKER__PRELOAD": '["doubles"]'}
     proc = subprocess.run(
         _cli_script(["run", str(path), "-o", str(out), "--keep-going", "--workers", "1", "--no-progress"]),
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1, proc.stderr
     assert "PARTIAL result, complete through 2-body of 3" in proc.stderr
@@ -187,8 +202,14 @@ def test_tls_scheduler_with_self_signed_certificates(tmp_path):
     register_doubles()  # the in-process worker runs the sleep double
     security = Security.temporary()  # a fresh self-signed CA and certificate, made here
     with LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, protocol="tls://", host="127.0.0.1",
-        security=security, dashboard_address=None, resources={"cores": 1},
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tls://",
+        host="127.0.0.1",
+        security=security,
+        dashboard_address=None,
+        resources={"cores": 1},
     ) as cluster:
         assert cluster.scheduler_address.startswith("tls://")
         result = mbdask.compute(sleep_input(), cluster.scheduler_address, security=security, check_installed=False)
@@ -200,7 +221,9 @@ def test_tls_scheduler_with_self_signed_certificates(tmp_path):
 def test_program_missing_on_a_worker_is_refused_before_submission(inprocess_client, monkeypatch):
     from mbdask import workers
 
-    monkeypatch.setattr(workers, "worker_setup", lambda: {"programs": ["psi4"], "malloc_trim": None})  # in-process workers see it
+    monkeypatch.setattr(
+        workers, "worker_setup", lambda: {"programs": ["psi4"], "malloc_trim": None}
+    )  # in-process workers see it
     with pytest.raises(mbdask.BadInputError, match=r"worker tcp://127\.0\.0\.1:\d+ cannot run sleep"):
         mbdask.start(sleep_input(), inprocess_client)
 
@@ -225,13 +248,23 @@ def test_scheduler_gone_mid_run_names_it_and_what_the_store_kept(tmp_path, capfd
     log, store, gate = tmp_path / "calls.log", tmp_path / "store.sqlite", tmp_path / "trimers may finish"
     inp = write_json(tmp_path / "input.json", _slow_input(log, gate={"3": str(gate)}))
     # the test's own cluster, once its scheduler is gone, closes after trying to reach it for the connect timeout
-    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None,
-    ) as cluster:
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": "2s"}),
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            protocol="tcp",
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+    ):
         address = cluster.scheduler_address
 
         def scheduler_goes_away() -> None:
-            _wait_for(lambda: _trimer_calls(log) == 1, timeout=120)  # monomers and dimers done, a trimer held at the gate
+            _wait_for(
+                lambda: _trimer_calls(log) == 1, timeout=120
+            )  # monomers and dimers done, a trimer held at the gate
             _wait_for(lambda: FragmentStore(store).count() == 21, timeout=60)  # and written
             cluster.sync(cluster.scheduler.close)
 
@@ -250,4 +283,6 @@ def test_scheduler_gone_mid_run_names_it_and_what_the_store_kept(tmp_path, capfd
         f"mbdask: error: lost the connection to the scheduler at {address} (it stopped, or its host went away); the run stopped; "
         f"21 calculations are in the store {store}: run the same command (the same store) to resume from them"
     ), err
-    assert "internal error" not in err and "Traceback" not in err, err  # nor Dask's own ERROR line of the cancelled reconnection
+    assert "internal error" not in err and "Traceback" not in err, (
+        err
+    )  # nor Dask's own ERROR line of the cancelled reconnection

@@ -12,14 +12,13 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import EXAMPLES, needs_xtb
 
 SCRIPT = """
 import json, os, sys, threading, time
 import psutil
 import mbdask
-from mbdask.cluster import connect
+from mbdask.deploy.cluster import connect
 if __name__ == "__main__":
     if sys.argv[2] == "thread":  # something else already runs a thread in this process
         threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
@@ -30,7 +29,7 @@ if __name__ == "__main__":
     method = getattr(conn.cluster, "worker_start_method", "spawn")
     # lost forked workers never come back: say so whether the cluster or only its client is at hand (the CLI's case)
     from mbdask import api
-    from mbdask.cluster import Connection
+    from mbdask.deploy.cluster import Connection
     gone_for_good = [api._forked_here(conn), api._forked_here(Connection(conn.client))]
     checked = []  # workers asked what they can run: not those forked from here, which have what the plan checked here
     ask_workers = api.check_workers
@@ -48,8 +47,20 @@ if __name__ == "__main__":
 def _run(tmp_path, mode: str, workers: str = "auto") -> dict:
     script = tmp_path / "forked.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DASK_MBDASK__LOCAL_CLUSTER__WORKERS": workers}
-    proc = subprocess.run([sys.executable, str(script), str(EXAMPLES / "water6-gfn2.json"), mode], capture_output=True, text=True, timeout=300, env=env)
+    env = {
+        **os.environ,
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "DASK_MBDASK__LOCAL_CLUSTER__WORKERS": workers,
+    }
+    proc = subprocess.run(
+        [sys.executable, str(script), str(EXAMPLES / "water6-gfn2.json"), mode],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -77,7 +88,7 @@ def test_a_process_running_another_thread_lets_dask_spawn(tmp_path):
 def test_unknown_start_method_is_refused():
     import dask
 
-    from mbdask.cluster import worker_start_method
+    from mbdask.deploy.cluster import worker_start_method
 
     with dask.config.set({"mbdask.local-cluster.workers": "threads"}):
         with pytest.raises(ValueError, match="auto, spawn"):
@@ -89,8 +100,8 @@ def test_dashboard_only_for_runs_long_enough_to_watch():
 
     import mbdask
     from mbdask import config
-    from mbdask.api import local_cluster_options
-    from mbdask.cluster import want_dashboard
+    from mbdask.deploy.cluster import want_dashboard
+    from mbdask.workflows.expansion import local_cluster_options
 
     DASHBOARD_MIN_SECONDS = config.get("mbdask.local-cluster.dashboard-min-seconds")
 
@@ -111,7 +122,7 @@ def test_a_container_cpu_quota_limits_the_cores_mbdask_uses(monkeypatch):
     """psutil's affinity does not see a cgroup CPU quota; dask.system.cpu_count does (issue #18)."""
     import dask.system
 
-    from mbdask.cluster import ClusterSize, usable_cores
+    from mbdask.deploy.cluster import ClusterSize, usable_cores
 
     monkeypatch.setattr(dask.system, "cpu_count", lambda: 1)  # a container allowed one CPU's worth of time
     assert usable_cores() == 1
@@ -122,10 +133,10 @@ LIBRARY_SCRIPT = """
 import json, os, sys
 import psutil
 import mbdask
-import mbdask.cluster
+import mbdask.deploy.cluster
 
 started = []
-_start = mbdask.cluster.start_local_cluster
+_start = mbdask.deploy.cluster.start_local_cluster
 
 
 def recording(*args, **kwargs):  # the cluster mbdask.compute starts, looked at once it is up
@@ -143,7 +154,7 @@ def recording(*args, **kwargs):  # the cluster mbdask.compute starts, looked at 
     return cluster
 
 
-mbdask.cluster.start_local_cluster = recording
+mbdask.deploy.cluster.start_local_cluster = recording
 if __name__ == "__main__":
     result = mbdask.compute(sys.argv[1], n_workers=2)
     print(json.dumps({"started": started, "energy": result.properties.return_energy}))
@@ -159,9 +170,17 @@ def test_a_script_calling_compute_forks_its_workers_as_the_command_line_does(tmp
     forked workers get what Dask gives a spawned one: OMP_NUM_THREADS=1, pools at one thread."""
     script = tmp_path / "script.py"
     script.write_text(LIBRARY_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    }
     env.pop("DASK_MBDASK__LOCAL_CLUSTER__WORKERS", None)
-    proc = subprocess.run([sys.executable, str(script), str(EXAMPLES / "water6-gfn2.json")], capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(EXAMPLES / "water6-gfn2.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [s["method"] for s in found["started"]] == ["fork"]
@@ -171,7 +190,7 @@ def test_a_script_calling_compute_forks_its_workers_as_the_command_line_does(tmp
 
 CLOSING_SCRIPT = """
 import time
-from mbdask.cluster import connect
+from mbdask.deploy.cluster import connect
 if __name__ == "__main__":
     conn = connect(n_workers=1)
     assert getattr(conn.cluster, "worker_start_method", None) == "fork"
@@ -199,7 +218,7 @@ def test_forked_workers_close_under_a_running_task_without_dasks_cancelled_warni
 
 QUIET_WITHOUT_DASHBOARD = r"""
 import contextlib, socket, threading, time, warnings
-from mbdask.cluster import ClusterSize, start_local_cluster
+from mbdask.deploy.cluster import ClusterSize, start_local_cluster
 taken = socket.socket()
 with contextlib.suppress(OSError):  # Dask's default port, taken (by us, or by another run already)
     taken.bind(("127.0.0.1", 8787)); taken.listen()

@@ -8,13 +8,13 @@ import pickle
 import numpy as np
 import pydantic
 import pytest
+from conftest import xtb_input
 from qcelemental.exceptions import ValidationError
 from qcelemental.models.v2 import AtomicInput, DriverEnum, Molecule
+from test_parity_component_data import replay_input
 
 import mbdask
-from conftest import xtb_input
-from mbdask.fragments import FragmentFactory, deepcopy_plain
-from test_parity_component_data import replay_input
+from mbdask.calculation.fragments import FragmentFactory, deepcopy_plain
 
 
 @pytest.mark.parametrize("bsse", [("nocp",), ("cp",), ("vmfc",), ("cp", "nocp", "vmfc")])
@@ -47,7 +47,11 @@ def assert_identical(ours, theirs, path: str = "molecule") -> None:
         for name in ours.__pydantic_extra__ or {}:
             assert_identical(ours.__pydantic_extra__[name], theirs.__pydantic_extra__[name], f"{path}.{name}")
     elif isinstance(ours, np.ndarray):
-        assert (ours.dtype, ours.shape, ours.flags.c_contiguous) == (theirs.dtype, theirs.shape, theirs.flags.c_contiguous), path
+        assert (ours.dtype, ours.shape, ours.flags.c_contiguous) == (
+            theirs.dtype,
+            theirs.shape,
+            theirs.flags.c_contiguous,
+        ), path
         assert ours.tobytes() == theirs.tobytes(), path
     elif isinstance(ours, dict):
         assert list(ours) == list(theirs), path
@@ -69,7 +73,11 @@ def _plan(xyz: str, bsse) -> mbdask.Plan:
 
 @pytest.mark.parametrize(
     "xyz, bsse, templates",
-    [("water10-pp1.xyz", ("nocp",), 3), ("hydronium-water6.xyz", ("cp", "vmfc"), 85), ("hydroxide-water6.xyz", ("cp", "nocp"), 69)],
+    [
+        ("water10-pp1.xyz", ("nocp",), 3),
+        ("hydronium-water6.xyz", ("cp", "vmfc"), 85),
+        ("hydroxide-water6.xyz", ("cp", "nocp"), 69),
+    ],
 )
 def test_fragment_molecules_from_templates_identical_to_validated_constructor(xyz, bsse, templates):
     """A copy of a composition's template is bit for bit what QCElemental's validating constructor builds
@@ -78,7 +86,9 @@ def test_fragment_molecules_from_templates_identical_to_validated_constructor(xy
     factory, reference = FragmentFactory(plan.core.molecule), FragmentFactory(plan.core.molecule)
     assert factory.layout().contiguous and factory.layout().geometry_checked and factory.layout().geometry_rounded
     for job in plan.jobs:
-        assert_identical(factory.molecule(job.real, job.basis), reference.validated_molecule(job.real, job.basis), job.label)
+        assert_identical(
+            factory.molecule(job.real, job.basis), reference.validated_molecule(job.real, job.basis), job.label
+        )
     assert len(factory._templates) == templates < len(plan.jobs)
 
 
@@ -87,7 +97,7 @@ def test_fragment_molecules_own_their_arrays():
     plan = _plan("water6-prism.xyz", ("nocp",))
     factory = FragmentFactory(plan.core.molecule)
     first, second = factory.molecule((1, 2), (1, 2)), factory.molecule((3, 4), (3, 4))
-    (template, _), = factory._templates.values()
+    ((template, _),) = factory._templates.values()
     for name, value in first.__dict__.items():
         for other in (second.__dict__[name], template.__dict__[name]):
             if isinstance(value, np.ndarray):
@@ -104,9 +114,16 @@ def _parent(geometry, fragments, **extra) -> Molecule:
     """A parent taken as already validated, so QCElemental checks and rounds nothing."""
     n = len(geometry) // 3
     return Molecule(
-        symbols=["O", "H", "H"] * (n // 3), geometry=geometry, fragments=fragments, validated=True,
-        masses=[15.99491462, 1.00782503223, 1.00782503223] * (n // 3), real=[True] * n,
-        fragment_charges=[0.0] * len(fragments), fragment_multiplicities=[1] * len(fragments), name="parent", **extra,
+        symbols=["O", "H", "H"] * (n // 3),
+        geometry=geometry,
+        fragments=fragments,
+        validated=True,
+        masses=[15.99491462, 1.00782503223, 1.00782503223] * (n // 3),
+        real=[True] * n,
+        fragment_charges=[0.0] * len(fragments),
+        fragment_multiplicities=[1] * len(fragments),
+        name="parent",
+        **extra,
     )
 
 
@@ -154,18 +171,32 @@ def test_fragment_factory_pickles_without_its_caches():
 def test_deepcopy_plain_is_deepcopy():
     import copy
 
-    from mbdask.execute import ExpansionContext
+    from mbdask.calculation.execute import ExpansionContext
 
-    value = {"a": [1, 2.5, {"b": None, "e": DriverEnum.gradient}], "arr": np.arange(3.0), "t": (1, [2]), "s": {1, 2}, "o": np.array([None])}
+    value = {
+        "a": [1, 2.5, {"b": None, "e": DriverEnum.gradient}],
+        "arr": np.arange(3.0),
+        "t": (1, [2]),
+        "s": {1, 2},
+        "o": np.array([None]),
+    }
     ours, theirs = deepcopy_plain(value), copy.deepcopy(value)
     assert_identical(ours, theirs, "value")
-    assert ours["a"] is not value["a"] and ours["a"][2] is not value["a"][2] and not np.shares_memory(ours["arr"], value["arr"])
+    assert (
+        ours["a"] is not value["a"]
+        and ours["a"][2] is not value["a"][2]
+        and not np.shares_memory(ours["arr"], value["arr"])
+    )
     assert ours["t"][1] is not value["t"][1] and ours["s"] is not value["s"]
 
     plan = _plan("water6-prism.xyz", ("nocp",))
     ctx = ExpansionContext(plan.input, plan.specifications, False)
     molecule = ctx.factory.molecule((1, 2), (1, 2))
     spec = plan.specifications["gfn2"]["specification"]
-    assert_identical(ctx.atomic_input("gfn2", molecule), AtomicInput(molecule=molecule, specification=copy.deepcopy(spec)), "input")
+    assert_identical(
+        ctx.atomic_input("gfn2", molecule), AtomicInput(molecule=molecule, specification=copy.deepcopy(spec)), "input"
+    )
     ctx.atomic_input("gfn2", molecule).specification.keywords["changed"] = 1  # as QCManyBody's computer does
-    assert "changed" not in ctx.atomic_input("gfn2", molecule).specification.keywords and "changed" not in spec["keywords"]
+    assert (
+        "changed" not in ctx.atomic_input("gfn2", molecule).specification.keywords and "changed" not in spec["keywords"]
+    )

@@ -5,17 +5,16 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
+from test_parity_component_data import replay_input
 
 import mbdask
-from mbdask.graph import FragmentResources, build_graph, fragment_key, graph_size
-from test_parity_component_data import replay_input
+from mbdask.graph.build import FragmentResources, build_graph, fragment_key, graph_size
 
 
 def sleep_input(nfrag_xyz: str = "water6-prism.xyz", seconds=None, bsse=("nocp",), driver="energy") -> dict:
     from conftest import DATA
 
-    from mbdask.xyz import molecule_from_xyz
+    from mbdask.inputs.xyz import molecule_from_xyz
 
     return {
         "specification": {
@@ -31,7 +30,10 @@ def sleep_input(nfrag_xyz: str = "water6-prism.xyz", seconds=None, bsse=("nocp",
 
 @pytest.mark.parametrize("bsse", ["nocp", "cp", "vmfc"])
 def test_increment_depends_on_exactly_its_subsystems(bsse):
-    plan = mbdask.plan(replay_input({1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", bsse=(bsse,)), check_installed=False)
+    plan = mbdask.plan(
+        replay_input({1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", bsse=(bsse,)),
+        check_installed=False,
+    )
     graph = build_graph(plan, "t", resources=FragmentResources())
     full = (1, 2, 3)
     checked = 0
@@ -64,7 +66,9 @@ def test_keys_are_readable_and_group_by_model_and_order():
 
 def test_fragment_nodes_carry_resource_and_priority_annotations():
     plan = mbdask.plan(sleep_input(), check_installed=False)
-    graph = build_graph(plan, "t", resources=FragmentResources(cores=2, memory_gib=1.5, annotate_memory=True), retries=3)
+    graph = build_graph(
+        plan, "t", resources=FragmentResources(cores=2, memory_gib=1.5, annotate_memory=True), retries=3
+    )
     layer = graph.graph.layers["fragments"]
     assert layer.annotations["resources"] == {"cores": 2, "memory": 1.5 * 2**30}
     assert layer.annotations["retries"] == 3
@@ -80,14 +84,21 @@ def one_core_two_threads():
     """One worker declaring 1 core with 2 threads: fragments reserve the core and run one at a
     time, and the other thread stays free for increments and levels."""
     from distributed import Client, LocalCluster
-
     from doubles import register_doubles
 
     register_doubles()
-    with LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=False, resources={"cores": 1}, protocol="tcp", host="127.0.0.1",
-        dashboard_address=None,
-    ) as cluster, Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=False,
+            resources={"cores": 1},
+            protocol="tcp",
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         yield client
 
 
@@ -144,15 +155,18 @@ def test_fragment_larger_than_any_worker_is_refused_before_submission(inprocess_
 
 @pytest.mark.parametrize("bsse", [("nocp",), ("cp", "nocp", "vmfc")])
 def test_plan_reports_the_size_of_the_graph_it_builds(bsse):
-    plan = mbdask.plan(replay_input({1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", bsse=bsse), check_installed=False)
+    plan = mbdask.plan(
+        replay_input({1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", bsse=bsse),
+        check_installed=False,
+    )
     deps = build_graph(plan, "t", resources=FragmentResources()).graph.get_all_dependencies()
     assert graph_size(plan)["nodes"] == len(deps)
     assert graph_size(plan)["edges"] == sum(len(d) for d in deps.values())
 
 
 def test_cheap_fragments_are_batched_and_increments_follow_their_units():
-    from mbdask.batching import make_units
-    from mbdask.cost import CostModel
+    from mbdask.planning.batching import make_units
+    from mbdask.planning.cost import CostModel
 
     plan = mbdask.plan(sleep_input("water10-pp1.xyz"), check_installed=False)
     units = make_units(plan.jobs, CostModel.for_plan(plan), workers=2)
@@ -168,8 +182,8 @@ def test_cheap_fragments_are_batched_and_increments_follow_their_units():
 
 def test_batches_shrink_at_the_end_of_each_order():
     """Guided self-scheduling: an order's last batches are its smallest, so workers finish together."""
-    from mbdask.batching import BatchLimits, make_units
-    from mbdask.cost import CostModel
+    from mbdask.planning.batching import BatchLimits, make_units
+    from mbdask.planning.cost import CostModel
 
     plan = mbdask.plan(sleep_input("water10-pp1.xyz"), check_installed=False)
     units = [u for u in make_units(plan.jobs, CostModel.for_plan(plan), workers=2) if u.nbody == 3]
@@ -180,14 +194,19 @@ def test_batches_shrink_at_the_end_of_each_order():
 
 
 def test_result_node_fetches_collect_nodes_not_every_unit():
-    from mbdask.batching import make_units
-    from mbdask.cost import CostModel
     from mbdask import config
+    from mbdask.planning.batching import make_units
+    from mbdask.planning.cost import CostModel
 
     MIN_COLLECT_UNITS = config.get("mbdask.graph.min-collect-units")
 
     plan = mbdask.plan(sleep_input("water10-pp1.xyz"), check_installed=False)
-    graph = build_graph(plan, "t", resources=FragmentResources(), units=make_units(plan.jobs, CostModel.for_plan(plan), workers=1, batch=False))
+    graph = build_graph(
+        plan,
+        "t",
+        resources=FragmentResources(),
+        units=make_units(plan.jobs, CostModel.for_plan(plan), workers=1, batch=False),
+    )
     collects = [key for key in graph.dependencies(graph.result) if key[0] == "mbdask collect"]
     assert len(collects) == -(-len(plan.jobs) // MIN_COLLECT_UNITS)
     assert not set(graph.units) & graph.dependencies(graph.result)
@@ -212,7 +231,7 @@ def test_no_fragment_task_depends_on_one_workers_context(inprocess_client, monke
     from distributed import Future, Variable
 
     from mbdask import api
-    from mbdask.execute import SharedContext
+    from mbdask.calculation.execute import SharedContext
 
     sub = mbdask.start(sleep_input(), inprocess_client)
     first = sub.result()

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 import qcelemental
+from conftest import DATA, needs_xtb, write_json, xtb_input
 from qcelemental.molparse.chgmult import validate_and_fill_chgmult
 
 import mbdask
-from conftest import DATA, needs_xtb, write_json, xtb_input
-from mbdask.inputs import QCEL_SEARCH_MAX_FRAGMENTS, fill_charges_and_multiplicities
-from mbdask.xyz import molecule_from_xyz
+from mbdask.inputs.load import QCEL_SEARCH_MAX_FRAGMENTS, fill_charges_and_multiplicities
+from mbdask.inputs.xyz import molecule_from_xyz
 
 
 def _qcel_reference(mol: dict) -> dict:
@@ -20,8 +20,12 @@ def _qcel_reference(mol: dict) -> dict:
     seps = np.cumsum([len(f) for f in mol["fragments"]])[:-1]
     nfr = len(mol["fragments"])
     return validate_and_fill_chgmult(
-        zeff, seps, mol.get("molecular_charge"), mol.get("fragment_charges") or [None] * nfr,
-        mol.get("molecular_multiplicity"), mol.get("fragment_multiplicities") or [None] * nfr,
+        zeff,
+        seps,
+        mol.get("molecular_charge"),
+        mol.get("fragment_charges") or [None] * nfr,
+        mol.get("molecular_multiplicity"),
+        mol.get("fragment_multiplicities") or [None] * nfr,
     )
 
 
@@ -108,13 +112,15 @@ def _water3(tmp_path, line2: str, atoms=None):
 def test_xyz_reads_atomic_numbers_and_any_case_and_ignores_extra_columns(tmp_path):
     path, atoms = _water3(tmp_path, "0 1")
     reference = molecule_from_xyz(path)
-    changed = [a.replace("O", "8", 1) if a.split()[0] == "O" else f"h {' '.join(a.split()[1:])} 0.25 extra" for a in atoms]
+    changed = [
+        a.replace("O", "8", 1) if a.split()[0] == "O" else f"h {' '.join(a.split()[1:])} 0.25 extra" for a in atoms
+    ]
     path, _ = _water3(tmp_path, "0 1", changed)
     assert molecule_from_xyz(path) == reference
 
 
 def test_xyz_line_2_without_charge_leaves_recognised_ions_in_charge(tmp_path):
-    from mbdask.xyz import read_xyz
+    from mbdask.inputs.xyz import read_xyz
 
     path, atoms = _water3(tmp_path, "a comment", None)
     path, _ = _water3(tmp_path, "a comment", atoms[:-1])  # the last water loses an H: OH-
@@ -122,7 +128,10 @@ def test_xyz_line_2_without_charge_leaves_recognised_ions_in_charge(tmp_path):
     mol = molecule_from_xyz(path, guess_ions=True)
     assert mol["molecular_charge"] == -1.0 and mol["fragment_charges"] == [0.0, 0.0, -1.0]
     path, _ = _water3(tmp_path, "0 1", atoms[:-1])
-    with pytest.raises(mbdask.BadInputError, match=r"w3\.xyz:2: line 2 says charge 0 but the fragments found carry -1 \(fragment 3 HO -1\)"):
+    with pytest.raises(
+        mbdask.BadInputError,
+        match=r"w3\.xyz:2: line 2 says charge 0 but the fragments found carry -1 \(fragment 3 HO -1\)",
+    ):
         molecule_from_xyz(path, guess_ions=True)
 
 
@@ -139,12 +148,14 @@ def test_library_takes_an_xyz_file_with_the_command_lines_model_options(capsys):
     """``mbdask.plan("water3-uud.xyz")`` said "expected a ManyBodyInput object at the top level, found str" (issue #25);
     it now makes the input the command line makes, through the same code, with its options as keywords."""
     from mbdask.cli import main
-    from mbdask.xyz import ModelOptions
+    from mbdask.inputs.xyz import ModelOptions
 
     path = DATA / "water3-uud.xyz"
     planned = mbdask.plan(path, max_nbody=3, bsse=["nocp"])
     assert len(planned.jobs) == 7 and planned.input.specification.keywords.levels == {3: "gfn2-xtb"}
-    assert mbdask.xyz_input(path, max_nbody=3) == ModelOptions(max_nbody=3).input_for(molecule_from_xyz(path, guess_ions=True))
+    assert mbdask.xyz_input(path, max_nbody=3) == ModelOptions(max_nbody=3).input_for(
+        molecule_from_xyz(path, guess_ions=True)
+    )
     assert len(mbdask.plan(str(path)).jobs) == 6  # the defaults: xtb GFN2-xTB nocp, 2-body
     assert main(["plan", str(path), "--max-nbody", "3"]) == 0
     assert "model 'gfn2-xtb' (xtb gfn2-xtb): 7 calculations" in capsys.readouterr().out
@@ -160,9 +171,13 @@ def test_library_takes_an_xyz_file_with_the_command_lines_model_options(capsys):
 
 def test_xyz_model_options_beside_a_manybodyinput_are_refused_by_the_library():
     """A ManyBodyInput holds its own model chemistry: the options would be ignored, so they are refused, naming them."""
-    with pytest.raises(mbdask.BadInputError, match=r"^max_nbody, bsse apply to XYZ input only, and .*water6-gfn2.json holds its own"):
+    with pytest.raises(
+        mbdask.BadInputError, match=r"^max_nbody, bsse apply to XYZ input only, and .*water6-gfn2.json holds its own"
+    ):
         mbdask.plan(DATA.parent.parent / "examples" / "water6-gfn2.json", max_nbody=2, bsse="cp")
-    with pytest.raises(mbdask.BadInputError, match=r"^method applies to XYZ input only, and the dict given holds its own"):
+    with pytest.raises(
+        mbdask.BadInputError, match=r"^method applies to XYZ input only, and the dict given holds its own"
+    ):
         mbdask.start(xtb_input("water3-uud.xyz"), method="gfn1-xtb")  # refused before any cluster starts
     with pytest.raises(TypeError, match="unexpected keyword argument 'max_body'"):
         mbdask.plan(DATA / "water3-uud.xyz", max_body=3)
@@ -174,12 +189,17 @@ def test_xyz_file_of_several_frames_points_at_read_structures(tmp_path):
     text = (DATA / "water3-uud.xyz").read_text()
     trajectory = tmp_path / "traj.xyz"
     trajectory.write_text(text.rstrip("\n") + "\n" + text)
-    with pytest.raises(mbdask.BadInputError, match=r"2 frames\).*mbdask\.compute_many\(mbdask\.read_structures\(\[FILE\]\)\)"):
+    with pytest.raises(
+        mbdask.BadInputError, match=r"2 frames\).*mbdask\.compute_many\(mbdask\.read_structures\(\[FILE\]\)\)"
+    ):
         mbdask.plan(trajectory)
 
 
 def test_load_input_of_an_xyz_file_says_how_to_give_one():
-    with pytest.raises(mbdask.BadInputError, match=r"water3-uud\.xyz: an XYZ file holds no model chemistry: .*method=\.\.\., max_nbody=\.\.\..*mbdask\.xyz_input"):
+    with pytest.raises(
+        mbdask.BadInputError,
+        match=r"water3-uud\.xyz: an XYZ file holds no model chemistry: .*method=\.\.\., max_nbody=\.\.\..*mbdask\.xyz_input",
+    ):
         mbdask.load_input(DATA / "water3-uud.xyz")
 
 

@@ -13,11 +13,14 @@ import re
 
 import pytest
 
-pytest.importorskip("zstandard", reason="zstandard (QCManyBody's stored component data) is not installed (pip install 'mbdask[test]')")
+pytest.importorskip(
+    "zstandard", reason="zstandard (QCManyBody's stored component data) is not installed (pip install 'mbdask[test]')"
+)
+
+from test_parity_component_data import replay_input  # noqa: E402
 
 import mbdask  # noqa: E402
-from mbdask.report import HARTREE_TO_KCAL, _nbody_table, energy_phrase, normalized_levels, report_html  # noqa: E402
-from test_parity_component_data import replay_input  # noqa: E402
+from mbdask.diagnostics.report import HARTREE_TO_KCAL, _nbody_table, energy_phrase, normalized_levels, report_html  # noqa: E402
 
 TREATMENTS = [("nocp",), ("cp",), ("vmfc",), ("cp", "nocp", "vmfc")]
 
@@ -25,7 +28,9 @@ TREATMENTS = [("nocp",), ("cp",), ("vmfc",), ("cp", "nocp", "vmfc")]
 def _check_levels(result) -> None:
     props = result.properties.model_dump()
     levels = result.extras["mbdask"]["levels"]
-    assert set(levels) >= {b.value for b in result.input_data.specification.keywords.bsse_type}  # vmfc brings cp and nocp
+    assert set(levels) >= {
+        b.value for b in result.input_data.specification.keywords.bsse_type
+    }  # vmfc brings cp and nocp
     for bsse, rows in levels.items():
         assert list(rows)[0] == "1" and rows["1"]["interaction"] == 0.0, (bsse, rows)
         for nbody, row in rows.items():
@@ -37,13 +42,17 @@ def _check_levels(result) -> None:
             else:
                 assert row["through"] == pytest.approx(total, abs=1e-10), (bsse, nbody)
             if nbody != "1":
-                assert row["contribution"] == pytest.approx(interaction - props[f"{bsse}_corrected_interaction_energy_through_{int(nbody) - 1}_body"], abs=1e-10)
+                assert row["contribution"] == pytest.approx(
+                    interaction - props[f"{bsse}_corrected_interaction_energy_through_{int(nbody) - 1}_body"], abs=1e-10
+                )
 
 
 @pytest.mark.parametrize("total_data", [True, False], ids=["total", "interaction"])
 @pytest.mark.parametrize("bsse", TREATMENTS, ids=["+".join(b) for b in TREATMENTS])
 def test_levels_have_one_meaning_for_every_bsse_treatment(inprocess_client, bsse, total_data):
-    inp = replay_input({1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", bsse=bsse, return_total_data=total_data)
+    inp = replay_input(
+        {1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", bsse=bsse, return_total_data=total_data
+    )
     result = mbdask.compute(inp, inprocess_client)
     _check_levels(result)
     report_html(result)  # the whole report builds
@@ -62,7 +71,9 @@ def test_levels_have_one_meaning_for_every_bsse_treatment(inprocess_client, bsse
 
 
 def test_cp_alone_without_total_data_has_no_total_and_says_so(inprocess_client):
-    inp = replay_input({1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", bsse=("cp",), return_total_data=False)
+    inp = replay_input(
+        {1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", bsse=("cp",), return_total_data=False
+    )
     result = mbdask.compute(inp, inprocess_client)
     rows = result.extras["mbdask"]["levels"]["cp"]
     assert [rows[n]["through"] for n in ("1", "2", "3")] == [None, None, None]
@@ -76,9 +87,19 @@ def test_cp_alone_without_total_data_has_no_total_and_says_so(inprocess_client):
 def test_results_saved_before_levels_had_interaction_still_report():
     """mbdask 0.1.0's cp levels: no 1-body row, interaction energies under ``through``."""
     old = {
-        "cp": {"2": {"model": "m", "contribution": -0.01, "through": -0.01, "nclusters": 3}, "3": {"model": "m", "contribution": -0.001, "through": -0.011, "nclusters": 1}},
-        "nocp": {"1": {"model": "m", "contribution": -228.0, "through": -228.0, "nclusters": 3}, "2": {"model": "m", "contribution": -0.02, "through": -228.02, "nclusters": 3}},
+        "cp": {
+            "2": {"model": "m", "contribution": -0.01, "through": -0.01, "nclusters": 3},
+            "3": {"model": "m", "contribution": -0.001, "through": -0.011, "nclusters": 1},
+        },
+        "nocp": {
+            "1": {"model": "m", "contribution": -228.0, "through": -228.0, "nclusters": 3},
+            "2": {"model": "m", "contribution": -0.02, "through": -228.02, "nclusters": 3},
+        },
     }
     levels = normalized_levels(old)
-    assert levels["cp"]["1"]["interaction"] == 0.0 and levels["cp"]["3"]["interaction"] == -0.011 and levels["cp"]["3"]["through"] is None
+    assert (
+        levels["cp"]["1"]["interaction"] == 0.0
+        and levels["cp"]["3"]["interaction"] == -0.011
+        and levels["cp"]["3"]["through"] is None
+    )
     assert levels["nocp"]["2"]["interaction"] == pytest.approx(-0.02)

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import needs_xtb, write_json, xtb_input
 from namespaces import Hosts, Unavailable, in_mount_namespace
 
@@ -73,7 +72,10 @@ def _wait_for(condition, timeout: float, what: str, logs=()) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s\n" + "\n".join(f"--- {p.name}:\n{p.read_text()[-3000:]}" for p in logs))
+            raise AssertionError(
+                f"{what} did not happen within {timeout} s\n"
+                + "\n".join(f"--- {p.name}:\n{p.read_text()[-3000:]}" for p in logs)
+            )
         time.sleep(0.05)
 
 
@@ -98,8 +100,23 @@ def test_run_across_hosts_survives_a_lost_worker_host_and_keeps_its_store_on_the
     # the reference: the same input on a LocalCluster, no store
     t0 = time.monotonic()
     local = subprocess.run(
-        [sys.executable, "-m", "mbdask", "run", str(inp), "-o", "ref.json", "--workers", "2", "--no-progress", "--no-dashboard"],
-        cwd=local_dir, capture_output=True, text=True, timeout=90,
+        [
+            sys.executable,
+            "-m",
+            "mbdask",
+            "run",
+            str(inp),
+            "-o",
+            "ref.json",
+            "--workers",
+            "2",
+            "--no-progress",
+            "--no-dashboard",
+        ],
+        cwd=local_dir,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert local.returncode == 0, local.stderr
     reference = json.loads((local_dir / "ref.json").read_text())
@@ -107,28 +124,71 @@ def test_run_across_hosts_survives_a_lost_worker_host_and_keeps_its_store_on_the
 
     sched, w1, w2, cli = (hosts.hosts[name] for name in ("sched", "w1", "w2", "cli"))
     address = f"tcp://{sched.address}:{PORT}"
-    hosts.start(sched, [str(BIN / "dask"), "scheduler", "--host", sched.address, "--port", str(PORT), "--no-dashboard"], log=logs / "sched.log", cwd=tmp_path)
+    hosts.start(
+        sched,
+        [str(BIN / "dask"), "scheduler", "--host", sched.address, "--port", str(PORT), "--no-dashboard"],
+        log=logs / "sched.log",
+        cwd=tmp_path,
+    )
     workers = {}
     for host in (w1, w2):
         argv = [
-            str(BIN / "dask"), "worker", address, "--name", host.name, "--host", host.address, "--nthreads", "1",
-            "--memory-limit", "2GiB", "--resources", f"cores=1,memory={2 * 2**30}", "--no-dashboard", "--local-directory", str(client_dir),
+            str(BIN / "dask"),
+            "worker",
+            address,
+            "--name",
+            host.name,
+            "--host",
+            host.address,
+            "--nthreads",
+            "1",
+            "--memory-limit",
+            "2GiB",
+            "--resources",
+            f"cores=1,memory={2 * 2**30}",
+            "--no-dashboard",
+            "--local-directory",
+            str(client_dir),
         ]
         # a compute node's environment: not what earlier Dask clusters in this test process left
         # in it (a spawning nanny sets MALLOC_TRIM_THRESHOLD_ in its parent's os.environ)
         env = {**{k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}, "DASK_CONFIG": str(config)}
-        workers[host.name] = hosts.start(host, argv, log=logs / f"{host.name}.log", cwd=tmp_path, private_dir=client_dir, env=env)
+        workers[host.name] = hosts.start(
+            host, argv, log=logs / f"{host.name}.log", cwd=tmp_path, private_dir=client_dir, env=env
+        )
     all_logs = sorted(logs.iterdir())
-    _wait_for(lambda: (logs / "sched.log").read_text().count("Register worker") >= 2, 60, "both workers joining", all_logs)
+    _wait_for(
+        lambda: (logs / "sched.log").read_text().count("Register worker") >= 2, 60, "both workers joining", all_logs
+    )
     print(f"{time.monotonic() - t0:5.1f} s: workers joined")
 
     # the run, from the client host, a fresh working directory and a relative store path; and a watcher there
-    command = [sys.executable, "-m", "mbdask", "run", str(inp), "--scheduler", address, "--store", "run.sqlite", "-o", "result.json", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "mbdask",
+        "run",
+        str(inp),
+        "--scheduler",
+        address,
+        "--store",
+        "run.sqlite",
+        "-o",
+        "result.json",
+        "--no-progress",
+    ]
     watcher_log = logs / "watcher.log"
-    watcher = hosts.start(cli, [sys.executable, str(TESTS / "namespaces.py"), address, "w1", str(KILL_AT)], log=watcher_log, cwd=tmp_path)
+    watcher = hosts.start(
+        cli, [sys.executable, str(TESTS / "namespaces.py"), address, "w1", str(KILL_AT)], log=watcher_log, cwd=tmp_path
+    )
     run_log = logs / "run.log"
     run = hosts.start(cli, command, log=run_log, cwd=client_dir)
-    _wait_for(lambda: watcher.poll() is not None or run.poll() is not None, 60, "the watcher's verdict", [watcher_log, run_log])
+    _wait_for(
+        lambda: watcher.poll() is not None or run.poll() is not None,
+        60,
+        "the watcher's verdict",
+        [watcher_log, run_log],
+    )
     assert watcher.poll() is not None, f"the run ended before the watcher's verdict:\n{run_log.read_text()}"
     seen = json.loads(watcher_log.read_text().strip().splitlines()[-1])
     w1_store_at_kill = in_mount_namespace(workers["w1"].pid, client_dir) / "run.sqlite"
@@ -149,7 +209,9 @@ def test_run_across_hosts_survives_a_lost_worker_host_and_keeps_its_store_on_the
     assert run.returncode == 0, out
     result = json.loads((client_dir / "result.json").read_text())
     assert result["return_result"] == pytest.approx(reference["return_result"], abs=1e-10, rel=0)
-    assert result["properties"]["return_energy"] == pytest.approx(reference["properties"]["return_energy"], abs=1e-10, rel=0)
+    assert result["properties"]["return_energy"] == pytest.approx(
+        reference["properties"]["return_energy"], abs=1e-10, rel=0
+    )
     ncalc = result["extras"]["mbdask"]["nfragment_calculations"]
     assert ncalc == reference["extras"]["mbdask"]["nfragment_calculations"]
     assert "MALLOC_TRIM_THRESHOLD_" not in out, "the docs' worker configuration did not take effect"
@@ -160,11 +222,15 @@ def test_run_across_hosts_survives_a_lost_worker_host_and_keeps_its_store_on_the
     if stored != ncalc:
         problems.append(f"the client's run.sqlite holds {stored} of {ncalc} fragment calculations")
     w2_dir = in_mount_namespace(workers["w2"].pid, client_dir)
-    assert (client_dir / "result.json").exists() and not (w2_dir / "result.json").exists()  # the set-up: separate file systems
+    assert (client_dir / "result.json").exists() and not (
+        w2_dir / "result.json"
+    ).exists()  # the set-up: separate file systems
     if w1_had_store:
         problems.append("worker host w1 had a run.sqlite of its own in its working directory")
     if (w2_dir / "run.sqlite").exists():
-        problems.append(f"worker host w2 has a run.sqlite of its own, with {_stored(w2_dir / 'run.sqlite', tmp_path / 'w2-store')} calculations")
+        problems.append(
+            f"worker host w2 has a run.sqlite of its own, with {_stored(w2_dir / 'run.sqlite', tmp_path / 'w2-store')} calculations"
+        )
 
     # 3. a rerun finds everything there and computes nothing
     rerun = hosts.run(cli, command, cwd=client_dir, timeout=90)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import ROOT, needs_xtb
 
 nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install 'mbdask[test]')")
@@ -13,7 +12,9 @@ nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (pi
 def execute(name: str):
     """Run ``notebooks/NAME`` top to bottom; returns the notebook and its printed text."""
     nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    )
     client.execute()
     outputs = "".join(
         out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])

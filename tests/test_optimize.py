@@ -18,13 +18,14 @@ from qcelemental import constants
 
 geometric = pytest.importorskip("geometric", reason="geomeTRIC is not installed (pip install 'mbdask[optimize]')")
 
-import mbdask  # noqa: E402
-import mbdask.cluster  # noqa: E402
 from conftest import needs_xtb, xtb_input  # noqa: E402
-from mbdask.errors import BadInputError  # noqa: E402
-from mbdask.optimize import OptimizationResult, frozen_screening, optimize  # noqa: E402
-from mbdask.xyz import read_xyz_frames  # noqa: E402
 from reference import sequential_analyze  # noqa: E402
+
+import mbdask  # noqa: E402
+import mbdask.deploy.cluster  # noqa: E402
+from mbdask.errors import BadInputError  # noqa: E402
+from mbdask.inputs.xyz import read_xyz_frames  # noqa: E402
+from mbdask.workflows.optimize import OptimizationResult, frozen_screening, optimize  # noqa: E402
 
 BOHR = constants.bohr2angstroms
 
@@ -38,16 +39,33 @@ def trimer_input(**keywords) -> dict:
 
 def dimer_hf_input() -> dict:
     """A water dimer near its HF/STO-3G minimum (rounded to 0.1 A: a few steps), 2-body cp HF/STO-3G with PySCF."""
-    angstrom = np.array([
-        [-1.9, 0.2, 0.0], [-1.2, 0.9, 0.0], [-1.3, -0.6, 0.0], [1.2, -0.1, 0.0], [1.9, -0.2, -0.8], [1.9, -0.2, 0.8],
-    ])
+    angstrom = np.array(
+        [
+            [-1.9, 0.2, 0.0],
+            [-1.2, 0.9, 0.0],
+            [-1.3, -0.6, 0.0],
+            [1.2, -0.1, 0.0],
+            [1.9, -0.2, -0.8],
+            [1.9, -0.2, 0.8],
+        ]
+    )
     return {
         "specification": {
             "driver": "energy",
             "keywords": {"bsse_type": ["cp"], "levels": {2: "hf"}},
-            "specification": {"hf": {"program": "pyscf", "model": {"method": "hf", "basis": "sto-3g"}, "keywords": {"conv_tol": 1e-11}}},
+            "specification": {
+                "hf": {
+                    "program": "pyscf",
+                    "model": {"method": "hf", "basis": "sto-3g"},
+                    "keywords": {"conv_tol": 1e-11},
+                }
+            },
         },
-        "molecule": {"symbols": ["O", "H", "H"] * 2, "geometry": (angstrom / BOHR).ravel().tolist(), "fragments": [[0, 1, 2], [3, 4, 5]]},
+        "molecule": {
+            "symbols": ["O", "H", "H"] * 2,
+            "geometry": (angstrom / BOHR).ravel().tolist(),
+            "fragments": [[0, 1, 2], [3, 4, 5]],
+        },
     }
 
 
@@ -83,7 +101,9 @@ def reference_engine(inp: dict, mbe):
 
     inp = {**inp, "specification": {**inp["specification"], "driver": "gradient"}}
     model = mbdask.load_input(inp)
-    model = model.model_copy(update={"molecule": model.molecule.model_copy(update={"fix_com": True, "fix_orientation": True})})
+    model = model.model_copy(
+        update={"molecule": model.molecule.model_copy(update={"fix_com": True, "fix_orientation": True})}
+    )
 
     class SequentialMBE(Engine):
         def calc_new(self, coords, dirname):
@@ -121,12 +141,15 @@ def geometric_reference(inp: dict, mbe, tmp_path, **kwargs):
     from geometric.nifty import ang2bohr
     from geometric.optimize import run_optimizer
 
-    from mbdask.execute import pinned_threads
+    from mbdask.calculation.execute import pinned_threads
 
     engine = reference_engine(inp, mbe)
     with restored_logging(), pinned_threads(1), mock.patch.dict(os.environ, {"QCENGINE_NCORES": "1"}):
         progress = run_optimizer(
-            customengine=engine, input=str(tmp_path / "reference"), logIni=os.path.join(config_dir, "logJson.ini"), **kwargs
+            customengine=engine,
+            input=str(tmp_path / "reference"),
+            logIni=os.path.join(config_dir, "logJson.ini"),
+            **kwargs,
         )
     return progress.xyzs[-1] * ang2bohr, list(progress.qm_energies), len(progress.xyzs) - 1
 
@@ -138,13 +161,13 @@ def geometric_reference(inp: dict, mbe, tmp_path, **kwargs):
 def cluster_starts(monkeypatch):
     """Every LocalCluster mbdask starts, counted (and closed at the end)."""
     started = []
-    original = mbdask.cluster.start_local_cluster
+    original = mbdask.deploy.cluster.start_local_cluster
 
     def counting(*args, **kwargs):
         started.append(original(*args, **kwargs))
         return started[-1]
 
-    monkeypatch.setattr(mbdask.cluster, "start_local_cluster", counting)
+    monkeypatch.setattr(mbdask.deploy.cluster, "start_local_cluster", counting)
     yield started
     for cluster in started:
         cluster.close()
@@ -264,7 +287,9 @@ def test_frozen_screening_keeps_the_first_geometry_clusters(process_client):
     """Dimer (1, 2) is the only one within 1.905 A at the start; frozen, no other dimer joins as the waters move."""
     screening = {"distance_cutoffs": {2: 1.905}}
     result = optimize(trimer_input(), process_client, max_steps=3, screening=screening, freeze_screening=True)
-    dimers = [row["fragments"] for row in result.final_result.extras["mbdask"]["increments"]["nocp"] if row["nbody"] == 2]
+    dimers = [
+        row["fragments"] for row in result.final_result.extras["mbdask"]["increments"]["nocp"] if row["nbody"] == 2
+    ]
     assert [list(d) for d in dimers] == [[1, 2]]
     assert len(result.energies) == 4
 
@@ -274,7 +299,10 @@ def test_frozen_screening_is_the_first_kept_set_at_any_geometry():
     plan = mbdask.plan(water6(), check_installed=False, screening={"distance_cutoffs": {2: 2.5, 3: 2.2}})
     frozen = frozen_screening(plan.screened)
     moved = water6(scale=2.0)  # every distance doubled: the cutoffs alone would keep nothing
-    assert mbdask.plan(moved, check_installed=False, screening={"distance_cutoffs": {2: 2.5, 3: 2.2}}).screened.kept[2] == set()
+    assert (
+        mbdask.plan(moved, check_installed=False, screening={"distance_cutoffs": {2: 2.5, 3: 2.2}}).screened.kept[2]
+        == set()
+    )
     again = mbdask.plan(moved, check_installed=False, screening=frozen)
     assert again.screened.kept == plan.screened.kept
     assert len(plan.screened.kept[3]) > 0
@@ -286,16 +314,34 @@ def test_frozen_screening_is_the_first_kept_set_at_any_geometry():
 @needs_xtb
 def test_cli_optimize_writes_the_final_geometry_and_the_trajectory(tmp_path, capsys):
     from conftest import DATA
+
     from mbdask.cli import main
 
     final, path, result = tmp_path / "final.xyz", tmp_path / "traj.xyz", tmp_path / "last.json"
-    code = main([
-        "optimize", str(DATA / "water3-uud.xyz"), "--max-nbody", "2", "--max-steps", "3", "--workers", "2",
-        "-o", str(final), "--trajectory", str(path), "--result", str(result),
-    ])
+    code = main(
+        [
+            "optimize",
+            str(DATA / "water3-uud.xyz"),
+            "--max-nbody",
+            "2",
+            "--max-steps",
+            "3",
+            "--workers",
+            "2",
+            "-o",
+            str(final),
+            "--trajectory",
+            str(path),
+            "--result",
+            str(result),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1 and "NOT converged after 3 steps" in out  # stopped at --max-steps: exit 1, files still written
-    assert "MBE energy / Eh" in out and len([line for line in out.splitlines() if line[:5].strip() in {"0", "1", "2", "3"}]) == 4
+    assert (
+        "MBE energy / Eh" in out
+        and len([line for line in out.splitlines() if line[:5].strip() in {"0", "1", "2", "3"}]) == 4
+    )
     frames = read_xyz_frames(path)
     assert len(frames) == 4 and len(read_xyz_frames(final)) == 1  # the start and three steps
     assert np.allclose(read_xyz_frames(final)[0].geometry, frames[-1].geometry, atol=1e-6)
@@ -305,6 +351,7 @@ def test_cli_optimize_writes_the_final_geometry_and_the_trajectory(tmp_path, cap
 
 def test_cli_optimize_bad_convergence_set_is_bad_input(tmp_path, capsys):
     from conftest import DATA
+
     from mbdask.cli import main
 
     assert main(["optimize", str(DATA / "water3-uud.xyz"), "--convergence", "NOPE", "-o", str(tmp_path / "x.xyz")]) == 2

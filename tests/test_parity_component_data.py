@@ -10,13 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("zstandard", reason="zstandard (QCManyBody's stored component data) is not installed (pip install 'mbdask[test]')")
+pytest.importorskip(
+    "zstandard", reason="zstandard (QCManyBody's stored component data) is not installed (pip install 'mbdask[test]')"
+)
 
 from qcmanybody.tests.common import mol_h2o_3  # noqa: E402
 from qcmanybody.tests.utils import load_ref_data  # noqa: E402
+from reference import sequential_computer  # noqa: E402
 
 import mbdask  # noqa: E402
-from reference import sequential_computer  # noqa: E402
 
 CASES = [
     ({1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", "h2o_trimer_single_gradient_1"),
@@ -29,9 +31,17 @@ CASES = [
     ({1: "e_mp2", 2: "e_b3lyp"}, "h2o_trimer_multi_energy_2", "h2o_trimer_multi_gradient_2"),
     ({1: "g_mp2", 2: "g_b3lyp", 3: "g_scf"}, "h2o_trimer_multi_gradient_1", "h2o_trimer_multi_gradient_1"),
     ({1: "g_mp2", 2: "g_b3lyp"}, "h2o_trimer_multi_gradient_2", "h2o_trimer_multi_gradient_2"),
-    ({1: "e_mp2", 2: "e_b3lyp", "supersystem": "e_scf"}, "h2o_trimer_multi_ss_energy_1", "h2o_trimer_multi_ss_gradient_1"),
+    (
+        {1: "e_mp2", 2: "e_b3lyp", "supersystem": "e_scf"},
+        "h2o_trimer_multi_ss_energy_1",
+        "h2o_trimer_multi_ss_gradient_1",
+    ),
     ({1: "e_mp2", "supersystem": "e_scf"}, "h2o_trimer_multi_ss_energy_2", "h2o_trimer_multi_ss_gradient_2"),
-    ({1: "g_mp2", 2: "g_b3lyp", "supersystem": "g_scf"}, "h2o_trimer_multi_ss_gradient_1", "h2o_trimer_multi_ss_gradient_1"),
+    (
+        {1: "g_mp2", 2: "g_b3lyp", "supersystem": "g_scf"},
+        "h2o_trimer_multi_ss_gradient_1",
+        "h2o_trimer_multi_ss_gradient_1",
+    ),
     ({1: "g_mp2", "supersystem": "g_scf"}, "h2o_trimer_multi_ss_gradient_2", "h2o_trimer_multi_ss_gradient_2"),
 ]
 DRIVERS = {"e": "energy", "g": "gradient", "h": "hessian"}
@@ -50,7 +60,12 @@ def replay_input(levels: dict, data: str, bsse=("cp", "nocp", "vmfc"), **keyword
     return {
         "specification": {
             "driver": driver,
-            "keywords": {"bsse_type": list(bsse), "levels": {nb: mc for mc, nb in highest.items()}, "return_total_data": True, **keywords},
+            "keywords": {
+                "bsse_type": list(bsse),
+                "levels": {nb: mc for mc, nb in highest.items()},
+                "return_total_data": True,
+                **keywords,
+            },
             "specification": specs,
         },
         "molecule": mol_h2o_3.model_dump(),
@@ -64,7 +79,9 @@ def _compare(ours, ref) -> None:
         if value is None or isinstance(value, (str, int)):
             assert mine == value, key
         else:
-            np.testing.assert_allclose(np.asarray(mine, dtype=float), np.asarray(value, dtype=float), rtol=0, atol=1e-10, err_msg=key)
+            np.testing.assert_allclose(
+                np.asarray(mine, dtype=float), np.asarray(value, dtype=float), rtol=0, atol=1e-10, err_msg=key
+            )
     np.testing.assert_allclose(np.asarray(ours.return_result), np.asarray(ref.return_result), rtol=0, atol=1e-10)
     assert ours.cluster_properties.keys() == ref.cluster_properties.keys()
     assert ours.stdout == ref.stdout  # same numbers, same summation order: the same table
@@ -88,8 +105,13 @@ def test_replayed_component_data_matches_qcmanybody(inprocess_client, levels, da
 
 @pytest.mark.parametrize(
     "bsse, keywords",
-    [(("nocp",), {"return_total_data": False}), (("cp",), {"return_total_data": False}), (("vmfc",), {}),
-     (("cp",), {"supersystem_ie_only": True}), (("nocp",), {"supersystem_ie_only": True})],
+    [
+        (("nocp",), {"return_total_data": False}),
+        (("cp",), {"return_total_data": False}),
+        (("vmfc",), {}),
+        (("cp",), {"supersystem_ie_only": True}),
+        (("nocp",), {"supersystem_ie_only": True}),
+    ],
 )
 def test_keyword_variants_match_qcmanybody(inprocess_client, bsse, keywords):
     inp = replay_input({1: "g_scf", 2: "g_scf", 3: "g_scf"}, "h2o_trimer_single_gradient_1", bsse=bsse, **keywords)

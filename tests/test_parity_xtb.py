@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from conftest import assert_close, needs_xtb, xtb_input
 from distributed import Future
 from qcmanybody.models.v2 import ManyBodyResult
+from reference import sequential_analyze, sequential_computer
 
 import mbdask
-from conftest import assert_close, needs_xtb, xtb_input
-from reference import sequential_analyze, sequential_computer
 
 pytestmark = needs_xtb
 
@@ -19,7 +19,12 @@ def _assert_levels_sum_to_properties(result: ManyBodyResult, bsse: str = "nocp")
     for nbody, level in extras["levels"][bsse].items():
         total = props[f"{bsse}_corrected_total_energy_through_{nbody}_body"]
         assert abs(level["through"] - total) < 1e-10
-        assert abs(sum(r["energy"] for r in extras["increments"][bsse] if str(r["nbody"]) == nbody) - level["contribution"]) < 1e-12
+        assert (
+            abs(
+                sum(r["energy"] for r in extras["increments"][bsse] if str(r["nbody"]) == nbody) - level["contribution"]
+            )
+            < 1e-12
+        )
 
 
 def test_nocp_energy_3body_matches_manybodycomputer(process_client):

@@ -12,27 +12,26 @@ import itertools
 import math
 import random
 from itertools import groupby
-from typing import Optional
 
 import pytest
 from qcmanybody.utils import labeler
-
-import mbdask
-from mbdask.batching import BatchLimits, Unit, batch_target, make_units
-from mbdask.cost import CostModel
-from mbdask.graph import FragmentResources, build_graph, graph_size
-from mbdask.manybody import supersystem_terms
-from mbdask.plan import FragmentJob, Increment, job_label
 from test_parity_component_data import replay_input
 
-plan_module = importlib.import_module("mbdask.plan")
+import mbdask
+from mbdask.graph.build import FragmentResources, build_graph, graph_size
+from mbdask.planning.batching import BatchLimits, Unit, batch_target, make_units
+from mbdask.planning.cost import CostModel
+from mbdask.planning.manybody import supersystem_terms
+from mbdask.planning.plan import FragmentJob, Increment, job_label
+
+plan_module = importlib.import_module("mbdask.planning.plan")
 BSSE = [("nocp",), ("cp",), ("vmfc",), ("cp", "nocp", "vmfc")]
 
 
 def waters(n: int, nbody: int, bsse=("nocp",), fragments=None) -> dict:
     from conftest import DATA
 
-    from mbdask.xyz import molecule_from_xyz
+    from mbdask.inputs.xyz import molecule_from_xyz
 
     molecule = molecule_from_xyz(DATA / {6: "water6-prism.xyz", 10: "water10-pp1.xyz"}[n])
     if fragments is not None:
@@ -47,8 +46,8 @@ def waters(n: int, nbody: int, bsse=("nocp",), fragments=None) -> dict:
     }
 
 
-def _increments(core, jobs: list[FragmentJob], kept: Optional[dict[int, set]] = None) -> list[Increment]:
-    """The straightforward form of ``mbdask.plan._increment_blocks``: one :class:`Increment` per cluster, built term by
+def _increments(core, jobs: list[FragmentJob], kept: dict[int, set] | None = None) -> list[Increment]:
+    """The straightforward form of ``mbdask.planning.plan._increment_blocks``: one :class:`Increment` per cluster, built term by
     term, the reference the compact plan must agree with."""
     have = {(j.model, j.real, j.basis): j for j in jobs}
     nfr = core.nfragments
@@ -59,7 +58,11 @@ def _increments(core, jobs: list[FragmentJob], kept: Optional[dict[int, set]] = 
         for nbody in range(1, core.max_nbody + 1):
             model = model_of[nbody]
             # sub-cluster positions and signs are the same for every cluster of this order
-            shape = [(sub, (-1) ** (nbody - k)) for k in range(1, nbody + 1) for sub in itertools.combinations(range(nbody), k)]
+            shape = [
+                (sub, (-1) ** (nbody - k))
+                for k in range(1, nbody + 1)
+                for sub in itertools.combinations(range(nbody), k)
+            ]
             clusters = sorted(kept[nbody]) if kept is not None else itertools.combinations(range(1, nfr + 1), nbody)
             for cluster in clusters:
                 try:
@@ -109,7 +112,9 @@ def assert_same_plan(plan, kept=None) -> None:
     for block in plan.blocks:  # the shape a block names is the shape of its terms
         if block.shape is not None:
             for cluster, row in zip(block.clusters.tolist(), block.terms.tolist()):
-                assert [plan.jobs[i].real for i in row] == [tuple(cluster[p] for p in positions) for positions in block.shape]
+                assert [plan.jobs[i].real for i in row] == [
+                    tuple(cluster[p] for p in positions) for positions in block.shape
+                ]
 
 
 def test_job_label_is_qcmanybodys_labeler():
@@ -138,7 +143,12 @@ def test_every_lookup_path_gives_the_same_plan(bsse, monkeypatch):
     "levels, data, bsse, keywords",
     [
         ({1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", ("cp", "nocp", "vmfc"), {}),
-        ({1: "e_mp2", 2: "e_b3lyp", "supersystem": "e_scf"}, "h2o_trimer_multi_ss_energy_1", ("cp", "nocp", "vmfc"), {}),
+        (
+            {1: "e_mp2", 2: "e_b3lyp", "supersystem": "e_scf"},
+            "h2o_trimer_multi_ss_energy_1",
+            ("cp", "nocp", "vmfc"),
+            {},
+        ),
         ({1: "e_mp2", "supersystem": "e_scf"}, "h2o_trimer_multi_ss_energy_2", ("cp", "nocp", "vmfc"), {}),
         ({1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", ("cp",), {"supersystem_ie_only": True}),
         ({1: "e_scf", 2: "e_scf", 3: "e_scf"}, "h2o_trimer_single_energy_1", ("nocp",), {"supersystem_ie_only": True}),
@@ -157,7 +167,9 @@ def test_compact_screened_plan(bsse):
 
 def test_seconds_all_is_seconds_per_job():
     # fragments of different sizes, and a calibration per kind
-    inp = waters(6, 3, ("cp", "nocp", "vmfc"), fragments=[[0, 1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11, 12, 13, 14], [15, 16, 17]])
+    inp = waters(
+        6, 3, ("cp", "nocp", "vmfc"), fragments=[[0, 1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11, 12, 13, 14], [15, 16, 17]]
+    )
     plan = mbdask.plan(inp, check_installed=False)
     for calibrate in (False, True):
         cost = CostModel.for_plan(plan)
@@ -199,11 +211,16 @@ def reference_units(jobs, cost, *, workers, batch=True, cores=1, auto_cores=Fals
     return units
 
 
-@pytest.mark.parametrize("workers, batch, auto_cores", [(1, True, False), (2, True, False), (16, True, False), (2, False, False), (2, True, True)])
+@pytest.mark.parametrize(
+    "workers, batch, auto_cores",
+    [(1, True, False), (2, True, False), (16, True, False), (2, False, False), (2, True, True)],
+)
 def test_make_units_is_the_straightforward_batching(workers, batch, auto_cores):
     plan = mbdask.plan(waters(10, 3, ("nocp", "vmfc")), check_installed=False)
     cost = CostModel.for_plan(plan)
-    cost.models["hf"].overhead = BatchLimits.from_config().min_seconds / 7  # batches of several calculations, some single
+    cost.models["hf"].overhead = (
+        BatchLimits.from_config().min_seconds / 7
+    )  # batches of several calculations, some single
     options = dict(workers=workers, batch=batch, cores=1, auto_cores=auto_cores, max_cores=4)
     assert make_units(plan.jobs, cost, **options) == reference_units(plan.jobs, cost, **options)
 
@@ -230,7 +247,9 @@ def test_graph_increment_nodes_sum_exactly_their_increments_terms(bsse, batched)
         func, *args = layer[key]
         args = [per_unit.get(a, a) if isinstance(a, tuple) and a in per_unit else a for a in args]
         energies[key] = func(*args)
-        expected = [float(sum(sign * outputs[job.label]["values"]["energy"] for job, sign in inc.terms)) for inc in incs]
+        expected = [
+            float(sum(sign * outputs[job.label]["values"]["energy"] for job, sign in inc.terms)) for inc in incs
+        ]
         assert energies[key] == expected
     assert sum(len(incs) for incs in graph.increments.values()) == len(plan.increments)
     levels = graph.graph.layers["levels"]
@@ -238,7 +257,10 @@ def test_graph_increment_nodes_sum_exactly_their_increments_terms(bsse, batched)
         func, b, nb, model, clusters, previous, *members = levels[key]
         level = func(b, nb, model, clusters, None, *(energies[m] for m in members))
         incs = [inc for m in members for inc in graph.increments[m]]
-        assert level["increments"] == [{"fragments": list(inc.cluster), "energy": e} for inc, e in zip(incs, (x for m in members for x in energies[m]))]
+        assert level["increments"] == [
+            {"fragments": list(inc.cluster), "energy": e}
+            for inc, e in zip(incs, (x for m in members for x in energies[m]))
+        ]
         assert {inc.bsse for inc in incs} == {bsse_} and {inc.nbody for inc in incs} == {nbody}
 
 

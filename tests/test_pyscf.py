@@ -8,11 +8,11 @@ import qcengine
 from qcelemental.models.v2 import AtomicInput, Molecule
 
 pyscf = pytest.importorskip("pyscf", reason="PySCF is not installed (pip install 'mbdask[pyscf]')")
+from conftest import DATA  # noqa: E402
 from pyscf import cc, dft, gto, mp, scf  # noqa: E402
+from reference import sequential_computer  # noqa: E402
 
 import mbdask  # noqa: E402
-from conftest import DATA  # noqa: E402
-from reference import sequential_computer  # noqa: E402
 
 mbdask.register_programs()  # plain qcengine.compute(..., 'pyscf') below
 
@@ -32,7 +32,10 @@ H   1.680398  -0.373741   0.758561
 
 
 def _compute(molecule, method, driver="energy", basis="6-31g", **keywords):
-    inp = AtomicInput(molecule=molecule, specification={"driver": driver, "model": {"method": method, "basis": basis}, "keywords": keywords})
+    inp = AtomicInput(
+        molecule=molecule,
+        specification={"driver": driver, "model": {"method": method, "basis": basis}, "keywords": keywords},
+    )
     return qcengine.compute(inp, "pyscf", task_config={"ncores": 1, "memory": 1.0})
 
 
@@ -43,7 +46,9 @@ def _direct_mole(molecule, basis="6-31g", ghost_fragment=None):
         ghost = ghost_fragment is not None and i in molecule.fragments[ghost_fragment]
         atoms.append(("ghost-" + sym if ghost else sym, tuple(xyz)))
     charge = int(round(molecule.molecular_charge))
-    return gto.M(atom=atoms, basis=basis, unit="Bohr", charge=charge, spin=int(molecule.molecular_multiplicity) - 1, verbose=0)
+    return gto.M(
+        atom=atoms, basis=basis, unit="Bohr", charge=charge, spin=int(molecule.molecular_multiplicity) - 1, verbose=0
+    )
 
 
 def test_registering_twice_is_harmless():
@@ -160,7 +165,9 @@ def _pyscf_input(molecule: dict, bsse, driver="energy", method="hf", basis="6-31
         "specification": {
             "driver": driver,
             "keywords": {"bsse_type": list(bsse), "levels": {max_nbody: "hf"}, "return_total_data": True},
-            "specification": {"hf": {"program": "pyscf", "model": {"method": method, "basis": basis}, "keywords": keywords}},
+            "specification": {
+                "hf": {"program": "pyscf", "model": {"method": method, "basis": basis}, "keywords": keywords}
+            },
         },
         "molecule": molecule,
     }
@@ -179,9 +186,11 @@ def test_cp_dimer_interaction_energy_equals_hand_computed_ghost_calculation(inpr
 
 @pytest.mark.parametrize("driver", ["energy", "gradient"])
 def test_trimer_cp_vmfc_parity_with_sequential_qcmanybody(process_client, driver):
-    from mbdask.xyz import molecule_from_xyz
+    from mbdask.inputs.xyz import molecule_from_xyz
 
-    inp = _pyscf_input(molecule_from_xyz(DATA / "water3-uud.xyz"), ["cp", "vmfc", "nocp"], driver=driver, basis="sto-3g", max_nbody=3)
+    inp = _pyscf_input(
+        molecule_from_xyz(DATA / "water3-uud.xyz"), ["cp", "vmfc", "nocp"], driver=driver, basis="sto-3g", max_nbody=3
+    )
     ours = mbdask.compute(inp, process_client)
     ref = sequential_computer(inp)
     np.testing.assert_allclose(np.asarray(ours.return_result), np.asarray(ref.return_result), atol=1e-10, rtol=0)
@@ -195,10 +204,12 @@ def test_trimer_cp_vmfc_parity_with_sequential_qcmanybody(process_client, driver
 @pytest.mark.slow
 def test_mbe_gradient_matches_finite_difference_of_mbe_energy(process_client):
     """Central differences of the 2-body cp MBE energy, atom by atom (slow: 2 x 27 expansions)."""
-    from mbdask.xyz import molecule_from_xyz
+    from mbdask.inputs.xyz import molecule_from_xyz
 
     mol = molecule_from_xyz(DATA / "water3-uud.xyz")
-    grad = mbdask.compute(_pyscf_input(mol, ["cp"], driver="gradient", basis="sto-3g", conv_tol=1e-12), process_client).return_result
+    grad = mbdask.compute(
+        _pyscf_input(mol, ["cp"], driver="gradient", basis="sto-3g", conv_tol=1e-12), process_client
+    ).return_result
     step = 1e-3
     geometry = np.array(mol["geometry"], dtype=float)
     fd = np.zeros_like(geometry)
@@ -208,6 +219,10 @@ def test_mbe_gradient_matches_finite_difference_of_mbe_energy(process_client):
             displaced = geometry.copy()
             displaced[i] += sign * step
             moved = {**mol, "geometry": displaced.tolist()}
-            energies.append(mbdask.compute(_pyscf_input(moved, ["cp"], basis="sto-3g", conv_tol=1e-12), process_client).return_result)
+            energies.append(
+                mbdask.compute(
+                    _pyscf_input(moved, ["cp"], basis="sto-3g", conv_tol=1e-12), process_client
+                ).return_result
+            )
         fd[i] = (energies[0] - energies[1]) / (2 * step)
     np.testing.assert_allclose(np.asarray(grad).ravel(), fd, atol=1e-6, rtol=0)

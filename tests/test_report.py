@@ -8,13 +8,13 @@ import re
 import types
 
 import pytest
+from browser import BOKEH_PLOTS, BOKEH_READY, LEGENDS_OVER_DATA, WRAPPED_CELLS, chromium, evaluate_page
+from conftest import EXAMPLES, needs_xtb, xtb_input
 from qcmanybody.models.v2 import ManyBodyResult
 
 import mbdask
-from browser import BOKEH_PLOTS, BOKEH_READY, LEGENDS_OVER_DATA, WRAPPED_CELLS, chromium, evaluate_page
-from conftest import EXAMPLES, needs_xtb, xtb_input
-from mbdask.progress import Progress, show
-from mbdask.report import fragment_name, summary_table, times_phrase, utilization
+from mbdask.diagnostics.progress import Progress, show
+from mbdask.diagnostics.report import fragment_name, summary_table, times_phrase, utilization
 
 pytestmark = needs_xtb
 
@@ -90,7 +90,10 @@ def test_summary_table_and_report_name_times_as_the_command_line_does(water6_res
     assert "span [s]" in header and "wall" not in header
     timing = water6_result.extras["mbdask"]["timing"]
     phrase = times_phrase(water6_result, wall_seconds=0.77)
-    assert phrase == f"wall time 0.77 s, sum of task times {timing['sum_task_seconds']:.2f} s, fragment span {timing['span_seconds']:.2f} s"
+    assert (
+        phrase
+        == f"wall time 0.77 s, sum of task times {timing['sum_task_seconds']:.2f} s, fragment span {timing['span_seconds']:.2f} s"
+    )
     assert "wall time" not in times_phrase(water6_result)  # a report made later from the file knows no wall time
     assert phrase in mbdask.report(water6_result, wall_seconds=0.77)
 
@@ -148,7 +151,7 @@ CONVERGENCE_AND_TABLE = """(() => {
 def cp_result(process_client) -> ManyBodyResult:
     """PySCF HF/STO-3G water trimer, cp alone, 2-body: no monomers in their own basis (interaction energies only)."""
     pytest.importorskip("pyscf")
-    from mbdask.xyz import molecule_from_xyz
+    from mbdask.inputs.xyz import molecule_from_xyz
 
     inp = {
         "specification": {
@@ -175,7 +178,9 @@ def test_cp_report_shows_a_1_body_row_and_the_interaction_energy_in_chromium(cp_
     text = shown["text"]
     assert "nan" not in text and "cp interaction energy through 2-body" in text
     assert f"{interaction:.4f}" in text and "n/a" in text  # no total: monomers were not computed in their own basis
-    assert re.search(r"cp\s+1\s+hf\s+0\s+n/a\s+0\.0000", text), text  # the 1-body row: 0 clusters, no total, interaction 0
+    assert re.search(r"cp\s+1\s+hf\s+0\s+n/a\s+0\.0000", text), (
+        text
+    )  # the 1-body row: 0 clusters, no total, interaction 0
 
 
 def test_report_of_a_result_without_mbdask_extras_is_refused(water6_result):
@@ -192,7 +197,9 @@ def test_progress_counts_every_fragment_per_order(process_client):
     progress = sub.progress
     assert progress.done == progress.total == result.extras["mbdask"]["nfragment_calculations"]
     assert {(c.model, c.nbody): (c.done, c.total) for c in progress.levels.values()} == {
-        ("gfn2", 1): (6, 6), ("gfn2", 2): (15, 15), ("gfn2", 3): (20, 20)
+        ("gfn2", 1): (6, 6),
+        ("gfn2", 2): (15, 15),
+        ("gfn2", 3): (20, 20),
     }
     drawn = out.getvalue()
     assert "gfn2  3-body" in drawn and "41/41 fragment calculations" in drawn
@@ -202,9 +209,9 @@ def test_progress_counts_every_fragment_per_order(process_client):
 def test_progress_estimates_time_left_from_predicted_work(monkeypatch):
     import types
 
-    import mbdask.progress
-    from mbdask.batching import Unit
-    from mbdask.plan import FragmentJob
+    import mbdask.diagnostics.progress
+    from mbdask.planning.batching import Unit
+    from mbdask.planning.plan import FragmentJob
 
     class Done:
         def __init__(self, done: bool) -> None:
@@ -216,7 +223,7 @@ def test_progress_estimates_time_left_from_predicted_work(monkeypatch):
     fast, slow = Done(True), Done(False)
     units = {fast: Unit((FragmentJob("m", (1,), (1,)),), 1.0), slow: Unit((FragmentJob("m", (1, 2), (1, 2)),), 3.0)}
     # a stopped clock, 10 s after the start: the estimate is arithmetic, not a race with the real one
-    monkeypatch.setattr(mbdask.progress, "time", types.SimpleNamespace(monotonic=lambda: 10.0))
+    monkeypatch.setattr(mbdask.diagnostics.progress, "time", types.SimpleNamespace(monotonic=lambda: 10.0))
     progress = Progress(units, started=0.0)
     progress.poll()
     assert progress.done == 1 and progress.total == 2
@@ -249,9 +256,9 @@ def test_time_left_follows_the_recent_rate_not_the_runs_average(monkeypatch):
     estimate uses the last two minutes' rate (here twice the run's average), not the average."""
     import types
 
-    import mbdask.progress
-    from mbdask.batching import Unit
-    from mbdask.plan import FragmentJob
+    import mbdask.diagnostics.progress
+    from mbdask.planning.batching import Unit
+    from mbdask.planning.plan import FragmentJob
 
     class Done:
         status = "finished"
@@ -260,7 +267,7 @@ def test_time_left_follows_the_recent_rate_not_the_runs_average(monkeypatch):
             return True
 
     clock = {"now": 0.0}
-    monkeypatch.setattr(mbdask.progress, "time", types.SimpleNamespace(monotonic=lambda: clock["now"]))
+    monkeypatch.setattr(mbdask.diagnostics.progress, "time", types.SimpleNamespace(monotonic=lambda: clock["now"]))
     units = {Done(): Unit((FragmentJob("m", (1,), (1,)),), 1000.0)}
     progress = Progress(units, started=0.0)
     progress._pending.clear()  # counted below by hand: predicted work done over time
@@ -277,7 +284,7 @@ def test_many_fragments_plot_increments_against_cluster_size_not_a_pair_map(wate
     size (a fixed-size random sample per order) instead of a fragment x fragment map, whose HTML grows with n**2."""
     import dask
 
-    from mbdask.report import figures
+    from mbdask.diagnostics.report import figures
 
     assert "pairs" in figures(water6_result) and "sizes" not in figures(water6_result)
     with dask.config.set({"mbdask.report.pair-map-fragments": 5, "mbdask.report.plotted-fragments": 20}):
@@ -294,7 +301,7 @@ def test_many_fragments_plot_increments_against_cluster_size_not_a_pair_map(wate
 def test_utilization_curve_is_averaged_over_time_bins_with_the_same_core_seconds():
     import numpy as np
 
-    from mbdask.report import time_averaged
+    from mbdask.diagnostics.report import time_averaged
 
     rng = np.random.default_rng(3)
     times = np.sort(rng.uniform(0, 100, 5001))

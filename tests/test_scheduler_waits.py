@@ -12,26 +12,33 @@ import threading
 
 import pytest
 from distributed import Client, LocalCluster
+from doubles import register_doubles
+from test_graph import sleep_input
 
 import mbdask
-from doubles import register_doubles
 from mbdask.cli import main
-from mbdask.cluster import dashboard_link
+from mbdask.deploy.cluster import dashboard_link
 from mbdask.errors import BadInputError, NoWorkersError
-from test_graph import sleep_input
 
 
 def _cluster(n_workers: int, dashboard_address=None) -> LocalCluster:
     register_doubles()
     return LocalCluster(
-        n_workers=n_workers, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=dashboard_address
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address=dashboard_address,
     )
 
 
 def test_no_worker_joins_within_the_timeout(caplog):
     with _cluster(0) as cluster, Client(cluster, set_as_default=False) as client:
         with caplog.at_level(logging.WARNING, logger="mbdask"):
-            with pytest.raises(NoWorkersError, match="no worker joined the scheduler at tcp://127.0.0.1:.* within 0.5 s"):
+            with pytest.raises(
+                NoWorkersError, match="no worker joined the scheduler at tcp://127.0.0.1:.* within 0.5 s"
+            ):
                 mbdask.start(sleep_input(), client, worker_timeout=0.5)
     assert "waiting for workers to join the scheduler" in caplog.text
 
@@ -66,7 +73,9 @@ def test_all_workers_gone_mid_run_is_said_at_once_and_ends_the_run(tmp_path, cap
 def test_several_cores_per_fragment_need_declared_cores():
     with _cluster(1) as cluster, Client(cluster, set_as_default=False) as client:
         for cores in (2, "auto"):
-            with pytest.raises(BadInputError, match="need workers that declare a 'cores' resource.*--resources cores=8"):
+            with pytest.raises(
+                BadInputError, match="need workers that declare a 'cores' resource.*--resources cores=8"
+            ):
                 mbdask.start(sleep_input(), client, cores_per_fragment=cores)
 
 
@@ -80,8 +89,17 @@ def test_dashboard_link_is_the_schedulers_own_or_none():
 
 def test_cli_stops_with_exit_1_when_no_worker_joins(capsys):
     with _cluster(0) as cluster:
-        code = main(["run", str(__import__("conftest").EXAMPLES / "water6-gfn2.json"), "--scheduler", cluster.scheduler_address,
-                     "--worker-timeout", "0.5", "--no-progress"])
+        code = main(
+            [
+                "run",
+                str(__import__("conftest").EXAMPLES / "water6-gfn2.json"),
+                "--scheduler",
+                cluster.scheduler_address,
+                "--worker-timeout",
+                "0.5",
+                "--no-progress",
+            ]
+        )
     err = capsys.readouterr().err
     assert code == 1
     assert "mbdask: error: no worker joined the scheduler" in err and "Traceback" not in err

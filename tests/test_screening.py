@@ -7,14 +7,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import DATA, EXAMPLES, assert_close, needs_xtb, xtb_input
 from qcelemental import constants
 
 import mbdask
-from conftest import DATA, EXAMPLES, assert_close, needs_xtb, xtb_input
 from mbdask.cli import main
 from mbdask.errors import BadInputError
-from mbdask.plan import make_plan
-from mbdask.screening import PairDistances, Screening, fragment_distances, kept_clusters, pair_distances
+from mbdask.planning.plan import make_plan
+from mbdask.planning.screening import PairDistances, Screening, fragment_distances, kept_clusters, pair_distances
 
 WATER6 = EXAMPLES / "water6-prism.xyz"
 CUTOFFS = {"distance_cutoffs": {2: 3.0, 3: 2.5}}  # Angstrom: drops 5 of 15 dimers, keeps 2 of 20 trimers
@@ -64,7 +64,9 @@ def test_screened_gradient_matches_finite_differences_of_the_screened_energy(pro
     """Central differences of the screened energy, the kept clusters frozen (explicit cluster list)."""
     plan = make_plan(xtb_input(WATER6), screening=CUTOFFS)
     frozen = {"clusters": [list(c) for n in (2, 3) for c in plan.screened.kept[n]]}
-    gradient = np.asarray(mbdask.compute(xtb_input(WATER6, driver="gradient"), process_client, screening=frozen).return_result)
+    gradient = np.asarray(
+        mbdask.compute(xtb_input(WATER6, driver="gradient"), process_client, screening=frozen).return_result
+    )
     base = xtb_input(WATER6)
     geometry = np.asarray(base["molecule"]["geometry"], dtype=float).reshape(-1, 3)
     step = 1e-3  # bohr
@@ -89,9 +91,13 @@ def test_screened_gradient_of_a_droplet_matches_finite_differences(process_clien
     xyz.write_text("\n".join(["300", lines[1], *lines[2:302]]) + "\n")
     base = xtb_input(xyz)
     plan = make_plan(base, screening={"distance_cutoffs": {2: 5.0, 3: 3.5}})
-    assert 300 < len(plan.screened.kept[2]) < 4950 and len(plan.screened.kept[3]) > 100  # really screened, and trimers kept
+    assert (
+        300 < len(plan.screened.kept[2]) < 4950 and len(plan.screened.kept[3]) > 100
+    )  # really screened, and trimers kept
     frozen = {"clusters": [list(c) for n in (2, 3) for c in plan.screened.kept[n]]}
-    gradient = np.asarray(mbdask.compute(xtb_input(xyz, driver="gradient"), process_client, screening=frozen).return_result)
+    gradient = np.asarray(
+        mbdask.compute(xtb_input(xyz, driver="gradient"), process_client, screening=frozen).return_result
+    )
     geometry = np.asarray(base["molecule"]["geometry"], dtype=float).reshape(-1, 3)
     step = 1e-3  # bohr
     for atom, axis in ((0, 0), (151, 1), (299, 2)):  # the droplet's centre, middle and surface
@@ -136,13 +142,18 @@ def _brute_force_kept(molecule, cutoffs: dict, listed, max_nbody: int) -> dict[i
     n = len(molecule.fragments)
 
     def distance(a, b):
-        return min(np.sqrt(((xyz[i] - xyz[j]) ** 2).sum()) for i in molecule.fragments[a - 1] for j in molecule.fragments[b - 1])
+        return min(
+            np.sqrt(((xyz[i] - xyz[j]) ** 2).sum())
+            for i in molecule.fragments[a - 1]
+            for j in molecule.fragments[b - 1]
+        )
 
     pair = {c: distance(*c) for c in itertools.combinations(range(1, n + 1), 2)}
     kept = {1: {(i,) for i in range(1, n + 1)}}
     for order in range(2, max_nbody + 1):
         kept[order] = {
-            c for c in itertools.combinations(range(1, n + 1), order)
+            c
+            for c in itertools.combinations(range(1, n + 1), order)
             if all(s in kept[order - 1] for s in itertools.combinations(c, order - 1))
             and (order not in cutoffs or all(pair[p] <= cutoffs[order] for p in itertools.combinations(c, 2)))
             and (listed is None or c in listed)
@@ -162,7 +173,9 @@ def test_neighbour_search_keeps_what_the_brute_force_rule_keeps(seed):
     listed = None
     if seed % 3 == 2:  # an explicit list: a random share of the clusters the cutoffs alone keep, and some they do not
         alone = _brute_force_kept(molecule, cutoffs, None, max_nbody)
-        everything = [c for k in range(2, max_nbody + 1) for c in itertools.combinations(range(1, len(molecule.fragments) + 1), k)]
+        everything = [
+            c for k in range(2, max_nbody + 1) for c in itertools.combinations(range(1, len(molecule.fragments) + 1), k)
+        ]
         listed = frozenset(c for n in range(2, max_nbody + 1) for c in alone[n] if rng.random() < 0.7)
         listed |= frozenset(everything[i] for i in rng.choice(len(everything), 20, replace=False))
     settings = Screening(cutoffs, listed)
@@ -178,7 +191,9 @@ def test_pair_distances_are_the_closest_atoms_within_the_radius():
     dense = _brute_force_distances(molecule)
     for radius in (0.5, 3.0, 6.5):
         found = pair_distances(molecule, radius)
-        expected = {(a + 1, b + 1): dense[a, b] for a, b in itertools.combinations(range(30), 2) if dense[a, b] <= radius}
+        expected = {
+            (a + 1, b + 1): dense[a, b] for a, b in itertools.combinations(range(30), 2) if dense[a, b] <= radius
+        }
         assert dict(zip(map(tuple, found.pairs.tolist()), found.distances.tolist())) == pytest.approx(expected, abs=0)
         assert found.distance(3, 1) == expected.get((1, 3), np.inf)
         trimers = np.array(list(itertools.combinations(range(1, 31), 3)))
@@ -213,7 +228,9 @@ def test_screened_plan_builds_no_job_for_a_dropped_cluster(monkeypatch):
 
 def test_screening_refuses_cp_and_bad_options():
     inp = xtb_input(WATER6)
-    inp["specification"]["specification"]["gfn2"].update(program="pyscf", model={"method": "hf", "basis": "sto-3g"}, keywords={})
+    inp["specification"]["specification"]["gfn2"].update(
+        program="pyscf", model={"method": "hf", "basis": "sto-3g"}, keywords={}
+    )
     inp["specification"]["keywords"]["bsse_type"] = ["cp"]
     with pytest.raises(BadInputError, match=r"screening needs bsse_type nocp or vmfc \(--bsse on the command line\)"):
         make_plan(inp, screening=CUTOFFS)
@@ -229,7 +246,7 @@ def test_screening_refuses_cp_and_bad_options():
 
 def test_vmfc_with_infinite_cutoffs_is_the_unscreened_vmfc(process_client):
     pytest.importorskip("pyscf")
-    from mbdask.xyz import molecule_from_xyz
+    from mbdask.inputs.xyz import molecule_from_xyz
 
     inp = {
         "specification": {
@@ -263,8 +280,10 @@ def _closed_bottom_up(increments: dict, thresholds: dict, nfr: int, max_nbody: i
     kept = {1: {(i,) for i in range(1, nfr + 1)}}
     for n in range(2, max_nbody + 1):
         kept[n] = {
-            c for c in itertools.combinations(range(1, nfr + 1), n)
-            if all(s in kept[n - 1] for s in itertools.combinations(c, n - 1)) and abs(increments[c]) * kcal > thresholds.get(n, -1)
+            c
+            for c in itertools.combinations(range(1, nfr + 1), n)
+            if all(s in kept[n - 1] for s in itertools.combinations(c, n - 1))
+            and abs(increments[c]) * kcal > thresholds.get(n, -1)
         }
     return kept
 
@@ -288,7 +307,9 @@ def test_energy_screening_keeps_what_the_cheap_increments_say(process_client):
     assert screened.return_result == pytest.approx(sum(full[c] for n in (2, 3) for c in expected[n]), abs=1e-10)
     # fill-in: the dropped clusters' cheap increments (dimers dropped, and trimers among the candidates)
     dropped_pairs = [c for c in itertools.combinations(range(1, 7), 2) if c not in expected[2]]
-    candidates3 = [c for c in itertools.combinations(range(1, 7), 3) if all(s in expected[2] for s in itertools.combinations(c, 2))]
+    candidates3 = [
+        c for c in itertools.combinations(range(1, 7), 3) if all(s in expected[2] for s in itertools.combinations(c, 2))
+    ]
     dropped = sum(cheap[c] for c in dropped_pairs) + sum(cheap[c] for c in candidates3 if c not in expected[3])
     assert summary["energy"]["fill_in"] == pytest.approx(dropped, abs=1e-10)
     assert summary["return_energy_with_fill_in"] == pytest.approx(screened.return_result + dropped, abs=1e-10)
@@ -309,7 +330,19 @@ def test_cli_energy_thresholds_screen_and_report_the_fill_in(tmp_path, capsys):
     import json
 
     out = tmp_path / "result.json"
-    code = main(["run", str(EXAMPLES / "water6-gfn2.json"), "--energy-thresholds", "2:1.0,3:0.1", "--no-progress", "-o", str(out), "--workers", "2"])
+    code = main(
+        [
+            "run",
+            str(EXAMPLES / "water6-gfn2.json"),
+            "--energy-thresholds",
+            "2:1.0,3:0.1",
+            "--no-progress",
+            "-o",
+            str(out),
+            "--workers",
+            "2",
+        ]
+    )
     assert code == 0
     stdout = capsys.readouterr().out
     assert "mbdask: screened expansion, clusters kept 2-body" in stdout and "(fill-in)" in stdout
@@ -323,8 +356,8 @@ def test_energy_screening_has_no_barrier_between_orders():
     and a kept dimer's expensive calculation is released at once (no per-order pass)."""
     import numpy as np
 
-    from mbdask.energy_screening import Decisions
-    from mbdask.manybody import nocp_increment
+    from mbdask.planning.energy_screening import Decisions
+    from mbdask.planning.manybody import nocp_increment
 
     decisions = Decisions(4, 3, {2: 0.5, 3: 0.5}, {}, PairDistances(4, 0.0, np.zeros((0, 2), dtype=int), np.zeros(0)))
     decisions.start()
@@ -346,13 +379,20 @@ def test_energy_screening_has_no_barrier_between_orders():
     assert nocp_increment((1, 2, 3), decisions.energies) == pytest.approx(0.001)
     cheap, kept = decisions.take_work()
     assert kept == [(1, 2, 3)] and cheap == []  # 0.63 kcal/mol > 0.5; (1,2,4) never a candidate
-    assert decisions.report({})["orders"]["2"] == {"threshold_kcal": 0.5, "candidates": 6, "kept": 3, "dropped_cheap_sum": 0.0}
+    assert decisions.report({})["orders"]["2"] == {
+        "threshold_kcal": 0.5,
+        "candidates": 6,
+        "kept": 3,
+        "dropped_cheap_sum": 0.0,
+    }
 
 
 EMPTY_TOP_ORDER = {
     "distance": lambda plan3: {"distance_cutoffs": {2: 1e3, 3: 1e3, 4: 0.5}},  # no two waters within 0.5 A
     "energy": lambda plan3: {"energy_thresholds": {2: 0.0, 3: 0.0, 4: 1e6}},  # no tetramer gives 10^6 kcal/mol
-    "explicit": lambda plan3: {"clusters": [list(c) for n in (2, 3) for c in plan3.screened.kept[n]]},  # dimers, trimers only
+    "explicit": lambda plan3: {
+        "clusters": [list(c) for n in (2, 3) for c in plan3.screened.kept[n]]
+    },  # dimers, trimers only
 }
 
 
@@ -365,7 +405,9 @@ def test_an_order_that_keeps_no_cluster_contributes_zero(process_client, how):
     three = mbdask.compute(xtb_input(WATER6), process_client)
     screened = mbdask.compute(xtb_input(WATER6, max_nbody=4), process_client, screening=EMPTY_TOP_ORDER[how](plan3))
     props = screened.properties
-    assert props.nocp_corrected_interaction_energy_through_4_body == pytest.approx(three.properties.nocp_corrected_interaction_energy_through_3_body, abs=1e-10)
+    assert props.nocp_corrected_interaction_energy_through_4_body == pytest.approx(
+        three.properties.nocp_corrected_interaction_energy_through_3_body, abs=1e-10
+    )
     assert props.nocp_corrected_4_body_contribution_to_energy == 0.0
     extras = screened.extras["mbdask"]
     assert extras["screening"]["orders"]["4"]["kept"] == 0 and extras["screening"]["orders"]["3"]["kept"] == 20
@@ -384,7 +426,6 @@ def test_energy_screening_hands_the_graph_futures_not_outputs(tmp_path):
     import threading
 
     from distributed import Client, LocalCluster
-
     from doubles import register_doubles
     from test_graph import sleep_input
 
@@ -396,11 +437,25 @@ def test_energy_screening_hands_the_graph_futures_not_outputs(tmp_path):
     gated["specification"]["keywords"]["levels"] = {2: "sleepy"}
     gated["specification"]["specification"]["sleepy"]["keywords"]["gate"] = {"2": str(gate)}
     # every cheap dimer increment is -0.02 i j Eh: all kept
-    screening = {"energy_thresholds": {2: 0.1}, "cheap_model": {"program": "sleep", "model": {"method": "cheap"}, "keywords": {}}}
-    with LocalCluster(n_workers=1, threads_per_worker=16, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None) as cluster, \
-            Client(cluster, set_as_default=False) as client:
+    screening = {
+        "energy_thresholds": {2: 0.1},
+        "cheap_model": {"program": "sleep", "model": {"method": "cheap"}, "keywords": {}},
+    }
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=16,
+            processes=False,
+            protocol="tcp",
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         started: dict = {}
-        thread = threading.Thread(target=lambda: started.update(sub=mbdask.start(gated, client, screening=screening)), daemon=True)
+        thread = threading.Thread(
+            target=lambda: started.update(sub=mbdask.start(gated, client, screening=screening)), daemon=True
+        )
         thread.start()
         try:
             thread.join(timeout=120)  # a deadline for a hang, not a timing: the old pass waited at the gate for good
@@ -408,7 +463,9 @@ def test_energy_screening_hands_the_graph_futures_not_outputs(tmp_path):
             sub = started["sub"]
             sent = [unit for unit in sub.graph.units.values() if unit.sources]
             assert all(not unit.borrowed for unit in sent)
-            assert {job.label for unit in sent for job in unit.jobs} == {job.label for job in sub.plan.jobs}  # nothing recomputed
+            assert {job.label for unit in sent for job in unit.jobs} == {
+                job.label for job in sub.plan.jobs
+            }  # nothing recomputed
             assert any(source.status == "pending" for unit in sent for source in unit.sources)  # still at the gate
         finally:
             gate.touch()
@@ -416,14 +473,19 @@ def test_energy_screening_hands_the_graph_futures_not_outputs(tmp_path):
         reference = mbdask.compute(plain, client)
     assert result.return_result == pytest.approx(reference.return_result, abs=1e-12)
     assert result.extras["mbdask"]["screening"]["orders"]["2"]["kept"] == 15
-    assert len(result.extras["mbdask"]["timing"]["fragments"]) == len(sub.plan.jobs) == 21  # this run's own work, none "stored"
+    assert (
+        len(result.extras["mbdask"]["timing"]["fragments"]) == len(sub.plan.jobs) == 21
+    )  # this run's own work, none "stored"
 
 
 def test_screening_target_picks_the_measured_cutoffs_and_says_which(capsys):
-    from mbdask.screening import RECOMMENDED_CUTOFFS
+    from mbdask.planning.screening import RECOMMENDED_CUTOFFS
 
     picked = Screening.from_options({"target": 0.07})  # the loosest measured target within 0.07: 0.05
-    assert picked.distance_cutoffs == RECOMMENDED_CUTOFFS[0.05] and picked.target == {"kcal_per_monomer": 0.07, "measured_for": 0.05}
+    assert picked.distance_cutoffs == RECOMMENDED_CUTOFFS[0.05] and picked.target == {
+        "kcal_per_monomer": 0.07,
+        "measured_for": 0.05,
+    }
     assert main(["plan", str(EXAMPLES / "water6-prism.xyz"), "--max-nbody", "3", "--screening-target", "0.1"]) == 0
     captured = capsys.readouterr()
     cutoffs = ", ".join(f"{n}-body {r:g} A" for n, r in sorted(RECOMMENDED_CUTOFFS[0.1].items()))
@@ -445,10 +507,12 @@ def test_screened_sums_place_gradients_and_hessians_where_qcmanybody_pads_them()
     one to the full system first (11 GB for 150,000 gradients of 3,072 atoms): the same sums as QCManyBody's padding."""
     from qcmanybody.utils import delabeler
 
-    from mbdask.manybody import coefficients, weighted_sum
+    from mbdask.planning.manybody import coefficients, weighted_sum
 
     inp = xtb_input(WATER6, bsse=("vmfc",), max_nbody=3)  # vmfc: fragments with ghosts too
-    inp["specification"]["specification"]["gfn2"].update(program="pyscf", model={"method": "hf", "basis": "sto-3g"}, keywords={})
+    inp["specification"]["specification"]["gfn2"].update(
+        program="pyscf", model={"method": "hf", "basis": "sto-3g"}, keywords={}
+    )
     plan = make_plan(inp, check_installed=False, screening=CUTOFFS)
     core = plan.core
     rng = np.random.default_rng(11)

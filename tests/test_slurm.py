@@ -27,10 +27,14 @@ def test_slurm_recipe(tmp_path):
     out = tmp_path / "slurm.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--workdir", str(tmp_path / "work"), "--json", str(out)],
-        capture_output=True, text=True, timeout=1100,
+        capture_output=True,
+        text=True,
+        timeout=1100,
     )
     if proc.returncode == SKIP_CODE:
-        reason = next((line[len("SKIP: "):] for line in proc.stdout.splitlines() if line.startswith("SKIP: ")), "cannot run here")
+        reason = next(
+            (line[len("SKIP: ") :] for line in proc.stdout.splitlines() if line.startswith("SKIP: ")), "cannot run here"
+        )
         pytest.skip(reason)
     assert out.exists(), f"no report (exit code {proc.returncode}):\n{proc.stderr[-3000:]}"
     report = json.loads(out.read_text())

@@ -10,12 +10,12 @@ import textwrap
 
 import numpy as np
 import pytest
+from test_graph import sleep_input
 
 import mbdask
-from mbdask.execute import ExpansionContext
-from mbdask.report import calculations_phrase, summary_table
-from mbdask.store import FragmentStore, decode_output, encode_output
-from test_graph import sleep_input
+from mbdask.calculation.execute import ExpansionContext
+from mbdask.calculation.store import FragmentStore, decode_output, encode_output
+from mbdask.diagnostics.report import calculations_phrase, summary_table
 
 
 def _energy_gradient_input():
@@ -26,8 +26,15 @@ def test_round_trip_is_exact():
     rng = np.random.default_rng(1)
     output = {
         "label": '["m", [1, 2], [1, 2]]',
-        "values": {"energy": -76.123456789012345, "gradient": rng.normal(size=(6, 3)), "hessian": rng.normal(size=(18, 18))},
-        "start": 1.5, "stop": 2.25, "worker": "tcp://127.0.0.1:1", "ncores": 1,
+        "values": {
+            "energy": -76.123456789012345,
+            "gradient": rng.normal(size=(6, 3)),
+            "hessian": rng.normal(size=(18, 18)),
+        },
+        "start": 1.5,
+        "stop": 2.25,
+        "worker": "tcp://127.0.0.1:1",
+        "ncores": 1,
     }
     back = decode_output(encode_output(output))
     assert back["values"]["energy"] == output["values"]["energy"]
@@ -40,7 +47,13 @@ def test_round_trip_is_exact():
 def test_payloads_written_before_jsonext_still_read():
     """Stores written before arrays were QCElemental's ``jsonext`` (a list of floats and a shape) keep working."""
     gradient = np.arange(6.0).reshape(2, 3) / 7
-    old = json.dumps({"label": "l", "values": {"energy": -1.5, "gradient": {"shape": [2, 3], "data": gradient.ravel().tolist()}}, "start": 0.0})
+    old = json.dumps(
+        {
+            "label": "l",
+            "values": {"energy": -1.5, "gradient": {"shape": [2, 3], "data": gradient.ravel().tolist()}},
+            "start": 0.0,
+        }
+    )
     back = decode_output(old)
     assert back["values"]["energy"] == -1.5 and np.array_equal(back["values"]["gradient"], gradient)
 
@@ -72,12 +85,11 @@ def test_keys_are_the_canonical_json_hash_stores_were_written_with():
     of format, molecule, program and specification that existing stores hold."""
     import hashlib
 
-    from mbdask.execute import GEOMETRY_DECIMALS
-    from mbdask.store import STORE_FORMAT
-
     from conftest import DATA
 
-    from mbdask.xyz import ModelOptions, molecule_from_xyz
+    from mbdask.calculation.execute import GEOMETRY_DECIMALS
+    from mbdask.calculation.store import STORE_FORMAT
+    from mbdask.inputs.xyz import ModelOptions, molecule_from_xyz
 
     # ghost atoms (vmfc, cp) and a charged fragment (hydronium) too
     ions = ModelOptions(program="pyscf", method="hf", basis="sto-3g", bsse=("vmfc", "cp"), max_nbody=2)
@@ -88,8 +100,12 @@ def test_keys_are_the_canonical_json_hash_stores_were_written_with():
         assert any(job.basis != job.real for job in plan.jobs) == ghosts
         for job in plan.jobs:
             spec = plan.specifications[job.model]
-            content = {"format": STORE_FORMAT, "program": spec["program"], "specification": spec["specification"],
-                       "molecule": ctx.factory.identity(job.real, job.basis, GEOMETRY_DECIMALS)}
+            content = {
+                "format": STORE_FORMAT,
+                "program": spec["program"],
+                "specification": spec["specification"],
+                "molecule": ctx.factory.identity(job.real, job.basis, GEOMETRY_DECIMALS),
+            }
             text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
             assert ctx.store_key(job) == hashlib.sha256(text.encode()).hexdigest()
 
@@ -111,7 +127,10 @@ def test_rerun_with_store_computes_nothing_and_gives_the_same_result(inprocess_c
     assert summary_table(second) == "(all 41 fragment calculations loaded from the checkpoint store; nothing computed)"
     # workers are counted from the fragments' records (a worker gone by the end still ran its share)
     timing = first.extras["mbdask"]["timing"]
-    one_left = {**first.extras["mbdask"], "timing": {**timing, "fragments": timing["fragments"][:3], "workers": timing["workers"][:1], "from_store": 38}}
+    one_left = {
+        **first.extras["mbdask"],
+        "timing": {**timing, "fragments": timing["fragments"][:3], "workers": timing["workers"][:1], "from_store": 38},
+    }
     assert calculations_phrase(first.model_copy(update={"extras": {"mbdask": one_left}})) == (
         "3 fragment calculations on 1 worker (38 more loaded from the checkpoint store)"
     )
@@ -144,7 +163,7 @@ def test_two_processes_writing_one_store_at_once(tmp_path):
     writer = textwrap.dedent(
         f"""
         import sys
-        from mbdask.store import FragmentStore
+        from mbdask.calculation.store import FragmentStore
         store = FragmentStore({str(path)!r})
         tag = sys.argv[1]
         for i in range(300):

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import mbdask
 from browser import BOKEH_READY, LEGENDS_OVER_DATA, chromium, evaluate_page
 from conftest import DATA, needs_xtb, write_json
+
+import mbdask
 from mbdask.cli import main
 from mbdask.errors import BadInputError
-from mbdask.xyz import molecules_from_xyz, read_xyz, read_xyz_frames
+from mbdask.inputs.xyz import molecules_from_xyz, read_xyz, read_xyz_frames
 
 WATER3 = (DATA / "water3-uud.xyz").read_text().splitlines()
 
@@ -83,7 +83,9 @@ def test_a_frame_that_disagrees_with_itself_or_the_first_is_refused_with_its_lin
 
 def test_frames_are_numbered_as_wide_as_the_last_frame(tmp_path):
     """docs/structures.md's example asked for ``traj-01`` of a five-frame file, which is ``traj-1``."""
-    assert list(mbdask.read_structures([trajectory(tmp_path / "traj.xyz", frames=5)])) == [f"traj-{i}" for i in range(1, 6)]
+    assert list(mbdask.read_structures([trajectory(tmp_path / "traj.xyz", frames=5)])) == [
+        f"traj-{i}" for i in range(1, 6)
+    ]
     assert list(mbdask.read_structures([trajectory(tmp_path / "long.xyz", frames=10)]))[::9] == ["long-01", "long-10"]
 
 
@@ -104,17 +106,24 @@ def test_read_structures_names_files_frames_and_directories_in_order(tmp_path):
 
 @needs_xtb
 def test_compute_many_gives_each_structure_what_a_single_run_gives(tmp_path, process_client):
-    model = mbdask.xyz.ModelOptions(max_nbody=3)
-    structures = {m["name"]: model.input_for(m) for m in molecules_from_xyz(trajectory(tmp_path / "traj.xyz", frames=3))}
+    model = mbdask.inputs.xyz.ModelOptions(max_nbody=3)
+    structures = {
+        m["name"]: model.input_for(m) for m in molecules_from_xyz(trajectory(tmp_path / "traj.xyz", frames=3))
+    }
     results = mbdask.compute_many(structures, process_client)
     assert not results.errors and list(results) == ["traj-1", "traj-2", "traj-3"]
     for name, inp in structures.items():
         single = mbdask.compute(inp, process_client)
         assert abs(results[name].properties.return_energy - single.properties.return_energy) < 1e-10
-        assert abs(results[name].properties.nocp_corrected_total_energy - single.properties.nocp_corrected_total_energy) < 1e-10
+        assert (
+            abs(results[name].properties.nocp_corrected_total_energy - single.properties.nocp_corrected_total_energy)
+            < 1e-10
+        )
     rows = list(csv.DictReader(results.to_csv().splitlines()))
     assert [r["structure"] for r in rows] == list(structures) and all(r["status"] == "ok" for r in rows)
-    assert float(rows[1]["total_energy_Eh"]) == pytest.approx(results["traj-2"].properties.nocp_corrected_total_energy, abs=1e-12)
+    assert float(rows[1]["total_energy_Eh"]) == pytest.approx(
+        results["traj-2"].properties.nocp_corrected_total_energy, abs=1e-12
+    )
 
 
 def test_a_structure_that_fails_does_not_stop_the_others(inprocess_client):
@@ -136,7 +145,12 @@ def test_every_energy_column_of_the_table_names_its_unit(inprocess_client):
     results = mbdask.compute_many({"one": sleep_structure(), "two": sleep_structure()}, inprocess_client)
     columns = next(csv.reader(results.to_csv().splitlines()))
     energies = [c for c in columns if "energy" in c]
-    assert {"return_energy_Eh", "total_energy_Eh", "interaction_energy_kcal_mol", "nocp_corrected_interaction_energy_through_2_body_Eh"} <= set(energies)
+    assert {
+        "return_energy_Eh",
+        "total_energy_Eh",
+        "interaction_energy_kcal_mol",
+        "nocp_corrected_interaction_energy_through_2_body_Eh",
+    } <= set(energies)
     assert all(c.endswith(("_Eh", "_kcal_mol")) for c in energies), energies
     assert "energy [Eh]" in results.summary().splitlines()[0]
 
@@ -146,11 +160,15 @@ def test_wall_time_is_one_number_from_the_call_on_the_page_and_in_the_results(in
     and the cluster's start. It starts when start_many is called, and the page shows the results' number."""
     import time
 
-    import mbdask.structures
+    import mbdask.workflows.structures
 
     planned_at = []
-    make_plan = mbdask.structures.make_plan
-    monkeypatch.setattr(mbdask.structures, "make_plan", lambda *a, **k: planned_at.append(time.monotonic()) or make_plan(*a, **k))
+    make_plan = mbdask.workflows.structures.make_plan
+    monkeypatch.setattr(
+        mbdask.workflows.structures,
+        "make_plan",
+        lambda *a, **k: planned_at.append(time.monotonic()) or make_plan(*a, **k),
+    )
     many = mbdask.start_many({"one": sleep_structure()}, inprocess_client)
     try:
         assert many.started <= planned_at[0]
@@ -196,8 +214,10 @@ def test_the_same_calculation_in_two_structures_runs_once(inprocess_client):
 
 @needs_xtb
 def test_one_store_serves_every_structure_and_the_next_run(tmp_path, process_client):
-    model = mbdask.xyz.ModelOptions(max_nbody=2)
-    structures = {m["name"]: model.input_for(m) for m in molecules_from_xyz(trajectory(tmp_path / "traj.xyz", frames=2))}
+    model = mbdask.inputs.xyz.ModelOptions(max_nbody=2)
+    structures = {
+        m["name"]: model.input_for(m) for m in molecules_from_xyz(trajectory(tmp_path / "traj.xyz", frames=2))
+    }
     store = tmp_path / "run.sqlite"
     first = mbdask.compute_many(structures, process_client, store=store)
     assert mbdask.FragmentStore.open(store).count() == 2 * 6  # 3 monomers and 3 dimers per frame
@@ -215,7 +235,21 @@ def test_one_store_serves_every_structure_and_the_next_run(tmp_path, process_cli
 def test_cli_runs_a_trajectory_and_writes_each_result_the_table_and_the_report(tmp_path, capsys):
     traj = trajectory(tmp_path / "traj.xyz", frames=3)
     out, report = tmp_path / "out", tmp_path / "report.html"
-    code = main(["run", str(traj), "--max-nbody", "2", "--workers", "2", "--no-progress", "--output-dir", str(out), "--report", str(report)])
+    code = main(
+        [
+            "run",
+            str(traj),
+            "--max-nbody",
+            "2",
+            "--workers",
+            "2",
+            "--no-progress",
+            "--output-dir",
+            str(out),
+            "--report",
+            str(report),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr()
     assert "3 of 3 structures finished" in printed.out and "traj-1, traj-2, traj-3" in printed.err
@@ -228,9 +262,14 @@ def test_cli_runs_a_trajectory_and_writes_each_result_the_table_and_the_report(t
 
 
 def test_cli_several_structures_one_failing_exits_1_with_a_summary(tmp_path, capsys, inprocess_client):
-    good, bad = write_json(tmp_path / "good.json", sleep_structure()), write_json(tmp_path / "bad.json", sleep_structure(fail=["3"]))
+    good, bad = (
+        write_json(tmp_path / "good.json", sleep_structure()),
+        write_json(tmp_path / "bad.json", sleep_structure(fail=["3"])),
+    )
     address = inprocess_client.scheduler.address
-    code = main(["run", str(good), str(bad), "--scheduler", address, "--no-progress", "--output-dir", str(tmp_path / "out")])
+    code = main(
+        ["run", str(good), str(bad), "--scheduler", address, "--no-progress", "--output-dir", str(tmp_path / "out")]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "1 structure failed: bad:" in err and "told to fail on 3-body" in err

@@ -20,7 +20,7 @@ import pytest
 from conftest import EXAMPLES, needs_xtb, xtb_input
 
 import mbdask
-from mbdask.assemble import fast_label, parse_label
+from mbdask.results.assemble import fast_label, parse_label
 from mbdask.tables import Coded, Ragged, Rows
 
 
@@ -53,7 +53,12 @@ def _csv_writer_text(rows: Rows) -> str:
     writer = csv.writer(buffer)
     writer.writerow(rows.names)
     for row in rows:
-        writer.writerow(["" if row[n] is None else " ".join(map(str, row[n])) if n in ("fragments", "real", "basis") else row[n] for n in rows.names])
+        writer.writerow(
+            [
+                "" if row[n] is None else " ".join(map(str, row[n])) if n in ("fragments", "real", "basis") else row[n]
+                for n in rows.names
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -61,11 +66,26 @@ def _csv_writer_text(rows: Rows) -> str:
 def test_csv_of_columns_is_what_csv_writer_writes(tmp_path, model):
     rows = Rows(
         [
-            ({"real": Ragged.from_lists([[1], [2, 3], [], [10, 2, 64]]), "model": Coded.from_list([model, "x", model, None]),
-              "seconds": np.array([0.1, 1 / 3, 2.0, -1e-300]), "ncores": np.array([1, 2, 1, 4]), "predicted": [0.5, None, 1e20, None]},
-             {"nbody": 2}),
-            ({"real": np.array([[1, 2], [3, 4]]), "model": ["a", "b"], "seconds": np.array([5.0, 6.0]), "ncores": np.array([1, 1]),
-              "predicted": np.array([1.0, 2.0])}, {"nbody": 3}),
+            (
+                {
+                    "real": Ragged.from_lists([[1], [2, 3], [], [10, 2, 64]]),
+                    "model": Coded.from_list([model, "x", model, None]),
+                    "seconds": np.array([0.1, 1 / 3, 2.0, -1e-300]),
+                    "ncores": np.array([1, 2, 1, 4]),
+                    "predicted": [0.5, None, 1e20, None],
+                },
+                {"nbody": 2},
+            ),
+            (
+                {
+                    "real": np.array([[1, 2], [3, 4]]),
+                    "model": ["a", "b"],
+                    "seconds": np.array([5.0, 6.0]),
+                    "ncores": np.array([1, 1]),
+                    "predicted": np.array([1.0, 2.0]),
+                },
+                {"nbody": 3},
+            ),
         ],
         ["nbody", "model", "real", "seconds", "ncores", "predicted"],
     )
@@ -78,8 +98,14 @@ def test_csv_of_columns_is_what_csv_writer_writes(tmp_path, model):
 def test_labels_parse_as_qcmanybody_reads_them_and_are_written_as_its_labeler_writes_them():
     from qcmanybody.utils import delabeler, labeler
 
-    for model, real, basis in [("gfn2", [1], [1]), ("hf/6-31g*", [3, 12], [1, 3, 12]), ('odd"name', [2], [2]), ("back\\slash", [1], [1, 2]),
-                               ("ünï", [4], [4]), ("mc", [], [])]:
+    for model, real, basis in [
+        ("gfn2", [1], [1]),
+        ("hf/6-31g*", [3, 12], [1, 3, 12]),
+        ('odd"name', [2], [2]),
+        ("back\\slash", [1], [1, 2]),
+        ("ünï", [4], [4]),
+        ("mc", [], []),
+    ]:
         assert fast_label(model, tuple(real), tuple(basis)) == labeler(model, tuple(real), tuple(basis))
         assert parse_label(labeler(model, real, basis)) == (model, real, basis)
         got_model, got_real, got_basis = delabeler(labeler(model, real, basis))
@@ -88,17 +114,20 @@ def test_labels_parse_as_qcmanybody_reads_them_and_are_written_as_its_labeler_wr
 
 def test_labels_in_qcmanybodys_order_without_building_molecules():
     """The order the result node feeds ``analyze`` in (QCManyBody sums in that order) and each label's parts."""
-    from mbdask.assemble import qcmanybody_order
-
     from qcmanybody.v2 import ManyBodyComputer
 
-    from mbdask.inputs import load_input
+    from mbdask.inputs.load import load_input
+    from mbdask.results.assemble import qcmanybody_order
 
     inp = load_input(xtb_input("water6-prism.xyz", bsse=("nocp", "cp", "vmfc"), levels={1: "gfn1", 3: "gfn2"}))
-    core = ManyBodyComputer.from_manybodyinput(inp, build_tasks=False).qcmb_core  # xtb's missing ghosts do not matter here
+    core = ManyBodyComputer.from_manybodyinput(
+        inp, build_tasks=False
+    ).qcmb_core  # xtb's missing ghosts do not matter here
     labels, parts = qcmanybody_order(core)
     assert labels == list(dict.fromkeys(label for _, label, _ in core.iterate_molecules()))
-    assert [parse_label(label) for label in labels] == [(model, list(real), list(basis)) for model, real, basis in parts]
+    assert [parse_label(label) for label in labels] == [
+        (model, list(real), list(basis)) for model, real, basis in parts
+    ]
 
 
 @needs_xtb
@@ -116,22 +145,36 @@ def test_large_result_keeps_tables_and_saves_them_beside_the_json(process_client
     assert extras["increments"]["nocp"] == inline.extras["mbdask"]["increments"]["nocp"]
     assert large.cluster_properties == {}
     energies = {tuple(r["real"]): r["energy"] for r in extras["cluster_energies"]}
-    assert energies == {tuple(parse_label(label)[1]): props.return_energy for label, props in inline.cluster_properties.items()}
-    assert [f["real"] for f in extras["timing"]["fragments"]] == [f["real"] for f in large.extras["mbdask"]["timing"]["fragments"]]
+    assert energies == {
+        tuple(parse_label(label)[1]): props.return_energy for label, props in inline.cluster_properties.items()
+    }
+    assert [f["real"] for f in extras["timing"]["fragments"]] == [
+        f["real"] for f in large.extras["mbdask"]["timing"]["fragments"]
+    ]
 
     written = mbdask.save_result(large, tmp_path / "result.json")
     assert [p.name for p in written] == [
-        "result.increments.nocp.csv.gz", "result.timing.fragments.csv.gz", "result.cluster_energies.csv.gz", "result.json"
+        "result.increments.nocp.csv.gz",
+        "result.timing.fragments.csv.gz",
+        "result.cluster_energies.csv.gz",
+        "result.json",
     ]
     saved = json.loads((tmp_path / "result.json").read_text())["extras"]["mbdask"]
-    assert saved["increments"]["nocp"] == {"table": "result.increments.nocp.csv.gz", "rows": 41, "columns": ["nbody", "model", "fragments", "energy"]}
+    assert saved["increments"]["nocp"] == {
+        "table": "result.increments.nocp.csv.gz",
+        "rows": 41,
+        "columns": ["nbody", "model", "fragments", "energy"],
+    }
     back = mbdask.load_result(tmp_path / "result.json")
     assert back.extras["mbdask"]["increments"]["nocp"] == extras["increments"]["nocp"]
     assert back.extras["mbdask"]["timing"]["fragments"] == extras["timing"]["fragments"]
     assert back.extras["mbdask"]["cluster_energies"] == extras["cluster_energies"]
     assert "<html" in mbdask.report(back).lower()
     # pydantic still writes a large result whole (rows inline), as a small one is written
-    assert json.loads(large.model_dump_json())["extras"]["mbdask"]["increments"]["nocp"] == inline.extras["mbdask"]["increments"]["nocp"]
+    assert (
+        json.loads(large.model_dump_json())["extras"]["mbdask"]["increments"]["nocp"]
+        == inline.extras["mbdask"]["increments"]["nocp"]
+    )
 
 
 @needs_xtb
@@ -140,7 +183,11 @@ def test_cli_writes_the_tables_of_a_large_result_and_logs_progress_off_a_termina
     out = tmp_path / "r.json"
     proc = subprocess.run(
         [sys.executable, "-m", "mbdask", "run", str(EXAMPLES / "water6-gfn2.json"), "--workers", "1", "-o", str(out)],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "tables beside it: r.increments.nocp.csv.gz" in proc.stdout
@@ -156,8 +203,8 @@ def test_nuclear_repulsion_of_a_large_molecule_is_qcelementals_number(tmp_path):
     over atom pairs (11 s at 3,072 atoms): above 512 atoms the result's molecule answers with numpy."""
     from conftest import DATA
 
-    from mbdask.assemble import LargeMolecule, for_results, nuclear_repulsion_energy
-    from mbdask.xyz import ModelOptions, molecule_from_xyz
+    from mbdask.inputs.xyz import ModelOptions, molecule_from_xyz
+    from mbdask.results.assemble import LargeMolecule, for_results, nuclear_repulsion_energy
 
     def water_input(path):
         return mbdask.load_input(ModelOptions(max_nbody=2).input_for(molecule_from_xyz(path)))
@@ -171,6 +218,12 @@ def test_nuclear_repulsion_of_a_large_molecule_is_qcelementals_number(tmp_path):
     (tmp_path / "water200.xyz").write_text("\n".join(["600", lines[1], *lines[2:602]]) + "\n")
     large = water_input(tmp_path / "water200.xyz")
     made = for_results(large)
-    assert type(made.molecule) is LargeMolecule and made.molecule == large.molecule and type(large.molecule) is not LargeMolecule
-    assert made.molecule.nuclear_repulsion_energy() == pytest.approx(large.molecule.nuclear_repulsion_energy(), rel=1e-13)
+    assert (
+        type(made.molecule) is LargeMolecule
+        and made.molecule == large.molecule
+        and type(large.molecule) is not LargeMolecule
+    )
+    assert made.molecule.nuclear_repulsion_energy() == pytest.approx(
+        large.molecule.nuclear_repulsion_energy(), rel=1e-13
+    )
     assert made.molecule.nuclear_repulsion_energy(ifr=0) == large.molecule.nuclear_repulsion_energy(ifr=0)

@@ -12,22 +12,24 @@ benchmarks/bench_executors.py.
 from __future__ import annotations
 
 import dask
+import doubles
 import pytest
+from conftest import DATA, needs_xtb
 from distributed import Client, LocalCluster
 
-import doubles
 import mbdask
-from conftest import DATA, needs_xtb
-from mbdask.cluster import usable_cores
-from mbdask.execute import pinned_threads
-from mbdask.xyz import molecule_from_xyz
+from mbdask.calculation.execute import pinned_threads
+from mbdask.deploy.cluster import usable_cores
+from mbdask.inputs.xyz import molecule_from_xyz
 
 pytestmark = needs_xtb
 
 #: Threads the workers start with: every core, and never fewer than 4.
 STARTED_WITH = max(usable_cores(), 4)
 #: What a user's environment might export for every core (Dask's nanny would set them to 1).
-EVERY_CORE_ENVIRONMENT = {name: str(STARTED_WITH) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+EVERY_CORE_ENVIRONMENT = {
+    name: str(STARTED_WITH) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+}
 #: A library with an OpenMP and an OpenBLAS pool, loaded on the workers before the run, as a
 #: worker that has already run xtb has it: its pools are sized from the start-up environment.
 LIBRARIES = ("xtb.interface",)
@@ -50,10 +52,20 @@ def _threads_input() -> dict:
 def every_core_client():
     """Two single-thread worker processes declaring 2 cores each, started with every-core thread settings."""
     doubles.register_doubles()  # planning checks the program here too
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}), LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, resources={"cores": 2}, host="127.0.0.1",
-        dashboard_address=None, env=EVERY_CORE_ENVIRONMENT, preload=["doubles"],
-    ) as cluster, Client(cluster, set_as_default=False) as client:
+    with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": {}}),
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            resources={"cores": 2},
+            host="127.0.0.1",
+            dashboard_address=None,
+            env=EVERY_CORE_ENVIRONMENT,
+            preload=["doubles"],
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         yield client
 
 
@@ -86,9 +98,8 @@ def test_qc_call_sees_the_reserved_cores_in_its_thread_pools_and_environment(eve
 
 
 def test_pinned_threads_limits_blas_and_openmp_pools():
-    from threadpoolctl import threadpool_info
-
     import xtb.interface  # noqa: F401  (loads xtb's OpenMP and OpenBLAS)
+    from threadpoolctl import threadpool_info
 
     with pinned_threads(1):
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
@@ -97,7 +108,7 @@ def test_pinned_threads_limits_blas_and_openmp_pools():
 CONCURRENT_PINNING = """
 import json, os, threading
 from threadpoolctl import threadpool_info
-from mbdask.execute import pinned_threads
+from mbdask.calculation.execute import pinned_threads
 
 os.environ["OMP_NUM_THREADS"] = "7"
 first_in, second_in, first_done = threading.Event(), threading.Event(), threading.Event()
@@ -136,7 +147,9 @@ def test_concurrent_calculations_in_one_process_keep_their_pinning_until_the_las
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", CONCURRENT_PINNING], capture_output=True, text=True, check=True, timeout=120).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", CONCURRENT_PINNING], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
     seen = json.loads(out.strip().splitlines()[-1])
     assert seen["env"] == "1" and seen["blas"] == [1]
     assert seen["after"] == "7"  # the last one out restored what the first found

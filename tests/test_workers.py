@@ -12,15 +12,17 @@ from pathlib import Path
 
 import pytest
 from distributed import Client, LocalCluster
-
-import mbdask
 from doubles import register_doubles
 from test_graph import sleep_input
+
+import mbdask
 
 
 def _cluster(**options) -> LocalCluster:
     """A LocalCluster as a user makes it: worker processes, Dask's default configuration."""
-    return LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, **options)
+    return LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, **options
+    )
 
 
 def test_worker_without_mbdask_is_named_before_submission(tmp_path: Path):
@@ -36,7 +38,10 @@ def test_worker_without_mbdask_is_named_before_submission(tmp_path: Path):
     hide = tmp_path / "hide_mbdask.py"
     hide.write_text('import sys\n\nsys.modules["mbdask"] = None  # "import mbdask" now raises ModuleNotFoundError\n')
     with _cluster(preload=[str(hide)], silence_logs=50) as cluster, Client(cluster, set_as_default=False) as client:
-        with pytest.raises(mbdask.BadInputError, match=r"^worker tcp://127\.0\.0\.1:\d+ cannot import mbdask \(ModuleNotFoundError: .*mbdask") as info:
+        with pytest.raises(
+            mbdask.BadInputError,
+            match=r"^worker tcp://127\.0\.0\.1:\d+ cannot import mbdask \(ModuleNotFoundError: .*mbdask",
+        ) as info:
             mbdask.start(sleep_input("water3-uud.xyz"), client)
         assert "\n" not in str(info.value)
         assert "install mbdask" in str(info.value)
@@ -52,7 +57,9 @@ def test_malloc_trim_warning_comes_once_per_client_in_one_line():
                 mbdask.compute(sleep_input("water3-uud.xyz"), client)
     malloc = [w for w in caught if "MALLOC_TRIM_THRESHOLD_" in str(w.message)]
     assert len(malloc) == 1, [str(w.message) for w in malloc]
-    shown = warnings.formatwarning(malloc[0].message, malloc[0].category, malloc[0].filename, malloc[0].lineno, malloc[0].line)
+    shown = warnings.formatwarning(
+        malloc[0].message, malloc[0].category, malloc[0].filename, malloc[0].lineno, malloc[0].line
+    )
     assert len(shown.strip().splitlines()) == 1, shown  # what Python prints on stderr
     assert "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ to null" in shown
 
@@ -63,15 +70,20 @@ def test_your_own_local_cluster_the_documented_way_has_no_malloc_warning():
     spawned here (this test process runs threads), the case where Dask's nanny would set it; ``preload``
     gives them the test doubles, as any LocalCluster option passes through."""
     register_doubles()
-    with mbdask.local_cluster(n_workers=1, dashboard_address=None, preload=["doubles"]) as cluster, Client(cluster, set_as_default=False) as client:
+    with (
+        mbdask.local_cluster(n_workers=1, dashboard_address=None, preload=["doubles"]) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = mbdask.compute(sleep_input("water3-uud.xyz"), client)
-        from mbdask.workers import worker_setup
+        from mbdask.deploy.workers import worker_setup
 
         trims = {setup["malloc_trim"] for setup in client.run(worker_setup).values()}
         resources = [w["resources"] for w in client.scheduler_info()["workers"].values()]
     assert [str(w.message) for w in caught if "MALLOC_TRIM_THRESHOLD_" in str(w.message)] == []
     assert trims == {None}
-    assert resources and all({"cores", "memory"} <= set(r) for r in resources)  # what fragments reserve, as on mbdask's own
+    assert resources and all(
+        {"cores", "memory"} <= set(r) for r in resources
+    )  # what fragments reserve, as on mbdask's own
     assert result.extras["mbdask"]["nfragment_calculations"] == 7

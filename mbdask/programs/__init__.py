@@ -1,18 +1,23 @@
-"""QCEngine harnesses that mbdask ships, registered with QCEngine by :func:`register_programs`.
+"""QC programs: what each can run (checked while planning), and the QCEngine harnesses mbdask ships.
 
+A stage of its own, below planning: the plan refuses a model chemistry a program cannot
+run (unknown method or basis, ghost atoms for a program without them) before anything is
+submitted, and the cost model counts basis functions with PySCF's basis library
+(``basis``). The harnesses (``pyscf``) are registered with QCEngine by :func:`register_programs`.
 Registration is idempotent. mbdask's planning registers them, and so does every worker
-before its first fragment (``mbdask.execute.warm_up``), so ``"program": "pyscf"`` works in
+before its first fragment (``mbdask.calculation.execute.warm_up``), so ``"program": "pyscf"`` works in
 any mbdask run; a plain ``qcengine.compute`` or QCManyBody run calls
 ``mbdask.register_programs()`` first (``import mbdask`` no longer does: it imports nothing heavy).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import qcengine
 
-from .pyscf import PySCFHarness, check_specification as check_pyscf
+from mbdask.programs.pyscf import PySCFHarness
+from mbdask.programs.pyscf import check_specification as check_pyscf
 
 SHIPPED_HARNESSES = (PySCFHarness,)
 
@@ -22,7 +27,18 @@ PROGRAM_DRIVERS = {"xtb": ("energy", "gradient")}
 #: Methods QCEngine's xtb harness runs: it hands ``model.method`` to xtb-python's
 #: ``xtb.utils.get_method`` (case-insensitive), whose table (xtb-python 22.1) is this one;
 #: any other name fails on every worker. Checked against the installed xtb in the tests.
-XTB_METHODS = ("gfn2-xtb", "gfn2xtb", "gfn1-xtb", "gfn1xtb", "ipea-xtb", "ipeaxtb", "gfn0-xtb", "gfn0xtb", "gfn-ff", "gfnff")
+XTB_METHODS = (
+    "gfn2-xtb",
+    "gfn2xtb",
+    "gfn1-xtb",
+    "gfn1xtb",
+    "ipea-xtb",
+    "ipeaxtb",
+    "gfn0-xtb",
+    "gfn0xtb",
+    "gfn-ff",
+    "gfnff",
+)
 
 
 #: Keywords mbdask adds to each fragment's input where the user did not set them (the store
@@ -56,7 +72,9 @@ def check_specification(program: str, specification: dict, symbols: list[str]) -
     if program == "pyscf":
         model = specification["model"]
         try:
-            check_pyscf(model.get("method", ""), model.get("basis"), driver, specification.get("keywords") or {}, symbols)
+            check_pyscf(
+                model.get("method", ""), model.get("basis"), driver, specification.get("keywords") or {}, symbols
+            )
         except Exception as exc:
             raise ValueError(str(exc).removeprefix("pyscf: ")) from None
 
@@ -69,13 +87,17 @@ def _check_xtb(model: dict) -> None:
     """
     method = model.get("method") or ""
     if method.lower() not in XTB_METHODS:
-        raise ValueError(f"xtb has no method {method!r} (xtb methods: {', '.join(m for m in XTB_METHODS if '-' in m)}; case does not matter)")
+        raise ValueError(
+            f"xtb has no method {method!r} (xtb methods: {', '.join(m for m in XTB_METHODS if '-' in m)}; case does not matter)"
+        )
     if model.get("basis"):
-        raise ValueError(f"xtb takes no basis set (its GFN methods come with their own), got basis {model['basis']!r}; leave it out")
+        raise ValueError(
+            f"xtb takes no basis set (its GFN methods come with their own), got basis {model['basis']!r}; leave it out"
+        )
 
 
 #: Modules a worker imports for a program's first fragment: forked workers get them from the
-#: process they were forked from (:func:`mbdask.cluster.start_local_cluster`).
+#: process they were forked from (:func:`mbdask.deploy.cluster.start_local_cluster`).
 PROGRAM_MODULES = {
     "xtb": ("xtb.interface", "xtb.qcschema.harness"),
     "pyscf": ("pyscf.gto", "pyscf.scf", "pyscf.dft"),
@@ -97,4 +119,12 @@ def register_programs() -> None:
             qcengine.register_program(harness())
 
 
-__all__ = ["PROGRAM_DRIVERS", "PROGRAM_MODULES", "program_modules", "XTB_METHODS", "PySCFHarness", "check_specification", "register_programs"]
+__all__ = [
+    "PROGRAM_DRIVERS",
+    "PROGRAM_MODULES",
+    "program_modules",
+    "XTB_METHODS",
+    "PySCFHarness",
+    "check_specification",
+    "register_programs",
+]

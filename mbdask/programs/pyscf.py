@@ -20,12 +20,13 @@ its ``max_memory``.
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar, Dict, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import numpy as np
+from qcelemental.util import which_import
 from qcengine.exceptions import ConvergenceError, InputError
 from qcengine.programs.model import ProgramHarness
-from qcelemental.util import which_import
 
 _HF = {"hf", "scf"}
 _MP2 = {"mp2", "df-mp2", "ri-mp2"}
@@ -33,12 +34,25 @@ _CC = {"ccsd", "ccsd(t)"}
 _GRADIENTS = "hf, DFT and mp2"
 _HESSIANS = "hf and DFT"
 _KNOWN_KEYWORDS = {
-    "reference", "conv_tol", "conv_tol_grad", "max_cycle", "level_shift", "diis_space", "density_fit",
-    "auxbasis", "grids_level", "nlc_grids_level", "frozen_core", "gpu", "verbose",
+    "reference",
+    "conv_tol",
+    "conv_tol_grad",
+    "max_cycle",
+    "level_shift",
+    "diis_space",
+    "density_fit",
+    "auxbasis",
+    "grids_level",
+    "nlc_grids_level",
+    "frozen_core",
+    "gpu",
+    "verbose",
 }
 
 
-def check_specification(method: str, basis: Optional[str], driver: str, keywords: dict, symbols: Iterable[str] = ()) -> None:
+def check_specification(
+    method: str, basis: str | None, driver: str, keywords: dict, symbols: Iterable[str] = ()
+) -> None:
     """Refuse what this harness cannot run, with one line; used by the harness and by ``mbdask plan``."""
     method = method.lower()
     unknown = set(keywords) - _KNOWN_KEYWORDS
@@ -55,7 +69,7 @@ def check_specification(method: str, basis: Optional[str], driver: str, keywords
         raise InputError(f"pyscf: hessian is not supported for {method} (supported for {_HESSIANS})")
     if driver not in ("energy", "gradient", "hessian"):
         raise InputError(f"pyscf: driver '{driver}' is not supported")
-    from ..cost import basis_functions
+    from mbdask.programs.basis import basis_functions
 
     for symbol in sorted(set(symbols)):
         if basis_functions(symbol.capitalize(), basis) is None:
@@ -103,7 +117,7 @@ def _reference(method: str, mol, keywords: dict) -> str:
     return ref
 
 
-def _mean_field(method: str, mol, keywords: dict, memory_mb: Optional[float]):
+def _mean_field(method: str, mol, keywords: dict, memory_mb: float | None):
     from pyscf import dft, scf
 
     ref = _reference(method, mol, keywords)
@@ -151,7 +165,7 @@ def _as_numpy(x):
 class PySCFHarness(ProgramHarness):
     """PySCF through QCEngine: HF, DFT, MP2, CCSD, CCSD(T) with ghost atoms."""
 
-    _defaults: ClassVar[Dict[str, Any]] = {
+    _defaults: ClassVar[dict[str, Any]] = {
         "name": "pyscf",
         "scratch": True,
         "thread_safe": False,
@@ -159,11 +173,13 @@ class PySCFHarness(ProgramHarness):
         "node_parallel": False,
         "managed_memory": True,
     }
-    version_cache: ClassVar[Dict[str, str]] = {}
+    version_cache: ClassVar[dict[str, str]] = {}
 
     @staticmethod
     def found(raise_error: bool = False) -> bool:
-        return which_import("pyscf", return_bool=True, raise_error=raise_error, raise_msg="Please install via `pip install pyscf`.")
+        return which_import(
+            "pyscf", return_bool=True, raise_error=raise_error, raise_msg="Please install via `pip install pyscf`."
+        )
 
     def get_version(self) -> str:
         self.found(raise_error=True)
@@ -213,11 +229,13 @@ class PySCFHarness(ProgramHarness):
             extras={},
         )
 
-    def _run(self, method: str, driver: str, mol, keywords: dict, memory_mb: Optional[float]):
+    def _run(self, method: str, driver: str, mol, keywords: dict, memory_mb: float | None):
         mf = _mean_field(method, mol, keywords, memory_mb)
         e_scf = mf.kernel()
         if not mf.converged:
-            raise ConvergenceError(f"pyscf: SCF did not converge in {mf.max_cycle} cycles (last energy {float(e_scf):.10f})")
+            raise ConvergenceError(
+                f"pyscf: SCF did not converge in {mf.max_cycle} cycles (last energy {float(e_scf):.10f})"
+            )
         props: dict[str, Any] = {"scf_total_energy": float(e_scf), "calcinfo_nmo": int(np.shape(mf.mo_coeff)[-1])}
         if getattr(mf, "cycles", None) is not None:
             props["scf_iterations"] = int(mf.cycles)

@@ -1,0 +1,7 @@
+"""What users call: one expansion, many structures, a geometry optimisation.
+
+``expansion`` (``plan``, ``start``, ``submit``, ``compute``), ``structures`` (many
+structures sharing one cluster and store), ``optimize`` (geomeTRIC on MBE gradients) and
+``options`` (the run options they share). Imports every other stage; only ``mbdask.cli``
+sits above.
+"""
