@@ -1,5 +1,5 @@
 """Scheduling quality: makespan against its lower bound, with a program that sleeps for each
-fragment's predicted cost (benchmarks/sleep_program.py, not chemistry).
+fragment's predicted cost (``predicted-sleep`` of tests/doubles.py, not chemistry).
 
 Case: (H2O)16 3-body cp (712 calculations, all in the 48-atom cluster basis) on 16
 single-thread worker processes. Lower bound = max(total work / workers, longest task),
@@ -24,11 +24,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the test doubles (tests/doubles.py)
 
 import dask  # noqa: E402
 from clusters import water_cluster  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
-from sleep_program import register  # noqa: E402
+from doubles import register_doubles as register  # noqa: E402
 
 import mbdask  # noqa: E402
 from mbdask.calculation.execute import ExpansionContext, run_fragment  # noqa: E402
@@ -57,9 +58,7 @@ def sleep_input(nwaters: int, max_nbody: int, bsse: str, unit: float, basis: str
 
 def _cluster(workers: int, threads: int) -> LocalCluster:
     """mbdask's own LocalCluster configuration (start_local_cluster), the sleep program preloaded."""
-    return start_local_cluster(
-        ClusterSize.from_machine(workers, threads), dashboard_address=None, preload=["sleep_program"]
-    )
+    return start_local_cluster(ClusterSize.from_machine(workers, threads), dashboard_address=None, preload=["doubles"])
 
 
 def _bound(durations: list[float], workers: int) -> float:

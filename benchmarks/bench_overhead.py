@@ -78,7 +78,8 @@ if __name__ == "__main__":
 THROUGHPUT = """
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from sleep_program import register
+sys.path.insert(0, sys.argv[1] + "/../tests")
+from doubles import register_doubles as register
 from bench_makespan import sleep_input
 import mbdask
 if __name__ == "__main__":

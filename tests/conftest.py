@@ -13,7 +13,7 @@ from doubles import register_doubles
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-DATA = ROOT / "benchmarks" / "data"
+DATA = ROOT / "tests" / "data"  # the fixtures tests read (copies of benchmarks/data files)
 
 HAVE_XTB = True
 try:
@@ -56,7 +56,7 @@ def process_client():
 
 
 def xtb_input(xyz: str, *, driver: str = "energy", bsse=("nocp",), levels=None, max_nbody: int = 3) -> dict:
-    """A ManyBodyInput dict for a water cluster from benchmarks/data with GFN2-xTB (and GFN1)."""
+    """A ManyBodyInput dict for a water cluster from tests/data with GFN2-xTB (and GFN1)."""
     from mbdask.inputs.xyz import molecule_from_xyz
 
     specs = {

@@ -1,4 +1,8 @@
-"""Test doubles: QCEngine programs that are NOT chemistry, for testing the scheduler only.
+"""Test doubles: QCEngine programs that are NOT chemistry, for testing and benchmarking the scheduler only.
+
+The one place for them: tests import this module (tests/ is on pytest's path), benchmarks put
+tests/ on ``sys.path`` first. Every double returns made-up numbers (or numbers replayed from
+QCManyBody's stored data): none ever stands in for chemistry in a result anyone reads.
 
 * ``replay``: returns QCManyBody's stored component data (``qcmanybody/tests/component_data``)
   for the fragment it is asked about, so graph and assembly can be checked against
@@ -13,11 +17,18 @@
 * ``threads``: returns a made-up energy and, in its result's extras, the thread settings
   it saw inside the call (:func:`thread_settings`: BLAS/OpenMP pools and the thread
   environment variables); used to test that mbdask pins threads to the reserved cores.
+* ``predicted-sleep`` (benchmarks/bench_makespan.py, bench_overhead.py): sleeps
+  ``keywords["unit"] * nbf ** 3`` seconds, ``nbf`` the basis functions of every atom of the
+  fragment, ghosts included (PySCF's basis library, as mbdask's cost model counts them),
+  divided by the cores it was given when ``keywords["ideal_scaling"]`` is set; returns a
+  made-up energy. It measures scheduling quality (makespan against its lower bound) without
+  QC noise.
 
-Both read the fragment's indices from the molecule name that QCManyBody's fragment
-builder writes (``"<parent> ([real0...],[ghost0...])"``). They are registered in the test
-process; worker processes get them with Dask's preload (``preload=["doubles"]``, which
-calls :func:`dask_setup`).
+``replay``, ``sleep`` and ``threads`` read the fragment's indices from the molecule name that
+QCManyBody's fragment builder writes (``"<parent> ([real0...],[ghost0...])"``). They are
+registered with QCEngine's public :func:`qcengine.register_program` by :func:`register_doubles`
+in the test process; worker processes get them with Dask's preload (``preload=["doubles"]``,
+which calls :func:`dask_setup`).
 """
 
 from __future__ import annotations
@@ -34,7 +45,6 @@ from typing import Any, ClassVar
 import numpy as np
 import qcengine
 from qcelemental.models.v2 import AtomicResult
-from qcengine.programs.base import programs
 from qcengine.programs.model import ProgramHarness
 from qcmanybody.utils import labeler
 
@@ -77,7 +87,7 @@ def _result(input_data, values: dict[str, Any], creator: str, extras: dict[str, 
 
 
 class DoubleHarness(ProgramHarness):
-    """Common settings of the test doubles: always found, thread safe, no scratch."""
+    """Common settings of the test doubles (never chemistry): always found, thread safe, no scratch."""
 
     _defaults: ClassVar[dict[str, Any]] = {
         "name": "double",
@@ -94,7 +104,11 @@ class DoubleHarness(ProgramHarness):
 
 
 class ReplayHarness(DoubleHarness):
-    """Replays stored QCManyBody component data (test double, not chemistry)."""
+    """``replay``: QCManyBody's stored component data for the fragment asked about.
+
+    A test double, not chemistry: it computes nothing, and its numbers are only ever compared
+    with QCManyBody's expected values for the same stored data.
+    """
 
     _defaults: ClassVar[dict[str, Any]] = {**DoubleHarness._defaults, "name": "replay"}
 
@@ -108,7 +122,11 @@ class ReplayHarness(DoubleHarness):
 
 
 class SleepHarness(DoubleHarness):
-    """Sleeps for a given time per n-body order (test double, not chemistry)."""
+    """``sleep``: sleeps for a given time per n-body order and returns a made-up energy.
+
+    A test double, not chemistry: its energies (``-n - 0.01 * sum(indices) ** 2``) and zero
+    gradients exist to check ordering, streaming, stores and failures, never a physical result.
+    """
 
     _defaults: ClassVar[dict[str, Any]] = {**DoubleHarness._defaults, "name": "sleep"}
 
@@ -168,7 +186,9 @@ def thread_settings(load: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 class ThreadsHarness(DoubleHarness):
-    """Reports the thread settings it sees inside the call (test double, not chemistry).
+    """``threads``: reports the thread settings it sees inside the call, with a made-up energy.
+
+    A test double, not chemistry: the energy is ``-n`` for an n-body fragment.
 
     The settings go to the result's extras (``extras["threads"]``, with QCEngine's
     ``ncores``), which come back with the input's ``protocols: {cluster_results: all}``.
@@ -182,9 +202,37 @@ class ThreadsHarness(DoubleHarness):
         return _result(input_data, {"energy": -1.0 * len(real)}, "threads", {"threads": seen})
 
 
+class PredictedSleepHarness(DoubleHarness):
+    """``predicted-sleep``: sleeps for the fragment's predicted cost and returns a made-up energy.
+
+    A benchmark double, not chemistry: the energy is ``-0.1`` per real atom; what it measures is
+    how well the scheduler packs the sleeps (makespan against its lower bound).
+    """
+
+    _defaults: ClassVar[dict[str, Any]] = {**DoubleHarness._defaults, "name": "predicted-sleep"}
+
+    def compute(self, input_data, config):
+        from mbdask.programs.basis import basis_functions
+
+        spec = input_data.specification
+        nbf = sum(basis_functions(s, spec.model.basis) for s in input_data.molecule.symbols)
+        seconds = float(spec.keywords.get("unit", 1e-7)) * nbf**3
+        if spec.keywords.get("ideal_scaling"):  # pretend the program scales perfectly with cores
+            seconds /= max(1, int(config.ncores))
+        time.sleep(seconds)
+        nreal = sum(input_data.molecule.real)
+        return _result(input_data, {"energy": -0.1 * nreal}, "predicted-sleep", {"slept": seconds})
+
+
+#: Every double, as registered with QCEngine.
+DOUBLES = (ReplayHarness, SleepHarness, ThreadsHarness, PredictedSleepHarness)
+
+
 def register_doubles() -> None:
-    for harness in (ReplayHarness, SleepHarness, ThreadsHarness):
-        if harness._defaults["name"] not in programs:
+    """Register every double with QCEngine (:func:`qcengine.register_program`); those already there are kept."""
+    registered = qcengine.list_all_programs()
+    for harness in DOUBLES:
+        if harness._defaults["name"] not in registered:
             qcengine.register_program(harness())
 
 

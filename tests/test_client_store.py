@@ -16,7 +16,7 @@ import cloudpickle
 import pytest
 from conftest import EXAMPLES, needs_xtb, xtb_input
 from distributed import Client, get_task_stream
-from test_graph import sleep_input
+from helpers import sleep_input
 
 import mbdask
 from mbdask.calculation.store import FragmentStore, StoreWriter

@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import DATA, EXAMPLES, ROOT
-from test_structures import trajectory
+from helpers import trajectory
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<ticks>`{3,})(?P<language>[\w-]*)\s*$")
@@ -118,7 +118,7 @@ PLACEHOLDER_FILES = {
     "cluster.json": "GFN2-xTB water hexamer through 4-body (screening's examples cut at 4-body)",
     "input.json": "examples/water6-gfn2.json",
     "cluster.xyz": "the water trimer (examples/water3-uud.xyz)",
-    "big.xyz": "the water hexamer (benchmarks/data/water6-prism.xyz)",
+    "big.xyz": "the water hexamer (tests/data/water6-prism.xyz)",
     "traj.xyz": "five frames of the water trimer, slightly displaced",
     "a.json, b.yaml, c.xyz": "the water trimer through 2-body, as JSON, YAML and XYZ",
     "inputs/, isomers/": "folders of two water trimers each",

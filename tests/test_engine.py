@@ -57,7 +57,7 @@ def test_task_config_is_built_once_per_cores_and_memory(monkeypatch):
 def test_machine_information_without_py_cpuinfo():
     """QCEngine's provenance gets the CPU name, and py-cpuinfo (1.1 s a process) never runs."""
     if cpu_name() is None:
-        return  # not Linux: QCEngine's own path runs, nothing to check
+        pytest.skip("no /proc/cpuinfo model name (not Linux): QCEngine's own path runs, nothing to check")
     code = (
         "import cpuinfo\n"
         "def refuse(): raise SystemExit('py-cpuinfo was called')\n"
@@ -195,16 +195,25 @@ def test_failures_without_provenance_are_qcengines():
     )
 
 
-def test_program_runner_looks_the_harness_up_once(canned, monkeypatch):
-    calls = []
-    real = qcengine.get_program
-    monkeypatch.setattr(qcengine, "get_program", lambda name: calls.append(name) or real(name))
+def test_program_runner_keeps_the_harness_it_first_found(canned):
+    """A runner looks a program's harness up once and keeps it: a harness registered under that name
+    afterwards is what a new runner (a new task) runs, not what this one runs."""
     runner = ProgramRunner(1)
-    for _ in range(3):
+    for _ in range(2):
         assert "canned: no result" in runner(_input("x"), "canned").error.error_message
-    assert calls == ["canned"]
+    qcengine.unregister_program("canned")
+    qcengine.register_program(RenamedHarness())
+    assert "canned: no result" in runner(_input("x"), "canned").error.error_message  # the harness it found
+    assert "renamed: replaced" in ProgramRunner(1)(_input("x"), "canned").error.error_message
     missing = runner(_input("x"), "no-such-program")  # as qcengine.compute: a FailedOperation, not an exception
     assert not missing.success and "no-such-program" in missing.error.error_message
+
+
+class RenamedHarness(CannedHarness):
+    """Registered as ``canned`` in place of :class:`CannedHarness` (a test double, not chemistry): always fails."""
+
+    def compute(self, input_data, config):
+        raise RuntimeError("renamed: replaced the canned harness")
 
 
 @pytest.mark.parametrize("pinned", [True, False])

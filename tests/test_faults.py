@@ -17,7 +17,7 @@ import pytest
 from conftest import write_json
 from distributed import Client, LocalCluster
 from doubles import register_doubles
-from test_graph import sleep_input
+from helpers import sleep_input
 
 import mbdask
 from mbdask.calculation.store import FragmentStore

@@ -10,9 +10,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, needs_xtb
+
+TESTS = Path(__file__).resolve().parent
 
 SCRIPT = """
 import json, os, sys, threading, time
@@ -27,20 +30,19 @@ if __name__ == "__main__":
     # a forked worker runs this very command line; a spawned one, multiprocessing's spawn entry point
     forked = sorted(set(conn.client.run(lambda: psutil.Process().cmdline() == psutil.Process(os.getppid()).cmdline()).values()))
     method = getattr(conn.cluster, "worker_start_method", "spawn")
-    # lost forked workers never come back: say so whether the cluster or only its client is at hand (the CLI's case)
-    from mbdask import api
-    from mbdask.deploy.cluster import Connection
-    gone_for_good = [api._forked_here(conn), api._forked_here(Connection(conn.client))]
-    checked = []  # workers asked what they can run: not those forked from here, which have what the plan checked here
-    ask_workers = api.check_workers
-    api.check_workers = lambda *args: checked.append(1) or ask_workers(*args)
     energy = mbdask.compute(plan, conn.client).properties.return_energy
     conn.close()
-    time.sleep(0.2)
-    left = [p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
-    zombies = [p.pid for p in psutil.Process().children(recursive=True) if p.status() == psutil.STATUS_ZOMBIE]
-    print(json.dumps({"method": method, "forked": forked, "gone_for_good": gone_for_good, "energy": energy, "left": left, "zombies": zombies,
-                      "workers_checked": len(checked)}))
+    # closed and reaped: looked at until a deadline, not after a guessed pause (spawned: looked at once,
+    # multiprocessing's resource tracker may stay)
+    deadline = time.monotonic() + (30 if method == "fork" else 0)
+    while True:
+        children = psutil.Process().children(recursive=True)
+        left = [p.pid for p in children if p.status() != psutil.STATUS_ZOMBIE]
+        zombies = [p.pid for p in children if p.status() == psutil.STATUS_ZOMBIE]
+        if not children or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    print(json.dumps({"method": method, "forked": forked, "energy": energy, "left": left, "zombies": zombies}))
 """
 
 
@@ -69,14 +71,88 @@ def _run(tmp_path, mode: str, workers: str = "auto") -> dict:
 def test_single_threaded_process_forks_its_workers_and_gets_the_spawned_numbers(tmp_path):
     forked = _run(tmp_path, "plain")
     assert forked["method"] == "fork" and forked["forked"] == [True]
-    assert forked["gone_for_good"] == [True, True]
-    assert forked["workers_checked"] == 0
     assert forked["left"] == [] and forked["zombies"] == []  # closed and reaped
     spawned = _run(tmp_path, "plain", workers="spawn")
     assert spawned["method"] == "spawn" and spawned["forked"] == [False]  # Dask's nannies spawned them
-    assert spawned["gone_for_good"] == [False, False]  # nannies restart their workers
-    assert spawned["workers_checked"] == 1  # another interpreter: asked what it can run
     assert forked["energy"] == spawned["energy"]
+
+
+DOUBLES_SCRIPT = """
+import json, sys, time
+import psutil
+from distributed.client import FutureCancelledError
+sys.path.insert(0, sys.argv[1])
+from doubles import register_doubles
+from helpers import sleep_input
+import mbdask
+from mbdask.deploy.cluster import connect
+from mbdask.errors import BadInputError, NoWorkersError
+if __name__ == "__main__":
+    register_doubles()  # in this process only: no worker preloads the doubles
+    gate = sys.argv[2]
+    conn = connect(n_workers=2)
+    out = {"method": getattr(conn.cluster, "worker_start_method", "spawn")}
+    try:  # the client is all mbdask is given (the command line's case): the cluster behind it decides
+        out["energy"] = mbdask.compute(sleep_input("water3-uud.xyz"), conn.client).properties.return_energy
+    except BadInputError as exc:
+        out["refused"] = str(exc)
+    if out["method"] == "fork":
+        inp = sleep_input("water3-uud.xyz")
+        inp["specification"]["specification"]["sleepy"]["keywords"]["gate"] = {"3": gate}  # the trimer never ends
+        sub = mbdask.start(inp, conn.client, batch=False)
+        deadline = time.monotonic() + 60
+        while not any(conn.client.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        context = sub.graph.context_ref
+        out["context"] = type(context).__name__
+        out["context_on_every_worker"] = set(conn.client.who_has(context)[context.key]) == set(
+            conn.client.scheduler_info()["workers"]
+        )
+        for pid in conn.client.run(lambda: __import__("os").getpid()).values():
+            psutil.Process(pid).kill()  # the workers are lost (killed by the system, say)
+        try:
+            sub.result()
+        except (NoWorkersError, FutureCancelledError) as exc:
+            out["lost"] = f"{type(exc).__name__}: {exc}"
+    conn.close()
+    print(json.dumps(out))
+"""
+
+
+def _run_doubles(tmp_path, workers: str) -> dict:
+    script = tmp_path / "doubles_forked.py"
+    script.write_text(DOUBLES_SCRIPT)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env["DASK_MBDASK__LOCAL_CLUSTER__WORKERS"] = workers
+    proc = subprocess.run(
+        [sys.executable, str(script), str(TESTS), str(tmp_path / "never-opened")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_forked_workers_run_what_this_process_registered_and_are_not_waited_for_once_lost(tmp_path):
+    """Workers forked from this process have its programs (here the ``sleep`` test double, registered only
+    in this process): the run needs no preload and gets its energy. The expansion's context is scattered to
+    every one of them. Lost, they never come back (no nanny): the run stops (the scattered context is
+    lost with them, which cancels it) instead of waiting for workers to join, though mbdask was given
+    only the client; the subprocess' timeout, far below the default worker timeout, would catch a wait."""
+    result = _run_doubles(tmp_path, "auto")
+    assert result["method"] == "fork" and "refused" not in result and "energy" in result
+    assert result["context"] == "Future" and result["context_on_every_worker"]
+    assert result["lost"].startswith(("NoWorkersError: no worker was left for 0 s", "FutureCancelledError")), result
+
+
+def test_spawned_workers_without_this_processes_programs_are_refused_before_submission(tmp_path):
+    """Workers Dask spawned are another interpreter: mbdask asks them what they can run and refuses the run
+    before submitting it when they lack the program (registered only in this process)."""
+    result = _run_doubles(tmp_path, "spawn")
+    assert result["method"] == "spawn" and "energy" not in result
+    assert "cannot run sleep (not installed in its environment)" in result["refused"]
 
 
 @needs_xtb

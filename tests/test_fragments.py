@@ -9,9 +9,9 @@ import numpy as np
 import pydantic
 import pytest
 from conftest import xtb_input
+from helpers import replay_input
 from qcelemental.exceptions import ValidationError
 from qcelemental.models.v2 import AtomicInput, DriverEnum, Molecule
-from test_parity_component_data import replay_input
 
 import mbdask
 from mbdask.calculation.fragments import FragmentFactory, deepcopy_plain

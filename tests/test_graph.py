@@ -5,27 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from test_parity_component_data import replay_input
+from helpers import replay_input, sleep_input
 
 import mbdask
 from mbdask.graph.build import FragmentResources, build_graph, fragment_key, graph_size
-
-
-def sleep_input(nfrag_xyz: str = "water6-prism.xyz", seconds=None, bsse=("nocp",), driver="energy") -> dict:
-    from conftest import DATA
-
-    from mbdask.inputs.xyz import molecule_from_xyz
-
-    return {
-        "specification": {
-            "driver": driver,
-            "keywords": {"bsse_type": list(bsse), "levels": {3: "sleepy"}},
-            "specification": {
-                "sleepy": {"program": "sleep", "model": {"method": "sleep"}, "keywords": {"seconds": seconds or {}}},
-            },
-        },
-        "molecule": molecule_from_xyz(DATA / nfrag_xyz),
-    }
 
 
 @pytest.mark.parametrize("bsse", ["nocp", "cp", "vmfc"])
@@ -222,29 +205,20 @@ def test_batched_run_gives_the_same_result(inprocess_client):
     assert batched.extras["mbdask"]["levels"] == single.extras["mbdask"]["levels"]
 
 
-def test_no_fragment_task_depends_on_one_workers_context(inprocess_client, monkeypatch):
+def test_no_fragment_task_depends_on_one_workers_context(inprocess_client):
     """The context every fragment task takes is never data on one worker, which draws the short
-    fragment tasks to it once Dask has learned their durations. On workers mbdask forked it is
-    scattered to all of them; elsewhere the scheduler keeps it and each worker fetches it once,
-    so that it survives every worker leaving (a batch system's jobs; test_scheduler_waits.py),
-    which scattered data does not. It is withdrawn from the scheduler when the run ends."""
-    from distributed import Future, Variable
+    fragment tasks to it once Dask has learned their durations. Here (workers mbdask did not fork)
+    the scheduler keeps it and each worker fetches it once, so that it survives every worker
+    leaving (a batch system's jobs; test_scheduler_waits.py), which scattered data does not. It is
+    withdrawn from the scheduler when the run ends. (On workers mbdask forked it is scattered to all
+    of them: test_forked_workers.py.)"""
+    from distributed import Variable
 
-    from mbdask import api
     from mbdask.calculation.execute import SharedContext
 
     sub = mbdask.start(sleep_input(), inprocess_client)
-    first = sub.result()
+    assert sub.result().properties.return_energy is not None
     assert not any("context" in str(key) for key in dict(sub.graph.graph))
     assert isinstance(sub.graph.context_ref, SharedContext)
     with pytest.raises(TimeoutError):  # withdrawn
         Variable(sub.graph.context_ref.name, client=inprocess_client).get(timeout=0.2)
-    monkeypatch.setattr(api, "_forked_here", lambda conn: True)
-    sub = mbdask.start(sleep_input(), inprocess_client)
-    assert isinstance(sub.graph.context_ref, Future)  # scattered, not a graph node
-    assert sub.result().properties.return_energy == first.properties.return_energy
-    # scattered to every worker (looked at at once: Dask's active memory manager may later
-    # drop the copies no task is waiting for, which costs a fetch at most)
-    scattered = api._scatter_to_all(inprocess_client)(sub.graph.context)
-    (holders,) = inprocess_client.who_has(scattered).values()
-    assert set(holders) == set(inprocess_client.scheduler_info()["workers"])

@@ -17,7 +17,7 @@ pytest.importorskip(
     "zstandard", reason="zstandard (QCManyBody's stored component data) is not installed (pip install 'mbdask[test]')"
 )
 
-from test_parity_component_data import replay_input  # noqa: E402
+from helpers import replay_input  # noqa: E402
 
 import mbdask  # noqa: E402
 from mbdask.diagnostics.report import HARTREE_TO_KCAL, _nbody_table, energy_phrase, normalized_levels, report_html  # noqa: E402

@@ -31,7 +31,7 @@ BOHR = constants.bohr2angstroms
 
 
 def trimer_input(**keywords) -> dict:
-    """(H2O)3 (benchmarks/data/water3-uud.xyz), 2-body nocp GFN2-xTB."""
+    """(H2O)3 (tests/data/water3-uud.xyz), 2-body nocp GFN2-xTB."""
     inp = xtb_input("water3-uud.xyz", driver="energy", max_nbody=2)
     inp["specification"]["keywords"].update(keywords)
     return inp
@@ -238,7 +238,7 @@ def test_xyz_file_with_model_options_and_a_driver_other_than_gradient_refused(cl
 
 def test_failed_fragment_raises_as_compute_does(inprocess_client):
     """A fragment that fails (the sleep double, told to fail on dimers) ends the optimisation with FragmentFailedError."""
-    from test_graph import sleep_input
+    from helpers import sleep_input
 
     inp = sleep_input("water3-uud.xyz")
     inp["specification"]["specification"]["sleepy"]["keywords"]["fail"] = ["2"]

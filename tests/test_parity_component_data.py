@@ -14,7 +14,7 @@ pytest.importorskip(
     "zstandard", reason="zstandard (QCManyBody's stored component data) is not installed (pip install 'mbdask[test]')"
 )
 
-from qcmanybody.tests.common import mol_h2o_3  # noqa: E402
+from helpers import replay_input  # noqa: E402
 from qcmanybody.tests.utils import load_ref_data  # noqa: E402
 from reference import sequential_computer  # noqa: E402
 
@@ -44,32 +44,6 @@ CASES = [
     ),
     ({1: "g_mp2", "supersystem": "g_scf"}, "h2o_trimer_multi_ss_gradient_2", "h2o_trimer_multi_ss_gradient_2"),
 ]
-DRIVERS = {"e": "energy", "g": "gradient", "h": "hessian"}
-
-
-def replay_input(levels: dict, data: str, bsse=("cp", "nocp", "vmfc"), **keywords) -> dict:
-    driver = DRIVERS[next(iter(levels.values()))[0]]
-    specs = {
-        mc: {"program": "replay", "model": {"method": mc, "basis": "sto-3g"}, "keywords": {"component_data": data}}
-        for mc in set(levels.values())
-    }
-    # QCManyBody's core takes every order, ManyBodyInput the highest order of each model chemistry
-    highest: dict = {}
-    for nbody, mc in levels.items():
-        highest[mc] = nbody if nbody == "supersystem" else max(nbody, highest.get(mc, 0))
-    return {
-        "specification": {
-            "driver": driver,
-            "keywords": {
-                "bsse_type": list(bsse),
-                "levels": {nb: mc for mc, nb in highest.items()},
-                "return_total_data": True,
-                **keywords,
-            },
-            "specification": specs,
-        },
-        "molecule": mol_h2o_3.model_dump(),
-    }
 
 
 def _compare(ours, ref) -> None:

@@ -14,8 +14,8 @@ import random
 from itertools import groupby
 
 import pytest
+from helpers import replay_input
 from qcmanybody.utils import labeler
-from test_parity_component_data import replay_input
 
 import mbdask
 from mbdask.graph.build import FragmentResources, build_graph, graph_size

@@ -13,7 +13,7 @@ import threading
 import pytest
 from distributed import Client, LocalCluster
 from doubles import register_doubles
-from test_graph import sleep_input
+from helpers import sleep_input
 
 import mbdask
 from mbdask.cli import main

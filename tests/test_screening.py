@@ -427,7 +427,7 @@ def test_energy_screening_hands_the_graph_futures_not_outputs(tmp_path):
 
     from distributed import Client, LocalCluster
     from doubles import register_doubles
-    from test_graph import sleep_input
+    from helpers import sleep_input
 
     register_doubles()
     gate = tmp_path / "dimers may finish"

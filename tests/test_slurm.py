@@ -1,4 +1,4 @@
-"""docs/hpc.md's SLURM recipe on a real one-node SLURM (issue #17): benchmarks/slurm_recipe.py.
+"""docs/hpc.md's SLURM recipe on a real one-node SLURM (issue #17): tests/slurm_recipe.py.
 
 Marked ``slurm``: skipped unless asked for with ``pytest -m slurm`` (CI deselects it), since it
 needs root, installs Debian's slurm-wlm where missing and starts munged, slurmctld and slurmd
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "slurm_recipe.py"
+SCRIPT = Path(__file__).resolve().parent / "slurm_recipe.py"
 SKIP_CODE = 77
 
 

@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from test_graph import sleep_input
+from helpers import sleep_input
 
 import mbdask
 from mbdask.calculation.execute import ExpansionContext

@@ -8,39 +8,21 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 from browser import BOKEH_READY, LEGENDS_OVER_DATA, chromium, evaluate_page
-from conftest import DATA, needs_xtb, write_json
+from conftest import needs_xtb, write_json
+from helpers import trajectory
 
 import mbdask
 from mbdask.cli import main
 from mbdask.errors import BadInputError
 from mbdask.inputs.xyz import molecules_from_xyz, read_xyz, read_xyz_frames
 
-WATER3 = (DATA / "water3-uud.xyz").read_text().splitlines()
-
-
-def trajectory(path: Path, frames: int = 3, shift: float = 0.03, seed: int = 7) -> Path:
-    """A multi-frame XYZ file: the water trimer with small random displacements per frame (frame 1 as is)."""
-    natoms = int(WATER3[0])
-    atoms = [line.split() for line in WATER3[2 : 2 + natoms]]
-    rng = np.random.default_rng(seed)
-    lines = []
-    for frame in range(frames):
-        lines += [str(natoms), f"frame {frame + 1}"]
-        for symbol, *xyz in atoms:
-            moved = np.array(xyz[:3], dtype=float) + (rng.normal(0.0, shift, 3) if frame else 0.0)
-            lines.append(f"{symbol} {moved[0]:.6f} {moved[1]:.6f} {moved[2]:.6f}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
 
 def sleep_structure(seconds: float = 0.0, fail=()) -> dict:
     """A 3-body expansion of the water trimer through the sleep double (NOT chemistry)."""
-    from test_graph import sleep_input
+    from helpers import sleep_input
 
     inp = sleep_input("water3-uud.xyz")
     inp["specification"]["specification"]["sleepy"]["keywords"].update({"fail": list(fail)})

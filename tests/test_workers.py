@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from distributed import Client, LocalCluster
 from doubles import register_doubles
-from test_graph import sleep_input
+from helpers import sleep_input
 
 import mbdask
 

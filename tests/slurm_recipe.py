@@ -1,9 +1,12 @@
 """docs/hpc.md's SLURM recipe on a real (one-node) SLURM, and issue #17's points 1-3 checked on it.
 
+An integration test, not a benchmark: tests/test_slurm.py runs it (``pytest -m slurm``);
+it can also be run by hand.
+
 Brings up a one-node SLURM on this machine (Debian's ``slurm-wlm`` and ``munge``, installed
 with apt-get where missing; no accounting), then runs the recipe of docs/hpc.md scaled down
 (SLURMCluster, 2 jobs of 1 core, ``interface="lo"``, the workers' ``--resources cores=1,memory=...``)
-on a GFN2-xTB nocp 3-body expansion of a water cluster from benchmarks/data, and checks:
+on a GFN2-xTB nocp 3-body expansion of a water cluster from tests/data, and checks:
 
 1. ``mbdask.compute`` called right after ``cluster.scale(jobs=2)`` and ``Client(cluster)``
    waits for the batch jobs' workers ("waiting for workers ..." on stderr) instead of failing;
@@ -32,7 +35,7 @@ dask-jobqueue in this environment (``pip install mbdask[hpc]``) and xtb. Where o
 is missing it prints ``SKIP: <reason>`` and exits with code 77 (what tests/test_slurm.py
 turns into a skip). Exit code 0: every check passed; 1: some did not.
 
-Usage: python benchmarks/slurm_recipe.py [--xyz water16-4444a.xyz] [--max-nbody 3]
+Usage: python tests/slurm_recipe.py [--xyz water16-4444a.xyz] [--max-nbody 3]
        [--worker-timeout 20] [--cancel-at 0.3] [--no-adapt] [--lifetime 4s,2s]
        [--workdir DIR] [--json OUT]
 """
@@ -168,7 +171,7 @@ def preflight() -> None:
 
 def slurm_conf(cpus: int, memory_mb: int) -> str:
     return f"""\
-# written by mbdask's benchmarks/slurm_recipe.py (removed again when it ends)
+# written by mbdask's tests/slurm_recipe.py (removed again when it ends)
 ClusterName=mbdask-recipe
 SlurmctldHost=localhost
 SlurmUser=slurm
@@ -433,7 +436,7 @@ def mbdask_notices(t0: float):
 
 
 def write_input(path: Path, xyz: str, max_nbody: int) -> dict:
-    """cluster.json: a ManyBodyInput for GFN2-xTB nocp up to ``max_nbody`` of benchmarks/data/``xyz``."""
+    """cluster.json: a ManyBodyInput for GFN2-xTB nocp up to ``max_nbody`` of tests/data/``xyz``."""
     from mbdask.inputs.xyz import molecule_from_xyz
 
     inp = {
@@ -897,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--xyz",
         default="water16-4444a.xyz",
-        help="water cluster in benchmarks/data (default water16-4444a.xyz: 696 calculations, ~5 s on one core)",
+        help="water cluster in tests/data (default water16-4444a.xyz: 696 calculations, ~5 s on one core)",
     )
     parser.add_argument("--max-nbody", type=int, default=3)
     parser.add_argument(
