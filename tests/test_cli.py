@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import EXAMPLES, needs_xtb, write_json, xtb_input
+from conftest import DATA, EXAMPLES, needs_xtb, write_json, xtb_input
 
 from mbdask.calculation.store import FragmentStore
 from mbdask.cli import main
@@ -605,3 +605,21 @@ def test_interrupt_says_what_the_store_holds_and_that_the_same_command_resumes(c
     assert err == [
         "mbdask: interrupted; nothing was saved (no store): with --store PATH (store= in Python) finished calculations are kept for the next run"
     ]
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["plan", str(DATA / "water3-uud.xyz")], 0),
+        (["plan", str(DATA / "water3-uud.xyz"), "--method", "gfn3-xtb"], 2),
+    ],
+    ids=["ok", "refused"],
+)
+def test_command_ends_with_os_exit_keeping_its_exit_code_and_every_line(args, code, capsys):
+    """``python -m mbdask`` leaves with ``os._exit`` (no interpreter teardown): the shell still gets
+    main's exit code, and the piped (block-buffered) output is all there, as main prints it in-process."""
+    assert main(args) == code
+    printed = capsys.readouterr()
+    proc = subprocess.run([sys.executable, "-m", "mbdask", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert proc.stdout == printed.out and proc.stderr == printed.err

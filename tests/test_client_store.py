@@ -164,3 +164,41 @@ def test_full_disk_is_said_once_and_at_the_end_how_many_were_not_saved(inprocess
         "a later run computes them again"
     )
     assert sub.writer is not None and sub.writer.not_saved == 41 and sub.writer.written == 0
+
+
+def test_close_gives_up_after_its_patience_when_nothing_gets_written(inprocess_client, tmp_path, caplog, monkeypatch):
+    """A store whose writes hang (a file system that stopped answering): ``close`` waits while nothing is
+    written for ``patience`` seconds, then returns, saying how many finished units it gave up on."""
+    import threading
+
+    from mbdask.calculation.execute import ExpansionContext, run_unit
+
+    plan = mbdask.plan(sleep_input(), check_installed=False)
+    ctx = ExpansionContext(plan.input, plan.specifications, False)
+    store = FragmentStore(tmp_path / "store.sqlite")
+    entered, release = threading.Event(), threading.Event()
+
+    def hanging(entries):
+        entered.set()
+        release.wait(60)
+        return 0
+
+    monkeypatch.setattr(store, "put_many", hanging)
+    writer = StoreWriter(store, inprocess_client)
+    first, second = plan.jobs[0], plan.jobs[1]
+    writer.add(
+        {first.label: {"label": first.label, "values": {"energy": -1.0}, "start": 0.0, "stop": 0.5}},
+        [first],
+        ctx.store_key,
+    )
+    assert entered.wait(30)  # the writer's thread hangs in the store
+    future = inprocess_client.submit(run_unit, ctx, [second], 1, None, {}, [0.5], pure=False)
+    future.result()
+    writer.track(future, [second], ctx.store_key)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mbdask"):
+            writer.close(patience=0.3)  # returns although the write never ends
+    finally:
+        release.set()
+    assert f"store {store.path}: gave up writing 1 finished unit after 0.3 s" in caplog.text
+    assert writer.written == 0

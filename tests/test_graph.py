@@ -222,3 +222,35 @@ def test_no_fragment_task_depends_on_one_workers_context(inprocess_client):
     assert isinstance(sub.graph.context_ref, SharedContext)
     with pytest.raises(TimeoutError):  # withdrawn
         Variable(sub.graph.context_ref.name, client=inprocess_client).get(timeout=0.2)
+
+
+def test_auto_cores_run_gives_the_long_fragment_more_cores_and_the_same_energy():
+    """``cores_per_fragment="auto"`` on a worker declaring 4 cores: the trimer, predicted to take longer than
+    its share of the run, runs with 2 cores (as the program itself sees them), the rest with 1, and the
+    energy is that of a run with 1 core each (the ``sleep`` double; the basis only prices the fragments)."""
+    from distributed import Client, LocalCluster
+    from doubles import register_doubles
+
+    register_doubles()
+    inp = sleep_input("water3-uud.xyz")
+    inp["specification"]["protocols"] = {"cluster_results": "all"}
+    inp["specification"]["specification"]["sleepy"]["model"] = {"method": "hf", "basis": "cc-pvdz"}
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=4,
+            processes=False,
+            resources={"cores": 4},
+            protocol="tcp",
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        auto = mbdask.compute(inp, client, cores_per_fragment="auto")
+        single = mbdask.compute(inp, client, cores_per_fragment=1)
+    seen = {tuple(f["real"]): f["ncores"] for f in auto.extras["mbdask"]["timing"]["fragments"]}
+    assert seen == {(1,): 1, (2,): 1, (3,): 1, (1, 2): 1, (1, 3): 1, (2, 3): 1, (1, 2, 3): 2}
+    in_program = {label: r.extras["ncores"] for label, r in auto.cluster_results.items()}
+    assert in_program['["sleepy", [1, 2, 3], [1, 2, 3]]'] == 2 and sorted(in_program.values()) == [1] * 6 + [2]
+    assert auto.properties.return_energy == single.properties.return_energy
