@@ -12,9 +12,12 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mbdask.errors import BadInputError, FragmentFailedError, MbdaskError, plural
+
+if TYPE_CHECKING:
+    from mbdask.workflows.options import ClusterOptions, RunOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -473,7 +476,6 @@ def _run(args: argparse.Namespace) -> int:
 def _run_many(args: argparse.Namespace) -> int:
     """One expansion per structure, all on one cluster (:mod:`mbdask.workflows.structures`); exit 1 if any failed."""
     from mbdask.results.outputs import check_writable
-    from mbdask.workflows import expansion as api
     from mbdask.workflows.structures import read_structures, start_many, write_structure_results
 
     if args.output:
@@ -486,12 +488,7 @@ def _run_many(args: argparse.Namespace) -> int:
         )
     _positive("--workers", args.workers)
     _positive("--threads-per-worker", args.threads_per_worker)
-    api.check_options(
-        cores_per_fragment=args.cores_per_fragment,
-        memory_per_fragment=args.memory_per_fragment,
-        retries=args.retries,
-        order=args.order,
-    )
+    options = _run_options(args, keep_going=args.keep_going, progress=not args.no_progress)
     if args.report:
         check_writable(args.report)
     if args.output_dir and os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
@@ -505,12 +502,8 @@ def _run_many(args: argparse.Namespace) -> int:
     many = start_many(
         structures,
         args.scheduler,
-        **_cluster_options(args, _security(args)),
-        worker_timeout=args.worker_timeout,
-        **_run_options(args),
-        keep_going=args.keep_going,
-        progress=not args.no_progress,
-        screening=_screening(args),
+        options=options.replace(screening=_screening(args)),
+        **_cluster_options(args, _security(args)).keywords(),
     )
     try:
         for name, error in many.errors.items():
@@ -554,27 +547,37 @@ def _run_many(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cluster_options(args: argparse.Namespace, security: Any) -> dict[str, Any]:
-    """The options that start (--workers, ...) or reach (TLS) the cluster, as the library names them."""
-    return {
-        "n_workers": args.workers,
-        "threads_per_worker": args.threads_per_worker,
-        "memory_limit": args.memory_limit,
-        "security": security,
-        "dashboard": args.dashboard,
-    }
+def _cluster_options(args: argparse.Namespace, security: Any) -> ClusterOptions:
+    """Where the cluster comes from: the options that start (--workers, ...) or reach (TLS) it."""
+    from mbdask.workflows.options import ClusterOptions
+
+    return ClusterOptions(
+        n_workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+        memory_limit=args.memory_limit,
+        security=security,
+        dashboard=args.dashboard,
+    )
 
 
-def _run_options(args: argparse.Namespace) -> dict[str, Any]:
-    """What each expansion runs with (--cores-per-fragment, --retries, --store, ...), as the library names them."""
-    return {
-        "cores_per_fragment": args.cores_per_fragment,
-        "memory_per_fragment": args.memory_per_fragment,
-        "retries": args.retries,
-        "order": args.order,
-        "batch": not args.no_batch,
-        "store": args.store,
-    }
+def _run_options(args: argparse.Namespace, **more: Any) -> RunOptions:
+    """What each expansion runs with (--cores-per-fragment, --retries, --store, --worker-timeout, ...), checked.
+
+    ``more``: the options only some commands have (``keep_going``, ``progress``, ``screening``).
+    Made before anything is planned, so that an impossible value is one line at once.
+    """
+    from mbdask.workflows.options import RunOptions
+
+    return RunOptions(
+        cores_per_fragment=args.cores_per_fragment,
+        memory_per_fragment=args.memory_per_fragment,
+        retries=args.retries,
+        order=args.order,
+        batch=not args.no_batch,
+        store=args.store,
+        worker_timeout=args.worker_timeout,
+        **more,
+    )
 
 
 def _names(names: list[str], shown: int = 6) -> str:
@@ -596,12 +599,7 @@ def _run_one(args: argparse.Namespace) -> int:
 
     _positive("--workers", args.workers)
     _positive("--threads-per-worker", args.threads_per_worker)
-    api.check_options(
-        cores_per_fragment=args.cores_per_fragment,
-        memory_per_fragment=args.memory_per_fragment,
-        retries=args.retries,
-        order=args.order,
-    )
+    options = _run_options(args, keep_going=args.keep_going, progress=not args.no_progress)
     for path in (args.output, args.report, args.profile):
         if path:
             check_writable(path)
@@ -612,21 +610,14 @@ def _run_one(args: argparse.Namespace) -> int:
     profile.mark("planned")
 
     wall_start = time.perf_counter()
-    conn = api.connect_for(plan, args.scheduler, **_cluster_options(args, security))
+    conn = api.connect_for(plan, args.scheduler, **_cluster_options(args, security).keywords())
     profile.mark("cluster")
     sub = None
     try:
         link = dashboard_link(conn.client)
         if link:
             print(f"mbdask: dashboard at {link}", file=sys.stderr)
-        sub = api.start(
-            plan,
-            conn.client,
-            **{**_run_options(args), "store": store},
-            keep_going=args.keep_going,
-            progress=not args.no_progress,
-            worker_timeout=args.worker_timeout,
-        )
+        sub = api.start(plan, conn.client, options=options.replace(store=store))  # the plan has the screening
         profile.mark("submitted")
         # The plan and graph are millions of objects that live until the process ends: out of the
         # garbage collector's sight, its full collections stop walking them again and again while
@@ -696,6 +687,7 @@ def _optimize(args: argparse.Namespace) -> int:
 
     _positive("--workers", args.workers)
     _positive("--threads-per-worker", args.threads_per_worker)
+    options = _run_options(args)
     for path in (args.output, args.trajectory, args.result):
         if path:
             check_writable(path)
@@ -709,10 +701,8 @@ def _optimize(args: argparse.Namespace) -> int:
         convergence=args.convergence,
         freeze_screening=args.freeze_screening,
         trajectory=args.trajectory,
-        screening=_screening(args),
-        worker_timeout=args.worker_timeout,
-        **_cluster_options(args, _security(args)),
-        **_run_options(args),
+        options=options.replace(screening=_screening(args)),
+        **_cluster_options(args, _security(args)).keywords(),
     )
     print(f"{'step':>5}  {'MBE energy / Eh':>20}  {'change / Eh':>12}  {'RMS gradient':>12}  {'max gradient':>12}")
     for step, (energy, rms, largest) in enumerate(zip(opt.energies, opt.gradient_rms, opt.gradient_max)):

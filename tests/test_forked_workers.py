@@ -314,4 +314,4 @@ def test_a_cluster_without_dashboard_leaves_port_8787_alone():
     """Without a dashboard the scheduler's HTTP server (health, metrics) took Dask's default port 8787 all the
     same, so every second run on a machine warned 'Port 8787 is already in use'; forked and spawned alike."""
     out = subprocess.run([sys.executable, "-c", QUIET_WITHOUT_DASHBOARD], capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "['SpecCluster', 'LocalCluster'] []", out.stdout + out.stderr[-2000:]
+    assert out.stdout.strip() == "['ForkedCluster', 'LocalCluster'] []", out.stdout + out.stderr[-2000:]

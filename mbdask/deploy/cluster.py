@@ -15,7 +15,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import ClassVar, Union
 
 import dask
 import psutil
@@ -205,7 +205,7 @@ def _import_for_workers(modules: Sequence[str]) -> bool:
     return True
 
 
-def _forked_cluster(size: ClusterSize, dashboard_address: str | None) -> SpecCluster:
+def _forked_cluster(size: ClusterSize, dashboard_address: str | None) -> ForkedCluster:
     """A SpecCluster shaped like LocalCluster (scheduler on loopback) whose workers are forked children."""
     from distributed import Scheduler
 
@@ -232,13 +232,28 @@ def _forked_cluster(size: ClusterSize, dashboard_address: str | None) -> SpecClu
         },
     }
     try:
-        cluster = SpecCluster(
+        return ForkedCluster(
             scheduler=scheduler, workers={i: worker for i in range(size.n_workers)}, silence_logs=logging.WARNING
         )
     finally:
         pool.close()  # children the cluster did not take
-    cluster.worker_start_method = "fork"
-    return cluster
+
+
+class ForkedCluster(SpecCluster):
+    """A SpecCluster whose workers mbdask forked from this process (:func:`start_local_cluster` where that is safe).
+
+    Its own class so that what follows from it can be asked explicitly (:func:`workers_forked_here`):
+    no nanny brings a lost worker back, and the workers have this process's modules, programs
+    and environment.
+    """
+
+    #: how its workers started (a LocalCluster's workers are spawned by Dask)
+    worker_start_method: ClassVar[str] = "fork"
+
+
+def workers_forked_here(cluster: object) -> bool:
+    """Whether ``cluster`` (a cluster, a client's ``cluster`` or None) has workers forked from this process."""
+    return isinstance(cluster, ForkedCluster)
 
 
 @contextlib.contextmanager

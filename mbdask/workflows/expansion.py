@@ -15,7 +15,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from distributed import Client, Future, as_completed
 from distributed.client import FutureCancelledError
@@ -34,6 +34,7 @@ from mbdask.deploy.cluster import (
     wait_for_workers,
     want_dashboard,
     worker_resources,
+    workers_forked_here,
 )
 from mbdask.deploy.cluster import worker_timeout as cluster_worker_timeout
 from mbdask.deploy.workers import (
@@ -45,18 +46,19 @@ from mbdask.deploy.workers import (
     worker_cores,
 )
 from mbdask.diagnostics.progress import Progress
-from mbdask.errors import BadInputError, FragmentFailedError, NoWorkersError, SchedulerLostError
-from mbdask.graph.build import ORDERS, ExpansionGraph, FragmentResources, build_graph, result_function
+from mbdask.errors import FragmentFailedError, NoWorkersError, SchedulerLostError
+from mbdask.graph.build import ExpansionGraph, FragmentResources, build_graph, result_function
 from mbdask.graph.screening_pass import screen
 from mbdask.inputs.load import InputLike
-from mbdask.inputs.xyz import input_from
+from mbdask.inputs.xyz import XYZ_OPTIONS, input_from
 from mbdask.planning.batching import Unit, make_units
 from mbdask.planning.cost import CostModel
 from mbdask.planning.plan import FragmentJob, Plan, make_plan, truncated_input
 from mbdask.planning.screening import ScreeningLike
 from mbdask.programs import program_modules
+from mbdask.workflows.options import ClusterOptions, RunOptions, split_keywords
 
-StoreLike = Union[str, os.PathLike, FragmentStore, None]
+StoreLike = str | os.PathLike | FragmentStore | None
 
 
 @dataclass
@@ -257,26 +259,6 @@ def local_cluster_options(
     }
 
 
-def check_options(
-    *,
-    cores_per_fragment: int | str = 1,
-    memory_per_fragment: float | None = None,
-    retries: int = 0,
-    order: str = "levels",
-) -> None:
-    """Refuse impossible run options with one line (the CLI calls this before planning)."""
-    if order not in ORDERS:
-        raise BadInputError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
-    if cores_per_fragment != "auto" and (not isinstance(cores_per_fragment, int) or cores_per_fragment < 1):
-        raise BadInputError(
-            f"cores_per_fragment must be a whole number of at least 1 or 'auto', got {cores_per_fragment!r}"
-        )
-    if memory_per_fragment is not None and memory_per_fragment <= 0:
-        raise BadInputError(f"memory_per_fragment must be positive (GiB), got {memory_per_fragment}")
-    if retries < 0:
-        raise BadInputError(f"retries must be 0 or more, got {retries}")
-
-
 def plan(inp: InputLike, *, check_installed: bool = True, screening: ScreeningLike = None, **xyz_options: Any) -> Plan:
     """Validate ``inp`` and count what would run; nothing is computed.
 
@@ -293,31 +275,14 @@ def plan(inp: InputLike, *, check_installed: bool = True, screening: ScreeningLi
 
 
 def start(
-    inp: InputLike | Plan,
-    client: ClientLike = None,
-    *,
-    cores_per_fragment: int | str = 1,
-    memory_per_fragment: float | None = None,
-    retries: int = 0,
-    order: str = "levels",
-    batch: bool = True,
-    store: StoreLike = None,
-    keep_going: bool = False,
-    progress: bool = False,
-    screening: ScreeningLike = None,
-    n_workers: int | None = None,
-    threads_per_worker: int | None = None,
-    memory_limit: str | int | float | None = None,
-    check_installed: bool = True,
-    security: Any = None,
-    dashboard: bool | None = None,
-    worker_timeout: float | None = None,
-    **xyz_options: Any,
+    inp: InputLike | Plan, client: ClientLike = None, *, options: RunOptions | None = None, **keywords: Any
 ) -> Submission:
     """Plan ``inp`` (or take a :class:`Plan`), build its graph and send it to the scheduler; returns at once.
 
     ``inp`` is what :func:`plan` takes, an XYZ file with its model options (``method=``,
-    ``max_nbody=`` ...) included, or a :class:`Plan`. Options:
+    ``max_nbody=`` ...) included, or a :class:`Plan`. ``options``: a :class:`~mbdask.RunOptions`
+    (checked when made); its fields can be given as keywords instead, or beside it to change
+    them (``start(inp, options=opts, retries=2)``). They are:
 
     * ``cores_per_fragment``: threads each QC call may use (and reserves); ``"auto"`` gives
       1 core to most fragments and more to those predicted to finish the run alone.
@@ -338,49 +303,49 @@ def start(
       the kept clusters' increments and says what was kept in ``extras["mbdask"]["screening"]``.
     * ``progress``: watch the fragment units, counted in :attr:`Submission.progress`
       (what ``python -m mbdask run`` draws on a terminal).
+    * ``check_installed``: check that the QC programs are installed, here and on the workers.
+    * ``worker_timeout``: seconds to wait for workers to join a scheduler that has none (batch
+      jobs start late), and, while the run goes on, for workers to come back when none is
+      left, before giving up with :class:`~mbdask.errors.NoWorkersError` (default: Dask config
+      ``mbdask.worker-timeout``, else 600).
+
+    Where the cluster comes from, as keywords (:class:`~mbdask.workflows.options.ClusterOptions`):
+
     * ``n_workers``/``threads_per_worker``/``memory_limit``/``security``: for the
       LocalCluster mbdask starts, or the scheduler it connects to.
     * ``dashboard``: whether a LocalCluster mbdask starts serves Dask's dashboard (default:
       Dask config ``mbdask.local-cluster.dashboard``, "auto": for runs predicted to take
       20 s per core or more; see :func:`mbdask.deploy.cluster.want_dashboard`).
-    * ``worker_timeout``: seconds to wait for workers to join a scheduler that has none (batch
-      jobs start late), and, while the run goes on, for workers to come back when none is
-      left, before giving up with :class:`~mbdask.errors.NoWorkersError` (default: Dask config
-      ``mbdask.worker-timeout``, else 600).
+
+    Any other keyword is a ``TypeError``, as for any function.
     """
-    given = input_from(inp, xyz_options, "start")
+    run, cluster, xyz_options = split_keywords("start", keywords, options, extra=XYZ_OPTIONS)
+    return _start(inp, client, run, cluster, xyz_options, "start")
+
+
+def _start(
+    inp: InputLike | Plan,
+    client: ClientLike,
+    run: RunOptions,
+    cluster: ClusterOptions,
+    xyz_options: dict[str, Any],
+    function: str,
+) -> Submission:
+    """:func:`start` with its keywords sorted (:func:`~mbdask.workflows.options.split_keywords`).
+
+    ``function`` names the caller in the ``TypeError`` for an unknown XYZ option.
+    """
+    given = input_from(inp, xyz_options, function)
     the_plan = (
-        given if isinstance(given, Plan) else make_plan(given, check_installed=check_installed, screening=screening)
+        given
+        if isinstance(given, Plan)
+        else make_plan(given, check_installed=run.check_installed, screening=run.screening)
     )
-    check_options(
-        cores_per_fragment=cores_per_fragment, memory_per_fragment=memory_per_fragment, retries=retries, order=order
-    )
-    fragment_store = _open_store(store)
-    conn = connect_for(
-        the_plan,
-        client,
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker,
-        memory_limit=memory_limit,
-        security=security,
-        dashboard=dashboard,
-    )
+    fragment_store = _open_store(run.store)
+    conn = connect_for(the_plan, client, **cluster.keywords())
     try:
-        waiting = workers_ready(conn, worker_timeout)
-        return submit_plan(
-            the_plan,
-            conn,
-            cores_per_fragment=cores_per_fragment,
-            memory_per_fragment=memory_per_fragment,
-            retries=retries,
-            order=order,
-            batch=batch,
-            store=fragment_store,
-            keep_going=keep_going,
-            progress=progress,
-            check_installed=check_installed,
-            worker_timeout=waiting,
-        )
+        waiting = workers_ready(conn, run.worker_timeout)
+        return submit_plan(the_plan, conn, run.replace(store=fragment_store, worker_timeout=waiting))
     except BaseException:
         conn.close()
         raise
@@ -398,7 +363,8 @@ def connect_for(
 ) -> Connection:
     """:func:`mbdask.deploy.cluster.connect` for running ``plan`` (and what follows it on the same cluster):
     a LocalCluster, where one is started, gets the plan's QC programs imported before its
-    workers are forked and a dashboard if the plan is long enough to watch."""
+    workers are forked and a dashboard if the plan is long enough to watch. The keywords are
+    :class:`~mbdask.workflows.options.ClusterOptions` (``**cluster.keywords()``)."""
     local = local_cluster_options(plan, n_workers, threads_per_worker, dashboard) if client is None else {}
     return connect(
         client,
@@ -410,7 +376,7 @@ def connect_for(
     )
 
 
-def workers_ready(conn: Connection, worker_timeout: float | None = None) -> float:
+def workers_ready(conn: Connection, worker_timeout: float | str | None = None) -> float:
     """Wait for the connection's first worker; returns the worker timeout in seconds it used
     (:func:`mbdask.deploy.cluster.worker_timeout`). No worker in time: :class:`NoWorkersError`."""
     waiting = cluster_worker_timeout(worker_timeout)
@@ -424,132 +390,248 @@ def workers_ready(conn: Connection, worker_timeout: float | None = None) -> floa
 def submit_plan(
     the_plan: Plan,
     conn: Connection,
+    options: RunOptions,
     *,
-    cores_per_fragment: int | str = 1,
-    memory_per_fragment: float | None = None,
-    retries: int = 0,
-    order: str = "levels",
-    batch: bool = True,
-    store: FragmentStore | None = None,
-    keep_going: bool = False,
-    progress: bool = False,
-    check_installed: bool = True,
-    worker_timeout: float = 0.0,
     writer: StoreWriter | None = None,
     priority_offset: float = 0.0,
     borrowed: dict[str, tuple[Future, str]] | None = None,
     worker_info: list[dict] | None = None,
 ) -> Submission:
-    """Build ``the_plan``'s graph for the workers of ``conn`` (which has some) and send it; the options are :func:`start`'s.
+    """Build ``the_plan``'s graph for the workers of ``conn`` (which has some) and send it.
 
-    ``writer``: a store writer shared with other submissions, which the caller seals and
-    closes (:mod:`mbdask.workflows.structures`); by default the submission has its own. ``priority_offset``
-    is added to every fragment's priority, so that expansions sent together run in order.
-    ``borrowed``: calculations another expansion sent already computes, by label: the future of
-    its unit and the label there (the outputs are taken from it, not computed twice).
-    ``worker_info``: :func:`mbdask.deploy.cluster.worker_resources` of the cluster, where the caller has them.
+    ``options``: :func:`start`'s, its ``screening`` already in the plan; ``store`` open or a path,
+    ``worker_timeout`` what :func:`workers_ready` used. ``writer``: a store writer shared with
+    other submissions, which the caller seals and closes (:mod:`mbdask.workflows.structures`); by
+    default the submission has its own. ``priority_offset`` is added to every fragment's priority,
+    so that expansions sent together run in order. ``borrowed``: calculations another expansion
+    sent already computes, by label: the future of its unit and the label there (the outputs are
+    taken from it, not computed twice). ``worker_info``: :func:`mbdask.deploy.cluster.worker_resources`
+    of the cluster, where the caller has them.
+
+    The steps, in order: check the programs (:func:`_check_programs`), size each fragment's
+    resources, the energy-screening pass (:func:`_screening_pass`), the store lookup
+    (:func:`_store_lookup`), the units (:func:`_units`), the graph (:func:`_build`), sending it
+    (:func:`_send`), the store writer (:func:`_track_units`) and the submission with its progress
+    (:func:`_submission`).
     """
-    settings = the_plan.screened.settings if the_plan.screened is not None else None
-    # energy screening decides with the cheap model once the cluster is up (not yet decided: no report)
-    energy_screening = settings is not None and bool(settings.energy_thresholds) and settings.energy_report is None
-    auto_cores = cores_per_fragment == "auto"
-    cores = 1 if auto_cores else int(cores_per_fragment)
-    also = [settings.cheap_model["program"]] if energy_screening else []
-    if check_installed and not _forked_here(conn):
-        check_workers(conn.client, the_plan, also)
-    elif check_installed and also:
-        check_programs_here(also)  # forked workers have what this process has
+    store = _open_store(options.store)
+    settings = _energy_screening(the_plan)
+    _check_programs(the_plan, conn, settings, options.check_installed)
     worker_info = worker_info or worker_resources(conn.client)
-    resources = fragment_resources(worker_info, cores, memory_per_fragment, auto_cores=auto_cores)
+    auto_cores = options.cores_per_fragment == "auto"
+    cores = 1 if auto_cores else int(options.cores_per_fragment)
+    resources = fragment_resources(worker_info, cores, options.memory_per_fragment, auto_cores=auto_cores)
     own_writer = writer is None and store is not None
     if own_writer:
         writer = StoreWriter(store, conn.client)
     try:
-        computed: dict[str, dict] = {}
-        running: dict[str, Future] = {}
-        if energy_screening:
-            screened = screen(
-                the_plan,
-                settings,
-                conn.client,
-                workers=total_cores(worker_info) // max(1, cores),
-                resources=resources,
-                store=store,
-                writer=writer,
-                retries=retries,
-            )
-            the_plan, computed, running = screened.plan, screened.found, screened.running
-        key_ctx = ExpansionContext(the_plan.input, the_plan.specifications, False)  # store keys, on this side only
-        from_store = _from_store(
-            the_plan, store, skip=computed.keys() | running.keys(), ctx=key_ctx
-        )  # not what this run sent
-        known = {**from_store, **computed}
+        found = _screening_pass(the_plan, settings, conn, worker_info, resources, store, writer, options.retries)
+        found = _store_lookup(found, store)
         units = _units(
-            the_plan,
-            known,
+            found.plan,
+            found.known,
             worker_info,
             resources,
-            batch=batch,
+            batch=options.batch,
             auto_cores=auto_cores,
             borrowed=borrowed,
-            running=running,
+            running=found.running,
         )
-        graph = build_graph(
-            the_plan,
-            uuid.uuid4().hex[:12],
-            resources=resources,
-            units=units,
-            known=known,
-            retries=retries,
-            order=order,
-            increment_tasks=increment_tasks(worker_info),
-            cluster_cores=total_cores(worker_info),
-            priority_offset=priority_offset,
-            share=_scatter_to_all(conn.client) if _forked_here(conn) else _kept_by_scheduler(conn.client),
-        )
-        # units that compute something: their outputs come back here and go into the store
-        to_store = (
-            [
-                key
-                for key, unit in graph.units.items()
-                if not unit.sources and any(job.label not in known for job in unit.jobs)
-            ]
-            if store is not None
-            else []
-        )
-        keys = [graph.result, *graph.levels.values(), *(graph.units if keep_going or progress else to_store)]
-        started = time.monotonic()
-        with warnings.catch_warnings():
-            # the fragments are the graph's data: a (H2O)64 4-body graph is ~80 MB by design, and
-            # Dask's advice for dataframes ("load the data with Dask directly") does not apply
-            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-            futures = conn.client.get(graph.graph, keys, sync=False)
-        by_key = dict(zip(keys, futures))
+        graph = _build(found, units, resources, worker_info, conn, options, priority_offset)
+        to_store = _computing_units(graph, found.known) if store is not None else []
+        watched = options.keep_going or options.progress
+        keys = [graph.result, *graph.levels.values(), *(graph.units if watched else to_store)]
+        by_key, started = _send(conn, graph, keys)
         if writer is not None:
-            _track_units(writer, conn.client, graph, to_store, by_key, known, key_ctx, shared=keep_going or progress)
+            _track_units(writer, conn.client, graph, to_store, by_key, found.known, found.key_ctx, shared=watched)
     except BaseException:
         if own_writer:
             writer.close()
         raise
     if own_writer:
         writer.seal()
-    levels = {name: by_key[key] for name, key in graph.levels.items()}
-    held = {key: by_key[key] for key in graph.units} if keep_going else {}
-    watch = Progress({by_key[key]: unit for key, unit in graph.units.items()}, started) if progress else None
-    stored = len(from_store) + len(computed)
-    return Submission(
+    return _submission(found, graph, by_key, started, conn, store, writer if own_writer else None, options)
+
+
+@dataclass
+class _Found:
+    """What a submission need not compute, and the plan it runs (energy screening may keep fewer clusters).
+
+    ``computed``: outputs the energy-screening pass already has; ``running``: this run's
+    calculations the pass sent and that still run (label: the future of its unit);
+    ``from_store``: what the store had of the rest; ``known``: the outputs in hand, the store's
+    and the pass's; ``key_ctx``: the context the store keys are made with, on this side only.
+    """
+
+    plan: Plan
+    computed: dict[str, dict] = field(default_factory=dict)
+    running: dict[str, Future] = field(default_factory=dict)
+    from_store: dict[str, dict] = field(default_factory=dict)
+    known: dict[str, dict] = field(default_factory=dict)
+    key_ctx: ExpansionContext | None = None
+
+
+def _energy_screening(the_plan: Plan) -> Any:
+    """The plan's screening settings if energy screening is still to decide, else None.
+
+    Energy screening decides with the cheap model once the cluster is up; a plan whose
+    screening has no energy report yet has not decided.
+    """
+    settings = the_plan.screened.settings if the_plan.screened is not None else None
+    if settings is not None and bool(settings.energy_thresholds) and settings.energy_report is None:
+        return settings
+    return None
+
+
+def _check_programs(the_plan: Plan, conn: Connection, settings: Any, check_installed: bool) -> None:
+    """Check the QC programs before anything is sent: a missing one is one line now, not a failed fragment later.
+
+    The workers are asked, except those forked from this process, which have what this
+    process has (what planning checked here); the cheap model of an energy screening still to
+    decide is checked too.
+    """
+    if not check_installed:
+        return
+    also = [settings.cheap_model["program"]] if settings is not None else []
+    if not _forked_here(conn):
+        check_workers(conn.client, the_plan, also)
+    elif also:
+        check_programs_here(also)  # forked workers have what this process has
+
+
+def _screening_pass(
+    the_plan: Plan,
+    settings: Any,
+    conn: Connection,
+    worker_info: list[dict],
+    resources: FragmentResources,
+    store: FragmentStore | None,
+    writer: StoreWriter | None,
+    retries: int,
+) -> _Found:
+    """Energy screening's pass on the cluster (:func:`mbdask.graph.screening_pass.screen`) where it is still to decide.
+
+    It runs the cheap model on the candidates and keeps the clusters whose increments exceed
+    the thresholds; the expensive calculations it already needed are computed or running, and
+    the graph built next takes them instead of computing them again. Without it, the plan as it is.
+    """
+    if settings is None:
+        return _Found(the_plan)
+    screened = screen(
         the_plan,
+        settings,
+        conn.client,
+        workers=total_cores(worker_info) // max(1, resources.cores),
+        resources=resources,
+        store=store,
+        writer=writer,
+        retries=retries,
+    )
+    return _Found(screened.plan, screened.found, screened.running)
+
+
+def _store_lookup(found: _Found, store: FragmentStore | None) -> _Found:
+    """The plan's calculations already in the store, except those the screening pass has or runs (this run sent them).
+
+    Looked up by store key (program, model, fragment geometry), made with a context on this
+    side only; those found are not computed again.
+    """
+    found.key_ctx = ExpansionContext(found.plan.input, found.plan.specifications, False)
+    skip = found.computed.keys() | found.running.keys()
+    found.from_store = _from_store(found.plan, store, skip=skip, ctx=found.key_ctx)
+    found.known = {**found.from_store, **found.computed}
+    return found
+
+
+def _build(
+    found: _Found,
+    units: list[Unit],
+    resources: FragmentResources,
+    worker_info: list[dict],
+    conn: Connection,
+    options: RunOptions,
+    priority_offset: float,
+) -> ExpansionGraph:
+    """The expansion's Dask graph (:func:`mbdask.graph.build.build_graph`) for this cluster.
+
+    Its size and shape follow the cluster (increment tasks and priorities by its cores), and
+    how the expansion's shared context reaches the workers follows where they came from:
+    scattered to workers forked from this process, kept by the scheduler otherwise.
+    """
+    return build_graph(
+        found.plan,
+        uuid.uuid4().hex[:12],
+        resources=resources,
+        units=units,
+        known=found.known,
+        retries=options.retries,
+        order=options.order,
+        increment_tasks=increment_tasks(worker_info),
+        cluster_cores=total_cores(worker_info),
+        priority_offset=priority_offset,
+        share=_scatter_to_all(conn.client) if _forked_here(conn) else _kept_by_scheduler(conn.client),
+    )
+
+
+def _computing_units(graph: ExpansionGraph, known: dict[str, dict]) -> list:
+    """Keys of the units that compute something: their outputs come back here and go into the store.
+
+    Not those taking outputs from other units (their sources write them) nor those that only
+    carry what was known already.
+    """
+    return [
+        key
+        for key, unit in graph.units.items()
+        if not unit.sources and any(job.label not in known for job in unit.jobs)
+    ]
+
+
+def _send(conn: Connection, graph: ExpansionGraph, keys: list) -> tuple[dict, float]:
+    """Send ``graph`` to the scheduler, asking for the futures of ``keys``; returns them by key and when it was sent.
+
+    Dask's "Sending large graph" warning is silenced: the fragments are the graph's data (a
+    (H2O)64 4-body graph is ~80 MB by design), and its advice for dataframes ("load the data
+    with Dask directly") does not apply.
+    """
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        futures = conn.client.get(graph.graph, keys, sync=False)
+    return dict(zip(keys, futures)), started
+
+
+def _submission(
+    found: _Found,
+    graph: ExpansionGraph,
+    by_key: dict,
+    started: float,
+    conn: Connection,
+    store: FragmentStore | None,
+    writer: StoreWriter | None,
+    options: RunOptions,
+) -> Submission:
+    """The :class:`Submission` of a sent graph: its result and level futures, and what the options asked to hold.
+
+    ``keep_going`` holds every unit's future (for the partial result); ``progress`` watches
+    them. Workers forked from this process never come back once gone, so such a run does not
+    wait for workers (its worker timeout is 0).
+    """
+    levels = {name: by_key[key] for name, key in graph.levels.items()}
+    held = {key: by_key[key] for key in graph.units} if options.keep_going else {}
+    watch = Progress({by_key[key]: unit for key, unit in graph.units.items()}, started) if options.progress else None
+    return Submission(
+        found.plan,
         graph,
         by_key[graph.result],
         levels,
         conn,
         held,
         store,
-        stored,
+        len(found.from_store) + len(found.computed),
         watch,
-        writer if own_writer else None,
-        keep_going=keep_going,
-        worker_timeout=0.0 if _forked_here(conn) else worker_timeout,
+        writer,
+        keep_going=options.keep_going,
+        worker_timeout=0.0 if _forked_here(conn) else cluster_worker_timeout(options.worker_timeout),
     )
 
 
@@ -575,30 +657,36 @@ def _track_units(
         writer.track(Future(key, client) if shared else by_key.pop(key), jobs, ctx.store_key, skip)
 
 
-def submit(inp: InputLike, client: ClientLike = None, **options: Any) -> Future:
+def submit(
+    inp: InputLike | Plan, client: ClientLike = None, *, options: RunOptions | None = None, **keywords: Any
+) -> Future:
     """Start the expansion and return a Future of its ``ManyBodyResult``.
 
-    ``inp`` and ``options`` are :func:`start`'s (an XYZ file with ``method=``, ``max_nbody=`` ... too).
-    With ``client=None`` and no default client, the LocalCluster mbdask starts stays up
-    until the returned Future is released.
+    ``inp``, ``options`` and the keywords are :func:`start`'s (an XYZ file with ``method=``,
+    ``max_nbody=`` ... too). With ``client=None`` and no default client, the LocalCluster
+    mbdask starts stays up until the returned Future is released.
     """
-    sub = start(inp, client, **options)
+    run, cluster, xyz_options = split_keywords("submit", keywords, options, extra=XYZ_OPTIONS)
+    sub = _start(inp, client, run, cluster, xyz_options, "submit")
     sub.connection.keep_alive_with(sub.future)
     return sub.future
 
 
-def compute(inp: InputLike, client: ClientLike = None, **options: Any) -> ManyBodyResult:
+def compute(
+    inp: InputLike | Plan, client: ClientLike = None, *, options: RunOptions | None = None, **keywords: Any
+) -> ManyBodyResult:
     """Run the expansion and wait for it; returns QCManyBody's ``ManyBodyResult``.
 
-    ``inp`` and ``options`` are :func:`start`'s: a ManyBodyInput (object, dict, JSON or YAML
-    file), or an XYZ file with the command line's model options as keywords, e.g.
+    ``inp``, ``options`` and the keywords are :func:`start`'s: a ManyBodyInput (object, dict,
+    JSON or YAML file), or an XYZ file with the command line's model options as keywords, e.g.
     ``compute("water3.xyz", method="gfn2-xtb", max_nbody=3)``.
     With ``keep_going=True``, a failed fragment above the lowest order gives the result
     through the highest complete order (``extras["mbdask"]["partial"]``) instead of raising.
     """
-    sub = start(inp, client, **options)
+    run, cluster, xyz_options = split_keywords("compute", keywords, options, extra=XYZ_OPTIONS)
+    sub = _start(inp, client, run, cluster, xyz_options, "compute")
     try:
-        return result_of(sub, keep_going=options.get("keep_going", False))
+        return result_of(sub, keep_going=run.keep_going)
     finally:
         sub.connection.close()
 
@@ -639,8 +727,7 @@ def _forked_here(conn: Connection) -> bool:
     cluster is the connection's own, or the one behind the client it was given (the
     command line starts the cluster and hands its client to :func:`start`).
     """
-    cluster = conn.cluster or getattr(conn.client, "cluster", None)
-    return getattr(cluster, "worker_start_method", None) == "fork"
+    return workers_forked_here(conn.cluster or getattr(conn.client, "cluster", None))
 
 
 def result_of(sub: Submission, *, keep_going: bool = False, timeout: float | None = None) -> ManyBodyResult:

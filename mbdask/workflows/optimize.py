@@ -22,7 +22,6 @@ without it (``pip install 'mbdask[optimize]'`` adds it).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import logging
 import os
@@ -43,13 +42,12 @@ from mbdask.inputs.xyz import XYZ_OPTIONS, input_from
 from mbdask.planning.plan import make_plan
 from mbdask.planning.screening import Screening
 from mbdask.results.outputs import check_writable, write_atomic
-from mbdask.workflows.expansion import check_options, connect_for, result_of, start
+from mbdask.workflows.expansion import connect_for, result_of, start
+from mbdask.workflows.options import ClusterOptions, RunOptions, split_keywords
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: geomeTRIC's convergence sets in 1.1 (named in error messages; geomeTRIC itself decides what is valid).
 CONVERGENCE_SETS = ("GAU", "GAU_LOOSE", "GAU_TIGHT", "GAU_VERYTIGHT", "NWCHEM_LOOSE", "TURBOMOLE", "INTERFRAG_TIGHT")
-#: :func:`mbdask.start` options that size or reach the cluster: used once, to connect, not per step.
-CLUSTER_OPTIONS = ("n_workers", "threads_per_worker", "memory_limit", "security", "dashboard")
 #: geomeTRIC options that :func:`optimize` sets from its own arguments.
 OWN_GEOMETRIC_OPTIONS = {
     "maxiter": "max_steps",
@@ -128,7 +126,8 @@ def optimize(
     freeze_screening: bool = False,
     trajectory: PathLike | None = None,
     geometric_options: Mapping[str, Any] | None = None,
-    **options: Any,
+    options: RunOptions | None = None,
+    **keywords: Any,
 ) -> OptimizationResult:
     """Minimise the MBE energy of ``inp`` with geomeTRIC, one mbdask expansion per geometry.
 
@@ -150,20 +149,23 @@ def optimize(
       is rewritten there after every geometry, to watch a long optimisation or keep its path.
     * ``geometric_options``: further geomeTRIC parameters (``OptParams``: ``trust``, ``tmax``,
       ``coordsys``...), for the rare case that needs them.
-    * ``options``: :func:`mbdask.start`'s (``cores_per_fragment``, ``retries``, ``store``,
-      ``screening``, ``n_workers``...), for every step.
+    * ``options``: a :class:`~mbdask.RunOptions` for every step (``cores_per_fragment``,
+      ``retries``, ``store``, ``screening``...); ``keep_going`` is refused.
+    * ``keywords``: :func:`mbdask.start`'s: its run options (changing those of ``options``),
+      where the cluster comes from (``n_workers``...; used once, to connect) and the XYZ model options.
 
     A failed fragment raises :class:`~mbdask.errors.FragmentFailedError`, as
     :func:`mbdask.compute` does. Bad options raise :class:`~mbdask.errors.BadInputError`
     before any cluster starts.
     """
     geometric = _import_geometric()
-    xyz_options = {name: options.pop(name) for name in XYZ_OPTIONS if name in options}
+    run, cluster, xyz_options = split_keywords("optimize", keywords, options, extra=XYZ_OPTIONS)
     if xyz_options.get("driver") not in (None, "gradient"):
         raise BadInputError(
             f"driver {xyz_options['driver']!r}: an optimisation runs MBE gradients (leave driver out, or give 'gradient')"
         )
-    run_options, cluster_options, screening = _split_options(options)
+    _refuse_keep_going(run)
+    screening = run.screening
     if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
         raise BadInputError(f"max_steps must be a whole number of at least 1, got {max_steps!r}")
     if freeze_screening and screening is None:
@@ -175,10 +177,10 @@ def optimize(
             geometric, max_steps, convergence, geometric_options
         )  # refused now, not after the cluster started
     mbe_input = gradient_input(input_from(inp, xyz_options, "optimize"))
-    first = _first_plan(mbe_input, screening, run_options.get("check_installed", True))
-    conn = _connect(client, first, cluster_options)
+    first = _first_plan(mbe_input, screening, run.check_installed)
+    conn = _connect(client, first, cluster)
     try:
-        expansions = Expansions(mbe_input, conn.client, run_options, screening, freeze_screening, first)
+        expansions = Expansions(mbe_input, conn.client, run, freeze_screening, first)
         # This process's BLAS/OpenMP on one thread while geomeTRIC runs here and the expansions on the
         # workers: geomeTRIC's matrices are small, but OpenBLAS's threads spin after each call and
         # take the cores local workers need for the next step ((H2O)6 3-body GFN2-xTB on 2 cores
@@ -255,28 +257,12 @@ def _import_geometric() -> Any:
     return geometric
 
 
-def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    """``options`` as (per-step :func:`mbdask.start` options, cluster options, screening), checked now.
-
-    Refused: names :func:`mbdask.start` does not know, and ``keep_going`` (a gradient
-    through a lower order than asked for would optimise another energy surface).
-    """
-    known = {
-        name for name, p in inspect.signature(start).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(
-            f"optimize() got unexpected keyword argument(s) {', '.join(unknown)} (mbdask.start's options: {', '.join(sorted(known))})"
-        )
-    if options.get("keep_going"):
+def _refuse_keep_going(run: RunOptions) -> None:
+    """``keep_going`` is refused: a gradient through a lower order than asked for would optimise another energy surface."""
+    if run.keep_going:
         raise BadInputError(
             "keep_going cannot be used in an optimisation: a partial result's gradient is that of a lower n-body order"
         )
-    run = {k: v for k, v in options.items() if k not in CLUSTER_OPTIONS and k not in ("screening", "keep_going")}
-    check_options(**{k: run[k] for k in ("cores_per_fragment", "memory_per_fragment", "retries", "order") if k in run})
-    cluster = {k: v for k, v in options.items() if k in CLUSTER_OPTIONS}
-    return run, cluster, options.get("screening")
 
 
 def _geometric_params(
@@ -359,9 +345,9 @@ def _first_plan(mbe_input: Any, screening: Any, check_installed: bool) -> Any:
     return make_plan(mbe_input, check_installed=check_installed, screening=screening)
 
 
-def _connect(client: Any, first_plan: Any, cluster_options: dict[str, Any]) -> Any:
+def _connect(client: Any, first_plan: Any, cluster: ClusterOptions) -> Any:
     """One connection for every step (what :func:`mbdask.start` would make for the first step)."""
-    return connect_for(first_plan, client, **{k: cluster_options.get(k) for k in CLUSTER_OPTIONS})
+    return connect_for(first_plan, client, **cluster.keywords())
 
 
 class Expansions:
@@ -374,15 +360,13 @@ class Expansions:
     exactly it at any geometry.
     """
 
-    def __init__(
-        self, mbe_input: Any, client: Any, options: dict[str, Any], screening: Any, freeze: bool, first_plan: Any = None
-    ):
+    def __init__(self, mbe_input: Any, client: Any, options: RunOptions, freeze: bool, first_plan: Any = None):
         self.mbe_input = mbe_input
         self.client = client
-        self.options = dict(options)
-        self.screening = screening
+        self.options = options
+        self.screening = options.screening
         self.freeze = freeze
-        self.check_installed = self.options.pop("check_installed", True)
+        self.check_installed = options.check_installed
         self._first_plan = first_plan
         self.count = 0
         self.results: OrderedDict[bytes, Any] = OrderedDict()
@@ -391,7 +375,11 @@ class Expansions:
         """Energy (Hartree) and gradient ((natom, 3), Hartree/Bohr) at ``coords_bohr``."""
         coords = np.asarray(coords_bohr, dtype=float).reshape(-1, 3)
         step = self._plan_or_input(coords)
-        sub = start(step, self.client, screening=self.screening, check_installed=self.check_installed, **self.options)
+        sub = start(
+            step,
+            self.client,
+            options=self.options.replace(screening=self.screening, check_installed=self.check_installed),
+        )
         try:
             result = result_of(sub)
         finally:

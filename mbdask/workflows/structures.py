@@ -36,16 +36,15 @@ from mbdask.graph.build import PRIORITY_SPAN
 from mbdask.inputs.xyz import ModelOptions, molecules_from_xyz
 from mbdask.planning.plan import make_plan
 from mbdask.results.outputs import save_result, write_atomic
-from mbdask.workflows.expansion import _open_store, check_options, connect_for, result_of, submit_plan, workers_ready
+from mbdask.workflows.expansion import _open_store, connect_for, result_of, submit_plan, workers_ready
+from mbdask.workflows.options import ClusterOptions, RunOptions, split_keywords
 
 #: File suffixes a directory of structures is read for.
 STRUCTURE_SUFFIXES = (".json", ".yaml", ".yml", ".xyz")
 StructuresLike = Union[Mapping[str, Any], Sequence[Any]]
 
 
-def read_structures(
-    paths: Sequence[str | os.PathLike], model: Any | None = None, **xyz: Any
-) -> dict[str, Any]:
+def read_structures(paths: Sequence[str | os.PathLike], model: Any | None = None, **xyz: Any) -> dict[str, Any]:
     """Structures by name from files, directories and multi-frame XYZ files, in the order given.
 
     * a ``.json``/``.yaml`` file: a ManyBodyInput, named by its stem (read when it is planned,
@@ -169,50 +168,48 @@ class ManySubmission:
             self.writer.close()
 
 
-def start_many(structures: StructuresLike, client: Any = None, **options: Any) -> ManySubmission:
+def start_many(
+    structures: StructuresLike, client: Any = None, *, options: RunOptions | None = None, **keywords: Any
+) -> ManySubmission:
     """Plan every structure, then send all their graphs to one cluster; returns at once.
 
     ``structures``: inputs by name (a mapping), or a list of inputs (named by file stem, else
     ``structure-1`` ...); :func:`read_structures` reads files, directories and trajectories.
-    ``options`` are :func:`mbdask.start`'s (``store`` one store for all; ``screening`` for all).
+    ``options`` and the keywords are :func:`mbdask.start`'s (``store`` one store for all;
+    ``screening`` for all), not its XYZ model options (:func:`read_structures` takes those).
     A structure whose planning fails is left out and named in ``errors``; if every one
     fails, :class:`BadInputError` says why the first did.
     """
     started = time.monotonic()
+    run, cluster, _ = split_keywords("start_many", keywords, options)
+    return _start_many(structures, client, run, cluster, started)
+
+
+def _start_many(
+    structures: StructuresLike, client: Any, run: RunOptions, cluster: ClusterOptions, started: float
+) -> ManySubmission:
+    """:func:`start_many` with its keywords sorted; ``started``: when it was called (``time.monotonic``)."""
     named = _named(structures)
     if not named:
         raise BadInputError("no structures given")
-    screening = options.pop("screening", None)
-    cluster_options = {
-        key: options.pop(key, None)
-        for key in ("n_workers", "threads_per_worker", "memory_limit", "security", "dashboard")
-    }
-    worker_timeout = options.pop("worker_timeout", None)
-    check_installed = options.pop("check_installed", True)
-    check_options(
-        **{
-            key: options[key]
-            for key in ("cores_per_fragment", "memory_per_fragment", "retries", "order")
-            if key in options
-        }
-    )
     plans, errors = {}, {}
     for name, inp in named.items():
         try:
-            plans[name] = make_plan(inp, check_installed=check_installed, screening=screening)
+            plans[name] = make_plan(inp, check_installed=run.check_installed, screening=run.screening)
         except MbdaskError as exc:
             errors[name] = str(exc)
     if not plans:
         first = next(iter(errors))
         raise BadInputError(f"no structure could be planned; {first}: {errors[first]}")
-    store = _open_store(options.pop("store", None))
+    store = _open_store(run.store)
     largest = max(plans.values(), key=lambda p: len(p.jobs))
-    conn = connect_for(largest, client, **cluster_options)
+    conn = connect_for(largest, client, **cluster.keywords())
     writer = None
     shared = _shared_calculations(plans)
     held: list[Future] = []
     try:
-        waiting = workers_ready(conn, worker_timeout)
+        waiting = workers_ready(conn, run.worker_timeout)
+        run = run.replace(store=store, worker_timeout=waiting)
         worker_info = worker_resources(conn.client)
         writer = StoreWriter(store, conn.client) if store is not None else None
         submissions = {}
@@ -222,14 +219,11 @@ def start_many(structures: StructuresLike, client: Any = None, **options: Any) -
             sub = submit_plan(
                 plan,
                 conn,
-                store=store,
+                run if number == 0 or not run.check_installed else run.replace(check_installed=False),
                 writer=writer,
-                worker_timeout=waiting,
-                check_installed=check_installed and number == 0,
                 priority_offset=(len(plans) - number) * PRIORITY_SPAN,
                 borrowed=borrowed,
                 worker_info=worker_info,
-                **options,
             )
             submissions[name] = sub
             lent = shared.lent.get(name)
@@ -293,7 +287,9 @@ def _shared_calculations(plans: Mapping[str, Any]) -> SharedCalculations:
     return shared
 
 
-def submit_many(structures: StructuresLike, client: Any = None, **options: Any) -> dict[str, Any]:
+def submit_many(
+    structures: StructuresLike, client: Any = None, *, options: RunOptions | None = None, **keywords: Any
+) -> dict[str, Any]:
     """Start every structure (:func:`start_many`) and return the future of each one's ``ManyBodyResult`` by name.
 
     Structures that could not be planned are left out (start_many's ``errors`` has them).
@@ -302,22 +298,29 @@ def submit_many(structures: StructuresLike, client: Any = None, **options: Any) 
     workers' memory while the client lives; :func:`start_many` and
     :meth:`ManySubmission.results` release them when the last result is in.
     """
-    many = start_many(structures, client, **options)
+    started = time.monotonic()
+    run, cluster, _ = split_keywords("submit_many", keywords, options)
+    many = _start_many(structures, client, run, cluster, started)
     futures = many.futures
     for future in futures.values():
         many.connection.keep_alive_with(future)
     return futures
 
 
-def compute_many(structures: StructuresLike, client: Any = None, **options: Any) -> ManyResults:
+def compute_many(
+    structures: StructuresLike, client: Any = None, *, options: RunOptions | None = None, **keywords: Any
+) -> ManyResults:
     """Run the expansion of every structure on one cluster and wait; failed structures do not stop the others.
 
-    Returns :class:`ManyResults`: a mapping of name to ``ManyBodyResult`` for those that
-    finished, with :attr:`ManyResults.errors` for those that did not.
+    ``options`` and the keywords are :func:`start_many`'s. Returns :class:`ManyResults`: a
+    mapping of name to ``ManyBodyResult`` for those that finished, with
+    :attr:`ManyResults.errors` for those that did not.
     """
-    many = start_many(structures, client, **options)
+    started = time.monotonic()
+    run, cluster, _ = split_keywords("compute_many", keywords, options)
+    many = _start_many(structures, client, run, cluster, started)
     try:
-        return many.results(keep_going=options.get("keep_going", False))
+        return many.results(keep_going=run.keep_going)
     finally:
         many.connection.close()
 
