@@ -30,8 +30,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 SCREENING_TARGET_HELP = (
-    "screening: distance cutoffs measured to keep a 3-body expansion within KCAL kcal/mol per monomer (0.1, 0.05 or 0.02; "
-    "GFN2-xTB liquid water, docs/screening.md); says which it picked"
+    "screening: distance cutoffs measured to keep a 3-body expansion within KCAL kcal/mol per monomer "
+    "(0.1, 0.05 or 0.02; GFN2-xTB liquid water, docs/screening.md); says which it picked"
 )
 
 
@@ -66,23 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--report",
         metavar="FILE",
-        help="write a self-contained HTML report (n-body table, plots, timeline; for several structures their energies) here",
+        help="write a self-contained HTML report (n-body table, plots, timeline; for several structures their "
+        "energies) here",
     )
     _add_run_options(run)
     run.add_argument(
         "--keep-going",
         action="store_true",
-        help="if a fragment fails, still write the result through the highest complete n-body order, marked partial (exit code 1)",
+        help="if a fragment fails, still write the result through the highest complete n-body order, marked partial "
+        "(exit code 1)",
     )
     run.add_argument(
         "--distance-cutoffs",
         metavar="N:A,...",
-        help="screening: keep an N-body cluster only if each pair of its fragments is within A Angstrom (closest atoms), e.g. 2:9,3:5,4:4 (nocp/vmfc)",
+        help="screening: keep an N-body cluster only if each pair of its fragments is within A Angstrom (closest "
+        "atoms), e.g. 2:9,3:5,4:4 (nocp/vmfc)",
     )
     run.add_argument(
         "--energy-thresholds",
         metavar="N:KCAL,...",
-        help="screening: keep an N-body cluster only if its GFN2-xTB increment exceeds KCAL kcal/mol in magnitude, e.g. 2:0.05,3:0.01",
+        help="screening: keep an N-body cluster only if its GFN2-xTB increment exceeds KCAL kcal/mol in magnitude, "
+        "e.g. 2:0.05,3:0.01",
     )
     run.add_argument("--screening-target", metavar="KCAL", type=float, help=SCREENING_TARGET_HELP)
     run.add_argument(
@@ -93,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-progress",
         action="store_true",
-        help="no progress (on a terminal: bars redrawn in place; otherwise a line every 60 s, Dask config mbdask.progress.log-interval)",
+        help="no progress (on a terminal: bars redrawn in place; otherwise a line every 60 s, Dask config "
+        "mbdask.progress.log-interval)",
     )
 
     opt = sub.add_parser(
@@ -116,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument(
         "--convergence",
         metavar="SET",
-        help="geomeTRIC convergence set: GAU (default), GAU_LOOSE, GAU_TIGHT, GAU_VERYTIGHT, NWCHEM_LOOSE, TURBOMOLE, INTERFRAG_TIGHT",
+        help="geomeTRIC convergence set: GAU (default), GAU_LOOSE, GAU_TIGHT, GAU_VERYTIGHT, NWCHEM_LOOSE, "
+        "TURBOMOLE, INTERFRAG_TIGHT",
     )
     opt.add_argument(
         "-o",
@@ -127,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument(
         "--trajectory",
         metavar="FILE",
-        help="write every geometry here as a multi-frame XYZ, the energy in each comment line (rewritten after every step)",
+        help="write every geometry here as a multi-frame XYZ, the energy in each comment line (rewritten after every "
+        "step)",
     )
     opt.add_argument("--result", metavar="FILE", help="write the last step's ManyBodyResult JSON here")
     _add_run_options(opt)
@@ -155,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    """Where and how the fragments run: the cluster (started or reached) and each calculation's resources (run and optimize).
+    """Where and how the fragments run (run and optimize): the cluster (started or reached) and each calculation's
+    resources.
 
     Defaults that are settings are shown as mbdask.yaml has them (read without importing Dask).
     """
@@ -179,8 +187,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--worker-timeout",
         type=_seconds,
         metavar="SECONDS",
-        help="with --scheduler: wait this long for workers to join (batch jobs start late) and, during the run, for workers "
-        f"to come back when none is left, then stop with exit code 1 (default {default('worker-timeout')}, Dask config mbdask.worker-timeout)",
+        help="with --scheduler: wait this long for workers to join (batch jobs start late) and, during the run, "
+        "for workers to come back when none is left, then stop with exit code 1 "
+        f"(default {default('worker-timeout')}, Dask config mbdask.worker-timeout)",
     )
     parser.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: one per core)")
     parser.add_argument(
@@ -190,7 +199,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--memory-limit",
         type=_byte_size,
         metavar="SIZE",
-        help=f"LocalCluster memory per worker, e.g. 4GiB (default: {100 * default('local-cluster.memory-fraction'):g}%% of RAM / workers, "
+        help="LocalCluster memory per worker, e.g. 4GiB (default: "
+        f"{100 * default('local-cluster.memory-fraction'):g}%% of RAM / workers, "
         "Dask config mbdask.local-cluster.memory-fraction)",
     )
     parser.add_argument(
@@ -198,7 +208,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         type=_cores,
         default=1,
         metavar="N|auto",
-        help="cores each QC calculation uses and reserves (default 1); 'auto': more cores for fragments predicted to finish the run alone",
+        help="cores each QC calculation uses and reserves (default 1); 'auto': more cores for fragments predicted to "
+        "finish the run alone",
     )
     parser.add_argument(
         "--memory-per-fragment",
@@ -225,7 +236,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--dashboard",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help=f"serve Dask's dashboard from the LocalCluster (default: only for runs predicted to take {default('local-cluster.dashboard-min-seconds')} s "
+        help="serve Dask's dashboard from the LocalCluster (default: only for runs predicted to take "
+        f"{default('local-cluster.dashboard-min-seconds')} s "
         "per core or more, Dask config mbdask.local-cluster.dashboard)",
     )
 
@@ -355,8 +367,8 @@ def _screening(args: argparse.Namespace) -> dict | None:
         measured, cutoffs = cutoffs_for_target(target)
         text = ", ".join(f"{n}-body {r:g} A" for n, r in sorted(cutoffs.items()))
         print(
-            f"mbdask: --screening-target {target:g}: distance cutoffs {text}, measured to keep GFN2-xTB 3-body of a 128-water "
-            f"liquid droplet within {measured:g} kcal/mol per monomer (docs/screening.md)",
+            f"mbdask: --screening-target {target:g}: distance cutoffs {text}, measured to keep GFN2-xTB 3-body "
+            f"of a 128-water liquid droplet within {measured:g} kcal/mol per monomer (docs/screening.md)",
             file=sys.stderr,
         )
         options["target"] = target
@@ -404,7 +416,8 @@ def _given_model_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _refuse_model_options(args: argparse.Namespace, holders: Sequence[str], structures: int = 1) -> None:
     """Refuse XYZ options given with ManyBodyInput files (``holders``, among ``structures`` inputs): such a file holds
-    its own model chemistry and expansion, and running it while ignoring them would run another expansion than the one asked for."""
+    its own model chemistry and expansion, and running it while ignoring them would run another expansion than the
+    one asked for."""
     from mbdask.inputs.xyz import refused_model_options
 
     given = _given_model_options(args)
@@ -414,7 +427,8 @@ def _refuse_model_options(args: argparse.Namespace, holders: Sequence[str], stru
 
 
 def _model_options(args: argparse.Namespace):
-    """The XYZ options (--program, --method, ...) as :class:`mbdask.inputs.xyz.ModelOptions`, its defaults for those not given."""
+    """The XYZ options (--program, --method, ...) as :class:`mbdask.inputs.xyz.ModelOptions`, its defaults for those
+    not given."""
     from mbdask.inputs.xyz import ModelOptions
 
     given = _given_model_options(args)
@@ -527,7 +541,8 @@ def _run_many(args: argparse.Namespace) -> int:
         f"; {plural(results.shared, 'calculation')} shared between structures, computed once" if results.shared else ""
     )
     print(
-        f"mbdask: {len(results)} of {plural(len(results.order), 'structure')} finished{shared}; wall time {results.wall_seconds:.2f} s"
+        f"mbdask: {len(results)} of {plural(len(results.order), 'structure')} finished{shared}; wall time "
+        f"{results.wall_seconds:.2f} s"
     )
     if args.output_dir:
         write_structure_results(results, args.output_dir)
@@ -631,7 +646,8 @@ def _run_one(args: argparse.Namespace) -> int:
         if store is not None and store.corrupted:
             they = "it is" if len(store.corrupted) == 1 else "they are"
             print(
-                f"mbdask: {plural(len(store.corrupted), 'corrupted store entry', 'corrupted store entries')} ignored; {they} recomputed",
+                f"mbdask: {plural(len(store.corrupted), 'corrupted store entry', 'corrupted store entries')} "
+                f"ignored; {they} recomputed",
                 file=sys.stderr,
             )
         if sub.progress is not None:
@@ -672,8 +688,8 @@ def _run_one(args: argparse.Namespace) -> int:
     partial = result.extras["mbdask"].get("partial")
     if partial:
         print(
-            f"mbdask: PARTIAL result, complete through {partial['complete_nbody']}-body of {partial['requested_nbody']}: "
-            f"{partial['error']}",
+            f"mbdask: PARTIAL result, complete through {partial['complete_nbody']}-body of "
+            f"{partial['requested_nbody']}: {partial['error']}",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -710,7 +726,8 @@ def _optimize(args: argparse.Namespace) -> int:
         print(f"{step:>5}  {energy:>20.10f}  {change:>12}  {rms:>12.3e}  {largest:>12.3e}")
     state = "converged" if opt.converged else f"NOT converged after {plural(opt.steps, 'step')} (--max-steps)"
     print(
-        f"mbdask: optimisation {state}: {plural(opt.steps, 'step')}, {plural(opt.evaluations, 'expansion')}, final MBE energy {opt.energy:.10f} Eh"
+        f"mbdask: optimisation {state}: {plural(opt.steps, 'step')}, {plural(opt.evaluations, 'expansion')}, final "
+        f"MBE energy {opt.energy:.10f} Eh"
     )
     if args.output:
         if args.output.lower().endswith(".xyz"):
@@ -738,7 +755,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _kept(args: argparse.Namespace) -> str:
-    """After an interrupt of ``run`` or ``optimize``: what the store kept for the same command to resume from, or that nothing was kept."""
+    """After an interrupt of ``run`` or ``optimize``: what the store kept for the same command to resume from, or
+    that nothing was kept."""
     if args.command not in ("run", "optimize"):
         return ""
     from mbdask.calculation.store import kept_for_next_run

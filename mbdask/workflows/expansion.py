@@ -80,7 +80,8 @@ class Submission:
     from_store: int = 0
     #: fragment calculations done per model chemistry and n-body order (``start(..., progress=True)``)
     progress: Progress | None = field(default=None, repr=False)
-    #: writes each finished unit's outputs into ``store``, in this process (see :class:`~mbdask.calculation.store.StoreWriter`)
+    #: writes each finished unit's outputs into ``store``, in this process
+    #: (see :class:`~mbdask.calculation.store.StoreWriter`)
     writer: StoreWriter | None = field(default=None, repr=False)
     #: started with ``keep_going=True``: :meth:`result` gives the partial result after a failure
     keep_going: bool = False
@@ -102,7 +103,7 @@ class Submission:
         return result_of(self, keep_going=self.keep_going, timeout=timeout)
 
     def close_store(self) -> None:
-        """Write every finished fragment into the store, and stop writing (:func:`result_of` does this when the run ends)."""
+        """Write every finished fragment into the store, and stop writing (:func:`result_of` does this at the end)."""
         if self.writer is not None:
             self.writer.close()
 
@@ -172,7 +173,8 @@ def _units(
 ) -> list[Unit]:
     """Units to run (batched by predicted cost), units carrying what the store had, units taking
     ``borrowed`` calculations (label: the future of another expansion's unit, and the label there),
-    and units taking the outputs of this expansion's calculations already ``running`` (label: the future of its unit)."""
+    and units taking the outputs of this expansion's calculations already ``running`` (label: the future of its
+    unit)."""
     cost = CostModel.for_plan(plan)
     by_label = {job.label: job for job in plan.jobs}
     cost.calibrate((by_label[lab], out["stop"] - out["start"]) for lab, out in known.items() if "stop" in out)
@@ -711,7 +713,8 @@ def _scatter_to_all(client: Client) -> Callable[[Any], Future]:
 
 
 def _kept_by_scheduler(client: Client) -> Callable[[Any], SharedContext]:
-    """Give the context to the scheduler, which hands it to each worker once (:class:`~mbdask.calculation.execute.SharedContext`).
+    """Give the context to the scheduler, which hands it to each worker once
+    (:class:`~mbdask.calculation.execute.SharedContext`).
 
     For clusters whose workers may all leave and others join (batch systems): nothing
     is lost with a worker, and no task depends on one worker's data.
@@ -731,7 +734,7 @@ def _forked_here(conn: Connection) -> bool:
 
 
 def result_of(sub: Submission, *, keep_going: bool = False, timeout: float | None = None) -> ManyBodyResult:
-    """Wait for ``sub`` (at most ``timeout`` seconds); on a fragment failure with ``keep_going``, its partial result if any.
+    """Wait for ``sub`` (at most ``timeout`` seconds); on a fragment failure with ``keep_going``, its partial result.
 
     While waiting, the scheduler's workers are looked at every ``mbdask.watch-interval``
     seconds: when none is left (batch jobs at their wall time), the user is told at once,
@@ -804,7 +807,8 @@ def _watched_result(sub: Submission, timeout: float | None) -> ManyBodyResult:
             alone_since = now
             kept = " (finished fragments are in the store)" if sub.store is not None else ""
             say(
-                f"mbdask: no worker is left on the scheduler{kept}; waiting up to {sub.worker_timeout:g} s for workers to join"
+                f"mbdask: no worker is left on the scheduler{kept}; waiting up to {sub.worker_timeout:g} s for "
+                "workers to join"
             )
         if now - alone_since >= sub.worker_timeout:
             kept = "; rerun with the same store to reuse the finished fragments" if sub.store is not None else ""

@@ -162,7 +162,8 @@ def optimize(
     run, cluster, xyz_options = split_keywords("optimize", keywords, options, extra=XYZ_OPTIONS)
     if xyz_options.get("driver") not in (None, "gradient"):
         raise BadInputError(
-            f"driver {xyz_options['driver']!r}: an optimisation runs MBE gradients (leave driver out, or give 'gradient')"
+            f"driver {xyz_options['driver']!r}: an optimisation runs MBE gradients (leave driver out, or give "
+            "'gradient')"
         )
     _refuse_keep_going(run)
     screening = run.screening
@@ -258,7 +259,7 @@ def _import_geometric() -> Any:
 
 
 def _refuse_keep_going(run: RunOptions) -> None:
-    """``keep_going`` is refused: a gradient through a lower order than asked for would optimise another energy surface."""
+    """Refuse ``keep_going``: a gradient through a lower order than asked for would optimise another energy surface."""
     if run.keep_going:
         raise BadInputError(
             "keep_going cannot be used in an optimisation: a partial result's gradient is that of a lower n-body order"
@@ -268,7 +269,7 @@ def _refuse_keep_going(run: RunOptions) -> None:
 def _geometric_params(
     geometric: Any, max_steps: int, convergence: str | None, extra: Mapping[str, Any] | None
 ) -> tuple[Any, str]:
-    """geomeTRIC's ``OptParams`` (and the coordinate system's name); a bad convergence set or option is an BadInputError."""
+    """geomeTRIC's ``OptParams`` and the coordinate system's name; a bad convergence set or option: BadInputError."""
     extra = dict(extra or {})
     for name, ours in OWN_GEOMETRIC_OPTIONS.items():
         if name in extra:
@@ -392,7 +393,7 @@ class Expansions:
         return float(result.properties.return_energy), mbe_gradient(result)
 
     def _plan_or_input(self, coords: np.ndarray) -> Any:
-        """The plan made before the cluster started where it is for this geometry (saves planning twice), else the input."""
+        """The plan made before the cluster started if it is this geometry's (not planned twice), else the input."""
         plan, self._first_plan = self._first_plan, None
         if plan is not None and np.array_equal(plan.input.molecule.geometry, coords):
             return plan
@@ -447,7 +448,10 @@ def engine_class() -> type:
     from geometric.engine import Engine
 
     class FunctionEngine(Engine):
-        """geomeTRIC's custom engine for ``evaluate(coords_bohr) -> (energy, gradient)``; records each geometry it is asked for."""
+        """geomeTRIC's custom engine for ``evaluate(coords_bohr) -> (energy, gradient)``.
+
+        It records each geometry it is asked for.
+        """
 
         def __init__(
             self,

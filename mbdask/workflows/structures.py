@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from distributed import Future
 
@@ -41,7 +41,7 @@ from mbdask.workflows.options import ClusterOptions, RunOptions, split_keywords
 
 #: File suffixes a directory of structures is read for.
 STRUCTURE_SUFFIXES = (".json", ".yaml", ".yml", ".xyz")
-StructuresLike = Union[Mapping[str, Any], Sequence[Any]]
+StructuresLike = Mapping[str, Any] | Sequence[Any]
 
 
 def read_structures(paths: Sequence[str | os.PathLike], model: Any | None = None, **xyz: Any) -> dict[str, Any]:
@@ -52,8 +52,8 @@ def read_structures(paths: Sequence[str | os.PathLike], model: Any | None = None
     * an ``.xyz`` file: one structure per frame, named by the file's stem and the frame's number
       from 1, as wide as the last one (``traj-1`` ... ``traj-5`` for five frames, ``traj-01`` ...
       ``traj-12`` for twelve; a single frame keeps the stem), not by the frames' comment lines,
-      which in trajectories repeat or hold energies, with the model chemistry of ``model`` (:class:`mbdask.inputs.xyz.ModelOptions`)
-      and the fragments found in the first frame; ``xyz`` are
+      which in trajectories repeat or hold energies, with the model chemistry of ``model``
+      (:class:`mbdask.inputs.xyz.ModelOptions`) and the fragments found in the first frame; ``xyz`` are
       :func:`mbdask.inputs.xyz.molecules_from_xyz`'s options (``fragment_charges``, ``fragments``);
     * a directory: its files with the suffixes above, sorted by name (not its subdirectories).
 
@@ -375,7 +375,7 @@ class ManyResults(Mapping):
         return out.getvalue()
 
     def summary(self) -> str:
-        """A plain-text table: one line per structure (total energy, interaction energy, calculations), then failures."""
+        """A plain-text table: a line per structure (total energy, interaction energy, calculations), then failures."""
         lines = [
             f"{'structure':<24} {'status':<8} {'energy [Eh]':>20} {'interaction [kcal/mol]':>24} {'calculations':>12}"
         ]
@@ -451,14 +451,16 @@ class ManyProgress:
             rows.append(f"  ... {plural(len(running) - self.SHOWN, 'more structure')} to run")
         elapsed = time.monotonic() - self.started
         tail = (
-            f"  structures: {finished} done, {failed} failed, {len(running)} to go of {len(self.structures) + len(self.errors)}; "
+            f"  structures: {finished} done, {failed} failed, {len(running)} to go of "
+            f"{len(self.structures) + len(self.errors)}; "
             f"{done}/{total} fragment calculations, {duration(elapsed)} elapsed"
         )
         return rows + [tail]
 
 
 def write_structure_results(results: ManyResults, directory: str | os.PathLike) -> list[Path]:
-    """Each structure's result as ``DIRECTORY/NAME.json`` (tables beside it for large ones) and the table as ``structures.csv``."""
+    """Each structure's result as ``DIRECTORY/NAME.json`` (tables beside it for large ones) and the table of all
+    as ``structures.csv``."""
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
