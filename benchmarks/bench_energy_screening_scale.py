@@ -47,7 +47,8 @@ if __name__ == "__main__":
     xyz, t3, t4 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
     inp = ModelOptions(max_nbody=4).input_for(molecule_from_xyz(xyz, guess_ions=True))
     cheap = {"program": "xtb", "model": {"method": "gfn2-xtb"}}
-    result = mbdask.compute(inp, store="run.sqlite", screening={"energy_thresholds": {3: t3, 4: t4}, "cheap_model": cheap})
+    screening = {"energy_thresholds": {3: t3, 4: t4}, "cheap_model": cheap}
+    result = mbdask.compute(inp, store="run.sqlite", screening=screening)
     mbdask.save_result(result, "result.json")
 """
 
@@ -102,35 +103,37 @@ def section_markdown(rows: list[dict], geometry: str, machine: str) -> str:
     lines = [
         SECTION,
         "",
-        f"Measured {datetime.date.today().isoformat()} on {machine} with `python benchmarks/bench_energy_screening_scale.py "
-        f"--reference DIR --geometry {geometry} --docs`: (H2O)64 {geometry} 4-body, energy screening at 3- and 4-body with "
-        "GFN2-xTB as the cheap model, on a copy of the unscreened run's store, so that every calculation is found there and "
-        "nothing is computed: the figures are mbdask's own machinery at this size (the decision loop, candidates, store "
-        "look-ups, graph, assembly), a whole process calling `mbdask.compute` with the input the command line builds "
-        "from the XYZ file. Predicted = counted offline from the unscreened "
-        "reference's increments; the run's own counts must agree.",
+        f"Measured {datetime.date.today().isoformat()} on {machine} with `python "
+        f"benchmarks/bench_energy_screening_scale.py --reference DIR --geometry {geometry} --docs`: (H2O)64 {geometry} "
+        "4-body, energy screening at 3- and 4-body with GFN2-xTB as the cheap model, on a copy of the unscreened "
+        "run's store, so that every calculation is found there and nothing is computed: the figures are mbdask's own "
+        "machinery at this size (the decision loop, candidates, store look-ups, graph, assembly), a whole process "
+        "calling `mbdask.compute` with the input the command line builds from the XYZ file. Predicted = counted "
+        "offline from the unscreened reference's increments; the run's own counts must agree.",
         "",
-        "| thresholds 3 / 4-body, kcal/mol | 3-body kept / candidates | 4-body kept / candidates (predicted) | calculations in the result | screening s | wall s | client CPU s | client peak MB |",
+        "| thresholds 3 / 4-body, kcal/mol | 3-body kept / candidates | 4-body kept / candidates (predicted) | "
+        "calculations in the result | screening s | wall s | client CPU s | client peak MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         o3, o4, p4 = row["orders"]["3"], row["orders"]["4"], row["predicted"]["4"]
         lines.append(
-            f"| {row['t3']:g} / {row['t4']:g} | {o3['kept']:,} / {o3['candidates']:,} | {o4['kept']:,} / {o4['candidates']:,} "
-            f"({p4['kept']:,} / {p4['candidates']:,}) | {row['calculations']:,} | {row['screening_seconds']:.1f} | "
-            f"{row['wall_s']:.1f} | {row['client_cpu_s']:.1f} | {row['client_peak_mb']:,.0f} |"
+            f"| {row['t3']:g} / {row['t4']:g} | {o3['kept']:,} / {o3['candidates']:,} | {o4['kept']:,} / "
+            f"{o4['candidates']:,} ({p4['kept']:,} / {p4['candidates']:,}) | {row['calculations']:,} | "
+            f"{row['screening_seconds']:.1f} | {row['wall_s']:.1f} | {row['client_cpu_s']:.1f} | "
+            f"{row['client_peak_mb']:,.0f} |"
         )
     largest = max(rows, key=lambda row: row["orders"]["4"]["candidates"])
     candidates = largest["orders"]["3"]["candidates"] + largest["orders"]["4"]["candidates"]
     lines += [
         "",
         f"Read: at {candidates:,} candidates the client spent {largest['client_cpu_s']:.0f} s of CPU "
-        f"({1000 * largest['client_cpu_s'] / candidates:.2f} ms a candidate, decisions, store look-ups and the final graph "
-        f"together) and peaked at {largest['client_peak_mb'] / 1024:.1f} GB, which includes the plan of the whole "
-        "679,120-calculation expansion that energy screening starts from (the distance-screened expansion, here "
+        f"({1000 * largest['client_cpu_s'] / candidates:.2f} ms a candidate, decisions, store look-ups and the final "
+        f"graph together) and peaked at {largest['client_peak_mb'] / 1024:.1f} GB, which includes the plan of the "
+        "whole 679,120-calculation expansion that energy screening starts from (the distance-screened expansion, here "
         "unscreened; the unscreened zero-cost run above peaked at 2.0 GB); the cheap calculations go out batched by "
-        "predicted cost, many per Dask task, not one future per candidate. Were the cheap calculations "
-        "computed rather than found (GFN2-xTB tetramers, about 3 ms each), the same candidates would be about "
+        "predicted cost, many per Dask task, not one future per candidate. Were the cheap calculations computed "
+        "rather than found (GFN2-xTB tetramers, about 3 ms each), the same candidates would be about "
         f"{largest['orders']['4']['candidates'] * 0.003 / 2 / 60:.0f} minutes of the 2 workers' time, beside which the "
         "client's loop is a few percent of one core.",
     ]

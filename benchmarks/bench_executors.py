@@ -133,10 +133,10 @@ def concurrent_fragment_slowdown(workers: int = 2, nwaters: int = 20, group: int
     What mbdask's thread pinning buys: unpinned, concurrent calls share the cores their pools
     each think they own and every call slows down; pinned, ``slowdown`` stays near 1 where the
     machine has a core per worker (a loaded machine gives more). tests/test_threads.py tests
-    the mechanism (pools and environment inside the call); this measures the effect. Was a
-    test asserting ``slowdown < 2``, which a busy 2-core machine failed (2.1).
+    the mechanism (pools and environment inside the call); this measures the effect, and asserts
+    no bound: on a busy 2-core machine ``slowdown`` reaches 2.1 whatever the pinning.
 
-        python -c "import sys; sys.path.insert(0, 'benchmarks'); import bench_executors as b; print(b.concurrent_fragment_slowdown())"
+        PYTHONPATH=benchmarks python -c "import bench_executors as b; print(b.concurrent_fragment_slowdown())"
     """
     import statistics
 

@@ -54,7 +54,8 @@ def _seconds(text: str) -> float:
 
 
 class MemorySampler(threading.Thread):
-    """Peak RSS of a process and, separately, of each of its descendants, and the process's last CPU seconds, sampled every second."""
+    """Peak RSS of a process and, separately, of each of its descendants, and the process's last CPU seconds, sampled
+    every second."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)

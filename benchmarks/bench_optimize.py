@@ -162,12 +162,12 @@ def section_markdown(
     lines = [
         SECTION,
         "",
-        f"Measured {date or datetime.date.today().isoformat()} on {machine} with `{command}`. {case}, from the same start geometry, "
-        "the same optimiser on every route (geomeTRIC, TRIC coordinates, GAU convergence, as `mbdask.optimize` sets it up); "
-        "only each step's MBE gradient is computed differently: one mbdask expansion on a LocalCluster started once "
-        "(its start included in the wall time, or already up), or QCManyBody's fragments one after another in one process "
-        "(as installed, and truly single-threaded). "
-        "Steps/min counts geomeTRIC's steps; each step is one MBE gradient. "
+        f"Measured {date or datetime.date.today().isoformat()} on {machine} with `{command}`. {case}, from the same "
+        "start geometry, the same optimiser on every route (geomeTRIC, TRIC coordinates, GAU convergence, as "
+        "`mbdask.optimize` sets it up); only each step's MBE gradient is computed differently: one mbdask expansion "
+        "on a LocalCluster started once (its start included in the wall time, or already up), or QCManyBody's "
+        "fragments one after another in one process (as installed, and truly single-threaded). Steps/min counts "
+        "geomeTRIC's steps; each step is one MBE gradient. "
         + (
             f"Routes interleaved, {repeats} runs each; the best wall time counts (all runs in the last column)."
             if repeats > 1
@@ -181,7 +181,8 @@ def section_markdown(
         walls = ", ".join(f"{wall:.1f}" for wall in row.get("walls", [row["wall"]]))
         lines.append(
             f"| {row['route']} | {row['steps']} | {'yes' if row['converged'] else 'no'} | {row['wall']:.1f} | "
-            f"{60 * row['steps'] / row['wall']:.1f} | {row['energy']:.10f} | {row['energy'] - reference['energy']:.1e} | {walls} |"
+            f"{60 * row['steps'] / row['wall']:.1f} | {row['energy']:.10f} | {row['energy'] - reference['energy']:.1e} "
+            f"| {walls} |"
         )
     mbdask_rows = [row for row in rows if row["route"].startswith("mbdask")]
     fastest = min(sequential, key=lambda row: row["wall"])
@@ -201,7 +202,8 @@ def section_markdown(
 
 
 def write_docs(text: str, page: Path = HERE.parent / "docs" / "benchmarks.md") -> None:
-    """Put ``text`` into docs/benchmarks.md (or ``page``), replacing this script's section (bench_overhead's ``write_section``)."""
+    """Put ``text`` into docs/benchmarks.md (or ``page``), replacing this script's section (bench_overhead's
+    ``write_section``)."""
     from bench_overhead import write_section
 
     write_section(text, page, section=SECTION)
@@ -276,8 +278,8 @@ def measure(quick: bool, steps: int | None, nwaters: int = NWATERS, repeats: int
     command = f"python benchmarks/bench_optimize.py{options} --docs"
     calculations = nwaters + math.comb(nwaters, 2) + math.comb(nwaters, 3)
     case = (
-        f"(H2O){nwaters} ({CLUSTER_FILES.get(nwaters, 'tiled')}), 3-body nocp GFN2-xTB ({calculations} calculations a step), "
-        f"at most {max_steps} steps"
+        f"(H2O){nwaters} ({CLUSTER_FILES.get(nwaters, 'tiled')}), 3-body nocp GFN2-xTB ({calculations} calculations a "
+        f"step), at most {max_steps} steps"
     )
     return {
         "rows": rows,

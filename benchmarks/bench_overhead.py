@@ -88,7 +88,8 @@ if __name__ == "__main__":
     inp["specification"]["specification"]["sleep"]["model"]["method"] = sys.argv[2]
     result = mbdask.compute(inp)
     timing = result.extras["mbdask"]["timing"]
-    print(json.dumps({"fragments": result.extras["mbdask"]["nfragment_calculations"], "energy": result.properties.return_energy,
+    print(json.dumps({"fragments": result.extras["mbdask"]["nfragment_calculations"],
+                      "energy": result.properties.return_energy,
                       "own_ms": 1000 * sum(f["own_seconds"] for f in timing["fragments"]) / len(timing["fragments"]),
                       "program_ms": 1000 * timing["sum_task_seconds"] / len(timing["fragments"])}))
 """
@@ -124,7 +125,8 @@ if __name__ == "__main__":
 THROUGHPUT_METHODS = ("hf", "gfn2-xtb")
 
 
-#: For the library's script: the thread variables left unset, as in a user's shell (``_timed`` drops variables set to None).
+#: For the library's script: the thread variables left unset, as in a user's shell
+#: (``_timed`` drops variables set to None).
 UNSET_THREADS = {name: None for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
@@ -327,15 +329,18 @@ def section_markdown(result: dict, machine: str) -> str:
         "fragment times / cores, longest fragment). QCManyBody: the fastest of its default, truly single-threaded and "
         "BLAS-pinned settings (columns). Pool: `concurrent.futures.ProcessPoolExecutor` over QCManyBody's fragments.",
         "",
-        "| case | calcs | mbdask s | mbdask, spawned workers s | script calling mbdask.compute s | QCManyBody default / 1 thread / BLAS pinned s | pool s (xtb muted) | bound s | efficiency | efficiency, spawned | vs best QCManyBody | vs pool | max energy diff |",
+        "| case | calcs | mbdask s | mbdask, spawned workers s | script calling mbdask.compute s | QCManyBody default "
+        "/ 1 thread / BLAS pinned s | pool s (xtb muted) | bound s | efficiency | efficiency, spawned | vs best "
+        "QCManyBody | vs pool | max energy diff |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result.get("rows", []):
         sequential = " / ".join(f"{row[f'{key} s']:.1f}" for key in SEQUENTIAL)
         lines.append(
-            f"| {row['case']} | {row['fragments']} | {row['mbdask s']:.2f} | {row['mbdask spawned s']:.2f} | {_library(row)} | {sequential} | "
-            f"{_pools(row)} | {row['bound s']:.2f} | {row['efficiency']:.2f} | {row['efficiency spawned']:.2f} | "
-            f"{row['vs best sequential']:.2f} | {row['vs pool']:.2f} | {row['max energy diff']:.1e} |"
+            f"| {row['case']} | {row['fragments']} | {row['mbdask s']:.2f} | {row['mbdask spawned s']:.2f} | "
+            f"{_library(row)} | {sequential} | {_pools(row)} | {row['bound s']:.2f} | {row['efficiency']:.2f} | "
+            f"{row['efficiency spawned']:.2f} | {row['vs best sequential']:.2f} | {row['vs pool']:.2f} | "
+            f"{row['max energy diff']:.1e} |"
         )
     if result.get("rows"):
         lines += ["", "Where mbdask's wall time goes (`--profile` of the best mbdask run; seconds):", ""]
@@ -376,10 +381,11 @@ def section_markdown(result: dict, machine: str) -> str:
     for row in result.get("throughput", []):
         lines += [
             "",
-            f"Throughput, (H2O)64 3-body through the zero-duration sleep program priced by the cost model as `{row['priced as']}` "
-            f"(a TEST DOUBLE, not chemistry; whole process, LocalCluster on all cores): {row['fragments']} calculations in "
-            f"{row['wall']:.1f} s, **{row['per_second']:.0f} fragments/s**; per fragment {row['own_ms']:.3f} ms of mbdask "
-            f"around the call and {row['program_ms']:.3f} ms in QCEngine and the double.",
+            "Throughput, (H2O)64 3-body through the zero-duration sleep program priced by the cost model as "
+            f"`{row['priced as']}` (a TEST DOUBLE, not chemistry; whole process, LocalCluster on all cores): "
+            f"{row['fragments']} calculations in {row['wall']:.1f} s, **{row['per_second']:.0f} fragments/s**; per "
+            f"fragment {row['own_ms']:.3f} ms of mbdask around the call and {row['program_ms']:.3f} ms in QCEngine and "
+            "the double.",
         ]
     return "\n".join(lines) + "\n"
 

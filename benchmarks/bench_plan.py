@@ -39,8 +39,11 @@ plan = mbdask.plan(inp, check_installed=False)
 t1 = time.perf_counter()
 units = _units(plan, {}, workers, resources, batch=True, auto_cores=False)
 t2 = time.perf_counter()
-graph = build_graph(plan, "bench", resources=resources, units=units, increment_tasks=increment_tasks(workers), cluster_cores=2)
-nodes = len(graph.graph.layers["fragments"]) + len(graph.graph.layers["increments"]) + len(graph.graph.layers["levels"]) + 2
+graph = build_graph(
+    plan, "bench", resources=resources, units=units, increment_tasks=increment_tasks(workers), cluster_cores=2
+)
+layers = graph.graph.layers
+nodes = len(layers["fragments"]) + len(layers["increments"]) + len(layers["levels"]) + 2
 t3 = time.perf_counter()
 # VmHWM, not ru_maxrss: the latter survives exec and would report the parent's peak
 rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
@@ -83,7 +86,8 @@ if __name__ == "__main__":
     for row in run(cases, traced):
         print(
             f"| (H2O){row['waters']} {row['nbody']}-body | {row['fragments']} | {row['nodes']} | {row['plan_s']:.2f} | "
-            f"{row['graph_s']:.2f} ({row['units_s']:.2f} + {row['graph_s'] - row['units_s']:.2f}) | {row['plan_s'] + row['graph_s']:.2f} | "
+            f"{row['graph_s']:.2f} ({row['units_s']:.2f} + {row['graph_s'] - row['units_s']:.2f}) | "
+            f"{row['plan_s'] + row['graph_s']:.2f} | "
             f"{row['peak_mb']:.0f} |" + (f" {row['traced_peak_mb']:.0f} |" if traced else ""),
             flush=True,
         )

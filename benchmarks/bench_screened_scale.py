@@ -63,13 +63,15 @@ t2 = time.perf_counter()
 workers = [{"address": "a", "nthreads": 1, "memory_limit": 2**30, "resources": {"cores": 1, "memory": 2**30}}] * 2
 resources = FragmentResources()
 units = _units(plan, {}, workers, resources, batch=True, auto_cores=False)
-graph = build_graph(plan, "bench", resources=resources, units=units, increment_tasks=increment_tasks(workers), cluster_cores=2)
+graph = build_graph(
+    plan, "bench", resources=resources, units=units, increment_tasks=increment_tasks(workers), cluster_cores=2
+)
 t3 = time.perf_counter()
 rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
 kept = {n: len(c) for n, c in plan.screened.kept.items()}
-print(json.dumps({"waters": plan.nfragments, "nbody": nbody, "cutoffs": text, "calculations": len(plan.jobs), "kept": kept,
-                  "imports_s": t0 - t_start, "xyz_s": t1 - t0, "plan_s": t2 - t1, "graph_s": t3 - t2, "peak_mb": rss,
-                  "tasks": len(graph.units)}))
+print(json.dumps({"waters": plan.nfragments, "nbody": nbody, "cutoffs": text, "calculations": len(plan.jobs),
+                  "kept": kept, "imports_s": t0 - t_start, "xyz_s": t1 - t0, "plan_s": t2 - t1, "graph_s": t3 - t2,
+                  "peak_mb": rss, "tasks": len(graph.units)}))
 """
 
 
@@ -191,8 +193,8 @@ if __name__ == "__main__":
 
 
 def energy_row(run_folder: Path, nwaters: int, nbody: int, cutoffs: str, thresholds: str, workdir: Path) -> dict:
-    """Energy screening (``thresholds``, kcal/mol per order) of the candidates within ``cutoffs``, on a copy of the store
-    the distance-screened run at ``cutoffs`` left in ``run_folder``: nothing is computed."""
+    """Energy screening (``thresholds``, kcal/mol per order) of the candidates within ``cutoffs``, on a copy
+    of the store the distance-screened run at ``cutoffs`` left in ``run_folder``: nothing is computed."""
     import shutil
 
     folder = workdir / f"energy{nwaters}-{thresholds.replace(':', '_').replace(',', '-')}"
@@ -245,23 +247,26 @@ def section_markdown(
     lines = [
         SECTION,
         "",
-        f"Measured {datetime.date.today().isoformat()} on {machine} with `python benchmarks/bench_screened_scale.py` (the plan "
-        "table by default; each end-to-end run with `--run N:K:CUTOFFS[:gradient]`, energy screening with `--energy "
-        "N:CUTOFFS:THRESHOLDS`; `--from-json` of their merged output writes this section): "
-        "GFN2-xTB nocp expansions screened by distance (closest atoms; a k-cluster is kept when all its sub-clusters are "
-        "kept and each pair lies within the k-body cutoff) on liquid-water droplets of N waters, the first N waters of "
-        "`benchmarks/data/water4096-liquid-sphere.xyz` (ordered by distance from its centre). Plan + graph: a fresh process "
-        "plans, batches for two single-thread workers and builds the graph as `mbdask.start` does before sending it "
-        "(imports, SciPy's 0.4 s included, not counted); peak RSS is that process's (imports included, about 120 MB).",
+        f"Measured {datetime.date.today().isoformat()} on {machine} with `python benchmarks/bench_screened_scale.py` "
+        "(the plan table by default; each end-to-end run with `--run N:K:CUTOFFS[:gradient]`, energy screening with "
+        "`--energy N:CUTOFFS:THRESHOLDS`; `--from-json` of their merged output writes this section): GFN2-xTB nocp "
+        "expansions screened by distance (closest atoms; a k-cluster is kept when all its sub-clusters are kept and "
+        "each pair lies within the k-body cutoff) on liquid-water droplets of N waters, the first N waters of "
+        "`benchmarks/data/water4096-liquid-sphere.xyz` (ordered by distance from its centre). Plan + graph: a fresh "
+        "process plans, batches for two single-thread workers and builds the graph as `mbdask.start` does before "
+        "sending it (imports, SciPy's 0.4 s included, not counted); peak RSS is that process's (imports included, "
+        "about 120 MB).",
         "",
-        "| waters | cutoffs (A) | kept 2-body / 3-body | calculations | plan s | graph s | plan + graph s | per calculation, us | peak RSS MB |",
+        "| waters | cutoffs (A) | kept 2-body / 3-body | calculations | plan s | graph s | plan + graph s | per "
+        "calculation, us | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in plans:
         kept = " / ".join(f"{row['kept'].get(str(n), row['kept'].get(n, 0)):,}" for n in range(2, row["nbody"] + 1))
         lines.append(
-            f"| {row['waters']:,} | {row['cutoffs']} | {kept} | {row['calculations']:,} | {row['plan_s']:.2f} | {row['graph_s']:.2f} | "
-            f"{row['plan_s'] + row['graph_s']:.2f} | {row['us_per_calculation']:.1f} | {row['peak_mb']:.0f} |"
+            f"| {row['waters']:,} | {row['cutoffs']} | {kept} | {row['calculations']:,} | {row['plan_s']:.2f} | "
+            f"{row['graph_s']:.2f} | {row['plan_s'] + row['graph_s']:.2f} | {row['us_per_calculation']:.1f} | "
+            f"{row['peak_mb']:.0f} |"
         )
     if unscreened:
         lines += [
@@ -276,47 +281,51 @@ def section_markdown(
     if cli:
         lines += [
             "",
-            f"`python -m mbdask plan {cli['file']} --program xtb --method gfn2-xtb --max-nbody 3 --distance-cutoffs {cli['cutoffs']}` "
-            f"(the whole 4,096-water file, a whole process as a user runs it, start-up and reading the XYZ file included): "
-            f"**{cli['wall_s']:.1f} s**, peak {cli['peak_mb']:.0f} MB.",
+            f"`python -m mbdask plan {cli['file']} --program xtb --method gfn2-xtb --max-nbody 3 --distance-cutoffs "
+            f"{cli['cutoffs']}` (the whole 4,096-water file, a whole process as a user runs it, start-up and reading "
+            f"the XYZ file included): **{cli['wall_s']:.1f} s**, peak {cli['peak_mb']:.0f} MB.",
         ]
     if runs:
         lines += [
             "",
-            "End to end, the command line as a user runs it (`python -m mbdask run DROPLET.xyz --program xtb --method gfn2-xtb "
-            "--max-nbody K --distance-cutoffs ... --store run.sqlite -o result.json --profile profile.json --report report.html`, "
-            "a fresh store, LocalCluster of 2 single-thread workers). Bound = QC program time / 2 cores (or the longest fragment); "
-            "wall includes Python's start, planning, the cluster's start, writing the result, its tables and the report "
-            "(together 2-4 s: they dominate the ratio below 256 waters; from 512 waters on the runs stay within 1.1 of the bound).",
+            "End to end, the command line as a user runs it (`python -m mbdask run DROPLET.xyz --program xtb --method "
+            "gfn2-xtb --max-nbody K --distance-cutoffs ... --store run.sqlite -o result.json --profile profile.json "
+            "--report report.html`, a fresh store, LocalCluster of 2 single-thread workers). Bound = QC program time "
+            "/ 2 cores (or the longest fragment); wall includes Python's start, planning, the cluster's start, "
+            "writing the result, its tables and the report (together 2-4 s: they dominate the ratio below 256 waters; "
+            "from 512 waters on the runs stay within 1.1 of the bound).",
             "",
-            "| waters | n-body | driver | cutoffs (A) | calculations | wall s | bound s | wall / bound | client peak MB | worker peak MB | report MB | interaction per water, kcal/mol |",
+            "| waters | n-body | driver | cutoffs (A) | calculations | wall s | bound s | wall / bound | client peak "
+            "MB | worker peak MB | report MB | interaction per water, kcal/mol |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in runs:
             lines.append(
-                f"| {row['waters']:,} | {row['nbody']} | {row['driver']} | {row['cutoffs']} | {row['calculations']:,} | {row['wall_s']:.1f} | "
-                f"{row['bound_s']:.1f} | **{row['wall_over_bound']:.3f}** | {row['client_peak_mb']:.0f} | {row['worker_peak_mb']:.0f} | "
-                f"{row['report_mb']:.1f} | {row['interaction_per_monomer_kcal']:.4f} |"
+                f"| {row['waters']:,} | {row['nbody']} | {row['driver']} | {row['cutoffs']} | {row['calculations']:,} "
+                f"| {row['wall_s']:.1f} | {row['bound_s']:.1f} | **{row['wall_over_bound']:.3f}** | "
+                f"{row['client_peak_mb']:.0f} | {row['worker_peak_mb']:.0f} | {row['report_mb']:.1f} | "
+                f"{row['interaction_per_monomer_kcal']:.4f} |"
             )
     if energy:
         lines += [
             "",
-            "Energy screening of thousands of waters: the candidates are the clusters within the distance cutoffs "
-            "(a neighbour search), decided by GFN2-xTB as the cheap model; run on a copy of the distance-screened run's store "
-            "with that run's GFN2-xTB as the cheap model, so that every calculation is found there and the figures are "
-            "mbdask's own work (a whole process calling `mbdask.compute`: candidates, decisions, store look-ups, the graph "
-            "and the assembly of the kept set; 'computed': calculations the store did not hold). Client CPU varies by about "
-            "5% between runs (0.107-0.113 ms per candidate in three).",
+            "Energy screening of thousands of waters: the candidates are the clusters within the distance cutoffs (a "
+            "neighbour search), decided by GFN2-xTB as the cheap model; run on a copy of the distance-screened run's "
+            "store with that run's GFN2-xTB as the cheap model, so that every calculation is found there and the "
+            "figures are mbdask's own work (a whole process calling `mbdask.compute`: candidates, decisions, store "
+            "look-ups, the graph and the assembly of the kept set; 'computed': calculations the store did not hold). "
+            "Client CPU varies by about 5% between runs (0.107-0.113 ms per candidate in three).",
             "",
-            "| waters | cutoffs (A) | thresholds (kcal/mol) | candidates | kept per order | calculations | computed | wall s | client CPU s | per candidate, ms | client peak MB |",
+            "| waters | cutoffs (A) | thresholds (kcal/mol) | candidates | kept per order | calculations | computed | "
+            "wall s | client CPU s | per candidate, ms | client peak MB |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in energy:
             kept = ", ".join(f"{n}-body {o['kept']:,}/{o['candidates']:,}" for n, o in row["orders"].items())
             lines.append(
-                f"| {row['waters']:,} | {row['cutoffs']} | {row['thresholds']} | {row['candidates']:,} | {kept} | {row['calculations']:,} | "
-                f"{row['computed']} | {row['wall_s']:.1f} | {row['client_cpu_s']:.1f} | **{row['client_ms_per_candidate']:.3f}** | "
-                f"{row['client_peak_mb']:.0f} |"
+                f"| {row['waters']:,} | {row['cutoffs']} | {row['thresholds']} | {row['candidates']:,} | {kept} | "
+                f"{row['calculations']:,} | {row['computed']} | {row['wall_s']:.1f} | {row['client_cpu_s']:.1f} | "
+                f"**{row['client_ms_per_candidate']:.3f}** | {row['client_peak_mb']:.0f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -393,7 +402,8 @@ def main() -> None:
 
 
 def _split_energy_spec(text: str) -> tuple[str, str]:
-    """``2:9,3:6:2:0.05,3:0.01`` -> ("2:9,3:6", "2:0.05,3:0.01"): the cutoffs' orders come first, then the thresholds'."""
+    """``2:9,3:6:2:0.05,3:0.01`` -> ("2:9,3:6", "2:0.05,3:0.01"): the cutoffs' orders come first,
+    then the thresholds'."""
     parts = text.split(",")
     middle = next(i for i, part in enumerate(parts) if part.count(":") == 3)
     left, right = parts[middle].split(":", 2)[:2], parts[middle].split(":", 2)[2]

@@ -75,8 +75,8 @@ def interaction_sums(result: ManyBodyResult) -> dict[int, float]:
 
 
 def candidates(previous: set, order: int, distances, cutoff) -> list[tuple[int, ...]]:
-    """Clusters of ``order`` whose sub-clusters are all in ``previous`` and whose pairs lie within ``cutoff`` (None: any),
-    by trying every extension: fine for 20 waters (mbdask itself grows them from neighbour lists)."""
+    """Clusters of ``order`` whose sub-clusters are all in ``previous`` and whose pairs lie within ``cutoff``
+    (None: any), by trying every extension: fine for 20 waters (mbdask itself grows them from neighbour lists)."""
     n = distances.shape[0]
     return [
         cluster
@@ -148,11 +148,12 @@ def main() -> None:
         gfn2_wall = time.perf_counter() - start
         sums = interaction_sums(gfn2)
         lines += [
-            f"Measured {datetime.date.today().isoformat()} on the machine above with `python benchmarks/bench_screening.py`.",
+            f"Measured {datetime.date.today().isoformat()} on the machine above with `python "
+            "benchmarks/bench_screening.py`.",
             "",
-            f"GFN2-xTB, unscreened, nocp (6,195 calculations, {gfn2.extras['mbdask']['timing']['from_store']} of them reloaded "
-            f"from the store; {gfn2_wall:.0f} s here incl. start-up): interaction energy "
-            f"through 2-body {sums[2]:.3f}, 3-body {sums[3]:.3f}, 4-body {sums[4]:.3f} kcal/mol.",
+            f"GFN2-xTB, unscreened, nocp (6,195 calculations, {gfn2.extras['mbdask']['timing']['from_store']} of them "
+            f"reloaded from the store; {gfn2_wall:.0f} s here incl. start-up): interaction energy through 2-body "
+            f"{sums[2]:.3f}, 3-body {sums[3]:.3f}, 4-body {sums[4]:.3f} kcal/mol.",
             "",
         ]
         reference_path = Path(args.reference)
@@ -171,11 +172,13 @@ def main() -> None:
             + f" kcal/mol; {len(computed)} calculations, "
             f"{total_seconds:.0f} s of fragment compute (about {total_seconds / 2:.0f} s on 2 workers).",
             "",
-            "Screened runs reload their HF fragments from the reference's checkpoint store, so the HF time they would take "
-            "is given as the share of the reference's fragment compute time that the kept calculations took. "
-            "Screening s: wall time until the last screening decision (expensive calculations run meanwhile; fragments reused from the store).",
+            "Screened runs reload their HF fragments from the reference's checkpoint store, so the HF time they would "
+            "take is given as the share of the reference's fragment compute time that the kept calculations took. "
+            "Screening s: wall time until the last screening decision (expensive calculations run meanwhile; "
+            "fragments reused from the store).",
             "",
-            "| screening | kept clusters per order (2/3/...) | calculations | HF compute time | error kcal/mol | with fill-in | screening s |",
+            "| screening | kept clusters per order (2/3/...) | calculations | HF compute time | error kcal/mol | with "
+            "fill-in | screening s |",
             "|---|---|---|---|---|---|---|",
         ]
         for thresholds in ENERGY_THRESHOLDS:
@@ -206,9 +209,9 @@ def overlap_lines(client: Client) -> list[str]:
     energy = result.extras["mbdask"]["screening"]["energy"]
     kept = "/".join(str(row["kept"]) for n, row in result.extras["mbdask"]["screening"]["orders"].items() if n != "1")
     return [
-        f"Overlap, measured from scratch (no store): (H2O)10 HF/6-31G through 3-body screened by GFN2-xTB at "
-        f"2: 0.05, 3: 0.02 kcal/mol (kept {kept}): the last screening decision came {energy['screening_seconds']:.1f} s "
-        f"into the {wall:.1f} s run, with {energy['expensive_units_done_when_decided']} expensive units already finished; "
+        "Overlap, measured from scratch (no store): (H2O)10 HF/6-31G through 3-body screened by GFN2-xTB at 2: 0.05, "
+        f"3: 0.02 kcal/mol (kept {kept}): the last screening decision came {energy['screening_seconds']:.1f} s into "
+        f"the {wall:.1f} s run, with {energy['expensive_units_done_when_decided']} expensive units already finished; "
         "cheap and expensive calculations share the workers, cheap ones first.",
         "",
     ]

@@ -58,7 +58,8 @@ def net_dipole_per_water(xyz: Path) -> tuple[float, float]:
 
 
 def load(run: Path, xyz: Path) -> dict:
-    """Per order, the clusters (1-based rows), their increments (Eh) and largest pair distance (A); and the run's levels."""
+    """Per order, the clusters (1-based rows), their increments (Eh) and largest pair distance (A); and the run's
+    levels."""
     from mbdask.inputs.xyz import molecule_from_xyz
     from mbdask.planning.screening import pair_distances
     from mbdask.tables import Rows
@@ -87,7 +88,8 @@ def load(run: Path, xyz: Path) -> dict:
 
 
 def scan(data: dict, grid: list[tuple[float, float]]) -> list[dict]:
-    """Per cutoff pair (r2, r3): calculations kept per water, and the screened energy per water minus the run's (kcal/mol)."""
+    """Per cutoff pair (r2, r3): calculations kept per water, and the screened energy per water minus the run's
+    (kcal/mol)."""
     orders = data["orders"]
     whole = sum(float(o["energy"].sum()) for n, o in orders.items() if n > 1)  # the run's interaction energy
     nw = data["nwaters"]
@@ -110,7 +112,8 @@ def scan(data: dict, grid: list[tuple[float, float]]) -> list[dict]:
 
 
 def recommend(rows: list[dict], targets=TARGETS) -> dict[float, dict]:
-    """Per target, the cheapest cutoffs whose error, and the error of every larger cutoff pair in the grid, is within it."""
+    """Per target, the cheapest cutoffs whose error, and the error of every larger cutoff pair in the grid, is within
+    it."""
     out = {}
     for target in targets:
         safe = [
@@ -127,13 +130,14 @@ def section_markdown(reference: dict, recommended: dict, convergence: list[dict]
     lines = [
         SECTION,
         "",
-        f"Measured {datetime.date.today().isoformat()} on {machine} with `python benchmarks/bench_screening_accuracy.py --docs` "
-        f"from the per-cluster increments of real GFN2-xTB nocp 3-body runs (no model of the error: mbdask's screened energy is "
-        f"the exact sum of the kept increments, so a screened energy at any smaller cutoffs follows from a run that kept more).",
+        f"Measured {datetime.date.today().isoformat()} on {machine} with `python "
+        "benchmarks/bench_screening_accuracy.py --docs` from the per-cluster increments of real GFN2-xTB nocp 3-body "
+        "runs (no model of the error: mbdask's screened energy is the exact sum of the kept increments, so a screened "
+        "energy at any smaller cutoffs follows from a run that kept more).",
         "",
-        f"**Error against the unscreened expansion**: the {reference['nwaters']}-water droplet (the first {reference['nwaters']} "
-        f"waters of `water4096-liquid-sphere.xyz`), unscreened 3-body, {reference['calculations']:,} calculations. "
-        "Screened energy per water minus the unscreened one, kcal/mol "
+        f"**Error against the unscreened expansion**: the {reference['nwaters']}-water droplet (the first "
+        f"{reference['nwaters']} waters of `water4096-liquid-sphere.xyz`), unscreened 3-body, "
+        f"{reference['calculations']:,} calculations. Screened energy per water minus the unscreened one, kcal/mol "
         "(rows: 2-body cutoff; columns: 3-body cutoff; in brackets: calculations per water):",
         "",
     ]
@@ -156,14 +160,15 @@ def section_markdown(reference: dict, recommended: dict, convergence: list[dict]
     ]
     for target, row in sorted(recommended.items(), reverse=True):
         lines.append(
-            f"| {target:g} | {row['r2']:g} | {row['r3']:g} | {row['calculations_per_water']:.0f} | {row['error_per_water_kcal']:+.3f} |"
+            f"| {target:g} | {row['r2']:g} | {row['r3']:g} | {row['calculations_per_water']:.0f} | "
+            f"{row['error_per_water_kcal']:+.3f} |"
         )
     if convergence:
         lines += [
             "",
-            f"**Convergence at {conv_info['nwaters']:,} waters**: one screened run at 2-body {conv_info['r2']:g} A, 3-body "
-            f"{conv_info['r3']:g} A ({conv_info['calculations']:,} calculations); the energy per water at smaller cutoffs "
-            "minus that run's, kcal/mol (calculations per water in brackets):",
+            f"**Convergence at {conv_info['nwaters']:,} waters**: one screened run at 2-body {conv_info['r2']:g} A, "
+            f"3-body {conv_info['r3']:g} A ({conv_info['calculations']:,} calculations); the energy per water at "
+            "smaller cutoffs minus that run's, kcal/mol (calculations per water in brackets):",
             "",
         ]
         dipole = conv_info.get("net_dipole_debye_per_water")
@@ -181,16 +186,18 @@ def section_markdown(reference: dict, recommended: dict, convergence: list[dict]
             lines += [
                 "",
                 (
-                    f"Read: the 2-body sum of the {conv_info['nwaters']:,}-water droplet has not converged at {conv_info['r2']:g} A: each "
-                    "further 2 A of 2-body cutoff from 10 A on still lowers the energy by more than 0.1 kcal/mol per water, where the 128-water droplet "
-                    "(about 20 A across, so with few pairs beyond 16 A) had converged. The droplets are cut from a 64-water box "
-                    f"tiled in space, and the box has a net dipole: {dipole:.2f} D per water along one direction (TIP3P charges; one "
-                    f"water's dipole is {conv_info['water_dipole_debye']:.2f} D), a polarised, ferroelectric-like droplet whose "
-                    "dipole-dipole pair sum falls off no faster than the number of pairs grows. In a disordered liquid the net "
-                    "dipole per water shrinks as one over the square root of the number of waters; so this slow 2-body convergence "
-                    "is mostly the tiled geometry's, and the recommended cutoffs above, from the 128-water droplet, are the better "
-                    "guide for liquid water. For polar systems with long-range order (crystals, oriented interfaces), check the "
-                    "2-body cutoff on the system itself."
+                    f"Read: the 2-body sum of the {conv_info['nwaters']:,}-water droplet has not converged at "
+                    f"{conv_info['r2']:g} A: each further 2 A of 2-body cutoff from 10 A on still lowers the energy by "
+                    "more than 0.1 kcal/mol per water, where the 128-water droplet (about 20 A across, so with few "
+                    "pairs beyond 16 A) had converged. The droplets are cut from a 64-water box tiled in space, and "
+                    f"the box has a net dipole: {dipole:.2f} D per water along one direction (TIP3P charges; one "
+                    f"water's dipole is {conv_info['water_dipole_debye']:.2f} D), a polarised, ferroelectric-like "
+                    "droplet whose dipole-dipole pair sum falls off no faster than the number of pairs grows. In a "
+                    "disordered liquid the net dipole per water shrinks as one over the square root of the number of "
+                    "waters; so this slow 2-body convergence is mostly the tiled geometry's, and the recommended "
+                    "cutoffs above, from the 128-water droplet, are the better guide for liquid water. For polar "
+                    "systems with long-range order (crystals, oriented interfaces), check the 2-body cutoff on the "
+                    "system itself."
                 ),
             ]
     return "\n".join(lines) + "\n"

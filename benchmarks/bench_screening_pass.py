@@ -38,8 +38,11 @@ from distributed import Client
 if __name__ == "__main__":
     inp = ModelOptions(method="gfn1-xtb", max_nbody=3).input_for(molecule_from_xyz(sys.argv[1]))
     screening = {"energy_thresholds": {2: 0.1, 3: 0.05}}
-    with start_local_cluster(ClusterSize(2, 1, 4 * 2**30), dashboard_address=None) as cluster, Client(cluster) as client:
-        mbdask.compute(ModelOptions(method="gfn1-xtb", max_nbody=2).input_for(molecule_from_xyz(sys.argv[2])), client, screening=screening)  # warm up, both models
+    size = ClusterSize(2, 1, 4 * 2**30)
+    with start_local_cluster(size, dashboard_address=None) as cluster, Client(cluster) as client:
+        # warm up, both models
+        warm = ModelOptions(method="gfn1-xtb", max_nbody=2).input_for(molecule_from_xyz(sys.argv[2]))
+        mbdask.compute(warm, client, screening=screening)
         t0 = time.perf_counter()
         sub = mbdask.start(inp, client, screening=screening)
         t1 = time.perf_counter()
@@ -47,7 +50,8 @@ if __name__ == "__main__":
         t2 = time.perf_counter()
     orders = result.extras["mbdask"]["screening"]["orders"]
     print(json.dumps({"start": t1 - t0, "total": t2 - t0, "energy": result.return_result,
-                      "kept": {n: orders[n]["kept"] for n in orders}, "computed": len(result.extras["mbdask"]["timing"]["fragments"])}))
+                      "kept": {n: orders[n]["kept"] for n in orders},
+                      "computed": len(result.extras["mbdask"]["timing"]["fragments"])}))
 """
 
 
@@ -82,8 +86,8 @@ def main() -> None:
     print("\n## Energy screening's pass: expensive outputs handed on as futures\n")
     print(
         f"Measured {datetime.date.today()} on {platform.machine()}, {psutil.cpu_count()} logical cores, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()} with "
-        f"`python benchmarks/bench_screening_pass.py --old OLD --repeats {args.repeats}`: (H2O)20 dodecahedron to 3-body, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()} with `python "
+        f"benchmarks/bench_screening_pass.py --old OLD --repeats {args.repeats}`: (H2O)20 dodecahedron to 3-body, "
         f"GFN1-xTB screened by GFN2-xTB (2-body 0.1, 3-body 0.05 kcal/mol), kept {old[0]['kept']}, "
         f"{new[0]['computed']} GFN1 calculations; LocalCluster of 2 single-thread workers, warmed up; old and new "
         f"alternating, medians of {args.repeats}.\n"
@@ -96,10 +100,12 @@ def main() -> None:
         ("new: their futures handed to the graph", new),
     ):
         print(
-            f"| {name} | {med(runs, 'start'):.2f} ({spread(runs, 'start')}) | {med(runs, 'total'):.2f} ({spread(runs, 'total')}) |"
+            f"| {name} | {med(runs, 'start'):.2f} ({spread(runs, 'start')}) | {med(runs, 'total'):.2f} "
+            f"({spread(runs, 'total')}) |"
         )
     print(
-        f"\nEnergies equal to 1e-10 and the same clusters kept in every run; whole run new/old: {med(new, 'total') / med(old, 'total'):.2f} (medians)."
+        "\nEnergies equal to 1e-10 and the same clusters kept in every run; whole run new/old: "
+        f"{med(new, 'total') / med(old, 'total'):.2f} (medians)."
     )
 
 

@@ -171,11 +171,11 @@ def section_markdown(result: dict, machine: str) -> str:
     lines = [
         SECTION,
         "",
-        f"Measured {datetime.date.today().isoformat()} on {machine} with `python benchmarks/bench_structures.py --docs`: "
-        f"{result['frames']} frames of (H2O)10 (the minimum and copies displaced by 0.05 Angstrom per coordinate, "
-        "seeded; trajectory-like, not molecular dynamics), 3-body GFN2-xTB, nocp, 175 calculations per frame. "
-        f"Whole processes timed from outside, routes interleaved, best of {REPEATS}. Idle-core share = 1 - QC program "
-        f"seconds / ({result['cores']} cores x wall time).",
+        f"Measured {datetime.date.today().isoformat()} on {machine} with `python benchmarks/bench_structures.py "
+        f"--docs`: {result['frames']} frames of (H2O)10 (the minimum and copies displaced by 0.05 Angstrom per "
+        "coordinate, seeded; trajectory-like, not molecular dynamics), 3-body GFN2-xTB, nocp, 175 calculations per "
+        f"frame. Whole processes timed from outside, routes interleaved, best of {REPEATS}. Idle-core share = 1 - QC "
+        f"program seconds / ({result['cores']} cores x wall time).",
         "",
         "| route | wall s | QC program s | idle-core share | wall / one run | max energy diff vs one run, Eh |",
         "|---|---|---|---|---|---|",
@@ -187,8 +187,8 @@ def section_markdown(result: dict, machine: str) -> str:
     }
     for row in result["rows"]:
         lines.append(
-            f"| {names[row['route']]} | {row['wall']:.2f} | {row['busy']:.2f} | {row['idle']:.0%} | {row['vs one run']:.2f} | "
-            f"{row['max energy diff']:.1e} |"
+            f"| {names[row['route']]} | {row['wall']:.2f} | {row['busy']:.2f} | {row['idle']:.0%} | "
+            f"{row['vs one run']:.2f} | {row['max energy diff']:.1e} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -15,7 +15,8 @@ SPHERE = DATA / "water4096-liquid-sphere.xyz"
 
 
 def droplet_xyz(nwaters: int, folder: Path) -> Path:
-    """Write the ``nwaters``-water droplet as ``folder/water{N}-droplet.xyz`` (kept if already there) and return its path."""
+    """Write the ``nwaters``-water droplet as ``folder/water{N}-droplet.xyz`` (kept if already there) and return its
+    path."""
     lines = SPHERE.read_text().splitlines()
     total = int(lines[0]) // 3
     if not 1 <= nwaters <= total:

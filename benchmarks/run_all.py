@@ -40,7 +40,8 @@ REPEATS = 2
 
 def machine() -> str:
     mem = psutil.virtual_memory().total / 2**30
-    return f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} logical cores, {mem:.0f} GiB, Python {platform.python_version()}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {psutil.cpu_count()} logical cores, {mem:.0f} GiB, Python {platform.python_version()}"
 
 
 #: Sections of docs/benchmarks.md that other scripts write (bench_screening.py, bench_overhead.py,
@@ -87,9 +88,9 @@ def main() -> None:
         "",
         "## Executors: mbdask vs sequential QCManyBody vs a process pool",
         "",
-        "| case | workers | mbdask s | process pool s | QCManyBody default s | QCManyBody 1 thread s | QCManyBody BLAS pinned s "
-        "| vs QCManyBody 1 thread | vs better of default and 1 thread | vs fastest QCManyBody | ceiling | vs pool "
-        "| mbdask overhead (start-up part) | max abs energy diff | issue #4 target |",
+        "| case | workers | mbdask s | process pool s | QCManyBody default s | QCManyBody 1 thread s | QCManyBody "
+        "BLAS pinned s | vs QCManyBody 1 thread | vs better of default and 1 thread | vs fastest QCManyBody | ceiling "
+        "| vs pool | mbdask overhead (start-up part) | max abs energy diff | issue #4 target |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     # (name, input, speed-up the issue's target is stated against, target)
@@ -106,8 +107,9 @@ def main() -> None:
         row = compare(name, inp, repeats=REPEATS, forked=True)
         print(row, flush=True)
         forked_lines.append(
-            f"| {name} | {row['mbdask_s']:.1f} | {row['forked_s']:.1f} | {row['pool_s']:.1f} | {row['pool_s'] / row['forked_s']:.2f} | "
-            f"{100 * row['forked_overhead']:.1f}% ({100 * row['forked_startup_share']:.1f}%) |"
+            f"| {name} | {row['mbdask_s']:.1f} | {row['forked_s']:.1f} | {row['pool_s']:.1f} | "
+            f"{row['pool_s'] / row['forked_s']:.2f} | {100 * row['forked_overhead']:.1f}% "
+            f"({100 * row['forked_startup_share']:.1f}%) |"
         )
         against = (
             "QCManyBody on 1 thread" if target_key == "speedup_vs_1_thread" else "the better of default and 1 thread"
@@ -116,11 +118,11 @@ def main() -> None:
         if target_key == "speedup_vs_1_thread":
             verdict += ", not slower than the pool" if row["speedup_vs_pool"] >= 1 else ", SLOWER than the pool"
         lines.append(
-            f"| {name} | {row['workers']} | {row['mbdask_s']:.1f} | {row['pool_s']:.1f} | {row['qcmb default s']:.1f} | "
-            f"{row['qcmb 1 thread s']:.1f} | {row['qcmb pinned s']:.1f} | {row['speedup_vs_1_thread']:.2f} | "
-            f"{row['speedup_vs_issue_best']:.2f} | {row['speedup_vs_fastest']:.2f} | {row['ceiling']:.2f} | {row['speedup_vs_pool']:.2f} | "
-            f"{100 * row['overhead']:.1f}% ({100 * row['startup_share']:.1f}%) | {row['max_energy_diff']:.1e} | "
-            f">= {target} vs {against}: {verdict} |"
+            f"| {name} | {row['workers']} | {row['mbdask_s']:.1f} | {row['pool_s']:.1f} | {row['qcmb default s']:.1f} "
+            f"| {row['qcmb 1 thread s']:.1f} | {row['qcmb pinned s']:.1f} | {row['speedup_vs_1_thread']:.2f} | "
+            f"{row['speedup_vs_issue_best']:.2f} | {row['speedup_vs_fastest']:.2f} | {row['ceiling']:.2f} | "
+            f"{row['speedup_vs_pool']:.2f} | {100 * row['overhead']:.1f}% ({100 * row['startup_share']:.1f}%) | "
+            f"{row['max_energy_diff']:.1e} | >= {target} vs {against}: {verdict} |"
         )
     lines += [
         "",
@@ -144,7 +146,8 @@ def main() -> None:
         "the process pool above forks its workers from a parent that has imported them all. The same mbdask run",
         "with forked workers (Dask's `distributed.worker.multiprocessing-method: fork`), measured in the runs above:",
         "",
-        "| case | mbdask, spawned (default) s | mbdask, forked s | process pool (forked) s | pool / mbdask forked | mbdask forked overhead (start-up part) |",
+        "| case | mbdask, spawned (default) s | mbdask, forked s | process pool (forked) s | pool / mbdask forked | "
+        "mbdask forked overhead (start-up part) |",
         "|---|---|---|---|---|---|",
         *forked_lines,
         "",
@@ -207,8 +210,8 @@ def main() -> None:
         "",
         "## Throughput: fragments per second end to end (sleep program at zero duration)",
         "",
-        f"(H2O){64 if not args.quick else 16} 3-body nocp, {row['fragments']} calculations on {row['workers']} workers: "
-        f"{row['wall']:.1f} s wall including cluster start-up, {row['per_second']:.0f} fragments/s.",
+        f"(H2O){64 if not args.quick else 16} 3-body nocp, {row['fragments']} calculations on {row['workers']} "
+        f"workers: {row['wall']:.1f} s wall including cluster start-up, {row['per_second']:.0f} fragments/s.",
     ]
     out = Path(args.out)
     kept = _kept_sections(out.read_text()) if out.exists() else ""

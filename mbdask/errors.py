@@ -4,9 +4,10 @@
 (exit 1) is raised on a worker when a QC program fails on one fragment. Both carry a
 one-line message, because that is what a chemist sees at the terminal.
 
-``BadInputError`` was ``InputError`` until QCEngine's ``InputError`` (a program refusing
-its input, which mbdask reports inside a ``FragmentFailedError``) made the name mean two
-things; ``mbdask.InputError`` still works, with a ``DeprecationWarning``.
+``BadInputError`` is not called ``InputError`` because QCEngine has an ``InputError`` of
+its own (a program refusing its input, which mbdask reports inside a ``FragmentFailedError``),
+and one name would mean two things; ``mbdask.InputError``, release 0.1's name, still works
+for a release, with a ``FutureWarning``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,6 @@ def plural(count: int, word: str, words: str = "") -> str:
 
 
 def __getattr__(name: str) -> Any:
-    from mbdask._compat import old_errors_name  # InputError, the old name of BadInputError
+    from mbdask._compat import old_errors_name  # InputError, release 0.1's name of BadInputError
 
     return old_errors_name(name)

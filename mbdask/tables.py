@@ -202,7 +202,8 @@ class Rows(Sequence):
         return out
 
     def lengths(self, name: str) -> np.ndarray:
-        """Per row, the length of the index list in column ``name`` (the n-body order of ``real``), without making the lists."""
+        """Per row, the length of the index list in column ``name`` (the n-body order of ``real``), without making the
+        lists."""
         parts = []
         for (columns, constants), size in zip(self._blocks, self._sizes()):
             column = columns.get(name, [constants.get(name)] * size)
@@ -218,7 +219,8 @@ class Rows(Sequence):
         return [end - start for start, end in zip([0, *self._ends], self._ends)]
 
     def write_csv(self, path: str | os.PathLike, gzipped: bool | None = None) -> None:
-        """Write the rows to ``path``, one header line first; gzipped if ``gzipped`` (default: when the name ends in ``.gz``)."""
+        """Write the rows to ``path``, one header line first; gzipped if ``gzipped`` (default: when the name ends in
+        ``.gz``)."""
         if str(path).endswith(".gz") if gzipped is None else gzipped:
             # level 1: 679k rows in seconds, not the half minute of gzip's default level 9
             handle_cm: Any = gzip.open(path, "wt", newline="", compresslevel=1)
@@ -245,7 +247,7 @@ class Rows(Sequence):
     def read_csv(cls, path: str | os.PathLike) -> Rows:
         """Rows written by :meth:`write_csv`: index lists back as lists, numbers as numbers, empty as None."""
         opener = gzip.open if str(path).endswith(".gz") else open
-        with opener(path, "rt", newline="") as handle:  # type: ignore[operator]
+        with opener(path, "rt", newline="") as handle:
             reader = csv.reader(handle)
             names = next(reader, [])
             texts = list(zip(*reader)) or [()] * len(names)
@@ -284,8 +286,8 @@ def _csv_texts(column: Any, name: str, made: list[tuple[Any, list[str]]] | None 
     if isinstance(column, np.ndarray) and column.dtype.kind in "iub":
         return list(map(str, column.tolist()))
     if isinstance(column, Coded):
-        texts = np.array([_csv_text(value) for value in column.values] or [""], dtype=object)
-        return texts[column.codes].tolist()
+        cells = np.array([_csv_text(value) for value in column.values] or [""], dtype=object)
+        return cells[column.codes].tolist()
     return [_csv_text(value) for value in _column_list(column)]
 
 
@@ -325,7 +327,8 @@ def _from_csv(texts: list[str], name: str) -> Any:
 
 
 def replaced(node: Any, replace: Any, prefix: tuple[str, ...] = ()) -> Any:
-    """A copy of nested dicts ``node`` with every :class:`Rows` (or table reference) replaced by ``replace(path, value)``."""
+    """A copy of nested dicts ``node`` with every :class:`Rows` (or table reference) replaced by
+    ``replace(path, value)``."""
     if isinstance(node, Rows) or (
         isinstance(node, Mapping) and "table" in node and "rows" in node and "columns" in node
     ):

@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 #: Geometry precision of the key, in decimals of bohr.
 GEOMETRY_DECIMALS = 6
-#: Changes whenever the key changes, or the payload in a way older code cannot read, so old entries are simply not found.
+#: Changes whenever the key changes, or the payload in a way older code cannot read, so old entries are
+#: simply not found.
 STORE_FORMAT = 1
 
 _SCHEMA = """
@@ -89,7 +90,8 @@ def identity_key(parts: tuple[str, str], molecule_json: str) -> str:
 
 
 def _decode_array(value: Any) -> Any:
-    """An array as payloads of ``STORE_FORMAT`` 1 before 2026-11-26 wrote it (a list of floats), still read."""
+    """An array written as ``{"shape", "data"}`` (a list of floats), a form payloads of ``STORE_FORMAT`` 1
+    may hold besides ``jsonext``'s: read, so that every store of this format still resumes."""
     if isinstance(value, dict) and set(value) == {"shape", "data"}:
         return np.asarray(value["data"], dtype=float).reshape(value["shape"])
     return value
@@ -192,7 +194,8 @@ class FragmentStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
-                "INSERT OR REPLACE INTO fragments (key, label, payload, checksum, seconds, created) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO fragments (key, label, payload, checksum, seconds, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
         except BaseException:
@@ -205,7 +208,8 @@ class FragmentStore:
         return self.get_many([key]).get(key)
 
     def find(self, jobs: Iterable[Any], key_of: Callable[[Any], str]) -> dict[str, dict]:
-        """Outputs of ``jobs`` found here, by label, marked ``stored`` (a run passes them to its units instead of computing them)."""
+        """Outputs of ``jobs`` found here, by label, marked ``stored`` (a run passes them to its units instead of
+        computing them)."""
         if self._db.execute("SELECT 1 FROM fragments LIMIT 1").fetchone() is None:
             return {}  # a new store: no key to make (679,120 keys are seconds of hashing)
         keys = {key_of(job): job for job in jobs}
@@ -248,7 +252,10 @@ def kept_for_next_run(store: FragmentStore | str | os.PathLike | None) -> str:
     """What a run that stopped early leaves for the next one, in words: the calculations in its
     store, from which the same command (the same store) resumes, or that nothing was kept."""
     if store is None:
-        return "nothing was saved (no store): with --store PATH (store= in Python) finished calculations are kept for the next run"
+        return (
+            "nothing was saved (no store): with --store PATH (store= in Python) finished calculations are kept "
+            "for the next run"
+        )
     path = store.path if isinstance(store, FragmentStore) else os.fspath(store)
     try:
         count = (
@@ -256,7 +263,10 @@ def kept_for_next_run(store: FragmentStore | str | os.PathLike | None) -> str:
         )
     except (sqlite3.Error, OSError) as exc:
         return f"the store {path} cannot be read ({exc})"
-    return f"{plural(count, 'calculation is', 'calculations are')} in the store {path}: run the same command (the same store) to resume from them"
+    return (
+        f"{plural(count, 'calculation is', 'calculations are')} in the store {path}: "
+        "run the same command (the same store) to resume from them"
+    )
 
 
 #: Keys of fragment outputs that are not stored (``stored``: it came from the store; ``predicted``: this run's model).
@@ -321,7 +331,8 @@ class StoreWriter:
         key_of: Callable[[Any], str],
         skip: Collection[str] | None = None,
     ) -> None:
-        """Write ``future``'s outputs of ``jobs`` (keyed by ``key_of(job)``) once it finishes; the writer owns the future."""
+        """Write ``future``'s outputs of ``jobs`` (keyed by ``key_of(job)``) once it finishes; the writer owns the
+        future."""
         with self._lock:
             if self._closing:
                 future.release()
@@ -473,7 +484,8 @@ class StoreWriter:
             return
         self._told = True
         logger.warning(
-            "store %s: could not write finished fragments (%s: %s); the run goes on, and what is not saved is computed again next time",
+            "store %s: could not write finished fragments (%s: %s); the run goes on, and what is not saved is "
+            "computed again next time",
             self.store.path,
             type(exc).__name__,
             exc,

@@ -70,7 +70,8 @@ def threads_in_this_process() -> int | None:
 
 
 def stop_idle_blas_pools() -> None:
-    """Stop the thread pools of the OpenBLAS libraries loaded here (pthreads builds), as OpenBLAS does before every fork.
+    """Stop the thread pools of the OpenBLAS libraries loaded here (pthreads builds), as OpenBLAS does
+    before every fork.
 
     Only while this is the process's one Python thread: then no BLAS call is running that
     the pool could be serving. OpenBLAS starts the pool again at its next call that wants it.

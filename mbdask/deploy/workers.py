@@ -126,7 +126,8 @@ def _check_workers_import_mbdask(client: Client) -> None:
     who = f"worker {shown}" if len(addresses) == 1 else f"{len(addresses)} of {len(results)} workers ({shown})"
     exc = failed[addresses[0]]
     raise BadInputError(
-        f"{who} cannot import mbdask ({type(exc).__name__}: {exc}); install mbdask and its dependencies in the workers' environment"
+        f"{who} cannot import mbdask ({type(exc).__name__}: {exc}); install mbdask and its dependencies in the "
+        "workers' environment"
     )
 
 
@@ -149,7 +150,8 @@ def _warn_malloc_trim(client: Client, trims: set[str]) -> None:
     message = (
         f"mbdask: workers run with MALLOC_TRIM_THRESHOLD_={', '.join(sorted(trims))}, which makes QC programs slower "
         "(xtb about 1.7x); set distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ to null in the workers' "
-        "Dask configuration (see the HPC page of the docs), or make a local cluster with mbdask.local_cluster() instead of LocalCluster()"
+        "Dask configuration (see the HPC page of the docs), or make a local cluster with mbdask.local_cluster() "
+        "instead of LocalCluster()"
     )
     warnings.warn_explicit(message, UserWarning, filename="<dask workers>", lineno=0, module=__name__)
 

@@ -127,8 +127,8 @@ def format_summary(summary: dict) -> str:
     if summary["fragments"]:
         own = inside["mbdask_own_seconds"]
         lines.append(
-            f"  in the fragment span, {inside['core_seconds']:.2f} core-seconds on {inside['cores']} cores: QC programs "
-            f"{inside['qc_program_seconds']:.2f} s"
+            f"  in the fragment span, {inside['core_seconds']:.2f} core-seconds on {inside['cores']} cores: "
+            f"QC programs {inside['qc_program_seconds']:.2f} s"
             + (
                 f", mbdask around the calls {own:.2f} s ({inside['mbdask_own_ms_per_fragment']:.3f} ms per fragment)"
                 if own is not None
@@ -138,8 +138,8 @@ def format_summary(summary: dict) -> str:
         )
     if summary["efficiency"] is not None:
         lines.append(
-            f"  zero-overhead bound {summary['zero_overhead_bound_seconds']:.2f} s (QC program time / cores, or the longest "
-            f"fragment): efficiency {summary['efficiency']:.2f}"
+            f"  zero-overhead bound {summary['zero_overhead_bound_seconds']:.2f} s "
+            f"(QC program time / cores, or the longest fragment): efficiency {summary['efficiency']:.2f}"
         )
     return "\n".join(lines)
 

@@ -20,7 +20,7 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from qcelemental import constants
@@ -57,7 +57,10 @@ def summary_table(result: Any, top: int = 3) -> str:
     timing = _extras(result)["timing"]
     fragments = timing["fragments"]
     if not len(fragments):
-        return f"(all {timing.get('from_store', 0)} fragment calculations loaded from the checkpoint store; nothing computed)"
+        return (
+            f"(all {timing.get('from_store', 0)} fragment calculations loaded from the checkpoint store; "
+            "nothing computed)"
+        )
     nbodies = (
         fragments.lengths("real").tolist() if hasattr(fragments, "lengths") else [len(f["real"]) for f in fragments]
     )
@@ -249,14 +252,14 @@ def _numeric(levels: dict) -> dict[str, list[tuple[int, dict]]]:
     }
 
 
-def _figure_with_legend(legend: str = "right", **options: Any) -> Any:
+def _figure_with_legend(legend: Literal["right", "below"] = "right", **options: Any) -> Any:
     """A Bokeh figure whose legend sits ``legend`` of the plot ("right" or "below"), never over its data,
     and hides a glyph when its entry is clicked (Bokeh's ``click_policy``).
 
     The glyphs' ``legend_label`` fill this legend, wherever it is: Bokeh puts their entries in
     the figure's one legend, and makes one inside the plot only where there is none.
     """
-    from bokeh.models import Legend
+    from bokeh.models.annotations import Legend
     from bokeh.plotting import figure
 
     fig = figure(**options)
@@ -290,11 +293,12 @@ def _convergence_plot(levels: dict):
 
 def _pair_heatmap(increments: dict, nfragments: int):
     """Fragment x fragment 2-body increments (kcal/mol) of the first BSSE treatment that has them."""
-    from bokeh.models import ColorBar, ColumnDataSource, LinearColorMapper
+    from bokeh.models import ColumnDataSource, FactorRange, LinearColorMapper
+    from bokeh.models.annotations import ColorBar
     from bokeh.palettes import RdBu11
     from bokeh.plotting import figure
 
-    for bsse, rows in increments.items():
+    for bsse, rows in increments.items():  # noqa: B007 -- bsse, read after the break, titles the plot
         pairs = [r for r in rows if r["nbody"] == 2]
         if pairs:
             break
@@ -313,8 +317,8 @@ def _pair_heatmap(increments: dict, nfragments: int):
     side = min(640, max(300, 14 * nfragments + 120))
     fig = figure(
         title=f"pair interactions ({bsse}, kcal/mol)",
-        x_range=names,
-        y_range=list(reversed(names)),
+        x_range=FactorRange(factors=names),
+        y_range=FactorRange(factors=list(reversed(names))),
         width=side + 80,
         height=side,
         tooltips=[("pair", "(@i,@j)"), ("kcal/mol", "@kcal{0.0000}")],
@@ -342,7 +346,8 @@ def _increments_by_size(increments: dict, molecule: Any, cutoffs: Mapping[str, f
     At most ``mbdask.report.plotted-fragments`` clusters are drawn, an even share per order,
     chosen at random (a fixed seed) where an order has more, so that the cloud keeps its shape.
     """
-    from bokeh.models import ColumnDataSource, Span
+    from bokeh.models import ColumnDataSource
+    from bokeh.models.annotations import Span
     from bokeh.palettes import Category10_10
 
     bsse, rows = next(((b, r) for b, r in increments.items() if len(r)), (None, None))
@@ -395,7 +400,8 @@ def _increments_by_size(increments: dict, molecule: Any, cutoffs: Mapping[str, f
 
 
 def longest(fragments: Sequence[dict], count: int) -> list[dict]:
-    """The ``count`` longest fragments, longest first (as ``heapq.nlargest`` by seconds), reading only their rows of a table."""
+    """The ``count`` longest fragments, longest first (as ``heapq.nlargest`` by seconds), reading only
+    their rows of a table."""
     seconds = np.asarray(column_of(fragments, "seconds"), dtype=float)
     return [fragments[i] for i in np.argsort(-seconds, kind="stable")[:count].tolist()]
 
@@ -513,7 +519,9 @@ def _predicted_vs_measured(fragments: Sequence[dict]):
     return fig
 
 
-def time_averaged(times: Sequence[float], busy: Sequence[float], bins: int) -> tuple[np.ndarray, np.ndarray]:
+def time_averaged(
+    times: Sequence[float] | np.ndarray, busy: Sequence[float] | np.ndarray, bins: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The step function ``busy`` (each value held from its time to the next) averaged over ``bins`` equal spans:
     bin starts and mean values, the same core-seconds in every bin, for a curve of a few thousand points
     instead of one per fragment start and stop (300,000 at 150,000 calculations)."""
@@ -523,7 +531,9 @@ def time_averaged(times: Sequence[float], busy: Sequence[float], bins: int) -> t
     return edges, np.append(np.diff(np.interp(edges, t, area)) / np.diff(edges), 0.0)
 
 
-def _utilization_plot(times: list[float], busy: list[float], cores: int | None, mean: float):
+def _utilization_plot(
+    times: Sequence[float] | np.ndarray, busy: Sequence[float] | np.ndarray, cores: int | None, mean: float
+):
     bins = config.number("mbdask.report.plotted-fragments") // 10
     note = ""
     if len(times) > 2 * bins and times[-1] > times[0]:
@@ -578,7 +588,7 @@ def report_html(result: Any, title: str = "mbdask report", wall_seconds: float |
     """The self-contained HTML report of ``result`` (BokehJS inlined); ``wall_seconds``: see :func:`times_phrase`."""
     from bokeh.embed import file_html
     from bokeh.layouts import column, row
-    from bokeh.models import Div
+    from bokeh.models.widgets import Div
     from bokeh.resources import INLINE
 
     extras = _extras(result)
@@ -599,7 +609,10 @@ def report_html(result: Any, title: str = "mbdask report", wall_seconds: float |
             [n, row["kept"], row["all"] - row["kept"], f"{100 * row['kept'] / row['all']:.1f}%"]
             for n, row in screening["orders"].items()
         ]
-        head += f"<h2>screening</h2><p style='font:13px sans-serif'>distance cutoffs: {cutoffs}; dropped clusters contribute zero.</p>"
+        head += (
+            f"<h2>screening</h2><p style='font:13px sans-serif'>distance cutoffs: {cutoffs}; "
+            "dropped clusters contribute zero.</p>"
+        )
         head += _table(["n-body", "kept", "dropped", "kept of all"], rows)
     figs = figures(result)
     items: list[Any] = [Div(text=head + "<h2>n-body energies</h2>" + _nbody_table(extras["levels"]), width=1000)]
@@ -709,14 +722,15 @@ def structures_report(
     """
     from bokeh.embed import file_html
     from bokeh.layouts import column
-    from bokeh.models import Div
+    from bokeh.models.widgets import Div
     from bokeh.resources import INLINE
 
     rows = results.rows()
     failed = [row for row in rows if row["status"] != "ok"]
     head = (
         f"{_STYLE}<h2>{html.escape(title)}</h2><p style='font:13px sans-serif'>{plural(len(rows), 'structure')}: "
-        f"{len(rows) - len(failed)} finished, {len(failed)} failed or partial; wall time {results.wall_seconds:.2f} s.</p>"
+        f"{len(rows) - len(failed)} finished, {len(failed)} failed or partial; "
+        f"wall time {results.wall_seconds:.2f} s.</p>"
     )
     table = _table(
         [

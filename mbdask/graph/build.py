@@ -68,7 +68,7 @@ def dashboard_name(text: str) -> str:
     return name.rstrip("_") or name
 
 
-def _indices(indices: tuple[int, ...]) -> str:
+def _indices(indices: Sequence[int]) -> str:
     return "(" + ",".join(map(str, indices)) + ")"
 
 
@@ -112,9 +112,7 @@ def unit_key(unit: Unit, index: int, token: str, kind: str = "frag") -> Key:
     )
 
 
-def increment_key(
-    bsse: str, nbody: int | str, cluster: Sequence[int], token: str, batch: Key | None = None
-) -> Key:
+def increment_key(bsse: str, nbody: int | str, cluster: Sequence[int], token: str, batch: Key | None = None) -> Key:
     """Key of the increment of ``cluster``, or of all increments anchored in the unit ``batch``."""
     name = _indices(cluster) if batch is None else f"batch {batch[2]}"
     return (group_name(nbody, "incr", bsse), token, name)
@@ -376,7 +374,8 @@ def fragment_layer(
     known: dict[str, dict] | None = None,
 ) -> MaterializedLayer:
     """The one place units become Dask tasks: their tasks (:func:`unit_task`) with priority, retries and
-    resource annotations. :func:`build_graph` and energy screening's passes (:mod:`mbdask.graph.screening_pass`) both send units through it."""
+    resource annotations. :func:`build_graph` and energy screening's passes
+    (:mod:`mbdask.graph.screening_pass`) both send units through it."""
     tasks = {key: unit_task(unit, ctx_ref, resources.memory_gib, known) for key, unit in units.items()}
     # Annotations are evaluated per key when the graph is sent; a dict lookup is all they do.
     annotations: dict[str, Any] = {"priority": priority}
@@ -524,15 +523,15 @@ def _build_graph(
             batch = keys[int(anchors[head])] if batched[head] else None
             key = increment_key(block.bsse, block.nbody, block.clusters[head].tolist(), token, batch)
             if small:
-                deps = [keys[u] for u in dict.fromkeys(terms_units[chunk].ravel().tolist())]
+                sources = [keys[u] for u in dict.fromkeys(terms_units[chunk].ravel().tolist())]
             else:
-                deps = [keys[u] for u in _first_seen(terms_units[chunk].ravel()).tolist()]
+                sources = [keys[u] for u in _first_seen(terms_units[chunk].ravel()).tolist()]
             if block.shape is None:  # the supersystem correction: explicit terms
                 terms = [
                     [(plan.jobs[i].label, sign) for i, sign in zip(row, block.signs)]
                     for row in block.terms[chunk].tolist()
                 ]
-                inc_tasks[key] = (increment_energies, terms) + tuple(deps)
+                inc_tasks[key] = (increment_energies, terms) + tuple(sources)
             else:
                 inc_tasks[key] = (
                     cluster_increments,
@@ -542,15 +541,15 @@ def _build_graph(
                     block.signs,
                     full,
                     block.clusters[chunk],
-                ) + tuple(deps)
+                ) + tuple(sources)
             groups[key] = (block, chunk)
             level.append((key, block, chunk))
 
     if plan.screened is not None:
         # an order whose screening kept no cluster still has its level: it contributes zero
         for bsse in {b for b, _ in by_level}:
-            for nbody in range(1, plan.core.max_nbody + 1):
-                by_level.setdefault((bsse, nbody), [])
+            for level_nbody in range(1, plan.core.max_nbody + 1):
+                by_level.setdefault((bsse, level_nbody), [])
     model_of = {nb: mc for mc, nbs in plan.core.nbodies_per_mc_level.items() for nb in nbs}
     level_tasks: dict[Key, Any] = {}
     level_keys: dict[tuple[str, int | str], Key] = {}
@@ -562,7 +561,7 @@ def _build_graph(
             if members:
                 clusters = np.concatenate([block.clusters[rows] for _, block, rows in members])
             else:
-                clusters = np.zeros((0, 0 if nbody == "supersystem" else nbody), dtype=np.int64)
+                clusters = np.zeros((0, 0 if nbody == "supersystem" else int(nbody)), dtype=np.int64)
             level_tasks[key] = (level_sum, bsse, nbody, model_of[nbody], clusters, previous) + tuple(
                 k for k, _, _ in members
             )

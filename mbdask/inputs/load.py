@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import numpy as np
 import pydantic
@@ -25,7 +25,7 @@ from qcmanybody.models.v2 import ManyBodyInput
 from mbdask.errors import BadInputError
 from mbdask.inputs.xyz import is_xyz
 
-InputLike = Union[ManyBodyInput, Mapping, str, os.PathLike]
+InputLike: TypeAlias = ManyBodyInput | Mapping | str | os.PathLike
 
 #: Up to this many fragments QCElemental's own charge/multiplicity search is cheap enough
 #: (2**n candidates) to leave ambiguous inputs to it.
@@ -38,7 +38,8 @@ def read_input_file(path: str | os.PathLike) -> dict:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{path}: cannot read input file ({exc.strerror or exc})") from None
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or exc
+        raise BadInputError(f"{path}: cannot read input file ({reason})") from None
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
         data = _parse_yaml(text, path)
@@ -204,9 +205,9 @@ def load_input(inp: InputLike) -> ManyBodyInput:
         source = f"{inp}: "
         if is_xyz(inp):
             raise BadInputError(
-                f"{inp}: an XYZ file holds no model chemistry: give it to mbdask.plan, start, submit, compute or optimize with the "
-                "model options as keywords (method=..., max_nbody=...), or make the input with mbdask.xyz_input (several frames: "
-                "mbdask.read_structures)"
+                f"{inp}: an XYZ file holds no model chemistry: give it to mbdask.plan, start, submit, compute "
+                "or optimize with the model options as keywords (method=..., max_nbody=...), or make the input "
+                "with mbdask.xyz_input (several frames: mbdask.read_structures)"
             )
         data = read_input_file(inp)
     elif isinstance(inp, Mapping):

@@ -51,8 +51,9 @@ def read_xyz(path: str | os.PathLike) -> tuple[list[str], np.ndarray, float | No
     frames = read_xyz_frames(path)
     if len(frames) > 1:
         raise BadInputError(
-            f"{path}:{frames[1].line}: a second structure starts here ({len(frames)} frames); give one structure, or run one expansion "
-            "per frame (python -m mbdask run FILE; in Python mbdask.compute_many(mbdask.read_structures([FILE])))"
+            f"{path}:{frames[1].line}: a second structure starts here ({len(frames)} frames); give one structure, "
+            "or run one expansion per frame "
+            "(python -m mbdask run FILE; in Python mbdask.compute_many(mbdask.read_structures([FILE])))"
         )
     frame = frames[0]
     return frame.symbols, frame.geometry, frame.charge, frame.multiplicity
@@ -83,7 +84,8 @@ def read_xyz_frames(path: str | os.PathLike) -> list[XYZFrame]:
             atom_lines = _atom_lines(lines, start + 2)
             where = atom_lines[len(frame.symbols)][0]
             raise BadInputError(
-                f"{path}:{where}: line {frame.line} says {plural(len(frame.symbols), 'atom')} but {plural(len(atom_lines), 'atom line')} follow"
+                f"{path}:{where}: line {frame.line} says {plural(len(frame.symbols), 'atom')} but "
+                f"{plural(len(atom_lines), 'atom line')} follow"
             )
         start = following
 
@@ -95,7 +97,7 @@ def _is_count_line(line: str) -> bool:
 
 def _atom_lines(lines: list[str], first: int) -> list[tuple[int, str]]:
     """(1-based number, text) of the non-blank lines from index ``first`` up to the next count line or the end."""
-    found = []
+    found: list[tuple[int, str]] = []
     for index in range(first, len(lines)):
         if _is_count_line(lines[index]) and found and index > first:
             break
@@ -116,7 +118,8 @@ def _frame(path: Path, lines: list[str], start: int) -> XYZFrame:
             if len(found) < natoms or _is_count_line(line):
                 counted = len(found) if not _is_count_line(line) else index - start - 2
                 raise BadInputError(
-                    f"{path}:{start + 1}: line {start + 1} says {plural(natoms, 'atom')} but only {plural(counted, 'atom line')} follow"
+                    f"{path}:{start + 1}: line {start + 1} says {plural(natoms, 'atom')} but only "
+                    f"{plural(counted, 'atom line')} follow"
                 )
             raise BadInputError(f"{path}:{index + 1}: blank line among the atom lines")
         symbol, xyz = _atom_line(path, index + 1, line)
@@ -285,14 +288,16 @@ def molecules_from_xyz(
     Every frame must hold the same atoms in the same order. The fragments are found in the
     first frame (unless given) and kept for all: along a trajectory a hydrogen bond that
     stretches past the bonding cutoff must not change what a fragment is. Names are the
-    file's stem and the frame number from 1, as wide as the last one (``traj-1`` ... ``traj-5``; ``traj-01`` from 10 frames on).
+    file's stem and the frame number from 1, as wide as the last one (``traj-1`` ... ``traj-5``;
+    ``traj-01`` from 10 frames on).
     """
     frames = read_xyz_frames(path)
     first = frames[0]
     for frame in frames[1:]:
         if frame.symbols != first.symbols:
             raise BadInputError(
-                f"{path}:{frame.line}: this frame's atoms differ from the first frame's (a trajectory keeps its atoms and their order)"
+                f"{path}:{frame.line}: this frame's atoms differ from the first frame's "
+                "(a trajectory keeps its atoms and their order)"
             )
     frags = fragments if fragments is not None else find_fragments(first.symbols, first.geometry)
     stem, width = Path(path).stem, len(str(len(frames)))
@@ -442,7 +447,8 @@ def _check_multiplicity(path: str | os.PathLike, symbols: list[str], charge: flo
     if int(electrons) % 2 == mult % 2:  # an even count needs an odd multiplicity and vice versa
         need = "odd (1, 3, ...)" if int(electrons) % 2 == 0 else "even (2, 4, ...)"
         raise BadInputError(
-            f"{path}:2: line 2 says multiplicity {mult} but {int(electrons)} electrons (charge {charge:g}) need an {need} multiplicity"
+            f"{path}:2: line 2 says multiplicity {mult} but {int(electrons)} electrons (charge {charge:g}) need an "
+            f"{need} multiplicity"
         )
 
 
@@ -467,7 +473,8 @@ def bsse_types(value: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def is_xyz(path: Any) -> bool:
-    """Whether ``path`` names an XYZ file (by its suffix): a structure without a model chemistry, run with :data:`XYZ_OPTIONS`."""
+    """Whether ``path`` names an XYZ file (by its suffix): a structure without a model chemistry, run with
+    :data:`XYZ_OPTIONS`."""
     return isinstance(path, (str, os.PathLike)) and os.fspath(path).lower().endswith(".xyz")
 
 
@@ -494,7 +501,7 @@ def xyz_input(
     command line's ``"0-2;3-5"``) and ``fragment_charges`` are given. A file of several frames
     is refused: :func:`mbdask.read_structures` reads those.
     """
-    chosen = {
+    chosen: dict[str, Any] = {
         "program": program,
         "method": method,
         "basis": basis,

@@ -104,8 +104,9 @@ class CostModel:
             exponent = scaling_exponent(method)
             sizes = {i + 1: float(len(atoms)) for i, atoms in enumerate(fragments)}
             if basis and exponent > 2:
-                counts = {s: basis_functions(s.capitalize(), basis) for s in set(symbols)}
-                if all(c is not None for c in counts.values()):
+                found = {s: basis_functions(s.capitalize(), basis) for s in set(symbols)}
+                counts = {s: c for s, c in found.items() if c is not None}
+                if len(counts) == len(found):
                     sizes = {i + 1: float(sum(counts[symbols[a]] for a in atoms)) for i, atoms in enumerate(fragments)}
                 else:  # atoms as size: a basis of ~10 functions per atom keeps the default units sensible
                     sizes = {i: 10.0 * n for i, n in sizes.items()}
@@ -136,6 +137,7 @@ class CostModel:
         append = out.append
         for job in jobs:
             model, basis = job.model, job.basis
+            key: tuple[Any, ...]
             if uniform[model]:
                 key = (model, len(job.real), len(basis))
             else:

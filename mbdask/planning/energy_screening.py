@@ -82,7 +82,8 @@ class Decisions:
 
     @classmethod
     def for_plan(cls, plan: Plan, settings: Screening) -> Decisions:
-        """The decisions over ``plan``'s clusters (the expansion screened by distance only) that ``settings`` asks for."""
+        """The decisions that ``settings`` asks for over ``plan``'s clusters (the expansion screened by
+        distance only)."""
         return cls(
             plan.nfragments,
             plan.core.max_nbody,
@@ -143,7 +144,8 @@ class Decisions:
             return  # its own pairs lie beyond the next order's cutoff: no candidate grows from it
         if order == 2:
             near: Iterable[int] = range(1, self.nfragments + 1) if within is None else within[cluster[0]]
-        else:  # every pair of a candidate is a kept dimer within reach: a neighbour search, not a loop over all fragments
+        else:
+            # every pair of a candidate is a kept dimer within reach: a neighbour search, not a loop over all fragments
             near = set.intersection(*(self.kept_partners.get(i, set()) for i in cluster))
             if within is not None:
                 near = near.intersection(*(within[i] for i in cluster))

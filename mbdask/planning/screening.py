@@ -65,7 +65,8 @@ class Screening:
     cheap_model: dict = field(default_factory=lambda: dict(DEFAULT_CHEAP_MODEL))
     #: what energy screening decided (set by :func:`mbdask.graph.screening_pass.screen`)
     energy_report: dict | None = None
-    #: the error target the distance cutoffs were picked for: ``{"kcal_per_monomer": asked, "measured_for": table entry}``
+    #: the error target the distance cutoffs were picked for:
+    #: ``{"kcal_per_monomer": asked, "measured_for": table entry}``
     target: dict | None = None
 
     @classmethod
@@ -75,7 +76,8 @@ class Screening:
             return options
         if not isinstance(options, Mapping):
             raise BadInputError(
-                f"screening must be a dict such as {{'distance_cutoffs': {{2: 9.0, 3: 5.0}}}}, not {type(options).__name__}"
+                f"screening must be a dict such as {{'distance_cutoffs': {{2: 9.0, 3: 5.0}}}}, not "
+                f"{type(options).__name__}"
             )
         known = {"distance_cutoffs", "clusters", "energy_thresholds", "cheap_model", "target"}
         unknown = set(options) - known
@@ -116,7 +118,8 @@ def cutoffs_for_target(target: Any) -> tuple[float, dict[int, float]]:
     if not wanted > 0 or not met:
         tightest = min(RECOMMENDED_CUTOFFS)
         raise BadInputError(
-            f"screening target {target}: cutoffs are measured for {', '.join(f'{t:g}' for t in sorted(RECOMMENDED_CUTOFFS))} kcal/mol "
+            f"screening target {target}: cutoffs are measured for "
+            f"{', '.join(f'{t:g}' for t in sorted(RECOMMENDED_CUTOFFS))} kcal/mol "
             f"per monomer; for less than {tightest:g} give distance cutoffs yourself (docs/screening.md)"
         )
     measured = max(met)
@@ -212,7 +215,8 @@ class PairDistances:
 
 
 def pair_distances(molecule: Any, radius: float | None) -> PairDistances:
-    """The fragment pairs of ``molecule`` closer than ``radius`` Angstrom (None: none are needed), by a neighbour search.
+    """The fragment pairs of ``molecule`` closer than ``radius`` Angstrom (None: none are needed), by a
+    neighbour search.
 
     Each pair's distance is its closest atom pair, computed the same way whatever the
     search, so that a cluster at a cutoff is decided the same at every system size.
@@ -298,7 +302,7 @@ def grown_clusters(bases: Iterable[tuple[int, ...]], partners: Sequence[frozense
     With ``partners`` the fragments within a pair cutoff, the work is proportional to what
     is found, not to the fragments in the system: a neighbour list, not a loop over all.
     """
-    found = []
+    found: list[tuple[int, ...]] = []
     for base in bases if isinstance(bases, list) else sorted(bases):
         if len(base) > 1 and not all(b in partners[a] for a, b in itertools.combinations(base, 2)):
             continue
@@ -366,7 +370,8 @@ def check_screenable(
         )
     if "cp" in bsse_types:
         raise BadInputError(
-            "screening needs bsse_type nocp or vmfc (--bsse on the command line): QCManyBody's cp computes every subsystem in the full-cluster basis, "
+            "screening needs bsse_type nocp or vmfc (--bsse on the command line): "
+            "QCManyBody's cp computes every subsystem in the full-cluster basis, "
             "which a screened expansion does not"
         )
     if has_supersystem:
