@@ -169,7 +169,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """
     from mbdask.config import packaged_default
 
-    def default(key: str) -> object:
+    def default(key: str) -> Any:
         return packaged_default(f"mbdask.{key}")
 
     parser.add_argument(
@@ -200,7 +200,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         type=_byte_size,
         metavar="SIZE",
         help="LocalCluster memory per worker, e.g. 4GiB (default: "
-        f"{100 * default('local-cluster.memory-fraction'):g}%% of RAM / workers, "
+        f"{100 * float(default('local-cluster.memory-fraction')):g}%% of RAM / workers, "
         "Dask config mbdask.local-cluster.memory-fraction)",
     )
     parser.add_argument(

@@ -15,7 +15,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Union
+from typing import Any, ClassVar
 
 import dask
 import psutil
@@ -26,7 +26,7 @@ from mbdask import config
 from mbdask.deploy.forked_workers import can_fork_workers
 from mbdask.deploy.worker_environment import DROPPED_WORKER_ENVIRONMENT, USER_ENVIRONMENT
 
-ClientLike = Union[Client, str, None]
+ClientLike = Client | str | None
 
 
 def usable_cores() -> int:
@@ -141,7 +141,7 @@ def start_local_cluster(size: ClusterSize, *, worker_imports: Sequence[str] = ()
     thread variables (``OMP_NUM_THREADS=1`` and friends) stay, and each fragment raises
     them to its cores while it runs.
     """
-    options = dict(
+    options: dict[str, Any] = dict(
         n_workers=size.n_workers,
         threads_per_worker=size.threads_per_worker,
         memory_limit=size.memory_limit,
@@ -191,7 +191,9 @@ FORKED_OPTIONS = frozenset(
 
 
 def _import_for_workers(modules: Sequence[str]) -> bool:
-    """Import what forked workers should not import again, and fill QCEngine's per-process caches; True if all went well."""
+    """Import what forked workers should not import again, and fill QCEngine's per-process caches.
+
+    True if all went well."""
     import importlib
 
     from mbdask.calculation.execute import warm_up
@@ -258,7 +260,9 @@ def workers_forked_here(cluster: object) -> bool:
 
 @contextlib.contextmanager
 def _silenced(*loggers: str) -> Iterator[None]:
-    """Drop what the named loggers say inside the block (for lines that are Dask's own news of an end mbdask reports itself)."""
+    """Drop what the named loggers say inside the block.
+
+    For lines that are Dask's own news of an end that mbdask reports itself."""
     found = [logging.getLogger(name) for name in loggers]
     levels = [logger.level for logger in found]
     for logger in found:
@@ -347,7 +351,7 @@ def want_dashboard(predicted_seconds_per_core: float, choice: bool | str | None 
     return predicted_seconds_per_core >= config.number("mbdask.local-cluster.dashboard-min-seconds")
 
 
-def worker_timeout(seconds: float | None = None) -> float:
+def worker_timeout(seconds: float | str | None = None) -> float:
     """Seconds to wait for workers (none yet, or none left) before giving up: ``seconds``, else
     Dask config ``mbdask.worker-timeout`` (mbdask.yaml: 600). Batch-queue jobs start when the
     queue lets them, and jobs that reached their wall time leave a cluster with no workers."""
@@ -375,7 +379,8 @@ def wait_for_workers(client: Client, timeout: float, say: Callable[[str], None])
     if count_workers(client):
         return
     say(
-        f"mbdask: waiting for workers to join the scheduler at {scheduler_address(client)} (up to {timeout:g} s; --worker-timeout)"
+        f"mbdask: waiting for workers to join the scheduler at {scheduler_address(client)} "
+        f"(up to {timeout:g} s; --worker-timeout)"
     )
     # asked every half second rather than Client.wait_for_workers, whose timeout leaves an
     # unretrieved future behind ("Future exception was never retrieved" at exit)

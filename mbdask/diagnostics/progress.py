@@ -18,7 +18,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Protocol
 
 from distributed import Future
 
@@ -138,7 +138,19 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def show(progress: Progress, stream: IO[str] = sys.stderr, interval: float = 0.5, live: bool | None = None) -> None:
+class Watchable(Protocol):
+    """What :func:`show` draws: :class:`Progress`, or many structures' (``ManyProgress``)."""
+
+    def poll(self) -> bool:
+        """True once every unit has finished or one failed."""
+        ...
+
+    def lines(self) -> list[str]:
+        """The lines to draw, the last one a summary."""
+        ...
+
+
+def show(progress: Watchable, stream: IO[str] = sys.stderr, interval: float = 0.5, live: bool | None = None) -> None:
     """Show ``progress`` until every unit has finished or one failed.
 
     On a terminal (``live``, default: ``stream.isatty()``) the bars are redrawn in place;
@@ -164,7 +176,7 @@ def show(progress: Progress, stream: IO[str] = sys.stderr, interval: float = 0.5
         time.sleep(interval)
 
 
-def _log(progress: Progress, stream: IO[str], every: float, interval: float) -> None:
+def _log(progress: Watchable, stream: IO[str], every: float, interval: float) -> None:
     last = time.monotonic()
     while not progress.poll():
         if time.monotonic() - last >= every:

@@ -124,7 +124,7 @@ class Submission:
         for future in [*self.levels.values(), *self.units.values()]:
             future.exception()  # waits for it, whether it finishes or fails
         complete = 0
-        numeric = sorted({nb for _, nb in self.levels if nb != "supersystem"})
+        numeric = sorted({nb for _, nb in self.levels if isinstance(nb, int)})  # not "supersystem"
         for nbody in numeric:
             if all(f.status == "finished" for (b, nb), f in self.levels.items() if nb == nbody):
                 complete = nbody
@@ -133,7 +133,7 @@ class Submission:
         if complete == 0:
             return None
         outputs = [f.result() for f in self.units.values() if f.status == "finished"]
-        levels = [f.result() for (b, nb), f in self.levels.items() if nb != "supersystem" and nb <= complete]
+        levels = [f.result() for (b, nb), f in self.levels.items() if isinstance(nb, int) and nb <= complete]
         failed = next((f.exception() for f in self.units.values() if f.status == "error"), None)
         ctx = ExpansionContext(truncated_input(self.plan.input, complete), self.plan.specifications, False)
         partial = {
@@ -423,9 +423,8 @@ def submit_plan(
     auto_cores = options.cores_per_fragment == "auto"
     cores = 1 if auto_cores else int(options.cores_per_fragment)
     resources = fragment_resources(worker_info, cores, options.memory_per_fragment, auto_cores=auto_cores)
-    own_writer = writer is None and store is not None
-    if own_writer:
-        writer = StoreWriter(store, conn.client)
+    own_writer = StoreWriter(store, conn.client) if writer is None and store is not None else None
+    writer = writer or own_writer
     try:
         found = _screening_pass(the_plan, settings, conn, worker_info, resources, store, writer, options.retries)
         found = _store_lookup(found, store)
@@ -445,14 +444,15 @@ def submit_plan(
         keys = [graph.result, *graph.levels.values(), *(graph.units if watched else to_store)]
         by_key, started = _send(conn, graph, keys)
         if writer is not None:
+            assert found.key_ctx is not None  # made by _store_lookup with the store
             _track_units(writer, conn.client, graph, to_store, by_key, found.known, found.key_ctx, shared=watched)
     except BaseException:
-        if own_writer:
-            writer.close()
+        if own_writer is not None:
+            own_writer.close()
         raise
-    if own_writer:
-        writer.seal()
-    return _submission(found, graph, by_key, started, conn, store, writer if own_writer else None, options)
+    if own_writer is not None:
+        own_writer.seal()
+    return _submission(found, graph, by_key, started, conn, store, own_writer, options)
 
 
 @dataclass

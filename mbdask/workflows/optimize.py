@@ -187,7 +187,7 @@ def optimize(
         # take the cores local workers need for the next step ((H2O)6 3-body GFN2-xTB on 2 cores
         # took about 1.5x as long per step with them, benchmarks/bench_optimize.py).
         with pinned_threads(1):
-            run = minimise(
+            geometric_run = minimise(
                 mbe_input.molecule,
                 expansions,
                 max_steps=max_steps,
@@ -197,7 +197,7 @@ def optimize(
             )
     finally:
         conn.close()
-    return _result(run, expansions)
+    return _result(geometric_run, expansions)
 
 
 @dataclass
