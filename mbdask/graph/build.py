@@ -3,7 +3,7 @@
 Shape (see docs/design.md):
 
 * one *context* node holding the input, sent once to each worker that needs it;
-* one *fragment* node per unit (:mod:`mbdask.batching`): one expensive calculation, or a
+* one *fragment* node per unit (:mod:`mbdask.planning.batching`): one expensive calculation, or a
   batch of cheap ones of the same model chemistry and order, annotated with a priority
   from its predicted cost, retries, and the cores and memory it may use when they are
   resources;

@@ -5,7 +5,7 @@ QCManyBody's ``ManyBodyCore`` holds the same algebra for whole expansions, level
 mbdask needs it cluster by cluster (per-cluster increments while the run goes on, screened
 expansions that keep some clusters of an order and not others, energy screening that decides
 from cheap increments). :mod:`mbdask.planning.plan` builds the increments of a plan from these
-rules, :mod:`mbdask.graph` and :mod:`mbdask.results.assemble` evaluate them, :mod:`mbdask.planning.screening`
+rules, :mod:`mbdask.graph.build` and :mod:`mbdask.results.assemble` evaluate them, :mod:`mbdask.planning.screening`
 and :mod:`mbdask.planning.energy_screening` choose the clusters.
 """
 

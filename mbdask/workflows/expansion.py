@@ -293,7 +293,7 @@ def start(
     * ``order``: "levels" (n-body orders complete one after another, longest first within
       each) or "cost" (longest first overall).
     * ``batch``: group cheap fragments into tasks of ~0.05-0.5 s predicted (default on).
-    * ``store``: path of a checkpoint store (:mod:`mbdask.store`), a file on this machine (a
+    * ``store``: path of a checkpoint store (:mod:`mbdask.calculation.store`), a file on this machine (a
       relative path is taken from the current directory); fragments found there are not
       recomputed, and this process writes every finished fragment to it as its result comes
       in (workers never open it).
