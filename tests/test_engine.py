@@ -17,7 +17,7 @@ from qcelemental.models.v2 import AtomicInput
 from qcengine.programs.model import ProgramHarness
 
 import mbdask
-from mbdask.calculation.engine import ProgramRunner, cpu_name, run_program, task_config
+from mbdask.calculation.engine import ProgramRunner, run_program, task_config
 
 WATER = {"symbols": ["O", "H", "H"], "geometry": [0.0, 0.0, -0.124, 0.0, -1.431, 0.984, 0.0, 1.431, 0.984]}
 
@@ -52,24 +52,6 @@ def test_task_config_is_built_once_per_cores_and_memory(monkeypatch):
     assert task_config(2, 0.5).ncores == 2 and task_config(1, 0.5).memory == 0.5
     monkeypatch.setenv("QCENGINE_SCRATCH_DIRECTORY", "/tmp")  # QCEngine reads its variables: a new config
     assert task_config(1, 0.5).scratch_directory == "/tmp"
-
-
-def test_machine_information_without_py_cpuinfo():
-    """QCEngine's provenance gets the CPU name, and py-cpuinfo (1.1 s a process) never runs."""
-    if cpu_name() is None:
-        pytest.skip("no /proc/cpuinfo model name (not Linux): QCEngine's own path runs, nothing to check")
-    code = (
-        "import cpuinfo\n"
-        "def refuse(): raise SystemExit('py-cpuinfo was called')\n"
-        "cpuinfo.get_cpu_info = refuse\n"
-        "from mbdask.calculation.engine import cpu_name, fill_machine_info\n"
-        "import qcengine\n"
-        "fill_machine_info()\n"
-        "assert qcengine.config.get_provenance_augments()['cpu'] == cpu_name()\n"
-        "print('ok')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_local_cluster_workers_start_without_dasks_malloc_trim_threshold(monkeypatch):

@@ -7,17 +7,18 @@ most of it measuring the clock) only to write the CPU's name into provenance; ev
 worker pays it. mbdask runs thousands of calls per worker with the same ``ncores`` and
 ``memory``, so:
 
-* :func:`run_program` is ``qcengine.compute`` for one ``AtomicInput`` and one program,
-  made from QCEngine's own parts (``get_program``, ``compute_wrapper``,
-  ``environ_context``, ``handle_output_metadata``) with the ``TaskConfig`` cached per
-  (ncores, memory, ``QCENGINE_*`` environment). Results, failures and provenance are
-  QCEngine's; tests compare the two. :class:`ProgramRunner` does the same for the
+* :func:`run_program` is ``qcengine.compute`` for one ``AtomicInput`` and one program
+  (:func:`mbdask.upstream.qcengine_compute`, made from QCEngine's own parts) with the
+  harness from ``qcengine.get_program`` and the ``TaskConfig`` from ``qcengine.get_config``,
+  cached per (ncores, memory, ``QCENGINE_*`` environment). Results, failures and
+  provenance are QCEngine's; tests compare the two. :class:`ProgramRunner` does the same for the
   fragments of one unit, looking the harness and config up once, and skips QCEngine's
   provenance (a dump and validation of the whole result) for results whose numbers
   alone are kept.
 * :func:`fill_machine_info` fills QCEngine's machine cache with the CPU name read from
-  ``/proc/cpuinfo`` (what py-cpuinfo reports on Linux) instead of starting py-cpuinfo.
-  Where that name is not found, QCEngine's own path runs.
+  ``/proc/cpuinfo`` (what py-cpuinfo reports on Linux) instead of starting py-cpuinfo
+  (:func:`mbdask.upstream.fill_qcengine_machine_info`). Where that name is not found,
+  QCEngine's own path runs.
 """
 
 from __future__ import annotations
@@ -27,18 +28,18 @@ import functools
 import os
 from collections.abc import Iterator
 from typing import Any
-from unittest import mock
 
 import qcengine
-from qcelemental.models.v2 import AtomicInput, AtomicResult
+from qcelemental.models.v2 import AtomicInput
 from qcengine.programs.model import ProgramHarness
-from qcengine.util import compute_wrapper, environ_context, handle_output_metadata
 
-#: The variables QCEngine's ``environ_context(config=...)`` sets to the config's cores.
-_QCENGINE_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-#: What a spec's extras may carry for QCEngine's task config (then the plain path runs).
-_LOCAL_CONFIG = "_qcengine_local_config"
+from mbdask.upstream import (
+    QCENGINE_LOCAL_CONFIG,
+    QCENGINE_THREAD_VARIABLES,
+    fill_qcengine_machine_info,
+    qcengine_compute,
+    qcengine_environment,
+)
 
 
 def _qcengine_environment() -> tuple[tuple[str, str], ...]:
@@ -69,9 +70,10 @@ class ProgramRunner:
     ``run_program`` finds the ``TaskConfig`` (reading the ``QCENGINE_*`` environment,
     about 20 us) and the harness (``get_program`` asks the program's ``found()``: xtb's
     looks for its Python module, about 40 us) per call; a unit's fragments share them.
-    Both are looked up inside QCEngine's ``compute_wrapper`` on first use, so that a
-    missing program still comes back as a ``FailedOperation`` (and is looked up again
-    by the next call), as from ``qcengine.compute``.
+    Both are looked up inside QCEngine's ``compute_wrapper`` on first use
+    (:func:`mbdask.upstream.qcengine_compute`), so that a missing program still comes back
+    as a ``FailedOperation`` (and is looked up again by the next call), as from
+    ``qcengine.compute``.
     """
 
     def __init__(self, ncores: int = 1, memory_gib: float | None = None):
@@ -93,30 +95,15 @@ class ProgramRunner:
 
         ``provenance=False`` is for callers that read only the numbers of a result:
         a successful ``AtomicResult`` then comes back as the harness made it, without
-        QCEngine's ``handle_output_metadata``, which adds the machine, the user and the
-        wall time to its provenance by dumping the whole result and validating it again
-        (about 0.1 ms per xtb fragment; qcengine 0.52.0). Its values are the same objects
-        either way. Failures are always returned as ``qcengine.compute`` returns them.
+        QCEngine's provenance step (see :func:`mbdask.upstream.qcengine_compute`; about 0.1 ms
+        per xtb fragment). Its values are the same objects either way. Failures are always
+        returned as ``qcengine.compute`` returns them.
         """
-        if _LOCAL_CONFIG in atomic_input.specification.extras:
+        if QCENGINE_LOCAL_CONFIG in atomic_input.specification.extras:
             return qcengine.compute(
                 atomic_input, program, raise_error=False, task_config=_task_options(self.ncores, self.memory_gib)
             )
-        output: Any = atomic_input
-        with compute_wrapper(capture_output=False, raise_error=False) as metadata:
-            executor, config = self._harness(program)
-            with thread_environment(config):
-                output = executor.compute(atomic_input, config)
-        if (
-            not provenance
-            and metadata["success"] is True
-            and isinstance(output, AtomicResult)
-            and output.success is True
-        ):
-            return output
-        if not metadata["success"]:
-            output = atomic_input  # as qcengine.compute does for QCSchema v2 inputs
-        return handle_output_metadata(output, metadata, raise_error=False, return_dict=False, convert_version=2)
+        return qcengine_compute(atomic_input, program, self._harness, thread_environment, provenance=provenance)
 
 
 @contextlib.contextmanager
@@ -130,14 +117,14 @@ def thread_environment(config: Any) -> Iterator[None]:
     them: the environment is the same as upstream's during and after the call.
     """
     value = str(config.ncores)
-    if any(os.environ.get(name) != value for name in _QCENGINE_THREAD_VARIABLES):
-        with environ_context(config=config):
+    if any(os.environ.get(name) != value for name in QCENGINE_THREAD_VARIABLES):
+        with qcengine_environment(config):
             yield
         return
     try:
         yield
     finally:
-        for name in _QCENGINE_THREAD_VARIABLES:
+        for name in QCENGINE_THREAD_VARIABLES:
             if os.environ.get(name) != value:
                 os.environ[name] = value
 
@@ -167,9 +154,4 @@ def cpu_name() -> str | None:
 
 def fill_machine_info() -> None:
     """Fill QCEngine's per-process machine information without starting py-cpuinfo, where the CPU name is known."""
-    name = cpu_name()
-    if name is None:
-        qcengine.config.get_global()
-        return
-    with mock.patch("cpuinfo.get_cpu_info", lambda: {"brand_raw": name}):
-        qcengine.config.get_global()
+    fill_qcengine_machine_info(cpu_name())

@@ -11,13 +11,15 @@ Even so, QCElemental's validating constructor (``from_schema`` -> ``from_arrays`
 ``to_schema``, about 0.35 ms) cost as much per fragment as a tenth of an xtb calculation,
 and it derives the same fields again and again: a water dimer is a water dimer. What it
 derives depends on everything it is given *except* the geometry, which it only checks
-for atoms closer than 0.1 bohr and rounds (``float_prep``). So the factory runs the
+for atoms closer than 0.1 bohr and rounds. So the factory runs the
 validating constructor once per distinct composition (symbols, masses, real/ghost,
 fragment layout, charges, multiplicities: a "template") and builds every other fragment
 of that composition as a copy of the template with its own rounded geometry and name
 (about 15 us instead of 0.4 ms). Parents whose fragments are not contiguous blocks of
 atoms, or whose atoms fail the distance check (possible only for a parent marked
-``validated``), take the validating constructor for every fragment.
+``validated``), take the validating constructor for every fragment. What the factory
+relies on of QCElemental's constructor (its rounding and its distance check) lives in
+:mod:`mbdask.upstream`, with the tests that hold it to QCElemental.
 """
 
 from __future__ import annotations
@@ -30,10 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from qcelemental.exceptions import ValidationError
 from qcelemental.models.v2 import Molecule
-from qcelemental.models.v2.molecule import GEOMETRY_NOISE, float_prep
-from qcelemental.molparse.from_arrays import validate_and_fill_geometry
+
+from mbdask.upstream import constructor_rounding, passes_constructor_distance_check
 
 #: Validated templates kept per factory (distinct compositions; a water cluster has a handful).
 TEMPLATE_CACHE_SIZE = 512
@@ -62,41 +63,41 @@ def deepcopy_plain(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-def _mutable_fields(molecule: Molecule) -> tuple[str, ...]:
-    """The fields of ``molecule`` that hold arrays, lists or dicts, but the geometry (replaced anyway)."""
-    return tuple(k for k, v in molecule.__dict__.items() if k != "geometry" and isinstance(v, (np.ndarray, list, dict)))
+def _mutable_fields(molecule: Molecule) -> tuple[str, ...] | None:
+    """The fields of ``molecule`` that hold arrays, lists or dicts, but the geometry (replaced anyway); None where
+    one of them, the geometry or the name is not among its set fields (a copy could not keep that set)."""
+    fields = tuple(
+        name
+        for name in type(molecule).model_fields
+        if name != "geometry" and isinstance(getattr(molecule, name), (np.ndarray, list, dict))
+    )
+    return fields if molecule.model_fields_set.issuperset((*fields, "geometry", "name")) else None
 
 
 def constructor_geometry(rows: np.ndarray, rounded: bool = False) -> np.ndarray:
     """The geometry QCElemental's validating ``Molecule(orient=False, ...)`` makes of ``rows`` (bohr, (nat, 3)).
 
-    Shadows the constructor (checked against qcelemental 0.51.4): ``from_arrays`` checks
-    the geometry for atoms closer than 0.1 bohr (the caller has checked the parent's
-    atoms, of which these are a subset: see ``_Layout``), ``to_schema`` keeps bohr as it
-    is, and ``__init__`` rounds it with ``float_prep(geometry, GEOMETRY_NOISE)``, element
-    by element. ``rounded``: every element of ``rows`` is known to be what ``float_prep``
-    makes of it (rows of a parent that was rounded so), so rounding again changes nothing.
+    ``from_arrays`` checks the geometry for atoms closer than 0.1 bohr (the caller has
+    checked the parent's atoms, of which these are a subset: see ``_Layout``), ``to_schema``
+    keeps bohr as it is, and ``__init__`` rounds it (:func:`mbdask.upstream.constructor_rounding`).
+    ``rounded``: every element of ``rows`` is known to be what that rounding makes of it
+    (rows of a parent that was rounded so), so rounding again changes nothing.
     """
-    return rows if rounded else float_prep(rows, GEOMETRY_NOISE)
+    return rows if rounded else constructor_rounding(rows)
 
 
-def from_template(
-    template: Molecule, geometry: np.ndarray, name: str, mutable: tuple[str, ...] | None = None
-) -> Molecule:
-    """``template`` with ``geometry`` (from :func:`constructor_geometry`) and ``name``.
+def from_template(template: Molecule, geometry: np.ndarray, name: str, mutable: tuple[str, ...]) -> Molecule:
+    """``template`` with ``geometry`` (from :func:`constructor_geometry`) and ``name``, not validated again.
 
-    The copy owns its arrays, lists and dicts (as a constructed molecule does), and keeps
-    the template's set of explicitly set fields. The molecule is frozen; like
-    QCElemental's own ``__init__``, the fields are written through ``__dict__``.
-    ``mutable``: the template's fields holding arrays, lists or dicts, if known.
+    The copy owns its arrays, lists and dicts (as a constructed molecule does). ``mutable``:
+    the template's fields holding arrays, lists or dicts (:func:`_mutable_fields`), each of
+    them, the geometry and the name among its set fields, so that pydantic's ``model_copy``
+    (which adds what it updates to the set fields) keeps the template's set fields.
     """
-    molecule = template.model_copy()
-    values = molecule.__dict__
-    for field in _mutable_fields(template) if mutable is None else mutable:
-        values[field] = deepcopy_plain(values[field])
-    values["geometry"] = geometry
-    values["name"] = name
-    return molecule
+    update = {field: deepcopy_plain(getattr(template, field)) for field in mutable}
+    update["geometry"] = geometry
+    update["name"] = name
+    return template.model_copy(update=update)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class _Layout:
     contiguous: bool
     #: the parent's atoms pass ``from_arrays``'s check for atoms closer than 0.1 bohr
     geometry_checked: bool
-    #: ``float_prep`` leaves every coordinate of the parent as it is
+    #: the constructor's rounding leaves every coordinate of the parent as it is
     geometry_rounded: bool
 
     @classmethod
@@ -126,17 +127,14 @@ class _Layout:
             kinds.append(kind_ids.setdefault(kind, len(kind_ids)))
         contiguous = [i for frag in atoms for i in frag] == list(range(len(symbols)))
         geometry = np.asarray(parent.geometry, dtype=float)
-        try:
-            validate_and_fill_geometry(geom=geometry)
-            geometry_checked = True
-        except ValidationError:
-            geometry_checked = False
-        geometry_rounded = float_prep(geometry, GEOMETRY_NOISE).tobytes() == geometry.tobytes()
+        geometry_checked = passes_constructor_distance_check(geometry)
+        geometry_rounded = constructor_rounding(geometry).tobytes() == geometry.tobytes()
         return cls(atoms, kinds, contiguous, geometry_checked, geometry_rounded)
 
 
 def _real_and_ghosts(real: tuple[int, ...], basis: tuple[int, ...]) -> tuple[list[int], list[int]]:
-    """0-based real and ghost fragments; QCManyBody's iterate_molecules forms the ghost list from a set difference: keep its order."""
+    """0-based real and ghost fragments; QCManyBody's iterate_molecules forms the ghost list from a set difference:
+    keep its order."""
     return [x - 1 for x in real], [x - 1 for x in list(set(basis) - set(real))]
 
 
@@ -148,7 +146,7 @@ class FragmentFactory:
         self._arrays: tuple | None = None
         self._layout: _Layout | None = None
         #: per composition (:meth:`_template_key`): the validated molecule and its fields holding arrays, lists or dicts
-        self._templates: dict[tuple, tuple[Molecule, tuple[str, ...]]] = {}
+        self._templates: dict[tuple, tuple[Molecule, tuple[str, ...] | None]] = {}
         #: per number of decimals: each atom's rounded coordinates as text, each fragment's atoms, each atom's fragment
         self._identity_parts: dict[int, tuple[list[list[str]], list[list[int]], list[int]]] = {}
         #: per number of decimals: each fragment's pieces of :meth:`identity_json` (None: fragments not contiguous)
@@ -269,7 +267,8 @@ class FragmentFactory:
         return (self.parent.name if self.parent.name is not None else "") + " (" + str(real0) + "," + str(ghost0) + ")"
 
     def constructor_arguments(self, real: tuple[int, ...], basis: tuple[int, ...]) -> dict[str, Any]:
-        """The keyword arguments ``get_fragment(real0, ghost0, orient=False, group_fragments=False)`` gives ``Molecule``."""
+        """The keyword arguments ``get_fragment(real0, ghost0, orient=False, group_fragments=False)`` gives
+        ``Molecule``."""
         geometry, symbols, masses, at2fr, fragments, fcharges, fmults = self._parent_arrays()
         real0, ghost0 = _real_and_ghosts(real, basis)
         real_set, ghost_set = set(real0), set(ghost0)
@@ -326,13 +325,15 @@ class FragmentFactory:
         found = self._templates.get(key)
         if found is None:
             found = self._add_template(key, real, basis)
+        if found[1] is None:  # a template whose copies would differ in their set fields
+            return self.validated_molecule(real, basis)
         atoms = [i for ifr in used for i in layout.atoms[ifr]]
         geometry = constructor_geometry(self._parent_arrays()[0][atoms], layout.geometry_rounded)
         return from_template(found[0], geometry, self._name(real0, ghost0), found[1])
 
     def _add_template(
         self, key: tuple, real: tuple[int, ...], basis: tuple[int, ...]
-    ) -> tuple[Molecule, tuple[str, ...]]:
+    ) -> tuple[Molecule, tuple[str, ...] | None]:
         template = self.validated_molecule(real, basis)
         if len(self._templates) >= TEMPLATE_CACHE_SIZE:
             self._templates.pop(next(iter(self._templates)))

@@ -88,7 +88,8 @@ def _check_xtb(model: dict) -> None:
     method = model.get("method") or ""
     if method.lower() not in XTB_METHODS:
         raise ValueError(
-            f"xtb has no method {method!r} (xtb methods: {', '.join(m for m in XTB_METHODS if '-' in m)}; case does not matter)"
+            f"xtb has no method {method!r} "
+            f"(xtb methods: {', '.join(m for m in XTB_METHODS if '-' in m)}; case does not matter)"
         )
     if model.get("basis"):
         raise ValueError(
@@ -110,13 +111,13 @@ def program_modules(programs: Iterable[str]) -> list[str]:
 
 
 def register_programs() -> None:
-    """Register mbdask's harnesses with QCEngine unless a harness of that name exists."""
-    from qcengine.programs.base import programs
-
-    for harness in SHIPPED_HARNESSES:
-        name = harness._defaults["name"]
-        if name not in programs:
-            qcengine.register_program(harness())
+    """Register mbdask's harnesses with QCEngine unless a harness of that name exists (QCEngine's public
+    ``list_all_programs`` and ``register_program``; names are lower case there)."""
+    registered = qcengine.list_all_programs()
+    for cls in SHIPPED_HARNESSES:
+        harness = cls()
+        if harness.name.lower() not in registered:
+            qcengine.register_program(harness)
 
 
 __all__ = [
