@@ -43,7 +43,7 @@ from mbdask.calculation.execute import ExpansionContext, run_unit
 from mbdask.planning.batching import Unit, make_units
 from mbdask.planning.cost import CostModel
 from mbdask.planning.manybody import coefficients
-from mbdask.planning.plan import FragmentJob, Increment, IncrementBlock, Plan, gc_paused, label_prefix
+from mbdask.planning.plan import FragmentJob, Increment, IncrementBlock, Plan, gc_paused
 from mbdask.results.assemble import (
     assemble_result,
     borrowed_outputs,
@@ -52,6 +52,7 @@ from mbdask.results.assemble import (
     inline_limit,
     level_sum,
 )
+from mbdask.upstream import job_labels
 
 Key = tuple
 
@@ -213,19 +214,12 @@ def cluster_increments(
     """:func:`increment_energies` of ``clusters`` (one row each), their terms rebuilt here from
     the positions ``shape`` of each subsystem in the cluster, ``signs`` and the basis rule
     (:data:`mbdask.planning.manybody.BASIS_RULES`): the graph carries the clusters, not millions of labels."""
-    prefix = label_prefix(model)
     rows = clusters.tolist()
     columns = []
     for positions, sign in zip(shape, signs):
-        if basis == "own":
-            texts = [str([row[p] for p in positions]) for row in rows]
-            labels = [f"{prefix}{text}, {text}]" for text in texts]
-        elif basis == "full":
-            tail = f", {list(full)}]"
-            labels = [f"{prefix}{[row[p] for p in positions]}{tail}" for row in rows]
-        else:
-            labels = [f"{prefix}{[row[p] for p in positions]}, {row}]" for row in rows]
-        columns.append([(label, sign) for label in labels])
+        reals = [[row[p] for p in positions] for row in rows]
+        bases = None if basis == "own" else tuple(full) if basis == "full" else rows
+        columns.append([(label, sign) for label in job_labels(model, reals, bases)])
     return increment_energies(list(zip(*columns)), *units)
 
 

@@ -27,7 +27,7 @@ from mbdask.planning.cost import CostModel
 from mbdask.planning.energy_screening import CHEAP_LABEL, Cluster, Decisions, cheap_input
 from mbdask.planning.plan import FragmentJob, Plan, make_plan
 from mbdask.planning.screening import Screening
-from mbdask.results.assemble import parse_label
+from mbdask.upstream import parse_label
 
 #: Dask priority of cheap screening units: ahead of any expensive fragment, since decisions unlock work.
 CHEAP_PRIORITY = 1e12

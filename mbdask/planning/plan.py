@@ -39,7 +39,6 @@ from mbdask.planning.screening import (
     screening_radius,
 )
 from mbdask.upstream import drop_compute_map, job_label, job_labels
-from mbdask.upstream import label_prefix as label_prefix  # graph.build's name for it
 
 #: Programs that ignore ghost atoms: cp/vmfc with them would silently be nocp.
 PROGRAMS_WITHOUT_GHOSTS = frozenset(
