@@ -139,7 +139,8 @@ LEGENDS_OVER_DATA = """(() => {
   if (!window.Bokeh || !Bokeh.index) return null;
   const box = (b) => [b.left, b.top, b.right, b.bottom];
   // by more than a pixel: a legend laid out beside the frame may start a fraction of a pixel inside it
-  const overlap = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+  const overlap = (a, b) =>
+    a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
   const found = [];
   let legends = 0;
   for (const v of Bokeh.index.all_views()) {
@@ -158,7 +159,8 @@ LEGENDS_OVER_DATA = """(() => {
 #: JavaScript: the text of every table cell (in Bokeh's Divs too) that the page broke over more than one line.
 WRAPPED_CELLS = """(() => {
   if (!window.Bokeh || !Bokeh.index) return null;
-  const roots = [document, ...[...Bokeh.index.all_views()].filter((v) => v.model.type === 'Div').map((v) => v.el.shadowRoot || v.el)];
+  const divs = [...Bokeh.index.all_views()].filter((v) => v.model.type === 'Div');
+  const roots = [document, ...divs.map((v) => v.el.shadowRoot || v.el)];
   const wrapped = [];
   let cells = 0;
   for (const root of roots) {

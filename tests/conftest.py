@@ -92,7 +92,8 @@ def assert_close(a, b, atol=1e-10):
 
 
 def _selects_explicitly(markexpr: str, marker: str) -> bool:
-    """Whether ``-m markexpr`` asks for ``marker`` itself: true for a test with only that marker, false for one without."""
+    """Whether ``-m markexpr`` asks for ``marker`` itself: true for a test with only that marker, false for one
+    without."""
     if not markexpr:
         return False
     try:
@@ -105,7 +106,8 @@ def _selects_explicitly(markexpr: str, marker: str) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """``slurm`` tests bring up SLURM on this machine (root, apt-get): they run only when asked for with ``-m slurm``."""
+    """``slurm`` tests bring up SLURM on this machine (root, apt-get): they run only when asked for with
+    ``-m slurm``."""
     if _selects_explicitly(config.getoption("markexpr", ""), "slurm"):
         return
     skip = pytest.mark.skip(reason="brings up a one-node SLURM (root, apt-get): run with -m slurm")

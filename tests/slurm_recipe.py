@@ -152,7 +152,8 @@ def preflight() -> None:
     if missing:
         if not shutil.which("apt-get"):
             raise Skip(
-                f"SLURM is not installed ({', '.join(missing)} missing) and there is no apt-get to install Debian's slurm-wlm"
+                f"SLURM is not installed ({', '.join(missing)} missing) and there is no apt-get to install Debian's "
+                "slurm-wlm"
             )
         log("installing Debian's slurm-wlm (and munge) with apt-get")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -392,7 +393,8 @@ class Watcher(threading.Thread):
         self.join(5)
 
     def replaced(self) -> bool:
-        """A job submitted after the first ones has a worker on the scheduler (what ``adapt`` should do after a loss)."""
+        """A job submitted after the first ones has a worker on the scheduler (what ``adapt`` should do after a
+        loss)."""
         if not self.jobs_seen:
             return False
         first = min(self.jobs_seen.values())
@@ -793,7 +795,8 @@ def checks(report: dict, worker_timeout: float) -> dict:
         )
         settings = clean["worker_settings"]
         verdict(
-            "docs/hpc.md's worker yaml (here through DASK_CONFIG in the job script): no MALLOC_TRIM_THRESHOLD_, profile every 100ms",
+            "docs/hpc.md's worker yaml (here through DASK_CONFIG in the job script): no MALLOC_TRIM_THRESHOLD_, "
+            "profile every 100ms",
             bool(settings)
             and all(w["malloc_trim"] is None and w["profile_interval"] == "100ms" for w in settings.values()),
             workers=settings,
@@ -822,7 +825,8 @@ def checks(report: dict, worker_timeout: float) -> dict:
         counts_after = [(t, n) for t, n in adapt["worker_counts"] if cancelled is not None and t > cancelled]
         back = next((t for t, n in counts_after if n >= 2), None)
         verdict(
-            "adapt(minimum_jobs=2, maximum_jobs=2), one job cancelled mid-run: finishes with the local energy, the job is replaced",
+            "adapt(minimum_jobs=2, maximum_jobs=2), one job cancelled mid-run: finishes with the local energy, the "
+            "job is replaced",
             cancelled is not None
             and cancelled < adapt["result_s"]
             and adapt["error"] is None
@@ -841,8 +845,8 @@ def checks(report: dict, worker_timeout: float) -> dict:
     life = report.get("lifetime")
     if life:
         verdict(
-            f"workers with --lifetime {life['lifetime'][0]} --lifetime-stagger {life['lifetime'][1]} and adapt: they leave, are "
-            "replaced, and the run gives the local energy",
+            f"workers with --lifetime {life['lifetime'][0]} --lifetime-stagger {life['lifetime'][1]} and adapt: they "
+            "leave, are replaced, and the run gives the local energy",
             life["error"] is None
             and life["abs_diff_vs_local"] is not None
             and life["abs_diff_vs_local"] <= 1e-10
@@ -861,7 +865,8 @@ def checks(report: dict, worker_timeout: float) -> dict:
         msg = gone["stop_message"]
         mid = gone["cancelled_at_s"] is not None and (gone["rows_at_cancel"] or 0) < gone["fragments_total"]
         verdict(
-            "all jobs cancelled mid-run: notice at once, exit code 1 after the worker timeout, finished fragments in the store",
+            "all jobs cancelled mid-run: notice at once, exit code 1 after the worker timeout, finished fragments in "
+            "the store",
             mid
             and gone["exit_code"] == 1
             and gone["no_worker_notice"] is not None
@@ -948,7 +953,8 @@ def main(argv: list[str] | None = None) -> int:
     report["fragments_total"] = total
     cancel_at = max(1, int(args.cancel_at * total))
     log(
-        f"{args.xyz} GFN2-xTB nocp {args.max_nbody}-body: {total} fragment calculations; cancelling at {cancel_at} in the store"
+        f"{args.xyz} GFN2-xTB nocp {args.max_nbody}-body: {total} fragment calculations; cancelling at {cancel_at} in "
+        "the store"
     )
 
     # stop the SLURM daemons also on SIGTERM (a test's time-out, kill): the context managers run
@@ -977,7 +983,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.lifetime:
                 life = tuple(args.lifetime.split(","))
                 log(
-                    f"workers with --lifetime {life[0]} --lifetime-stagger {life[1]}, cluster.adapt(minimum_jobs=2, maximum_jobs=2)"
+                    f"workers with --lifetime {life[0]} --lifetime-stagger {life[1]}, cluster.adapt(minimum_jobs=2, "
+                    "maximum_jobs=2)"
                 )
                 report["lifetime"] = slurm_library_run(
                     "lifetime", workdir, cluster_json, user, energy, cancel_at=None, adapt=True, lifetime=life, **common
@@ -997,7 +1004,8 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(report, indent=1, default=str))
         for name, c in report.get("checks", {}).items():
             print(
-                f"{'PASS' if c['pass'] else 'FAIL'}  {name}\n      {json.dumps({k: v for k, v in c.items() if k != 'pass'}, default=str)}"
+                f"{'PASS' if c['pass'] else 'FAIL'}  {name}\n      "
+                f"{json.dumps({k: v for k, v in c.items() if k != 'pass'}, default=str)}"
             )
         if args.workdir is None and status != 1:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -359,7 +359,8 @@ def test_unknown_bsse_lists_each_treatment_once(tmp_path, capsys):
     assert _exit_code(["plan", str(DATA / "water3-uud.xyz"), "--bsse", "nocp,cpp"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(
-        "mbdask: error: argument --bsse: unknown BSSE treatment 'cpp': expected a comma-separated list of nocp, cp, vmfc"
+        "mbdask: error: argument --bsse: unknown BSSE treatment 'cpp': expected a comma-separated list of nocp, cp, "
+        "vmfc"
     ), err
 
 
@@ -387,7 +388,8 @@ BAD_XYZ = {
     ),
     "hydrogen_deleted": (
         _without_last_atom,
-        ":2: line 2 says charge 0 but the fragments found carry -1 (fragment 6 HO -1); give --fragment-charges or fix line 2",
+        ":2: line 2 says charge 0 but the fragments found carry -1 (fragment 6 HO -1); give --fragment-charges or fix "
+        "line 2",
     ),
     "atom_without_element": (
         lambda lines: [*lines[:3], "  1.0 2.0 3.0", *lines[4:]],
@@ -508,8 +510,8 @@ def test_model_options_beside_a_manybodyinput_file_are_refused_not_ignored(comma
     err = captured.err.strip().splitlines()
     assert code == 2 and len(err) == 1, captured.err
     assert err[0] == (
-        f"mbdask: error: {option} applies to XYZ input only, and {EXAMPLES / 'water6-gfn2.json'} holds its own model chemistry "
-        "and expansion: leave it out, or change the input"
+        f"mbdask: error: {option} applies to XYZ input only, and {EXAMPLES / 'water6-gfn2.json'} holds its own model "
+        "chemistry and expansion: leave it out, or change the input"
     )
     assert captured.out == "" and list(tmp_path.iterdir()) == []
 
@@ -540,8 +542,8 @@ def test_model_options_with_xyz_and_manybodyinput_files_together_are_refused(tmp
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1] == (
-        f"mbdask: error: --max-nbody applies to XYZ input only, and {EXAMPLES / 'water6-gfn2.json'} holds its own model chemistry "
-        "and expansion: run the XYZ files and the ManyBodyInput files separately"
+        f"mbdask: error: --max-nbody applies to XYZ input only, and {EXAMPLES / 'water6-gfn2.json'} holds its own "
+        "model chemistry and expansion: run the XYZ files and the ManyBodyInput files separately"
     ), err
     assert not out.exists()
 
@@ -568,7 +570,8 @@ def test_one_fragment_is_said_in_the_singular(tmp_path, capsys):
 
 
 def test_xyz_option_defaults_are_the_model_options_defaults(capsys):
-    """Left out, the model options are xtb, GFN2-xTB, nocp, 2-body, energy (now applied by ModelOptions, not argparse)."""
+    """Left out, the model options are xtb, GFN2-xTB, nocp, 2-body, energy (now applied by ModelOptions, not
+    argparse)."""
     assert main(["plan", str(EXAMPLES / "water3-uud.xyz")]) == 0
     out = capsys.readouterr().out
     assert "driver energy; bsse nocp; max n-body 2" in out and "model 'gfn2-xtb' (xtb gfn2-xtb): 6 calculations" in out
@@ -598,12 +601,14 @@ def test_interrupt_says_what_the_store_holds_and_that_the_same_command_resumes(c
     assert main([command, str(EXAMPLES / "water6-gfn2.json"), "--store", str(store), *extra]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"mbdask: interrupted; 2 calculations are in the store {store}: run the same command (the same store) to resume from them"
+        f"mbdask: interrupted; 2 calculations are in the store {store}: run the same command (the same store) to "
+        "resume from them"
     ]
     assert main([command, str(EXAMPLES / "water6-gfn2.json"), *extra]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "mbdask: interrupted; nothing was saved (no store): with --store PATH (store= in Python) finished calculations are kept for the next run"
+        "mbdask: interrupted; nothing was saved (no store): with --store PATH (store= in Python) finished "
+        "calculations are kept for the next run"
     ]
 
 

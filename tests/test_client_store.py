@@ -160,8 +160,8 @@ def test_full_disk_is_said_once_and_at_the_end_how_many_were_not_saved(inprocess
         "the run goes on, and what is not saved is computed again next time"
     )
     assert said[1] == (
-        f"store {store.path}: 41 finished fragment calculations were not saved (OSError: [Errno 28] No space left on device); "
-        "a later run computes them again"
+        f"store {store.path}: 41 finished fragment calculations were not saved (OSError: [Errno 28] No space left on "
+        "device); a later run computes them again"
     )
     assert sub.writer is not None and sub.writer.not_saved == 41 and sub.writer.written == 0
 

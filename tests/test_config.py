@@ -31,7 +31,10 @@ def test_dask_config_and_environment_override_the_defaults():
         assert worker_timeout() == 600.0 and inline_limit() == 7 and not want_dashboard(1e6)
     with dask.config.set({"mbdask.worker-timeout": 30}):
         assert worker_timeout() == 30.0
-    code = "from mbdask.results.assemble import inline_limit; from mbdask.deploy.cluster import worker_timeout; print(inline_limit(), worker_timeout())"
+    code = (
+        "from mbdask.results.assemble import inline_limit; from mbdask.deploy.cluster import worker_timeout; "
+        "print(inline_limit(), worker_timeout())"
+    )
     env = {"DASK_MBDASK__RESULT__INLINE_LIMIT": "123", "DASK_MBDASK__WORKER_TIMEOUT": "45", "PATH": ""}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True

@@ -84,7 +84,8 @@ def test_group_names_survive_dask_with_any_model_label():
         assert key_split(key) == key[0], key
 
 
-#: JavaScript: the labels the status page's progress panel draws (its text glyph's column) and the group names behind them.
+#: JavaScript: the labels the status page's progress panel draws (its text glyph's column) and the group names
+#: behind them.
 PROGRESS_LABELS = """(() => {
   if (!window.Bokeh || !Bokeh.documents || !Bokeh.documents.length) return null;
   for (const doc of Bokeh.documents) {
@@ -110,7 +111,10 @@ def test_status_page_progress_rows_read_differently_during_a_run(tmp_path):
     inp["specification"]["keywords"]["bsse_type"] = ["nocp"]
     inp["specification"]["specification"] = {"sleepy/aug-cc-pvtz": spec}
     # the page is ready once the trimers' row is drawn: 1- and 2-body are done by then, the trimers held
-    ready = f"(() => {{ const v = {PROGRESS_LABELS}; return v !== null && v.names.some((n) => n.startsWith('3b frag')); }})()"
+    ready = (
+        f"(() => {{ const v = {PROGRESS_LABELS}; "
+        "return v !== null && v.names.some((n) => n.startsWith('3b frag')); })()"
+    )
     with (
         LocalCluster(
             n_workers=1,

@@ -126,7 +126,9 @@ PLACEHOLDER_FILES = {
 #: Names the documentation uses for the reader's own objects, made before a block that uses them without making them.
 PLACEHOLDER_NAMES = {
     "inp": 'inp = "a.json"  # the reader\'s input',
-    "client": 'import distributed, os; client = distributed.Client(os.environ["MBDASK_DOCS_SCHEDULER"], set_as_default=False)',
+    "client": (
+        'import distributed, os; client = distributed.Client(os.environ["MBDASK_DOCS_SCHEDULER"], set_as_default=False)'
+    ),
 }
 
 
@@ -138,7 +140,8 @@ def _water_trimer_input(max_nbody: int) -> dict:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    """A folder as a reader's: ``examples/``, the placeholder files, and ``python``/``.venv/bin/python`` as this interpreter."""
+    """A folder as a reader's: ``examples/``, the placeholder files, and ``python``/``.venv/bin/python`` as this
+    interpreter."""
     import json
 
     from mbdask.inputs.xyz import ModelOptions, molecule_from_xyz
@@ -229,9 +232,13 @@ COMMANDS_NOT_RUN = {
     r"(\S*/)?pip install\b": "installs packages from the network",
     r"(\S*/)?python -m pytest\b": "this test suite",
     r"(\S*/)?jupyter lab\b": "starts a server for a browser; tests/test_notebooks.py executes both notebooks",
-    r"(\S*/)?jupyter nbconvert --to notebook --execute\b": "tests/test_notebooks.py executes the notebooks as nbconvert does (nbclient)",
+    r"(\S*/)?jupyter nbconvert --to notebook --execute\b": (
+        "tests/test_notebooks.py executes the notebooks as nbconvert does (nbclient)"
+    ),
     r"conda\b": "conda is not in the suite's environment (environment.yml is for conda users)",
     r"mkdocs\b": "test_docs_build_strict_with_generated_cli_reference builds the site",
+    r"(\S*/)?ruff\b": "lint and format check: .ci/run runs them before the tests",
+    r"(\S*/)?mypy\b": "type check: .ci/run runs it before the tests",
 }
 MBDASK_COMMAND = re.compile(r"^(\w+=\S+\s+)*(\S*/)?python3? -m mbdask\b")
 

@@ -280,8 +280,9 @@ def test_scheduler_gone_mid_run_names_it_and_what_the_store_kept(tmp_path, capfd
             away.join()
     assert code == 1, err
     assert err.strip().splitlines()[-1] == (
-        f"mbdask: error: lost the connection to the scheduler at {address} (it stopped, or its host went away); the run stopped; "
-        f"21 calculations are in the store {store}: run the same command (the same store) to resume from them"
+        f"mbdask: error: lost the connection to the scheduler at {address} (it stopped, or its host went away); the "
+        f"run stopped; 21 calculations are in the store {store}: run the same command (the same store) to resume from "
+        "them"
     ), err
     assert "internal error" not in err and "Traceback" not in err, (
         err

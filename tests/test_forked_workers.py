@@ -28,7 +28,8 @@ if __name__ == "__main__":
     plan = mbdask.plan(sys.argv[1])
     conn = connect(n_workers=2, worker_imports=["xtb.interface"])
     # a forked worker runs this very command line; a spawned one, multiprocessing's spawn entry point
-    forked = sorted(set(conn.client.run(lambda: psutil.Process().cmdline() == psutil.Process(os.getppid()).cmdline()).values()))
+    answers = conn.client.run(lambda: psutil.Process().cmdline() == psutil.Process(os.getppid()).cmdline())
+    forked = sorted(set(answers.values()))
     method = getattr(conn.cluster, "worker_start_method", "spawn")
     energy = mbdask.compute(plan, conn.client).properties.return_energy
     conn.close()
@@ -223,10 +224,14 @@ def recording(*args, **kwargs):  # the cluster mbdask.compute starts, looked at 
         def look():
             from threadpoolctl import threadpool_info
 
-            return {"forked": psutil.Process().cmdline() == psutil.Process(os.getppid()).cmdline(),
-                    "omp": os.environ.get("OMP_NUM_THREADS"), "pools": sorted({p["num_threads"] for p in threadpool_info()})}
+            return {
+                "forked": psutil.Process().cmdline() == psutil.Process(os.getppid()).cmdline(),
+                "omp": os.environ.get("OMP_NUM_THREADS"),
+                "pools": sorted({p["num_threads"] for p in threadpool_info()}),
+            }
 
-        started.append({"method": getattr(cluster, "worker_start_method", "spawn"), "workers": list(client.run(look).values())})
+        workers = list(client.run(look).values())
+        started.append({"method": getattr(cluster, "worker_start_method", "spawn"), "workers": workers})
     return cluster
 
 

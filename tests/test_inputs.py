@@ -198,7 +198,8 @@ def test_xyz_file_of_several_frames_points_at_read_structures(tmp_path):
 def test_load_input_of_an_xyz_file_says_how_to_give_one():
     with pytest.raises(
         mbdask.BadInputError,
-        match=r"water3-uud\.xyz: an XYZ file holds no model chemistry: .*method=\.\.\., max_nbody=\.\.\..*mbdask\.xyz_input",
+        match=r"water3-uud\.xyz: an XYZ file holds no model chemistry: "
+        r".*method=\.\.\., max_nbody=\.\.\..*mbdask\.xyz_input",
     ):
         mbdask.load_input(DATA / "water3-uud.xyz")
 

@@ -229,7 +229,8 @@ def test_run_across_hosts_survives_a_lost_worker_host_and_keeps_its_store_on_the
         problems.append("worker host w1 had a run.sqlite of its own in its working directory")
     if (w2_dir / "run.sqlite").exists():
         problems.append(
-            f"worker host w2 has a run.sqlite of its own, with {_stored(w2_dir / 'run.sqlite', tmp_path / 'w2-store')} calculations"
+            f"worker host w2 has a run.sqlite of its own, with {_stored(w2_dir / 'run.sqlite', tmp_path / 'w2-store')} "
+            "calculations"
         )
 
     # 3. a rerun finds everything there and computes nothing

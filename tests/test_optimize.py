@@ -94,7 +94,8 @@ def sequential_computer(step) -> tuple[float, np.ndarray]:
 
 
 def reference_engine(inp: dict, mbe):
-    """A geomeTRIC custom engine computing the MBE with ``mbe(ManyBodyInput)`` at each geometry (molecule as QCEngineAPI builds it)."""
+    """A geomeTRIC custom engine computing the MBE with ``mbe(ManyBodyInput)`` at each geometry (molecule as
+    QCEngineAPI builds it)."""
     from geometric.engine import Engine
     from geometric.molecule import Molecule
     from geometric.nifty import bohr2ang
@@ -225,7 +226,8 @@ def test_bad_options_refused_before_any_cluster(cluster_starts):
 
 
 def test_xyz_file_with_model_options_and_a_driver_other_than_gradient_refused(cluster_starts):
-    """optimize takes an XYZ file as compute does; an energy or Hessian driver is refused, not run as gradients (issue #25)."""
+    """optimize takes an XYZ file as compute does; an energy or Hessian driver is refused, not run as gradients
+    (issue #25)."""
     from conftest import EXAMPLES
 
     for driver in ("energy", "hessian"):
@@ -237,7 +239,8 @@ def test_xyz_file_with_model_options_and_a_driver_other_than_gradient_refused(cl
 
 
 def test_failed_fragment_raises_as_compute_does(inprocess_client):
-    """A fragment that fails (the sleep double, told to fail on dimers) ends the optimisation with FragmentFailedError."""
+    """A fragment that fails (the sleep double, told to fail on dimers) ends the optimisation with
+    FragmentFailedError."""
     from helpers import sleep_input
 
     inp = sleep_input("water3-uud.xyz")

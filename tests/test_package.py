@@ -19,9 +19,7 @@ def test_import_mbdask_imports_nothing_heavy():
     code = f"import sys, mbdask; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    code = "import sys, mbdask.cli; mbdask.cli.build_parser(); print(sorted(m for m in %r if m in sys.modules))" % (
-        HEAVY,
-    )
+    code = f"import sys, mbdask.cli; mbdask.cli.build_parser(); print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -55,7 +53,8 @@ def test_old_module_paths_and_names_still_work_and_warn():
         "import sys, warnings\n"
         "warnings.simplefilter('error', FutureWarning)\n"
         "import mbdask, mbdask.planning.plan, mbdask.calculation.store\n"
-        "for stmt in ('from mbdask.plan import make_plan', 'import mbdask.store', 'from mbdask.optimize import optimize',\n"
+        "for stmt in ('from mbdask.plan import make_plan', 'import mbdask.store', "
+        "'from mbdask.optimize import optimize',\n"
         "             'mbdask.FragmentJob', 'mbdask.start_local_cluster', 'mbdask.InputError'):\n"
         "    try:\n"
         "        exec(stmt)\n"

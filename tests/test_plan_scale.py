@@ -47,8 +47,8 @@ def waters(n: int, nbody: int, bsse=("nocp",), fragments=None) -> dict:
 
 
 def _increments(core, jobs: list[FragmentJob], kept: dict[int, set] | None = None) -> list[Increment]:
-    """The straightforward form of ``mbdask.planning.plan._increment_blocks``: one :class:`Increment` per cluster, built term by
-    term, the reference the compact plan must agree with."""
+    """The straightforward form of ``mbdask.planning.plan._increment_blocks``: one :class:`Increment` per
+    cluster, built term by term, the reference the compact plan must agree with."""
     have = {(j.model, j.real, j.basis): j for j in jobs}
     nfr = core.nfragments
     full = tuple(range(1, nfr + 1))

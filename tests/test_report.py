@@ -90,9 +90,9 @@ def test_summary_table_and_report_name_times_as_the_command_line_does(water6_res
     assert "span [s]" in header and "wall" not in header
     timing = water6_result.extras["mbdask"]["timing"]
     phrase = times_phrase(water6_result, wall_seconds=0.77)
-    assert (
-        phrase
-        == f"wall time 0.77 s, sum of task times {timing['sum_task_seconds']:.2f} s, fragment span {timing['span_seconds']:.2f} s"
+    assert phrase == (
+        f"wall time 0.77 s, sum of task times {timing['sum_task_seconds']:.2f} s, "
+        f"fragment span {timing['span_seconds']:.2f} s"
     )
     assert "wall time" not in times_phrase(water6_result)  # a report made later from the file knows no wall time
     assert phrase in mbdask.report(water6_result, wall_seconds=0.77)
@@ -141,8 +141,13 @@ CONVERGENCE_AND_TABLE = """(() => {
   if (!window.Bokeh || !Bokeh.index) return null;
   const views = [...Bokeh.index.all_views()];
   const plot = views.find((v) => v.model.title && v.model.title.text === 'n-body convergence');
-  const lines = plot ? plot.model.renderers.filter((r) => r.glyph.type === 'Line').map((r) => ({x: [...r.data_source.data.x], y: [...r.data_source.data.y]})) : [];
-  const shown = (v) => [...(v.el.shadowRoot || v.el).children].filter((c) => c.tagName !== 'STYLE').map((c) => c.innerText).join(' ');
+  const lines = plot
+    ? plot.model.renderers
+        .filter((r) => r.glyph.type === 'Line')
+        .map((r) => ({x: [...r.data_source.data.x], y: [...r.data_source.data.y]}))
+    : [];
+  const shown = (v) =>
+    [...(v.el.shadowRoot || v.el).children].filter((c) => c.tagName !== 'STYLE').map((c) => c.innerText).join(' ');
   return {lines: lines, text: views.filter((v) => v.model.type === 'Div').map(shown).join(' ')};
 })()"""
 

@@ -167,7 +167,8 @@ def test_two_processes_writing_one_store_at_once(tmp_path):
         store = FragmentStore({str(path)!r})
         tag = sys.argv[1]
         for i in range(300):
-            store.put(f"{{tag}}-{{i}}", f"label {{i}}", {{"values": {{"energy": -float(i)}}, "start": 0.0, "stop": 0.01}})
+            value = {{"values": {{"energy": -float(i)}}, "start": 0.0, "stop": 0.01}}
+            store.put(f"{{tag}}-{{i}}", f"label {{i}}", value)
         """
     )
     procs = [subprocess.Popen([sys.executable, "-c", writer, tag]) for tag in ("a", "b", "c")]

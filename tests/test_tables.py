@@ -48,7 +48,8 @@ def test_rows_read_like_the_list_of_dicts_they_hold_and_survive_csv(tmp_path):
 
 
 def _csv_writer_text(rows: Rows) -> str:
-    """What csv.writer writes for ``rows`` (index lists as "1 2 3", None empty): the reference for write_csv's fast path."""
+    """What csv.writer writes for ``rows`` (index lists as "1 2 3", None empty): the reference for write_csv's
+    fast path."""
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
     writer.writerow(rows.names)

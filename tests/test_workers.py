@@ -48,7 +48,8 @@ def test_worker_without_mbdask_is_named_before_submission(tmp_path: Path):
 
 
 def test_malloc_trim_warning_comes_once_per_client_in_one_line():
-    """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_ (xtb 1.7x slower): say so once, in one line, with the fix."""
+    """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_ (xtb 1.7x slower): say so once, in one line, with
+    the fix."""
     register_doubles()
     with _cluster(preload=["doubles"]) as cluster, Client(cluster, set_as_default=False) as client:
         with warnings.catch_warnings(record=True) as caught:
