@@ -22,7 +22,7 @@ from mbdask.graph.build import FragmentResources, build_graph, graph_size
 from mbdask.planning.batching import BatchLimits, Unit, batch_target, make_units
 from mbdask.planning.cost import CostModel
 from mbdask.planning.manybody import supersystem_terms
-from mbdask.planning.plan import FragmentJob, Increment, job_label
+from mbdask.planning.plan import FragmentJob, Increment
 
 plan_module = importlib.import_module("mbdask.planning.plan")
 BSSE = [("nocp",), ("cp",), ("vmfc",), ("cp", "nocp", "vmfc")]
@@ -115,13 +115,6 @@ def assert_same_plan(plan, kept=None) -> None:
                 assert [plan.jobs[i].real for i in row] == [
                     tuple(cluster[p] for p in positions) for positions in block.shape
                 ]
-
-
-def test_job_label_is_qcmanybodys_labeler():
-    for model in ["hf", "(auto)", "mp2/cc-pvdz", 'say "hi"', "ünïcödé", "a\\b"]:
-        for real, basis in [((1,), (1,)), ((1, 2), (1, 2, 3)), ((3,), tuple(range(1, 65))), ((10, 200), (10, 200))]:
-            assert job_label(model, real, basis) == labeler(model, real, basis)
-            assert FragmentJob(model, real, basis).label == labeler(model, real, basis)
 
 
 @pytest.mark.parametrize("bsse", BSSE)

@@ -20,7 +20,7 @@ import pytest
 from conftest import EXAMPLES, needs_xtb, xtb_input
 
 import mbdask
-from mbdask.results.assemble import fast_label, parse_label
+from mbdask.upstream import parse_label
 from mbdask.tables import Coded, Ragged, Rows
 
 
@@ -94,23 +94,6 @@ def test_csv_of_columns_is_what_csv_writer_writes(tmp_path, model):
     rows.write_csv(path)
     assert path.read_bytes().decode() == _csv_writer_text(rows)
     assert Rows.read_csv(path) == list(rows)
-
-
-def test_labels_parse_as_qcmanybody_reads_them_and_are_written_as_its_labeler_writes_them():
-    from qcmanybody.utils import delabeler, labeler
-
-    for model, real, basis in [
-        ("gfn2", [1], [1]),
-        ("hf/6-31g*", [3, 12], [1, 3, 12]),
-        ('odd"name', [2], [2]),
-        ("back\\slash", [1], [1, 2]),
-        ("ünï", [4], [4]),
-        ("mc", [], []),
-    ]:
-        assert fast_label(model, tuple(real), tuple(basis)) == labeler(model, tuple(real), tuple(basis))
-        assert parse_label(labeler(model, real, basis)) == (model, real, basis)
-        got_model, got_real, got_basis = delabeler(labeler(model, real, basis))
-        assert (got_model, list(got_real), list(got_basis)) == (model, real, basis)
 
 
 def test_labels_in_qcmanybodys_order_without_building_molecules():

@@ -62,10 +62,6 @@ def qcmanybody_order(core: Any) -> tuple[list[str], list[tuple[str, tuple[int, .
     return [job_label(model, real, basis) for model, real, basis in parts], parts
 
 
-#: :func:`mbdask.upstream.job_label` under the name tests/test_tables.py imports (``parse_label``, which
-#: graph/screening_pass.py imports from here, is :func:`mbdask.upstream.parse_label` too)
-fast_label = job_label
-
 #: Atoms up to which QCElemental's own nuclear repulsion energy is used (its number, bit for bit).
 NUCLEAR_REPULSION_LOOP_ATOMS = 512
 
