@@ -20,8 +20,8 @@ import pytest
 from conftest import EXAMPLES, needs_xtb, xtb_input
 
 import mbdask
-from mbdask.upstream import parse_label
 from mbdask.tables import Coded, Ragged, Rows
+from mbdask.upstream import parse_label
 
 
 def test_rows_read_like_the_list_of_dicts_they_hold_and_survive_csv(tmp_path):
