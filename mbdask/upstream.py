@@ -45,7 +45,7 @@ def job_label(model: str, real: Sequence[int], basis: Sequence[int]) -> str:
 
 
 def job_labels(
-    model: str, reals: Iterable[tuple[int, ...]], bases: Iterable[tuple[int, ...]] | tuple[int, ...] | None
+    model: str, reals: Iterable[Sequence[int]], bases: Iterable[Sequence[int]] | tuple[int, ...] | None
 ) -> list[str]:
     """``[job_label(model, real, basis) for real, basis in zip(reals, bases)]`` for tuples of Python ints.
 

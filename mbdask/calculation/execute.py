@@ -185,7 +185,9 @@ class ExpansionContext:
 
     @cached_property
     def _identity_parts(self) -> dict[str, tuple[str, str]]:
-        """Per model chemistry, its store keys' JSON around the molecule (:func:`mbdask.calculation.store.identity_parts`)."""
+        """Per model chemistry, its store keys' JSON around the molecule.
+
+        :func:`mbdask.calculation.store.identity_parts` makes them."""
         return {}
 
     @cached_property
@@ -207,7 +209,7 @@ class SharedContext:
 
     Why not a node of the graph or scattered data: a task goes only to workers holding its
     dependencies, so a context on one worker draws the fragment tasks there (see
-    :func:`mbdask.graph.build_graph`), and scattered data is lost for good when every worker
+    :func:`mbdask.graph.build.build_graph`), and scattered data is lost for good when every worker
     leaves. A context the scheduler keeps is neither a dependency nor lost with a worker.
     """
 
@@ -236,7 +238,9 @@ _FETCHED_KEPT = 8
 
 
 def resolve_context(ctx: Any) -> ExpansionContext:
-    """``ctx`` itself, or for a :class:`SharedContext` the context it names, fetched from the scheduler once per process."""
+    """``ctx`` itself, or for a :class:`SharedContext` the context it names.
+
+    That one is fetched from the scheduler once per process."""
     if not isinstance(ctx, SharedContext):
         return ctx
     found = _FETCHED.get(ctx.name)

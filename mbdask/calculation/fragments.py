@@ -156,7 +156,7 @@ class FragmentFactory:
         return {"parent": self.parent}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["parent"])
+        FragmentFactory.__init__(self, state["parent"])
 
     def _parent_arrays(self):
         if self._arrays is None:
@@ -204,9 +204,9 @@ class FragmentFactory:
         each fragment's text made once: the store key of every calculation of a run needs it (9 of a key's
         16 us were the JSON encoder's). Fragments are contiguous in the parent (QCManyBody requires it),
         so a fragment's atoms follow one another in the key as in the parent."""
-        pieces = self._identity_json_parts.get(decimals, False)
-        if pieces is False:
-            pieces = self._identity_json_parts[decimals] = self._identity_json_pieces(decimals)
+        if decimals not in self._identity_json_parts:
+            self._identity_json_parts[decimals] = self._identity_json_pieces(decimals)
+        pieces = self._identity_json_parts[decimals]
         if pieces is None:  # not contiguous: the general path
             return json.dumps(self.identity(real, basis, decimals), sort_keys=True, separators=(",", ":"), default=str)
         real_set = {x - 1 for x in real}
@@ -299,7 +299,7 @@ class FragmentFactory:
     def validated_molecule(self, real: tuple[int, ...], basis: tuple[int, ...]) -> Molecule:
         """The fragment molecule from QCElemental's validating constructor, as ``get_fragment`` builds it."""
         mol = Molecule(**self.constructor_arguments(real, basis))
-        updates = {"fix_com": True, "fix_orientation": True}
+        updates: dict[str, Any] = {"fix_com": True, "fix_orientation": True}
         if self.parent.fix_symmetry == "c1":
             updates["fix_symmetry"] = "c1"
         return mol.model_copy(update=updates)

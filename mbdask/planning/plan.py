@@ -306,6 +306,7 @@ class _Bucket:
     def find(self, codes: np.ndarray) -> np.ndarray:
         if self.table is not None:
             return self.table[codes]
+        assert self.codes is not None and self.order is not None  # a sparse bucket has both
         sorted_codes = self.codes[self.order]
         at = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
         return np.where(sorted_codes[at] == codes, self.start + self.order[at], -1)
@@ -356,6 +357,7 @@ class JobIndex:
         codes = self.rank(reals)
         space = math.comb(self.n, k)
         if kind == "pairs":
+            assert bases is not None  # pairs come with their bases
             codes = codes * math.comb(self.n, L) + self.rank(bases)
             space *= math.comb(self.n, L)
         bucket = _Bucket(start, k, L, kind, codes, jobs[start].basis if kind == "same" else None)
@@ -382,6 +384,7 @@ class JobIndex:
         else:
             bases = basis
         if bucket.kind == "dict":
+            assert bucket.pairs is not None  # a dict bucket has its pairs
             get = bucket.pairs.get
             return np.array(
                 [get((tuple(r), tuple(b)), -1) for r, b in zip(reals.tolist(), bases.tolist())], dtype=np.int64
@@ -501,6 +504,7 @@ def _jobs(nfr: int, computed: Calculations) -> tuple[list[FragmentJob], JobIndex
                 jobs.extend(map(_make_job, itertools.repeat(model), real_tuples, itertools.repeat(first), labels))
             else:
                 basis_tuples = list(map(basis_tuples.__getitem__, order))
+                assert bases is not None  # pairs come with their bases
                 bases = bases[order]
                 labels = job_labels(model, real_tuples, basis_tuples)
                 jobs.extend(map(_make_job, itertools.repeat(model), real_tuples, basis_tuples, labels))
@@ -550,7 +554,7 @@ def _increment_blocks(
             clusters = (
                 _cluster_rows(nfr, nbody) if kept is None else kept.get(nbody, np.zeros((0, nbody), dtype=np.int64))
             )
-            basis = {"own": "own", "full": full, "cluster": clusters}[rule]
+            basis: str | np.ndarray | tuple = "own" if rule == "own" else full if rule == "full" else clusters
             terms = np.empty((len(clusters), len(shape)), dtype=np.int32 if len(jobs) < 2**31 - 1 else np.int64)
             for column, positions in enumerate(shape):
                 terms[:, column] = index.lookup(model, clusters[:, list(positions)], basis)

@@ -385,6 +385,7 @@ def _assemble_result(
     position = dict(zip(cols.labels, range(len(cols.labels))))  # a label given twice: the later output, as merge_units
     if screening is None:
         # QCManyBody's order, so that its sums are carried out in the same order, bit for bit.
+        parts: Sequence[tuple[str, Sequence[int], Sequence[int]]]
         order, parts = qcmanybody_order(computer.qcmb_core)
     else:
         order = list(position)

@@ -702,7 +702,7 @@ def say(message: str) -> None:
 
 
 def _scatter_to_all(client: Client) -> Callable[[Any], Future]:
-    """Put an object on every worker and return its future (for :func:`mbdask.graph.build_graph`'s ``share``).
+    """Put an object on every worker and return its future (for :func:`mbdask.graph.build.build_graph`'s ``share``).
 
     Only for workers forked from this process: scattered data cannot be recomputed, and if
     every worker holding it left (a batch system ending its jobs), the run could not go on
