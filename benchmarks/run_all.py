@@ -61,6 +61,7 @@ KEPT_SECTIONS = (
     "## Thousands of fragments: screened plans and runs",
     "## Screening accuracy and recommended cutoffs",
     "## Energy screening of thousands of waters",
+    "## Before and after: two revisions on the hot paths",
 )
 
 
