@@ -226,3 +226,136 @@ def test_mbe_gradient_matches_finite_difference_of_mbe_energy(process_client):
             )
         fd[i] = (energies[0] - energies[1]) / (2 * step)
     np.testing.assert_allclose(np.asarray(grad).ravel(), fd, atol=1e-6, rtol=0)
+
+
+try:
+    import pyscf.dispersion  # noqa: F401
+
+    HAS_DISPERSION = True
+except ImportError:
+    HAS_DISPERSION = False
+needs_dispersion = pytest.mark.skipif(
+    not HAS_DISPERSION, reason="pyscf-dispersion is not installed (pip install 'mbdask[pyscf]')"
+)
+
+
+def _with_dispersion(mol, method: str):
+    """PySCF's own object for ``method`` (``b3lyp-d3bj``, ``hf-d3bj``): its ``mf.disp`` path, ghosts and all."""
+    if method.startswith("hf-"):
+        mf = scf.RHF(mol)
+        mf.disp = method.partition("-")[2]
+        return mf
+    return dft.RKS(mol, xc=method)
+
+
+@needs_dispersion
+@pytest.mark.parametrize("method", ["b3lyp-d3bj", "hf-d3bj", "pbe0-d3zero", "b3lyp-d3bjatm", "pbe0-d4"])
+def test_dispersion_methods_equal_pyscf_called_directly(method):
+    """Without ghost atoms the harness's number is PySCF's own for the same name, dispersion included."""
+    res = _compute(DIMER, method, basis="sto-3g")
+    assert res.success, res.error
+    mf = _with_dispersion(_direct_mole(DIMER, basis="sto-3g"), method).run()
+    assert abs(res.return_result - mf.e_tot) < 1e-10
+    assert res.properties.scf_dispersion_correction_energy == pytest.approx(mf.scf_summary["dispersion"], abs=1e-12)
+    assert res.properties.scf_dispersion_correction_energy < 0
+
+
+@needs_dispersion
+@pytest.mark.parametrize("method", ["b3lyp-d3bj", "hf-d3bj"])
+def test_dispersion_gradient_equals_pyscf_called_directly(method):
+    res = _compute(DIMER, method, driver="gradient", basis="sto-3g")
+    assert res.success, res.error
+    mf = _with_dispersion(_direct_mole(DIMER, basis="sto-3g"), method).run()
+    np.testing.assert_allclose(res.return_result, mf.nuc_grad_method().kernel(), atol=1e-9, rtol=0)
+
+
+@needs_dispersion
+def test_dispersion_is_that_of_the_real_atoms_only():
+    """A monomer in the dimer's basis (cp) gets the monomer's own D3, and no dispersion force on the ghosts."""
+    from pyscf.dispersion import dftd3
+
+    ghosted = DIMER.get_fragment([0], [1])
+    for driver in ("energy", "gradient"):
+        with_d = _compute(ghosted, "b3lyp-d3bj", driver=driver, basis="sto-3g")
+        without = _compute(ghosted, "b3lyp", driver=driver, basis="sto-3g")
+        assert with_d.success and without.success
+        alone = dftd3.DFTD3Dispersion(_direct_mole(DIMER.get_fragment(0), basis="sto-3g"), xc="b3lyp", version="d3bj")
+        found = alone.get_dispersion(grad=True)
+        if driver == "energy":
+            assert abs((with_d.return_result - without.return_result) - found["energy"]) < 1e-12
+        else:
+            difference = np.asarray(with_d.return_result) - np.asarray(without.return_result)
+            np.testing.assert_allclose(difference[:3], found["gradient"], atol=1e-10, rtol=0)
+            assert not difference[3:].any()  # the ghost atoms
+
+
+@needs_dispersion
+@pytest.mark.parametrize(
+    "method, driver, message",
+    [
+        ("mp2-d3bj", "energy", "empirical dispersion goes with HF or a functional"),
+        ("b3lyp-d3bj", "hessian", "hessian is not supported with an empirical dispersion"),
+        ("wb97x-d", "energy", "not supported yet"),
+    ],
+)
+def test_dispersion_requests_that_cannot_run_are_refused(method, driver, message):
+    res = _compute(DIMER, method, driver=driver, basis="sto-3g")
+    assert not res.success and res.error.error_type == "input_error"
+    assert message in res.error.error_message
+
+
+@needs_dispersion
+def test_dispersion_cp_dimer_parity_with_sequential_qcmanybody(process_client):
+    """B3LYP-D3(BJ) cp and nocp through mbdask and through QCManyBody one fragment at a time."""
+    inp = _pyscf_input(DIMER.model_dump(), ["cp", "nocp"], method="b3lyp-d3bj", basis="sto-3g")
+    ours = mbdask.compute(inp, process_client)
+    ref = sequential_computer(inp)
+    assert abs(ours.return_result - ref.return_result) < 1e-10
+    for key in ("cp_corrected_interaction_energy", "nocp_corrected_interaction_energy"):
+        assert abs(getattr(ours.properties, key) - getattr(ref.properties, key)) < 1e-10, key
+
+
+def test_pyscf_max_memory_is_what_the_fragment_was_given():
+    """``task_config.memory`` (memory_per_fragment, or the worker's share) becomes PySCF's ``max_memory`` in MB."""
+    from mbdask.programs.pyscf import _mean_field
+
+    mol = _direct_mole(DIMER.get_fragment(0), basis="sto-3g")
+    assert _mean_field("hf", mol, {}, 1.5 * 1024).max_memory == 1536
+    assert _mean_field("b3lyp", mol, {"density_fit": True}, 512.0).max_memory == 512
+
+
+def _trimer_input(method: str, basis: str) -> dict:
+    from mbdask.inputs.xyz import molecule_from_xyz
+
+    inp = _pyscf_input(molecule_from_xyz(DATA / "water3-uud.xyz"), ["nocp"], method=method, basis=basis, max_nbody=3)
+    return inp
+
+
+def test_memory_estimate_grows_as_the_method_needs():
+    from mbdask.programs.pyscf import memory_needed_gib
+
+    scf_needs = memory_needed_gib("hf", 174, 15, {})
+    ccsd_needs = memory_needed_gib("ccsd(t)", 174, 15, {})
+    assert scf_needs < memory_needed_gib("mp2", 174, 15, {}) < ccsd_needs
+    assert ccsd_needs == pytest.approx(6 * 15**2 * 159**2 * 8 / 2**30, rel=0.02)  # the doubles amplitudes
+
+
+def test_a_calculation_needing_more_memory_than_a_fragment_gets_is_refused_naming_it():
+    from mbdask.deploy.workers import check_fragment_memory
+
+    plan = mbdask.plan(_trimer_input("ccsd(t)", "cc-pvtz"))  # the trimer: 174 functions, about 0.26 GiB
+    check_fragment_memory(plan, 1.0)
+    with pytest.raises(mbdask.BadInputError) as refused:
+        check_fragment_memory(plan, 0.1)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "fragments [1, 2, 3] (174 basis functions) needs about 0.26 GiB" in message
+    assert "gets 0.10 GiB" in message and "memory_per_fragment" in message
+    check_fragment_memory(mbdask.plan(_trimer_input("hf", "cc-pvtz")), 0.1)  # SCF needs little
+
+
+def test_the_memory_refusal_comes_before_anything_runs(inprocess_client):
+    """Through ``start``: refused after the workers are known, before a graph is sent."""
+    with pytest.raises(mbdask.BadInputError, match="needs about 0.26 GiB"):
+        mbdask.start(_trimer_input("ccsd(t)", "cc-pvtz"), inprocess_client, memory_per_fragment=0.1)
+    assert not inprocess_client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))

@@ -68,6 +68,49 @@ def fragment_resources(
     return FragmentResources(cores, memory_gib, annotate_cores, annotate_memory)
 
 
+def check_fragment_memory(plan: Plan, memory_gib: float | None) -> None:
+    """Refuse, before anything runs, a calculation whose program needs more memory than a fragment gets.
+
+    Per model chemistry, the calculation with the most basis functions is the one that needs
+    the most (:func:`mbdask.programs.memory_needed_gib`); it is named in the message, so the
+    chemist sees which cluster, basis and method would not fit. Left to run, it would fail
+    or take the worker down with it (Dask's memory monitor kills a worker at 95% of its limit).
+    """
+    if memory_gib is None:
+        return
+    from mbdask.programs import memory_needed_gib
+    from mbdask.programs.basis import basis_functions
+
+    molecule = plan.input.molecule
+    symbols = list(molecule.symbols)
+    numbers = list(molecule.atomic_numbers)
+    charges = list(molecule.fragment_charges)
+    for model, spec in plan.specifications.items():
+        basis = (spec["specification"]["model"].get("basis") or "").strip()
+        if memory_needed_gib(spec["program"], spec["specification"], 1, 1) is None or not basis:
+            continue
+        found = {s: basis_functions(s.capitalize(), basis) for s in set(symbols)}
+        per_atom = {s: n for s, n in found.items() if n is not None}
+        if len(per_atom) < len(found):  # a basis PySCF's library lacks: the program check says so
+            continue
+        functions = [sum(per_atom[symbols[a]] for a in atoms) for atoms in molecule.fragments]
+        electrons = [sum(numbers[a] for a in atoms) - charge for atoms, charge in zip(molecule.fragments, charges)]
+        largest = max(
+            (job for job in plan.jobs if job.model == model), key=lambda job: sum(functions[i - 1] for i in job.basis)
+        )
+        nbasis = sum(functions[i - 1] for i in largest.basis)
+        nocc = int(sum(electrons[i - 1] for i in largest.real) + 1) // 2
+        needed = memory_needed_gib(spec["program"], spec["specification"], nbasis, nocc)
+        if needed is not None and needed > memory_gib:
+            ghosts = sorted(set(largest.basis) - set(largest.real))
+            where = f"fragments {list(largest.real)}" + (f" with ghosts {ghosts}" if ghosts else "")
+            raise BadInputError(
+                f"model '{model}': {where} ({nbasis} basis functions) needs about {needed:.2f} GiB but a fragment "
+                f"calculation gets {memory_gib:.2f} GiB; give more (memory_per_fragment, --memory-per-fragment) "
+                "or fewer workers per machine, or a smaller basis"
+            )
+
+
 def worker_setup() -> dict:
     """Run on each worker: QCEngine programs it can run (mbdask's harnesses registered), and its malloc setting."""
     import qcengine

@@ -18,6 +18,7 @@ import qcengine
 
 from mbdask.programs.pyscf import PySCFHarness
 from mbdask.programs.pyscf import check_specification as check_pyscf
+from mbdask.programs.pyscf import memory_needed_gib as pyscf_memory_needed_gib
 
 SHIPPED_HARNESSES = (PySCFHarness,)
 
@@ -77,6 +78,15 @@ def check_specification(program: str, specification: dict, symbols: list[str]) -
             )
         except Exception as exc:
             raise ValueError(str(exc).removeprefix("pyscf: ")) from None
+
+
+def memory_needed_gib(program: str, specification: dict, nbasis: int, nocc: int) -> float | None:
+    """The least memory (GiB) ``program`` needs for a calculation of ``nbasis`` functions and ``nocc``
+    occupied orbitals, or None where mbdask has no estimate (xtb's needs are small; Psi4 sizes itself)."""
+    if program != "pyscf":
+        return None
+    model = specification["model"]
+    return pyscf_memory_needed_gib(model.get("method", ""), nbasis, nocc, specification.get("keywords") or {})
 
 
 def _check_xtb(model: dict) -> None:

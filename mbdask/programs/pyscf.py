@@ -8,6 +8,14 @@ Methods: ``hf``/``scf``; any DFT functional PySCF/libxc parses (``b3lyp``, ``pbe
 ``ccsd`` and ``ccsd(t)``. Drivers: energy for all; gradient for HF, DFT and MP2; Hessian
 for HF and DFT. Ghost atoms (``real: false``) carry basis functions only.
 
+Empirical dispersion (pyscf-dispersion: simple-dftd3 and dftd4) as PySCF names it, a suffix
+to HF or a functional: ``b3lyp-d3bj``, ``hf-d3bj``, ``pbe0-d3zero``, ``wb97x-d3bj``,
+``b3lyp-d4``; ``d3bjatm`` adds the three-body ATM term. The correction is computed over the
+real atoms only: a ghost atom has a basis but no dispersion, so a cp calculation in a
+cluster's basis gets the dispersion of its own fragments (what Psi4 does; PySCF's own
+``mf.disp`` counts ghosts as element 0 in the coordination numbers, which moves a water
+monomer's D3 by 1e-8 Eh). Energies and gradients; Hessians are refused with it.
+
 Keywords: ``reference`` (rhf/uhf/rohf/rks/uks/roks; default by multiplicity),
 ``conv_tol``, ``conv_tol_grad``, ``max_cycle``, ``level_shift``, ``diis_space``,
 ``density_fit`` (bool), ``auxbasis``, ``grids_level``, ``nlc_grids_level``,
@@ -19,8 +27,10 @@ its ``max_memory``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -50,19 +60,97 @@ _KNOWN_KEYWORDS = {
 }
 
 
+@dataclass(frozen=True)
+class Dispersion:
+    """An empirical dispersion correction: simple-dftd3's or dftd4's parameters for ``method``."""
+
+    method: str  # the functional whose damping parameters apply ("b3lyp", "hf", "wb97x")
+    version: str  # "d3bj", "d3zero", "d3bjm", "d3zerom", "d3op" or "d4"
+    three_body: bool  # the Axilrod-Teller-Muto term
+
+    def model(self, mol: Any) -> Any:
+        """pyscf-dispersion's model of ``mol``'s atoms (real ones: see :func:`real_atoms`)."""
+        if self.version.startswith("d3"):
+            from pyscf.dispersion import dftd3
+
+            return dftd3.DFTD3Dispersion(mol, xc=self.method, version=self.version, atm=self.three_body)
+        from pyscf.dispersion import dftd4
+
+        return dftd4.DFTD4Dispersion(mol, xc=self.method, atm=self.three_body)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method name read: what the SCF (and any correlation) runs, and the dispersion added to it."""
+
+    name: str  # as given, lower case
+    base: str  # hf, a functional, mp2, ccsd...: what runs without the dispersion
+    nlc: bool | None  # False: the functional's own non-local part is replaced by the dispersion (wb97x-d3bj)
+    dispersion: Dispersion | None
+
+    @property
+    def is_dft(self) -> bool:
+        return self.base not in _HF | _MP2 | _CC
+
+
+def read_method(method: str) -> Method:
+    """``method`` as PySCF reads a name with a dispersion suffix (``pyscf.scf.dispersion.parse_dft``)."""
+    name = method.lower()
+    if name in _HF | _MP2 | _CC:
+        return Method(name, name, None, None)
+    from pyscf.scf.dispersion import parse_dft, parse_disp  # also refuses what PySCF cannot run yet (wb97x-d)
+
+    try:
+        base, nlc, version = parse_dft(name)
+        disp_method, disp_version, three_body = parse_disp(name)
+    except (NotImplementedError, ValueError) as exc:
+        raise InputError(f"pyscf: method '{name}': {exc}") from None
+    if version is None or disp_method is None:
+        return Method(name, name, None, None)
+    return Method(name, base, False if nlc is False else None, Dispersion(disp_method, disp_version, three_body))
+
+
+@functools.cache
+def _check_dispersion(dispersion: Dispersion) -> None:
+    """Refuse a functional and damping that pyscf-dispersion has no parameters for (tried on one atom)."""
+    try:
+        import pyscf.dispersion  # noqa: F401
+    except ImportError:
+        raise InputError(
+            "pyscf: empirical dispersion needs pyscf-dispersion (pip install pyscf-dispersion, or mbdask[pyscf])"
+        ) from None
+    from pyscf import gto
+
+    try:
+        dispersion.model(gto.M(atom="He 0 0 0", verbose=0)).get_dispersion()
+    except Exception as exc:
+        raise InputError(
+            f"pyscf: no {dispersion.version} parameters for '{dispersion.method}' "
+            f"({str(exc).strip() or type(exc).__name__})"
+        ) from None
+
+
 def check_specification(
     method: str, basis: str | None, driver: str, keywords: dict, symbols: Iterable[str] = ()
 ) -> None:
     """Refuse what this harness cannot run, with one line; used by the harness and by ``mbdask plan``."""
-    method = method.lower()
+    read = read_method(method)
+    method = read.name
     unknown = set(keywords) - _KNOWN_KEYWORDS
     if unknown:
         raise InputError(f"pyscf: unknown keywords {sorted(unknown)} (known: {sorted(_KNOWN_KEYWORDS)})")
     if not basis:
         raise InputError("pyscf: a basis set is required")
-    is_dft = method not in _HF | _MP2 | _CC
-    if is_dft and not _is_functional(method):
+    if read.is_dft and not _is_functional(read.base):
         raise InputError(f"pyscf: method '{method}' is neither hf, mp2, ccsd, ccsd(t) nor a functional libxc knows")
+    if read.dispersion is not None:
+        if read.base in _MP2 | _CC:
+            raise InputError(
+                f"pyscf: method '{method}': empirical dispersion goes with HF or a functional, not {read.base}"
+            )
+        if driver == "hessian":
+            raise InputError(f"pyscf: hessian is not supported with an empirical dispersion ('{method}')")
+        _check_dispersion(read.dispersion)
     if driver == "gradient" and method in _CC:
         raise InputError(f"pyscf: gradient is not supported for {method} (supported for {_GRADIENTS})")
     if driver == "hessian" and (method in _MP2 | _CC):
@@ -74,6 +162,27 @@ def check_specification(
     for symbol in sorted(set(symbols)):
         if basis_functions(symbol.capitalize(), basis) is None:
             raise InputError(f"pyscf: basis '{basis}' is not available for element {symbol}")
+
+
+def memory_needed_gib(method: str, nbasis: int, nocc: int, keywords: dict) -> float:
+    """The least memory PySCF runs ``method`` in, in GiB, counted from the arrays it must keep in memory.
+
+    What PySCF can move to disk or compute again (two-electron integrals: direct SCF, an
+    outcore MP2 transformation, density fitting's tensors) is not counted; what it cannot is:
+    the SCF's matrices and DIIS vectors, MP2's half-transformed block (occupied x virtual x
+    basis), and CCSD's doubles amplitudes with their update and DIIS copies (CCSD(T)'s
+    triples run in blocks of that size). A floor, so a calculation refused for it would
+    have failed or been killed on the worker.
+    """
+    read = read_method(method)
+    n, o = nbasis, nocc
+    v = max(n - o, 0)
+    words = 20.0 * n * n
+    if read.base in _MP2:
+        words += o * v * n
+    elif read.base in _CC:
+        words += 6.0 * o * o * v * v
+    return words * 8 / 2**30
 
 
 def _is_functional(method: str) -> bool:
@@ -108,7 +217,7 @@ def build_mole(molecule, basis: str, verbose: int = 0):
 
 def _reference(method: str, mol, keywords: dict) -> str:
     ref = str(keywords.get("reference", "")).lower()
-    dft = method not in _HF | _MP2 | _CC
+    dft = read_method(method).is_dft
     if not ref:
         ref = ("r" if mol.spin == 0 else "u") + ("ks" if dft else "hf")
     allowed = {"rks", "uks", "roks"} if dft else {"rhf", "uhf", "rohf"}
@@ -121,11 +230,14 @@ def _mean_field(method: str, mol, keywords: dict, memory_mb: float | None):
     from pyscf import dft, scf
 
     ref = _reference(method, mol, keywords)
+    read = read_method(method)
     if ref.endswith("hf"):
         mf = {"rhf": scf.RHF, "uhf": scf.UHF, "rohf": scf.ROHF}[ref](mol)
     else:
         mf = {"rks": dft.RKS, "uks": dft.UKS, "roks": dft.ROKS}[ref](mol)
-        mf.xc = method
+        mf.xc = read.base  # the dispersion, if any, is added over the real atoms (PySCFHarness._run)
+        if read.nlc is False:
+            mf.nlc = False
         if "grids_level" in keywords:
             mf.grids.level = int(keywords["grids_level"])
         if "nlc_grids_level" in keywords:
@@ -156,6 +268,27 @@ def _to_gpu(mf):
     except Exception as exc:  # ImportError, CUDA errors: run on the CPU instead
         warnings.warn(f"pyscf: gpu requested but unavailable ({exc}); running on the CPU", RuntimeWarning, stacklevel=2)
         return mf
+
+
+def real_atoms(mol: Any) -> tuple[Any, list[int]]:
+    """``mol`` without its ghost atoms (same geometry, units, charge and spin), and the real atoms' indices."""
+    from pyscf import gto
+
+    real = [i for i in range(mol.natm) if not mol.atom_symbol(i).upper().startswith("GHOST")]
+    coords = mol.atom_coords()  # Bohr
+    atoms = [(mol.atom_pure_symbol(i), tuple(coords[i])) for i in real]
+    return gto.M(atom=atoms, unit="Bohr", basis="sto-3g", charge=mol.charge, spin=mol.spin, verbose=0), real
+
+
+def dispersion_correction(dispersion: Dispersion, mol: Any, gradient: bool) -> tuple[float, np.ndarray | None]:
+    """The dispersion energy of ``mol``'s real atoms, and its gradient on every atom of ``mol`` (ghosts: 0)."""
+    real_mol, real = real_atoms(mol)
+    result = dispersion.model(real_mol).get_dispersion(grad=gradient)
+    if not gradient:
+        return float(result["energy"]), None
+    full = np.zeros((mol.natm, 3))
+    full[real] = np.asarray(result["gradient"]).reshape(len(real), 3)
+    return float(result["energy"]), full
 
 
 def _as_numpy(x):
@@ -230,7 +363,9 @@ class PySCFHarness(ProgramHarness):
         )
 
     def _run(self, method: str, driver: str, mol, keywords: dict, memory_mb: float | None):
-        mf = _mean_field(method, mol, keywords, memory_mb)
+        read = read_method(method)
+        method = read.base
+        mf = _mean_field(read.name, mol, keywords, memory_mb)
         e_scf = mf.kernel()
         if not mf.converged:
             raise ConvergenceError(
@@ -268,10 +403,17 @@ class PySCFHarness(ProgramHarness):
                 e_t = float(post.ccsd_t())
                 energy = float(post.e_tot + e_t)
                 props.update(ccsd_prt_pr_correlation_energy=float(post.e_corr + e_t), ccsd_prt_pr_total_energy=energy)
+        disp_gradient = None
+        if read.dispersion is not None:
+            e_disp, disp_gradient = dispersion_correction(read.dispersion, mol, driver == "gradient")
+            energy += e_disp
+            props.update(scf_dispersion_correction_energy=e_disp, scf_total_energy=energy)
         props["return_energy"] = energy
         ret: Any = energy
         if driver == "gradient":
             grad = _as_numpy((post or mf).nuc_grad_method().kernel())
+            if disp_gradient is not None:
+                grad = grad + disp_gradient
             props["return_gradient"] = grad
             if post is None:
                 props["scf_total_gradient"] = grad

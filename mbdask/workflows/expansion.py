@@ -38,6 +38,7 @@ from mbdask.deploy.cluster import (
 )
 from mbdask.deploy.cluster import worker_timeout as cluster_worker_timeout
 from mbdask.deploy.workers import (
+    check_fragment_memory,
     check_programs_here,
     check_workers,
     fragment_resources,
@@ -423,6 +424,7 @@ def submit_plan(
     auto_cores = options.cores_per_fragment == "auto"
     cores = 1 if auto_cores else int(options.cores_per_fragment)
     resources = fragment_resources(worker_info, cores, options.memory_per_fragment, auto_cores=auto_cores)
+    check_fragment_memory(the_plan, resources.memory_gib)
     own_writer = StoreWriter(store, conn.client) if writer is None and store is not None else None
     writer = writer or own_writer
     try:
