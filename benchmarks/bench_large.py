@@ -147,11 +147,21 @@ def _store_rows(path: Path) -> int:
         return db.execute("SELECT COUNT(*) FROM fragments").fetchone()[0]
 
 
-def full_run(workdir: Path, geometry: str, nbody: int) -> dict:
+@dataclass
+class WatchedRun:
+    """A finished command: its output, wall time, memory (sampled) and progress lines as they came, timed."""
+
+    stdout: str
+    wall: float
+    sampler: MemorySampler
+    progress: list[tuple[float, int, int, float | None]]
+
+
+def watched_run(cmd: list[str], workdir: Path, env: dict) -> WatchedRun:
+    """Run ``cmd`` under a :class:`MemorySampler`, reading its progress lines (seconds since start, done, total,
+    time left) as they are written; raises with the tail of stderr if it fails."""
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        command(geometry, nbody), cwd=workdir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = MemorySampler(proc.pid)
     sampler.start()
     progress: list[tuple[float, int, int, float | None]] = []
@@ -176,7 +186,12 @@ def full_run(workdir: Path, geometry: str, nbody: int) -> dict:
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"mbdask exited {proc.returncode}: {''.join(stderr_lines)[-3000:]}")
+    return WatchedRun(stdout, wall, sampler, progress)
 
+
+def full_run(workdir: Path, geometry: str, nbody: int) -> dict:
+    run = watched_run(command(geometry, nbody), workdir, _env())
+    stdout, wall, sampler, progress = run.stdout, run.wall, run.sampler, run.progress
     profile = json.loads((workdir / "profile.json").read_text())
     result_json = json.loads((workdir / "result.json").read_text())
     files = {p.name: p.stat().st_size for p in workdir.glob("result*")}

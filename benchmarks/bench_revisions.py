@@ -129,12 +129,15 @@ def section(best: dict[str, dict], revisions: dict[str, str], machine: str, repe
 
 
 def write_section(text: str, page: Path = ROOT / "docs" / "benchmarks.md") -> None:
+    """Put ``text`` (a section: its first line is its title) in place of the page's section of that title, or at
+    the end."""
+    title = text.splitlines()[0]
     old = page.read_text()
-    start = old.find(SECTION)
+    start = old.find(title)
     if start < 0:
         page.write_text(old.rstrip("\n") + "\n\n" + text)
         return
-    end = old.find("\n## ", start + len(SECTION))
+    end = old.find("\n## ", start + len(title))
     page.write_text(old[:start] + text + (old[end + 1 :] if end >= 0 else ""))
 
 

@@ -356,6 +356,36 @@ def test_a_calculation_needing_more_memory_than_a_fragment_gets_is_refused_namin
 
 def test_the_memory_refusal_comes_before_anything_runs(inprocess_client):
     """Through ``start``: refused after the workers are known, before a graph is sent."""
+
+    def task_keys(dask_scheduler) -> set:
+        return set(dask_scheduler.tasks)
+
+    before = inprocess_client.run_on_scheduler(task_keys)
     with pytest.raises(mbdask.BadInputError, match="needs about 0.26 GiB"):
         mbdask.start(_trimer_input("ccsd(t)", "cc-pvtz"), inprocess_client, memory_per_fragment=0.1)
-    assert not inprocess_client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+    assert not inprocess_client.run_on_scheduler(task_keys) - before  # no task of this run reached the scheduler
+
+
+def test_multilevel_mp2_through_2body_hf_through_3body_parity_with_sequential_qcmanybody(process_client):
+    """Two model chemistries, the way QCManyBody users save time: MP2 for monomers and dimers, HF for the trimer."""
+    from mbdask.inputs.xyz import molecule_from_xyz
+
+    inp = {
+        "specification": {
+            "driver": "energy",
+            "keywords": {"bsse_type": ["nocp", "cp"], "levels": {2: "mp2", 3: "hf"}, "return_total_data": True},
+            "specification": {
+                "mp2": {"program": "pyscf", "model": {"method": "mp2", "basis": "sto-3g"}},
+                "hf": {"program": "pyscf", "model": {"method": "hf", "basis": "sto-3g"}},
+            },
+        },
+        "molecule": molecule_from_xyz(DATA / "water3-uud.xyz"),
+    }
+    ours = mbdask.compute(inp, process_client)
+    ref = sequential_computer(inp)
+    assert abs(ours.return_result - ref.return_result) < 1e-10
+    for key, value in ref.properties.model_dump().items():
+        if isinstance(value, float):
+            assert abs(ours.properties.model_dump()[key] - value) < 1e-10, key
+    models = {row["model"] for row in ours.extras["mbdask"]["increments"]["nocp"]}
+    assert models == {"mp2", "hf"}
