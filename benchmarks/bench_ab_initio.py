@@ -52,7 +52,7 @@ def expansion_input(nwaters: int, workdir: Path, method: str, basis: str, max_nb
 
     xyz = droplet_xyz(nwaters, workdir)
     inp = mbdask.xyz_input(xyz, program="pyscf", method=method, basis=basis, bsse="nocp", max_nbody=max_nbody)
-    data = json.loads(inp.model_dump_json())
+    data = json.loads(json.dumps(inp, default=lambda value: value.tolist()))
     for spec in data["specification"]["specification"].values():
         spec["keywords"] = {"density_fit": True}
     path = workdir / f"water{nwaters}-{method}-{basis.replace('*', 's')}.json"
@@ -139,7 +139,10 @@ def probe(workdir: Path) -> dict:
     import mbdask
 
     mbdask.register_programs()
-    molecule = mbdask.xyz_input(droplet_xyz(3, workdir), program="pyscf", method="hf", basis="sto-3g").molecule
+    from qcelemental.models.v2 import Molecule
+
+    inp = mbdask.xyz_input(droplet_xyz(3, workdir), program="pyscf", method="hf", basis="sto-3g")
+    molecule = Molecule(**inp["molecule"])
     rows = []
     for method, basis in PROBE_LEVELS:
         for frags in ([0], [0, 1], [0, 1, 2]):
@@ -167,8 +170,58 @@ def probe(workdir: Path) -> dict:
     return {"rows": rows}
 
 
-def screened_options(cutoffs: str) -> list[str]:
-    return ["--distance-cutoffs", cutoffs]
+def multilevel_input(nwaters: int, workdir: Path) -> Path:
+    """The droplet's ``nwaters`` waters, DF-MP2/cc-pVDZ through 2-body and HF-D3(BJ)/6-31G* through 3-body (nocp)."""
+    import mbdask
+
+    inp = mbdask.xyz_input(droplet_xyz(nwaters, workdir), program="pyscf", method="hf", basis="sto-3g", max_nbody=3)
+    data = json.loads(json.dumps(inp, default=lambda value: value.tolist()))
+    data["specification"]["keywords"]["levels"] = {"2": "mp2", "3": "hf"}
+    data["specification"]["specification"] = {
+        "mp2": {"program": "pyscf", "model": {"method": "df-mp2", "basis": "cc-pvdz"}, "keywords": {}},
+        "hf": {
+            "program": "pyscf",
+            "model": {"method": "hf-d3bj", "basis": "6-31g*"},
+            "keywords": {"density_fit": True},
+        },
+    }
+    path = workdir / f"water{nwaters}-multilevel.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def alternatives(workdir: Path, nwaters: int) -> dict:
+    """The multilevel expansion through mbdask's command line, sequential QCManyBody (PySCF's own threads) and a
+    process pool over QCManyBody's fragments, one after another on the same input; the same energy from each."""
+    from bench_overhead import POOL, QCMANYBODY, SINGLE_THREAD, _timed
+
+    from mbdask.deploy.cluster import usable_cores
+
+    path = multilevel_input(nwaters, workdir)
+    workers = usable_cores()
+    out, prof = workdir / "multilevel.result.json", workdir / "multilevel.profile.json"
+    mbdask_cmd = [sys.executable, "-m", "mbdask", "run", str(path), "--no-progress", "-o", str(out)]
+    wall, _ = _timed([*mbdask_cmd, "--profile", str(prof)])
+    result = json.loads(out.read_text())
+    profile = json.loads(prof.read_text())
+    rows = {"mbdask": {"wall_s": wall, "energy": result["properties"]["return_energy"]}}
+    wall, stdout = _timed([sys.executable, "-c", QCMANYBODY, str(path)])
+    rows["QCManyBody, sequential"] = {"wall_s": wall, "energy": json.loads(stdout.strip().splitlines()[-1])["energy"]}
+    wall, stdout = _timed([sys.executable, "-c", POOL, str(path), str(HERE), str(workers)], SINGLE_THREAD)
+    rows["process pool"] = {"wall_s": wall, "energy": json.loads(stdout.strip().splitlines()[-1])["energy"]}
+    for name, row in rows.items():
+        print(name, json.dumps(row), flush=True)
+    counts: dict[str, int] = {}
+    for f in result["extras"]["mbdask"]["timing"]["fragments"]:
+        counts[f["model"]] = counts.get(f["model"], 0) + 1
+    return {
+        "waters": nwaters,
+        "workers": workers,
+        "calculations": result["extras"]["mbdask"]["nfragment_calculations"],
+        "per_model": counts,
+        "bound_s": profile["zero_overhead_bound_seconds"],
+        "rows": rows,
+    }
 
 
 def accuracy(workdir: Path, args: argparse.Namespace) -> dict:
@@ -185,7 +238,7 @@ def accuracy(workdir: Path, args: argparse.Namespace) -> dict:
     ):
         row = cli_run(inp, workdir, f"cut-{len(rows)}", *options, "--no-progress")
         row["screening_label"] = label
-        row["error_kcal_per_monomer"] = abs(row["energy"] - reference["energy"]) * HARTREE_KCAL / args.cut
+        row["error_kcal_per_monomer"] = (row["energy"] - reference["energy"]) * HARTREE_KCAL / args.cut
         rows.append(row)
         said = ("screening_label", "calculations", "error_kcal_per_monomer")
         print(json.dumps({k: row[k] for k in said}), flush=True)
@@ -196,15 +249,17 @@ def section(workdir: Path, args: argparse.Namespace) -> str:
     """The section of docs/benchmarks.md from the steps' JSON files."""
     from run_all import machine
 
-    steps = ("reference", "accuracy", "run")
+    steps = ("reference", "accuracy", "alternatives")
     found = {p.stem: json.loads(p.read_text()) for p in workdir.glob("*.json") if p.stem in steps}
+    runs = [json.loads(p.read_text()) for p in sorted(workdir.glob("run-*.json")) if len(p.suffixes) == 1]
     lines = [
         SECTION,
         "",
         f"Measured {datetime.date.today()} on {machine()} with `python benchmarks/bench_ab_initio.py` "
-        f"(steps reference, accuracy, run), {args.method}/{args.basis} through mbdask's PySCF harness "
-        "(density fitting; D3(BJ) over the real atoms), nocp, 3-body, the liquid droplet "
-        "(`benchmarks/droplets.py`), one checkpoint store for all steps, LocalCluster on all cores.",
+        "(steps reference, accuracy, run, alternatives): mbdask's PySCF harness (density fitting; D3(BJ) over the "
+        "real atoms), nocp, 3-body, the liquid droplet (`benchmarks/droplets.py`), one checkpoint store for all "
+        f"steps, the command line's LocalCluster on all cores. Reference and accuracy: {args.method}/{args.basis}; "
+        "each run names its level.",
         "",
     ]
     if "reference" in found:
@@ -217,16 +272,15 @@ def section(workdir: Path, args: argparse.Namespace) -> str:
         ]
     if "accuracy" in found:
         lines += [
-            "| screening of the cut | calculations kept | error per monomer, kcal/mol |",
+            "| screening of the cut | calculations kept | error per monomer, kcal/mol (screened - reference) |",
             "|---|---|---|",
         ]
         for row in found["accuracy"]["rows"]:
-            lines.append(f"| {row['screening_label']} | {row['calculations']} | {row['error_kcal_per_monomer']:.4f} |")
+            lines.append(f"| {row['screening_label']} | {row['calculations']} | {row['error_kcal_per_monomer']:+.4f} |")
         lines.append("")
-    if "run" in found:
-        run = found["run"]
+    for run in runs:
         lines += [
-            f"The {run['waters']}-water droplet, screened ({' '.join(run['options'])}): "
+            f"The {run['waters']}-water droplet, {run['level']}, screened ({' '.join(run['options'])}): "
             f"{run['calculations']} calculations ({run['from_store']} from the store), "
             f"{run['wall_s'] / 60:.1f} min wall, bound {run['bound_s'] / 60:.1f} min, "
             f"**{run['wall_over_bound']:.3f} x the bound**; longest calculation {run['longest_s']:.1f} s; "
@@ -255,6 +309,26 @@ def section(workdir: Path, args: argparse.Namespace) -> str:
                 + (f"{c['p10']:.2f}, {c['median']:.2f}, {c['p90']:.2f}" if c else "-")
                 + " |"
             )
+        lines.append("")
+    if "alternatives" in found:
+        alt = found["alternatives"]
+        ours = alt["rows"]["mbdask"]
+        lines += [
+            f"Multilevel, the first {alt['waters']} waters: DF-MP2/cc-pVDZ through 2-body, HF-D3(BJ)/6-31G* through "
+            f"3-body, nocp ({alt['calculations']} calculations: "
+            + ", ".join(f"{n} {m}" for m, n in alt["per_model"].items())
+            + f"; zero-overhead bound {alt['bound_s']:.0f} s on {alt['workers']} cores). The same input, one after "
+            "another, whole processes:",
+            "",
+            "| executor | wall s | mbdask is faster by | energy - mbdask's, Eh |",
+            "|---|---|---|---|",
+        ]
+        for name, row in alt["rows"].items():
+            lines.append(
+                f"| {name} | {row['wall_s']:.1f} | {row['wall_s'] / ours['wall_s']:.2f} x | "
+                f"{row['energy'] - ours['energy']:.1e} |"
+            )
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -263,13 +337,14 @@ def main() -> None:
     from bench_revisions import write_section
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("probe", "reference", "accuracy", "run", "docs"))
+    parser.add_argument("step", choices=("probe", "reference", "accuracy", "run", "alternatives", "docs"))
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mbdask-ab-initio"))
     parser.add_argument("--waters", type=int, default=64)
     parser.add_argument("--cut", type=int, default=24)
     parser.add_argument("--method", default="hf-d3bj")
     parser.add_argument("--basis", default="6-31g*")
-    parser.add_argument("--cutoffs", default="2:9,3:6")
+    parser.add_argument("--cutoffs", default="2:9,3:6", help="run: distance cutoffs (--distance-cutoffs)")
+    parser.add_argument("--thresholds", help="run: GFN2-xTB energy screening instead (--energy-thresholds)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.step == "docs":
@@ -282,11 +357,19 @@ def main() -> None:
         found["eta"] = _eta_errors(found["progress"], found["wall_s"])
     elif args.step == "accuracy":
         found = accuracy(args.workdir, args)
+    elif args.step == "alternatives":
+        found = alternatives(args.workdir, args.cut)
     else:
         inp = expansion_input(args.waters, args.workdir, args.method, args.basis)
-        found = cli_run(inp, args.workdir, "run", "--distance-cutoffs", args.cutoffs)
+        name = f"run-{args.waters}-{args.method}-{args.basis.replace('*', 's')}"
+        screening = (
+            ["--energy-thresholds", args.thresholds] if args.thresholds else ["--distance-cutoffs", args.cutoffs]
+        )
+        found = cli_run(inp, args.workdir, name, *screening)
         found["eta"] = _eta_errors(found["progress"], found["wall_s"])
-    (args.workdir / f"{args.step}.json").write_text(json.dumps(found, indent=1))
+        found["level"] = f"{args.method}/{args.basis}"
+    name = args.step if args.step != "run" else found["name"]
+    (args.workdir / f"{name}.json").write_text(json.dumps(found, indent=1))
     print(json.dumps({k: v for k, v in found.items() if k not in ("progress",)}, indent=1)[:4000])
 
 

@@ -62,6 +62,8 @@ KEPT_SECTIONS = (
     "## Screening accuracy and recommended cutoffs",
     "## Energy screening of thousands of waters",
     "## Before and after: two revisions on the hot paths",
+    "## Ab initio expansions at scale: PySCF, dispersion, screening",
+    "## Ab initio expansions, read",
 )
 
 

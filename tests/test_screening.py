@@ -424,6 +424,7 @@ def test_energy_screening_hands_the_graph_futures_not_outputs(tmp_path):
     Test doubles (the ``sleep`` program, not chemistry) for both models; 16 threads, so the 15 gated
     dimers can never hold every thread while cheap calculations wait."""
     import threading
+    import time
 
     from distributed import Client, LocalCluster
     from doubles import register_doubles
@@ -454,7 +455,8 @@ def test_energy_screening_hands_the_graph_futures_not_outputs(tmp_path):
     ):
         started: dict = {}
         thread = threading.Thread(
-            target=lambda: started.update(sub=mbdask.start(gated, client, screening=screening)), daemon=True
+            target=lambda: started.update(sub=mbdask.start(gated, client, screening=screening, progress=True)),
+            daemon=True,
         )
         thread.start()
         try:
@@ -467,9 +469,17 @@ def test_energy_screening_hands_the_graph_futures_not_outputs(tmp_path):
                 job.label for job in sub.plan.jobs
             }  # nothing recomputed
             assert any(source.status == "pending" for unit in sent for source in unit.sources)  # still at the gate
+            # progress counts what the pass sent, as it finishes, and prices it for the time left
+            sub.progress.poll()
+            assert sub.progress.total == len(sub.plan.jobs) and sub.progress.done < sub.progress.total
+            assert sub.progress.predicted_total > 0 and all(unit.seconds > 0 for unit in sent)
         finally:
             gate.touch()
         result = sub.result(timeout=120)
+        deadline = time.monotonic() + 60  # the units' futures may report in after the result's
+        while not sub.progress.poll() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sub.progress.done == sub.progress.total
         reference = mbdask.compute(plain, client)
     assert result.return_result == pytest.approx(reference.return_result, abs=1e-12)
     assert result.extras["mbdask"]["screening"]["orders"]["2"]["kept"] == 15

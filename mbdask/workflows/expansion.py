@@ -161,6 +161,10 @@ def _from_store(
     return store.find((job for job in plan.jobs if job.label not in skip), ctx.store_key)
 
 
+#: Units that take what energy screening's pass runs: enough steps for progress, few enough tasks not to matter.
+PROGRESS_STEPS = 256
+
+
 def _units(
     plan: Plan,
     known: dict[str, dict],
@@ -195,8 +199,11 @@ def _units(
     per_unit = config.number("mbdask.store.known-per-unit")  # they cost nothing to run
     for i in range(0, len(done), per_unit):
         units.append(Unit(tuple(done[i : i + per_unit]), 0.0, resources.cores))
-    for other, taken in ((True, borrowed), (False, {label: (future, label) for label, future in running.items()})):
-        units += _taking_units(taken, by_label, per_unit, resources.cores, other)
+    units += _taking_units(borrowed, by_label, per_unit, resources.cores, True)
+    # this expansion's own calculations that energy screening's pass sent, in about PROGRESS_STEPS units priced as
+    # the cost model prices them: progress counts them as they finish and its time left includes them
+    own = {label: (future, label) for label, future in running.items()}
+    units += _taking_units(own, by_label, len(own) // PROGRESS_STEPS, resources.cores, False, seconds=cost.seconds)
     return units
 
 
@@ -206,10 +213,12 @@ def _taking_units(
     per_unit: int,
     cores: int,
     borrowed: bool,
+    seconds: Callable[[FragmentJob], float] | None = None,
 ) -> list[Unit]:
     """Units that take calculations from units already sent (label: the future of that unit, and the label
     there), each source's jobs kept together, at most ``per_unit`` jobs a unit where sources allow: they
-    cost nothing to run, and fewer of them mean fewer tasks and increment nodes."""
+    cost nothing to run, and fewer of them mean fewer tasks and increment nodes. ``seconds``: what a job
+    still costs where it is computed (a unit's predicted seconds, for progress); otherwise nothing."""
     by_source: dict[Any, list[tuple[Future, FragmentJob, str]]] = {}
     for label, (future, there) in taken.items():
         by_source.setdefault(future.key, []).append((future, by_label[label], there))
@@ -224,7 +233,7 @@ def _taking_units(
             units.append(
                 Unit(
                     jobs,
-                    0.0,
+                    sum(map(seconds, jobs)) if seconds is not None else 0.0,
                     cores,
                     sources=tuple(group[0][0] for group in chunk),
                     source_labels=there,
