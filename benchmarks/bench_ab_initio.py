@@ -334,7 +334,7 @@ def section(workdir: Path, args: argparse.Namespace) -> str:
 
 def main() -> None:
     from bench_large import _eta_errors
-    from bench_revisions import write_section
+    from bench_overhead import write_section
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("probe", "reference", "accuracy", "run", "alternatives", "docs"))
@@ -348,7 +348,7 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.step == "docs":
-        write_section(section(args.workdir, args))
+        write_section(section(args.workdir, args), section=SECTION)
         return
     if args.step == "probe":
         found = probe(args.workdir)

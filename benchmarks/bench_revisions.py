@@ -128,19 +128,6 @@ def section(best: dict[str, dict], revisions: dict[str, str], machine: str, repe
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, page: Path = ROOT / "docs" / "benchmarks.md") -> None:
-    """Put ``text`` (a section: its first line is its title) in place of the page's section of that title, or at
-    the end."""
-    title = text.splitlines()[0]
-    old = page.read_text()
-    start = old.find(title)
-    if start < 0:
-        page.write_text(old.rstrip("\n") + "\n\n" + text)
-        return
-    end = old.find("\n## ", start + len(title))
-    page.write_text(old[:start] + text + (old[end + 1 :] if end >= 0 else ""))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before")
@@ -149,6 +136,7 @@ def main() -> None:
     parser.add_argument("--docs", action="store_true", help="write the section of docs/benchmarks.md")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
+    from bench_overhead import write_section
     from run_all import machine
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,7 +152,7 @@ def main() -> None:
     text = section(best, revisions, machine(), args.repeats)
     print(text)
     if args.docs:
-        write_section(text)
+        write_section(text, section=SECTION)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from distributed import Client, LocalCluster
-from doubles import register_doubles
+from distributed import Client
+from helpers import in_process_client
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -27,19 +27,7 @@ needs_xtb = pytest.mark.skipif(not HAVE_XTB, reason="xtb-python is not installed
 @pytest.fixture(scope="session")
 def inprocess_client():
     """A real scheduler with two single-thread workers in this process (sees test doubles)."""
-    register_doubles()
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=False,
-            resources={"cores": 1},
-            protocol="tcp",
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
+    with in_process_client(n_workers=2) as client:
         yield client
 
 

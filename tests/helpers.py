@@ -1,9 +1,10 @@
-"""Inputs that several test modules build (not a test module: nothing here is collected).
+"""Inputs and clusters that several test modules build (not a test module: nothing here is collected).
 
 * :func:`sleep_input`: a 3-body expansion of a water cluster through the ``sleep`` test double;
 * :func:`replay_input`: QCManyBody's water trimer through the ``replay`` test double, which
   returns QCManyBody's stored component data;
-* :func:`trajectory`: a multi-frame XYZ file of the water trimer, slightly displaced.
+* :func:`trajectory`: a multi-frame XYZ file of the water trimer, slightly displaced;
+* :func:`in_process_client`: a scheduler and workers in this process, sized as a test needs.
 
 The doubles (tests/doubles.py) are NOT chemistry: their numbers only check the scheduler,
 the graph and the assembly.
@@ -11,7 +12,10 @@ the graph and the assembly.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,3 +87,32 @@ def trajectory(path: Path, frames: int = 3, shift: float = 0.03, seed: int = 7) 
             lines.append(f"{symbol} {moved[0]:.6f} {moved[1]:.6f} {moved[2]:.6f}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def in_process_client(
+    n_workers: int = 1, threads_per_worker: int = 1, cores: int | None = 1, **cluster_options: Any
+) -> Iterator[Any]:
+    """A real Dask scheduler and workers in this process, and a client of them, for the life of the block.
+
+    In-process workers see the test doubles registered here (registered first). ``cores``: the
+    ``cores`` resource each worker declares (None: none); ``cluster_options``: further LocalCluster
+    options (``dashboard_address="127.0.0.1:0"`` to serve the dashboard).
+    """
+    from distributed import Client, LocalCluster
+    from doubles import register_doubles
+
+    register_doubles()
+    options: dict[str, Any] = dict(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address=None,
+    )
+    if cores is not None:
+        options["resources"] = {"cores": cores}
+    options.update(cluster_options)
+    with LocalCluster(**options) as cluster, Client(cluster, set_as_default=False) as client:
+        yield client

@@ -14,9 +14,9 @@ import pytest
 from browser import chromium, evaluate_page
 from conftest import EXAMPLES, ROOT
 from dask.utils import key_split
-from distributed import Client, LocalCluster
 from distributed.diagnostics.progress_stream import progress_quads
 from doubles import register_doubles
+from helpers import in_process_client
 
 import mbdask
 from mbdask import config
@@ -115,21 +115,11 @@ def test_status_page_progress_rows_read_differently_during_a_run(tmp_path):
         f"(() => {{ const v = {PROGRESS_LABELS}; "
         "return v !== null && v.names.some((n) => n.startsWith('3b frag')); })()"
     )
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=2,
-            processes=False,
-            protocol="tcp",
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
+    with in_process_client(threads_per_worker=2, cores=None, dashboard_address="127.0.0.1:0") as client:
         sub = mbdask.start(inp, client, batch=False)
         try:
             labels, errors = evaluate_page(
-                cluster.dashboard_link, PROGRESS_LABELS, ready, timeout=60, screenshot=tmp_path / "status.png"
+                client.dashboard_link, PROGRESS_LABELS, ready, timeout=60, screenshot=tmp_path / "status.png"
             )
         finally:
             gate.touch()

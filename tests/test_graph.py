@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from helpers import replay_input, sleep_input
+from helpers import in_process_client, replay_input, sleep_input
 
 import mbdask
 from mbdask.graph.build import FragmentResources, build_graph, fragment_key, graph_size
@@ -66,22 +66,7 @@ def test_fragment_nodes_carry_resource_and_priority_annotations():
 def one_core_two_threads():
     """One worker declaring 1 core with 2 threads: fragments reserve the core and run one at a
     time, and the other thread stays free for increments and levels."""
-    from distributed import Client, LocalCluster
-    from doubles import register_doubles
-
-    register_doubles()
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=2,
-            processes=False,
-            resources={"cores": 1},
-            protocol="tcp",
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
+    with in_process_client(threads_per_worker=2) as client:
         yield client
 
 
@@ -228,25 +213,10 @@ def test_auto_cores_run_gives_the_long_fragment_more_cores_and_the_same_energy()
     """``cores_per_fragment="auto"`` on a worker declaring 4 cores: the trimer, predicted to take longer than
     its share of the run, runs with 2 cores (as the program itself sees them), the rest with 1, and the
     energy is that of a run with 1 core each (the ``sleep`` double; the basis only prices the fragments)."""
-    from distributed import Client, LocalCluster
-    from doubles import register_doubles
-
-    register_doubles()
     inp = sleep_input("water3-uud.xyz")
     inp["specification"]["protocols"] = {"cluster_results": "all"}
     inp["specification"]["specification"]["sleepy"]["model"] = {"method": "hf", "basis": "cc-pvdz"}
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=4,
-            processes=False,
-            resources={"cores": 4},
-            protocol="tcp",
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
+    with in_process_client(threads_per_worker=4, cores=4) as client:
         auto = mbdask.compute(inp, client, cores_per_fragment="auto")
         single = mbdask.compute(inp, client, cores_per_fragment=1)
     seen = {tuple(f["real"]): f["ncores"] for f in auto.extras["mbdask"]["timing"]["fragments"]}

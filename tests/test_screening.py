@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import DATA, EXAMPLES, assert_close, needs_xtb, xtb_input
+from helpers import in_process_client
 from qcelemental import constants
 
 import mbdask
@@ -426,11 +427,8 @@ def test_energy_screening_hands_the_graph_futures_not_outputs(tmp_path):
     import threading
     import time
 
-    from distributed import Client, LocalCluster
-    from doubles import register_doubles
     from helpers import sleep_input
 
-    register_doubles()
     gate = tmp_path / "dimers may finish"
     plain = sleep_input()
     plain["specification"]["keywords"]["levels"] = {2: "sleepy"}
@@ -442,17 +440,7 @@ def test_energy_screening_hands_the_graph_futures_not_outputs(tmp_path):
         "energy_thresholds": {2: 0.1},
         "cheap_model": {"program": "sleep", "model": {"method": "cheap"}, "keywords": {}},
     }
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=16,
-            processes=False,
-            protocol="tcp",
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
+    with in_process_client(threads_per_worker=16, cores=None) as client:
         started: dict = {}
         thread = threading.Thread(
             target=lambda: started.update(sub=mbdask.start(gated, client, screening=screening, progress=True)),
