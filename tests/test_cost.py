@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES
 
 from mbdask.planning.cost import CostModel, ModelCost, calibrated_during_run, kind_of
 from mbdask.planning.plan import FragmentJob
@@ -118,3 +119,24 @@ def test_the_replay_stops_early_once_every_kind_is_calibrated_and_changes_nothin
     # a kind that never fills (five trimers) keeps the replay going to the end: same answer
     few = fragments[:200] + [{**_fragment((1, 2, 3, 4), 50.0 + k, 1.0), "predicted": 0.5} for k in range(5)]
     assert calibrated_during_run(few) == _replayed_in_full(few)
+
+
+@pytest.mark.parametrize(
+    "method, functional",
+    [("b3lyp-d3bj", True), ("pbe0", True), ("wb97x-v", True), ("hf", False), ("hf-d3bj", False), ("mp2", False)],
+)
+def test_a_density_functional_is_priced_above_hartree_fock_in_the_same_basis(method, functional):
+    """Before any calibration: the same scaling (so the same order of work), a functional's quadrature on top."""
+    import mbdask
+    from mbdask.planning.cost import _FUNCTIONAL_FACTOR, is_functional
+
+    def unit_seconds(name: str) -> float:
+        plan = mbdask.plan(
+            EXAMPLES / "water6-prism.xyz", program="pyscf", method=name, basis="6-31g*", check_installed=False
+        )
+        return CostModel.for_plan(plan).models[plan.models[0]].unit_seconds
+
+    assert is_functional(method) is functional
+    if method != "mp2":
+        ratio = unit_seconds(method) / unit_seconds("hf")
+        assert ratio == pytest.approx(_FUNCTIONAL_FACTOR if functional else 1.0)
