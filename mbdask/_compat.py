@@ -20,7 +20,6 @@ from typing import Any
 
 #: Module paths of release 0.1 -> where those modules are now.
 MOVED_MODULES = {
-    "inputs": "inputs.load",
     "xyz": "inputs.xyz",
     "plan": "planning.plan",
     "manybody": "planning.manybody",
@@ -34,7 +33,6 @@ MOVED_MODULES = {
     "store": "calculation.store",
     "assemble": "results.assemble",
     "outputs": "results.outputs",
-    "graph": "graph.build",
     "screening_pass": "graph.screening_pass",
     "cluster": "deploy.cluster",
     "forked_workers": "deploy.forked_workers",
@@ -47,6 +45,9 @@ MOVED_MODULES = {
     "structures": "workflows.structures",
     "optimize": "workflows.optimize",
 }
+#: Release 0.1's modules whose path is a subpackage now -> the module of it that holds their names: the
+#: subpackage's ``__getattr__`` hands them out (``from mbdask.inputs import load_input``).
+MOVED_INTO_PACKAGES = {"mbdask.inputs": "mbdask.inputs.load", "mbdask.graph": "mbdask.graph.build"}
 #: Names the package root exported in release 0.1 and no longer lists -> their module.
 OLD_ROOT_NAMES = {
     "ClusterSize": "deploy.cluster",
@@ -69,6 +70,19 @@ def old_package_name(name: str) -> Any:
         return old_errors_name(name, "mbdask", stacklevel=4)
     warnings.warn(f"mbdask.{name} is no longer public API; import it from {where}", FutureWarning, stacklevel=3)
     return getattr(importlib.import_module(where), name)
+
+
+def moved_attribute(package: str, name: str) -> Any:
+    """A name of release 0.1's module ``package`` (now a subpackage), from the module that holds it, with a warning."""
+    module = importlib.import_module(MOVED_INTO_PACKAGES[package])
+    if name.startswith("__") or not hasattr(module, name):
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    warnings.warn(
+        f"{package}.{name} is now {module.__name__}.{name}; the old path goes in the next release",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return getattr(module, name)
 
 
 def old_errors_name(name: str, where: str = "mbdask.errors", stacklevel: int = 3) -> Any:

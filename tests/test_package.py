@@ -55,7 +55,8 @@ def test_old_module_paths_and_names_still_work_and_warn():
         "import mbdask, mbdask.planning.plan, mbdask.calculation.store\n"
         "for stmt in ('from mbdask.plan import make_plan', 'import mbdask.store', "
         "'from mbdask.optimize import optimize',\n"
-        "             'mbdask.FragmentJob', 'mbdask.start_local_cluster', 'mbdask.InputError'):\n"
+        "             'mbdask.FragmentJob', 'mbdask.start_local_cluster', 'mbdask.InputError',\n"
+        "             'from mbdask.inputs import load_input', 'from mbdask.graph import build_graph'):\n"
         "    try:\n"
         "        exec(stmt)\n"
         "    except FutureWarning as warning:\n"
@@ -72,6 +73,8 @@ def test_old_module_paths_and_names_still_work_and_warn():
         "assert optimize is mbdask.optimize and callable(mbdask.plan) and callable(mbdask.report)\n"
         "assert mbdask.FragmentJob is mbdask.planning.plan.FragmentJob\n"
         "assert mbdask.InputError is mbdask.errors.InputError is mbdask.BadInputError\n"
+        "from mbdask.inputs import load_input\n"
+        "assert load_input is mbdask.inputs.load.load_input\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
