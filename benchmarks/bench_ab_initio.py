@@ -46,8 +46,8 @@ HARTREE_KCAL = 627.5094740631
 PROBE_LEVELS = (("hf-d3bj", "6-31g*"), ("b3lyp-d3bj", "def2-svp"), ("hf-d3bj", "def2-svp"))
 
 
-def expansion_input(nwaters: int, workdir: Path, method: str, basis: str, max_nbody: int = 3) -> Path:
-    """The droplet's ``nwaters``-water ManyBodyInput (nocp, PySCF, density fitting) as JSON; its path."""
+def droplet_input(nwaters: int, workdir: Path, method: str, basis: str, max_nbody: int = 3) -> dict:
+    """The droplet's ``nwaters``-water ManyBodyInput (nocp, PySCF, density fitting) as plain JSON data."""
     import mbdask
 
     xyz = droplet_xyz(nwaters, workdir)
@@ -55,8 +55,13 @@ def expansion_input(nwaters: int, workdir: Path, method: str, basis: str, max_nb
     data = json.loads(json.dumps(inp, default=lambda value: value.tolist()))
     for spec in data["specification"]["specification"].values():
         spec["keywords"] = {"density_fit": True}
+    return data
+
+
+def expansion_input(nwaters: int, workdir: Path, method: str, basis: str, max_nbody: int = 3) -> Path:
+    """:func:`droplet_input` written as JSON; its path."""
     path = workdir / f"water{nwaters}-{method}-{basis.replace('*', 's')}.json"
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(droplet_input(nwaters, workdir, method, basis, max_nbody)))
     return path
 
 
@@ -172,18 +177,12 @@ def probe(workdir: Path) -> dict:
 
 def multilevel_input(nwaters: int, workdir: Path) -> Path:
     """The droplet's ``nwaters`` waters, DF-MP2/cc-pVDZ through 2-body and HF-D3(BJ)/6-31G* through 3-body (nocp)."""
-    import mbdask
-
-    inp = mbdask.xyz_input(droplet_xyz(nwaters, workdir), program="pyscf", method="hf", basis="sto-3g", max_nbody=3)
-    data = json.loads(json.dumps(inp, default=lambda value: value.tolist()))
+    data = droplet_input(nwaters, workdir, "hf-d3bj", "6-31g*")
+    (hf,) = data["specification"]["specification"].values()
     data["specification"]["keywords"]["levels"] = {"2": "mp2", "3": "hf"}
     data["specification"]["specification"] = {
         "mp2": {"program": "pyscf", "model": {"method": "df-mp2", "basis": "cc-pvdz"}, "keywords": {}},
-        "hf": {
-            "program": "pyscf",
-            "model": {"method": "hf-d3bj", "basis": "6-31g*"},
-            "keywords": {"density_fit": True},
-        },
+        "hf": hf,
     }
     path = workdir / f"water{nwaters}-multilevel.json"
     path.write_text(json.dumps(data))

@@ -78,8 +78,8 @@ def check_fragment_memory(plan: Plan, memory_gib: float | None) -> None:
     """
     if memory_gib is None:
         return
-    from mbdask.programs import memory_needed_gib
-    from mbdask.programs.basis import basis_functions
+    from mbdask.programs import PROGRAMS_WITH_MEMORY_ESTIMATES, memory_needed_gib
+    from mbdask.programs.basis import fragment_basis_functions
 
     molecule = plan.input.molecule
     symbols = list(molecule.symbols)
@@ -87,13 +87,11 @@ def check_fragment_memory(plan: Plan, memory_gib: float | None) -> None:
     charges = list(molecule.fragment_charges)
     for model, spec in plan.specifications.items():
         basis = (spec["specification"]["model"].get("basis") or "").strip()
-        if memory_needed_gib(spec["program"], spec["specification"], 1, 1) is None or not basis:
+        if spec["program"] not in PROGRAMS_WITH_MEMORY_ESTIMATES or not basis:
             continue
-        found = {s: basis_functions(s.capitalize(), basis) for s in set(symbols)}
-        per_atom = {s: n for s, n in found.items() if n is not None}
-        if len(per_atom) < len(found):  # a basis PySCF's library lacks: the program check says so
+        functions = fragment_basis_functions(symbols, molecule.fragments, basis)
+        if functions is None:  # a basis PySCF's library lacks: the program check says so
             continue
-        functions = [sum(per_atom[symbols[a]] for a in atoms) for atoms in molecule.fragments]
         electrons = [sum(numbers[a] for a in atoms) - charge for atoms, charge in zip(molecule.fragments, charges)]
         largest = max(
             (job for job in plan.jobs if job.model == model), key=lambda job: sum(functions[i - 1] for i in job.basis)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from mbdask import config
-from mbdask.programs.basis import basis_functions
+from mbdask.programs.basis import fragment_basis_functions
 from mbdask.tables import none_for_nan
 
 _SCALING = (
@@ -118,10 +118,9 @@ class CostModel:
             exponent = scaling_exponent(method)
             sizes = {i + 1: float(len(atoms)) for i, atoms in enumerate(fragments)}
             if basis and exponent > 2:
-                found = {s: basis_functions(s.capitalize(), basis) for s in set(symbols)}
-                counts = {s: c for s, c in found.items() if c is not None}
-                if len(counts) == len(found):
-                    sizes = {i + 1: float(sum(counts[symbols[a]] for a in atoms)) for i, atoms in enumerate(fragments)}
+                functions = fragment_basis_functions(symbols, fragments, basis)
+                if functions is not None:
+                    sizes = {i + 1: float(n) for i, n in enumerate(functions)}
                 else:  # atoms as size: a basis of ~10 functions per atom keeps the default units sensible
                     sizes = {i: 10.0 * n for i, n in sizes.items()}
             unit_seconds = _DEFAULT_UNIT_SECONDS.get(exponent, 1.0e-6)

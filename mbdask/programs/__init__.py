@@ -80,10 +80,14 @@ def check_specification(program: str, specification: dict, symbols: list[str]) -
             raise ValueError(str(exc).removeprefix("pyscf: ")) from None
 
 
+#: Programs :func:`memory_needed_gib` estimates for (xtb's needs are small; Psi4 sizes itself).
+PROGRAMS_WITH_MEMORY_ESTIMATES = ("pyscf",)
+
+
 def memory_needed_gib(program: str, specification: dict, nbasis: int, nocc: int) -> float | None:
     """The least memory (GiB) ``program`` needs for a calculation of ``nbasis`` functions and ``nocc``
-    occupied orbitals, or None where mbdask has no estimate (xtb's needs are small; Psi4 sizes itself)."""
-    if program != "pyscf":
+    occupied orbitals, or None where mbdask has no estimate (:data:`PROGRAMS_WITH_MEMORY_ESTIMATES`)."""
+    if program not in PROGRAMS_WITH_MEMORY_ESTIMATES:
         return None
     model = specification["model"]
     return pyscf_memory_needed_gib(model.get("method", ""), nbasis, nocc, specification.get("keywords") or {})

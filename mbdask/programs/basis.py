@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Sequence
 
 
 @functools.cache
@@ -22,3 +23,15 @@ def basis_functions(symbol: str, basis: str) -> int | None:
         return int(mol.nao)
     except Exception:  # no PySCF, unknown basis or element: fall back to counting atoms
         return None
+
+
+def fragment_basis_functions(
+    symbols: Sequence[str], fragments: Sequence[Sequence[int]], basis: str
+) -> list[int] | None:
+    """Basis functions of each fragment (atoms by index into ``symbols``) in ``basis``, or None where PySCF's
+    library lacks the basis for one of the elements."""
+    found = {s: basis_functions(s.capitalize(), basis) for s in set(symbols)}
+    per_atom = {s: n for s, n in found.items() if n is not None}
+    if len(per_atom) < len(found):
+        return None
+    return [sum(per_atom[symbols[a]] for a in atoms) for atoms in fragments]

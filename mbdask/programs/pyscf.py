@@ -93,8 +93,11 @@ class Method:
         return self.base not in _HF | _MP2 | _CC
 
 
+@functools.lru_cache(maxsize=256)
 def read_method(method: str) -> Method:
-    """``method`` as PySCF reads a name with a dispersion suffix (``pyscf.scf.dispersion.parse_dft``)."""
+    """``method`` as PySCF reads a name with a dispersion suffix (``pyscf.scf.dispersion.parse_dft``).
+
+    Cached: the check, the reference, the SCF and the run of every calculation ask for it."""
     name = method.lower()
     if name in _HF | _MP2 | _CC:
         return Method(name, name, None, None)
@@ -275,6 +278,8 @@ def real_atoms(mol: Any) -> tuple[Any, list[int]]:
     from pyscf import gto
 
     real = [i for i in range(mol.natm) if not mol.atom_symbol(i).upper().startswith("GHOST")]
+    if len(real) == mol.natm:
+        return mol, real
     coords = mol.atom_coords()  # Bohr
     atoms = [(mol.atom_pure_symbol(i), tuple(coords[i])) for i in real]
     return gto.M(atom=atoms, unit="Bohr", basis="sto-3g", charge=mol.charge, spin=mol.spin, verbose=0), real
