@@ -334,9 +334,9 @@ def _trimer_input(method: str, basis: str) -> dict:
 def test_memory_estimate_grows_as_the_method_needs():
     from mbdask.programs.pyscf import memory_needed_gib
 
-    scf_needs = memory_needed_gib("hf", 174, 15, {})
-    ccsd_needs = memory_needed_gib("ccsd(t)", 174, 15, {})
-    assert scf_needs < memory_needed_gib("mp2", 174, 15, {}) < ccsd_needs
+    scf_needs = memory_needed_gib("hf", 174, 15)
+    ccsd_needs = memory_needed_gib("ccsd(t)", 174, 15)
+    assert scf_needs < memory_needed_gib("mp2", 174, 15) < ccsd_needs
     assert ccsd_needs == pytest.approx(6 * 15**2 * 159**2 * 8 / 2**30, rel=0.02)  # the doubles amplitudes
 
 

@@ -89,8 +89,7 @@ def memory_needed_gib(program: str, specification: dict, nbasis: int, nocc: int)
     occupied orbitals, or None where mbdask has no estimate (:data:`PROGRAMS_WITH_MEMORY_ESTIMATES`)."""
     if program not in PROGRAMS_WITH_MEMORY_ESTIMATES:
         return None
-    model = specification["model"]
-    return pyscf_memory_needed_gib(model.get("method", ""), nbasis, nocc, specification.get("keywords") or {})
+    return pyscf_memory_needed_gib(specification["model"].get("method", ""), nbasis, nocc)
 
 
 def _check_xtb(model: dict) -> None:

@@ -167,7 +167,7 @@ def check_specification(
             raise InputError(f"pyscf: basis '{basis}' is not available for element {symbol}")
 
 
-def memory_needed_gib(method: str, nbasis: int, nocc: int, keywords: dict) -> float:
+def memory_needed_gib(method: str, nbasis: int, nocc: int) -> float:
     """The least memory PySCF runs ``method`` in, in GiB, counted from the arrays it must keep in memory.
 
     What PySCF can move to disk or compute again (two-electron integrals: direct SCF, an
