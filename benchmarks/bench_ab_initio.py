@@ -28,7 +28,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -101,39 +100,38 @@ def cli_run(inp: Path, workdir: Path, name: str, *options: str) -> dict:
         "worker_peak_mb": max(run.sampler.child_peaks.values(), default=0) / 2**20,
         "from_store": prof.get("from_store", 0),
         "progress": run.progress,
-        "kinds": kinds(computed),
+        **kinds_and_tail(out),
         "longest_s": max((f["seconds"] for f in computed), default=0.0),
     }
 
 
-def kinds(fragments: list[dict]) -> dict[str, dict]:
-    """Per kind of calculation (n-body, ghosts or not), measured seconds against the cost model's predictions."""
-    groups: dict[str, list[dict]] = {}
-    for f in fragments:
-        real, basis = f["real"], f["basis"]
-        kind = f"{len(real)}-body" + (" in a larger basis" if len(basis) > len(real) else "")
-        groups.setdefault(kind, []).append(f)
-    out = {}
-    for kind, rows in sorted(groups.items()):
-        ratios = sorted(f["seconds"] / f["predicted"] for f in rows if f.get("predicted"))
-        calibrated = sorted(f["seconds"] / f["calibrated"] for f in rows if f.get("calibrated"))
-        out[kind] = {
-            "count": len(rows),
-            "median_s": statistics.median(f["seconds"] for f in rows),
-            "median_predicted_s": statistics.median(f["predicted"] for f in rows if f.get("predicted"))
-            if ratios
-            else None,
-            "measured_over_predicted": _spread(ratios),
-            "measured_over_calibrated": _spread(calibrated),
-        }
-    return out
+def kinds_and_tail(result_path: Path) -> dict:
+    """The report's cost model per kind of calculation and its tail (``mbdask.diagnostics.costs``), from a result."""
+    import dataclasses
 
+    import mbdask
+    from mbdask.diagnostics.costs import costs_by_kind, tail
 
-def _spread(ratios: list[float]) -> dict | None:
-    if not ratios:
-        return None
-    at = lambda q: ratios[min(len(ratios) - 1, int(q * len(ratios)))]  # noqa: E731
-    return {"p10": at(0.1), "median": at(0.5), "p90": at(0.9), "max": ratios[-1], "min": ratios[0]}
+    timing = mbdask.load_result(result_path).extras["mbdask"]["timing"]
+    found = tail(timing["fragments"], timing.get("cluster_cores"))
+    return {
+        "kinds": {
+            f"{k.model} {k.name}": {
+                "count": k.count,
+                "median_s": k.median_seconds,
+                "measured_over_predicted": k.over_predicted and dataclasses.asdict(k.over_predicted),
+                "measured_over_calibrated": k.over_calibrated and dataclasses.asdict(k.over_calibrated),
+            }
+            for k in costs_by_kind(timing["fragments"])
+        },
+        "tail": found
+        and {
+            "seconds": found.seconds,
+            "share": found.share,
+            "lost_seconds": found.lost_seconds,
+            "longest_running_s": max((f.seconds for f in found.running), default=0.0),
+        },
+    }
 
 
 def probe(workdir: Path) -> dict:
@@ -244,6 +242,25 @@ def accuracy(workdir: Path, args: argparse.Namespace) -> dict:
     return {"reference": {k: reference[k] for k in ("calculations", "energy", "wall_s")}, "rows": rows}
 
 
+def _kinds_table(kinds: dict[str, dict]) -> list[str]:
+    """Markdown lines: measured seconds against the cost model per kind of calculation, and a blank line."""
+    lines = [
+        "| kind | calculations | median s | measured / predicted (p10, median, p90) | "
+        "measured / calibrated during the run (p10, median, p90) |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, k in kinds.items():
+        p, c = k["measured_over_predicted"], k["measured_over_calibrated"]
+        lines.append(
+            f"| {kind} | {k['count']} | {k['median_s']:.2f} | "
+            + (f"{p['p10']:.2f}, {p['median']:.2f}, {p['p90']:.2f}" if p else "-")
+            + " | "
+            + (f"{c['p10']:.2f}, {c['median']:.2f}, {c['p90']:.2f}" if c else "-")
+            + " |"
+        )
+    return [*lines, ""]
+
+
 def section(workdir: Path, args: argparse.Namespace) -> str:
     """The section of docs/benchmarks.md from the steps' JSON files."""
     from run_all import machine
@@ -278,6 +295,9 @@ def section(workdir: Path, args: argparse.Namespace) -> str:
             lines.append(f"| {row['screening_label']} | {row['calculations']} | {row['error_kcal_per_monomer']:+.4f} |")
         lines.append("")
     for run in runs:
+        result_path = workdir / f"{run['name']}.result.json"
+        if result_path.exists():  # the tables as the report computes them today, from the run's own result
+            run.update(kinds_and_tail(result_path))
         lines += [
             f"The {run['waters']}-water droplet, {run['level']}, screened ({' '.join(run['options'])}): "
             f"{run['calculations']} calculations ({run['from_store']} from the store), "
@@ -294,21 +314,15 @@ def section(workdir: Path, args: argparse.Namespace) -> str:
                 f"largest {100 * eta['max_relative_error']:.0f}% ({eta['after_first_tenth']} lines).",
                 "",
             ]
-        lines += [
-            "| kind | calculations | median s | measured / predicted (p10, median, p90) | "
-            "measured / calibrated during the run (p10, median, p90) |",
-            "|---|---|---|---|---|",
-        ]
-        for kind, k in run["kinds"].items():
-            p, c = k["measured_over_predicted"], k["measured_over_calibrated"]
-            lines.append(
-                f"| {kind} | {k['count']} | {k['median_s']:.2f} | "
-                + (f"{p['p10']:.2f}, {p['median']:.2f}, {p['p90']:.2f}" if p else "-")
-                + " | "
-                + (f"{c['p10']:.2f}, {c['median']:.2f}, {c['p90']:.2f}" if c else "-")
-                + " |"
-            )
-        lines.append("")
+        tail = run.get("tail")
+        if tail:
+            lines += [
+                f"The tail (from the last moment all cores were busy to the last stop): {tail['seconds']:.2f} s, "
+                f"{100 * tail['share']:.2f}% of the fragment span, {tail['lost_seconds']:.2f} s of wall time idle; "
+                f"the longest calculation running in it took {tail['longest_running_s']:.2f} s.",
+                "",
+            ]
+        lines += _kinds_table(run["kinds"])
     if "alternatives" in found:
         alt = found["alternatives"]
         ours = alt["rows"]["mbdask"]
@@ -328,6 +342,13 @@ def section(workdir: Path, args: argparse.Namespace) -> str:
                 f"{row['energy'] - ours['energy']:.1e} |"
             )
         lines.append("")
+        multilevel = workdir / "multilevel.result.json"
+        if multilevel.exists():
+            lines += [
+                "mbdask's run of it, per kind of calculation:",
+                "",
+                *_kinds_table(kinds_and_tail(multilevel)["kinds"]),
+            ]
     return "\n".join(lines) + "\n"
 
 

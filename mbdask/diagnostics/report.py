@@ -7,8 +7,9 @@ per-fragment timings), so a report can be made later from a saved result file:
 The HTML report is one file with BokehJS inlined (it opens without a network): the n-body
 table, a pair-interaction heat map (for thousands of fragments: increments against cluster
 size instead), the n-body convergence, a timeline per worker, predicted
-versus measured seconds per fragment, cluster utilization over time, and the slowest
-fragments.
+versus measured seconds per fragment, cluster utilization over time, the slowest
+fragments, the cost model against measured seconds per kind of calculation and where the
+tail went (:mod:`mbdask.diagnostics.costs`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 from qcelemental import constants
 
 from mbdask import config
+from mbdask.diagnostics.costs import costs_by_kind, tail
 from mbdask.diagnostics.profile import column_of
 from mbdask.errors import plural
 from mbdask.planning.screening import pair_distances
@@ -639,7 +641,63 @@ def report_html(result: Any, title: str = "mbdask report", wall_seconds: float |
         items.append(
             Div(text=f"{_STYLE}<h2>per n-body order</h2><pre>{html.escape(summary_table(result))}</pre>", width=1000)
         )
+        items.append(
+            Div(text=_STYLE + _costs_html(fragments) + _tail_html(fragments, timing.get("cluster_cores")), width=1000)
+        )
     return file_html(column(*items), resources=INLINE, title=title)
+
+
+def _costs_html(fragments: Sequence[dict]) -> str:
+    """The cost model against measured seconds per kind of calculation (:func:`costs_by_kind`)."""
+    kinds = costs_by_kind(fragments)
+    if not any(k.over_predicted for k in kinds):
+        return ""
+    rows = [
+        [
+            k.model,
+            k.name,
+            k.count,
+            _seconds(k.median_seconds),
+            f"{k.total_seconds:.1f}",
+            k.over_predicted or "",
+            k.over_calibrated or "",
+        ]
+        for k in kinds
+    ]
+    return (
+        "<h2>cost model against measured, per kind of calculation</h2><p style='font:13px sans-serif'>"
+        "Measured seconds over the predicted ones (10th percentile, median, 90th percentile): the cost model's "
+        "price before the run, and the price calibrated during it on the calculations of the same kind that had "
+        "finished. 1.00 is exact; the order of work needs only the kinds priced alike, the time left needs the "
+        "calibrated column near 1.</p>"
+        + _table(
+            ["model", "kind", "calcs", "median s", "sum s", "measured / cost model", "measured / calibrated"], rows
+        )
+    )
+
+
+def _tail_html(fragments: Sequence[dict], cores: int | None) -> str:
+    """Where the tail went (:func:`tail`): its length, its idle cores, the calculations still running in it."""
+    found = tail(fragments, cores)
+    if found is None:
+        return ""
+    text = (
+        f"<h2>the tail</h2><p style='font:13px sans-serif'>From the last moment all {found.cores} cores were busy "
+        f"to the last stop: {found.seconds:.2f} s, {100 * found.share:.1f}% of the fragment span; "
+        f"{found.idle_core_seconds:.1f} idle core-seconds in it, {found.lost_seconds:.2f} s of wall time that a "
+        "perfectly even finish would have saved. The longest calculations running in it "
+        "(started: seconds from the tail's start, negative before it):</p>"
+    )
+    rows = [
+        [
+            fragment_name(fragments[f.index]["real"], fragments[f.index]["basis"]),
+            fragments[f.index]["model"],
+            f"{f.seconds:.3f}",
+            f"{f.started:+.2f}",
+        ]
+        for f in found.running
+    ]
+    return text + _table(["fragment", "model", "seconds", "started"], rows)
 
 
 def report(
