@@ -64,6 +64,7 @@ KEPT_SECTIONS = (
     "## Before and after: two revisions on the hot paths",
     "## Ab initio expansions at scale: PySCF, dispersion, screening",
     "## Ab initio expansions, read",
+    "## DataFrames of a large result's tables",
 )
 
 

@@ -28,9 +28,11 @@ if TYPE_CHECKING:  # what the names below are, for type checkers and the API doc
     from mbdask.errors import BadInputError, FragmentFailedError, MbdaskError, NoWorkersError, SchedulerLostError
     from mbdask.inputs.load import load_input
     from mbdask.inputs.xyz import xyz_input
+    from mbdask.interfaces.ase import ManyBodyCalculator
     from mbdask.planning.plan import Plan
     from mbdask.planning.screening import Screening
     from mbdask.programs import register_programs
+    from mbdask.results.frames import increments_frame, levels_frame, timings_frame
     from mbdask.results.outputs import load_result, save_result
     from mbdask.tables import Rows
     from mbdask.workflows.expansion import Submission, compute, plan, start, submit
@@ -68,6 +70,7 @@ _EXPORTS = {
     "ManyResults": "workflows.structures",
     "optimize": "workflows.optimize",
     "OptimizationResult": "workflows.optimize",
+    "ManyBodyCalculator": "interfaces.ase",
     # where it runs, what it keeps
     "local_cluster": "deploy.cluster",
     "FragmentStore": "calculation.store",
@@ -76,6 +79,9 @@ _EXPORTS = {
     "load_result": "results.outputs",
     "save_result": "results.outputs",
     "Rows": "tables",
+    "increments_frame": "results.frames",
+    "levels_frame": "results.frames",
+    "timings_frame": "results.frames",
     "report": "diagnostics.report",
     "figures": "diagnostics.report",
     "summary_table": "diagnostics.report",
@@ -125,12 +131,16 @@ __all__ = [
     "ManyResults",
     "optimize",
     "OptimizationResult",
+    "ManyBodyCalculator",
     "local_cluster",
     "FragmentStore",
     "register_programs",
     "load_result",
     "save_result",
     "Rows",
+    "increments_frame",
+    "levels_frame",
+    "timings_frame",
     "report",
     "figures",
     "summary_table",

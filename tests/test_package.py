@@ -11,7 +11,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("distributed", "dask", "bokeh", "qcmanybody", "qcelemental", "qcengine", "numpy", "pyscf", "xtb")
+HEAVY = (
+    "distributed",
+    "dask",
+    "bokeh",
+    "qcmanybody",
+    "qcelemental",
+    "qcengine",
+    "numpy",
+    "pyscf",
+    "xtb",
+    "prometheus_client",
+    "pandas",
+)
 
 
 def test_import_mbdask_imports_nothing_heavy():
@@ -102,6 +114,7 @@ STAGES = (
     "deploy",
     "diagnostics",
     "workflows",
+    "interfaces",
     "cli",
 )
 

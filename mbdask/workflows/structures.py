@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed import Future
 
@@ -32,12 +32,16 @@ from mbdask.calculation.store import StoreWriter
 from mbdask.deploy.cluster import worker_resources
 from mbdask.diagnostics.progress import bar, duration
 from mbdask.errors import BadInputError, FragmentFailedError, MbdaskError, plural
-from mbdask.graph.build import PRIORITY_SPAN
+from mbdask.graph.build import PRIORITY_SPAN, graph_size
 from mbdask.inputs.xyz import ModelOptions, molecules_from_xyz
 from mbdask.planning.plan import make_plan
 from mbdask.results.outputs import save_result, write_atomic
+from mbdask.tables import import_pandas
 from mbdask.workflows.expansion import _open_store, connect_for, result_of, submit_plan, workers_ready
 from mbdask.workflows.options import ClusterOptions, RunOptions, split_keywords
+
+if TYPE_CHECKING:
+    import pandas
 
 #: File suffixes a directory of structures is read for.
 STRUCTURE_SUFFIXES = (".json", ".yaml", ".yml", ".xyz")
@@ -287,6 +291,33 @@ def _shared_calculations(plans: Mapping[str, Any]) -> SharedCalculations:
     return shared
 
 
+def plan_total(plans: Mapping[str, Any]) -> str:
+    """The lines ``python -m mbdask plan`` prints under the plans of several structures: their sum.
+
+    Calculations per n-body order over all structures and models, those that several structures
+    share (computed once by ``run``: :func:`_shared_calculations`) and what is left to run, and
+    the unbatched graphs' size summed (:func:`mbdask.graph.build.graph_size`).
+    """
+    per_order: dict[Any, int] = {}
+    for plan in plans.values():
+        for counts in plan.counts.values():
+            for nbody, count in counts.items():
+                per_order[nbody] = per_order.get(nbody, 0) + count
+    orders = ", ".join(
+        f"{nbody}-body {per_order[nbody]}" for nbody in sorted(per_order, key=lambda n: (isinstance(n, str), n))
+    )
+    calculations = sum(len(plan.jobs) for plan in plans.values())
+    shared = _shared_calculations(plans).count
+    sizes = [graph_size(plan) for plan in plans.values()]
+    lines = [
+        f"total: {plural(len(plans), 'structure')}, {plural(calculations, 'calculation')} ({orders})"
+        + (f"; {shared} shared between structures, computed once: {calculations - shared} to run" if shared else ""),
+        f"  unbatched graphs: {sum(size['nodes'] for size in sizes)} nodes, {sum(size['edges'] for size in sizes)} "
+        "edges",
+    ]
+    return "\n".join(lines)
+
+
 def submit_many(
     structures: StructuresLike, client: Any = None, *, options: RunOptions | None = None, **keywords: Any
 ) -> dict[str, Any]:
@@ -364,15 +395,29 @@ class ManyResults(Mapping):
     def to_csv(self) -> str:
         """:meth:`rows` as CSV text; the columns are the union of the rows' keys."""
         rows = self.rows()
-        columns: list[str] = []
-        for row in rows:
-            columns += [key for key in row if key not in columns]
-        columns = [c for c in columns if c != "error"] + ["error"]
+        columns = _row_columns(rows)
         out = io.StringIO()
         writer = csv.DictWriter(out, columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         return out.getvalue()
+
+    def to_pandas(self) -> pandas.DataFrame:
+        """:meth:`rows` as a pandas DataFrame, indexed by structure name (index ``structure``, in the order given).
+
+        The columns are :meth:`to_csv`'s (``status``, the energies with their unit in the name,
+        ``calculations``, ``from_store``, ``span_seconds``, ``task_seconds``, ``error`` last);
+        a structure that failed has NaN where it has no number (its counts are pandas' nullable
+        ``Int64``, so that they stay whole numbers). ``frame.loc["traj-2"]`` is one structure,
+        as ``results["traj-2"]`` is its result. Needs pandas (``pip install "mbdask[pandas]"``).
+        """
+        pd = import_pandas("ManyResults.to_pandas")
+        rows = self.rows()
+        frame = pd.DataFrame.from_records(rows, columns=_row_columns(rows)) if rows else pd.DataFrame()
+        for name in COUNT_COLUMNS:
+            if name in frame and frame[name].isna().any():
+                frame[name] = frame[name].astype("Int64")
+        return frame.set_index("structure") if "structure" in frame else frame
 
     def summary(self) -> str:
         """A plain-text table: a line per structure (total energy, interaction energy, calculations), then failures."""
@@ -387,6 +432,16 @@ class ManyResults(Mapping):
                 f"{'' if inter is None else f'{inter:.4f}':>24} {row.get('calculations', ''):>12}"
             )
         return "\n".join(lines)
+
+
+#: Columns of :meth:`ManyResults.rows` that count (whole numbers, missing for a failed structure).
+COUNT_COLUMNS = ("calculations", "from_store")
+
+
+def _row_columns(rows: list[dict]) -> list[str]:
+    """The union of the rows' keys in the order met, ``error`` last (the table's columns)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row if key != "error"))
+    return columns + ["error"]
 
 
 def structure_row(result: Any) -> dict:
