@@ -148,10 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser(
         "plan",
         help="count the fragment calculations and graph size, compute nothing",
-        description="Validate INPUT and print, per model chemistry and n-body order, how many calculations would run.",
+        description="Validate INPUT and print, per model chemistry and n-body order, how many calculations would run. "
+        "Several INPUTs, a directory or a multi-frame XYZ file (what run takes): a plan per structure, then the total.",
     )
     plan.add_argument(
-        "input", metavar="INPUT", help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below"
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="ManyBodyInput file (.json, .yaml), or an XYZ file with the options below; several, a directory of them, "
+        "or a multi-frame XYZ file: a plan per structure",
     )
     _add_xyz_options(plan)
     plan.add_argument("--distance-cutoffs", metavar="N:A,...", help="screening as for run: count what it keeps")
@@ -172,14 +177,24 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     def default(key: str) -> Any:
         return packaged_default(f"mbdask.{key}")
 
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--scheduler",
         type=_scheduler_address,
         metavar="ADDR",
         help="address of a running Dask scheduler (default: start a LocalCluster)",
     )
+    where.add_argument(
+        "--scheduler-file",
+        metavar="PATH",
+        help="or the JSON file a Dask scheduler wrote (dask scheduler --scheduler-file, dask-mpi, dask-jobqueue); "
+        "waited for up to Dask config distributed.comm.timeouts.connect (30 s)",
+    )
     parser.add_argument(
-        "--tls-ca-file", metavar="PEM", help="with --scheduler tls://...: CA certificate that signed the scheduler's"
+        "--tls-ca-file",
+        metavar="PEM",
+        help="with --scheduler tls://... (or a --scheduler-file naming one): CA certificate that signed the "
+        "scheduler's",
     )
     parser.add_argument("--tls-cert", metavar="PEM", help="client certificate for TLS (with --tls-key)")
     parser.add_argument("--tls-key", metavar="PEM", help="client private key for TLS")
@@ -187,7 +202,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--worker-timeout",
         type=_seconds,
         metavar="SECONDS",
-        help="with --scheduler: wait this long for workers to join (batch jobs start late) and, during the run, "
+        help="with --scheduler(-file): wait this long for workers to join (batch jobs start late) and, during the run, "
         "for workers to come back when none is left, then stop with exit code 1 "
         f"(default {default('worker-timeout')}, Dask config mbdask.worker-timeout)",
     )
@@ -393,9 +408,10 @@ def _security(args: argparse.Namespace):
     for name, value in files.items():
         if not os.path.isfile(value):
             raise BadInputError(f"{name} {value}: no such file")
-    if not args.scheduler:
+    if not args.scheduler and not args.scheduler_file:
         raise BadInputError(
-            "--tls-* options need --scheduler tls://HOST:PORT (a LocalCluster started here listens on 127.0.0.1 only)"
+            "--tls-* options need --scheduler tls://HOST:PORT or --scheduler-file "
+            "(a LocalCluster started here listens on 127.0.0.1 only)"
         )
     from distributed.security import Security
 
@@ -563,7 +579,7 @@ def _run_many(args: argparse.Namespace) -> int:
 
 
 def _cluster_options(args: argparse.Namespace, security: Any) -> ClusterOptions:
-    """Where the cluster comes from: the options that start (--workers, ...) or reach (TLS) it."""
+    """Where the cluster comes from: the options that start (--workers, ...) or reach (--scheduler-file, TLS) it."""
     from mbdask.workflows.options import ClusterOptions
 
     return ClusterOptions(
@@ -572,6 +588,7 @@ def _cluster_options(args: argparse.Namespace, security: Any) -> ClusterOptions:
         memory_limit=args.memory_limit,
         security=security,
         dashboard=args.dashboard,
+        scheduler_file=args.scheduler_file,
     )
 
 
@@ -747,10 +764,50 @@ def _plan(args: argparse.Namespace) -> int:
     from mbdask.graph.build import graph_summary
     from mbdask.workflows import expansion as api
 
+    if _several_structures(args.inputs):
+        return _plan_many(args)
+    args.input = args.inputs[0]
     inp = _input(args)
     planned = api.plan(inp, screening=_screening(args))
     print(planned.summary())
     print(graph_summary(planned))
+    return EXIT_OK
+
+
+def _plan_many(args: argparse.Namespace) -> int:
+    """A plan per structure (what ``run`` would run for the same inputs), then the total over all.
+
+    A structure that cannot be planned is one line on stderr and the others are still planned, so that one
+    command finds every bad structure of a set; the exit code is then 2 (bad input), as for one structure.
+    """
+    from mbdask.graph.build import graph_summary
+    from mbdask.workflows import expansion as api
+    from mbdask.workflows.structures import plan_total, read_structures
+
+    charges, fragments = _xyz_charges_and_fragments(args)
+    structures = read_structures(args.inputs, _model_options(args), fragment_charges=charges, fragments=fragments)
+    _refuse_model_options(args, [p for p in structures.values() if isinstance(p, str)], len(structures))
+    print(f"mbdask: {plural(len(structures), 'structure')}: {_names(list(structures))}", file=sys.stderr)
+    screening = _screening(args)
+    plans, errors = {}, {}
+    for name, inp in structures.items():
+        try:
+            plans[name] = api.plan(inp, screening=screening)
+        except MbdaskError as exc:
+            errors[name] = str(exc)
+            print(f"mbdask: {name}: error: {exc}", file=sys.stderr)
+            continue
+        print(f"{name}: {plans[name].summary()}")
+        print(graph_summary(plans[name]))
+    if plans:
+        print(plan_total(plans))
+    if errors:
+        print(
+            f"mbdask: {plural(len(errors), 'structure')} of {len(structures)} could not be planned: "
+            f"{_names(list(errors))}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     return EXIT_OK
 
 

@@ -628,3 +628,57 @@ def test_command_ends_with_os_exit_keeping_its_exit_code_and_every_line(args, co
     proc = subprocess.run([sys.executable, "-m", "mbdask", *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == code, proc.stderr[-2000:]
     assert proc.stdout == printed.out and proc.stderr == printed.err
+
+
+# --- plan of several structures (issue #29) ------------------------------------------------------
+
+
+def test_plan_of_a_trajectory_prints_a_plan_per_structure_then_the_total(tmp_path, capsys):
+    from helpers import trajectory
+
+    path = trajectory(tmp_path / "traj.xyz", frames=3)
+    assert main(["plan", str(path), "--max-nbody", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["mbdask: 3 structures: traj-1, traj-2, traj-3"]
+    assert [line for line in out.splitlines() if line.startswith("traj-")] == [
+        f"traj-{i}: 3 fragments, 9 atoms; driver energy; bsse nocp; max n-body 3" for i in (1, 2, 3)
+    ]
+    assert out.count("model 'gfn2-xtb' (xtb gfn2-xtb): 7 calculations") == 3
+    assert out.count("  unbatched graph: 20 nodes, 47 edges (7 fragment, 7 increment, 3 level nodes)") == 3
+    assert out.splitlines()[-2:] == [
+        "total: 3 structures, 21 calculations (1-body 9, 2-body 9, 3-body 3)",
+        "  unbatched graphs: 60 nodes, 141 edges",
+    ]
+    # one structure: the plan as before, no total
+    assert main(["plan", str(DATA / "water3-uud.xyz"), "--max-nbody", "3"]) == 0
+    single = capsys.readouterr().out
+    assert single.startswith("3 fragments, 9 atoms") and "total:" not in single
+
+
+def test_plan_of_several_inputs_counts_what_they_share_and_names_each_one_that_cannot_be_planned(tmp_path, capsys):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for name in ("a", "b"):
+        (folder / f"{name}.json").write_text((EXAMPLES / "water6-gfn2.json").read_text())
+    write_json(folder / "c-bad.json", [1, 2, 3])
+    assert main(["plan", str(folder)]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith("a: 6 fragments, 18 atoms") and "\nb: 6 fragments, 18 atoms" in out and "c-bad" not in out
+    assert out.splitlines()[-2] == (
+        "total: 2 structures, 82 calculations (1-body 12, 2-body 30, 3-body 40); 41 shared between structures, "
+        "computed once: 41 to run"
+    )
+    lines = err.splitlines()
+    assert lines[0] == "mbdask: 3 structures: a, b, c-bad"
+    assert len(lines) == 3 and lines[1].startswith("mbdask: c-bad: error: ")
+    assert lines[2] == "mbdask: 1 structure of 3 could not be planned: c-bad"
+    assert "Traceback" not in err
+
+
+def test_plan_of_several_structures_refuses_model_options_with_a_json_input(tmp_path, capsys):
+    from helpers import trajectory
+
+    path = trajectory(tmp_path / "traj.xyz", frames=2)
+    assert main(["plan", str(path), str(EXAMPLES / "water6-gfn2.json"), "--max-nbody", "3"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith("mbdask: error:") and "--max-nbody" in err
