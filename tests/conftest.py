@@ -93,15 +93,23 @@ def _selects_explicitly(markexpr: str, marker: str) -> bool:
         return marker in markexpr.replace(f"not {marker}", "").split()
 
 
+#: Markers of tests that run only when asked for with ``-m MARKER``, and why they are skipped otherwise.
+ASKED_FOR_ONLY = {
+    "slurm": "brings up a one-node SLURM (root, apt-get): run with -m slurm",
+    "mpi": "launches Dask clusters with mpirun (OpenMPI, mpi4py, dask-mpi): run with -m mpi",
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """``slurm`` tests bring up SLURM on this machine (root, apt-get): they run only when asked for with
-    ``-m slurm``."""
-    if _selects_explicitly(config.getoption("markexpr", ""), "slurm"):
-        return
-    skip = pytest.mark.skip(reason="brings up a one-node SLURM (root, apt-get): run with -m slurm")
-    for item in items:
-        if "slurm" in item.keywords:
-            item.add_marker(skip)
+    """``slurm`` tests bring up SLURM on this machine (root, apt-get) and ``mpi`` tests launch clusters with
+    mpirun: they run only when asked for with ``-m slurm`` or ``-m mpi``."""
+    for marker, reason in ASKED_FOR_ONLY.items():
+        if _selects_explicitly(config.getoption("markexpr", ""), marker):
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -77,7 +77,14 @@ def test_keywords_make_the_same_options_as_the_object():
 
 def test_the_names_are_listed_once_and_documented_on_start():
     assert set(RUN_OPTIONS).isdisjoint(CLUSTER_OPTIONS)
-    assert CLUSTER_OPTIONS == ("n_workers", "threads_per_worker", "memory_limit", "security", "dashboard")
+    assert CLUSTER_OPTIONS == (
+        "n_workers",
+        "threads_per_worker",
+        "memory_limit",
+        "security",
+        "dashboard",
+        "scheduler_file",
+    )
     for name in (*RUN_OPTIONS, *CLUSTER_OPTIONS):
         assert f"``{name}``" in mbdask.start.__doc__, name
     assert mbdask.RunOptions is RunOptions

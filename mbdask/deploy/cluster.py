@@ -307,11 +307,18 @@ def connect(
     security=None,
     worker_imports: Sequence[str] = (),
     dashboard: bool = True,
+    scheduler_file: str | os.PathLike | None = None,
 ) -> Connection:
     """Resolve ``client``: a Client is used as is, a string is a scheduler address, None
-    means the default client if there is one, otherwise a new LocalCluster sized from the machine
+    means the default client if there is one, else the scheduler at Dask config ``scheduler-address``
+    if set (where ``Client()`` goes: ``DASK_SCHEDULER_ADDRESS``, the client rank of
+    ``dask_mpi.initialize()``), otherwise a new LocalCluster sized from the machine
     (``worker_imports``: modules its workers need, imported before they are forked; ``dashboard``:
-    whether its scheduler serves Dask's dashboard, which costs about 0.4 s to start here)."""
+    whether its scheduler serves Dask's dashboard, which costs about 0.4 s to start here).
+    ``scheduler_file``: instead of ``client``, the file a scheduler wrote
+    (:mod:`mbdask.deploy.scheduler_file`); both given is a :class:`~mbdask.errors.BadInputError`."""
+    if scheduler_file is not None:
+        return _connect_by_file(client, scheduler_file, security)
     if isinstance(client, Client):
         return Connection(client)
     if isinstance(client, (str, os.PathLike)):
@@ -325,10 +332,30 @@ def connect(
             from distributed import default_client
 
             return Connection(default_client())
+        configured = dask.config.get("scheduler-address", None)
+        if configured:  # Dask's convention, as Client() follows it: DASK_SCHEDULER_ADDRESS, dask_mpi.initialize()
+            return Connection(Client(configured, set_as_default=False, security=security), owns_client=True)
     size = ClusterSize.from_machine(n_workers, threads_per_worker, memory_limit)
     extra = {} if dashboard else {"dashboard_address": None}
     cluster = start_local_cluster(size, worker_imports=worker_imports, **extra)
     return Connection(Client(cluster, set_as_default=False), cluster=cluster, owns_client=True)
+
+
+def _connect_by_file(client: ClientLike, scheduler_file: str | os.PathLike, security: Any) -> Connection:
+    """A connection to the scheduler that wrote ``scheduler_file``; ``client`` must be None (one way to the
+    scheduler, not two that might name different ones)."""
+    from mbdask.deploy.scheduler_file import client_from_scheduler_file
+    from mbdask.errors import BadInputError
+
+    if client is not None:
+        given = "a Client" if isinstance(client, Client) else f"the scheduler address {client}"
+        raise BadInputError(
+            f"give a scheduler file or a client/scheduler address, not both ({given} and {scheduler_file})"
+        )
+    if not isinstance(scheduler_file, (str, os.PathLike)):
+        raise BadInputError(f"scheduler_file must be a path, not {type(scheduler_file).__name__}")
+    say = logging.getLogger("mbdask").warning
+    return Connection(client_from_scheduler_file(scheduler_file, security=security, say=say), owns_client=True)
 
 
 def want_dashboard(predicted_seconds_per_core: float, choice: bool | str | None = None) -> bool:

@@ -325,6 +325,9 @@ def start(
 
     * ``n_workers``/``threads_per_worker``/``memory_limit``/``security``: for the
       LocalCluster mbdask starts, or the scheduler it connects to.
+    * ``scheduler_file``: instead of ``client``, the JSON file a scheduler wrote (``dask scheduler
+      --scheduler-file``, dask-mpi, dask-jobqueue), waited for up to Dask's connect timeout
+      (:mod:`mbdask.deploy.scheduler_file`); with ``client`` too, a :class:`~mbdask.errors.BadInputError`.
     * ``dashboard``: whether a LocalCluster mbdask starts serves Dask's dashboard (default:
       Dask config ``mbdask.local-cluster.dashboard``, "auto": for runs predicted to take
       20 s per core or more; see :func:`mbdask.deploy.cluster.want_dashboard`).
@@ -372,18 +375,21 @@ def connect_for(
     memory_limit: str | int | float | None = None,
     security: Any = None,
     dashboard: bool | None = None,
+    scheduler_file: str | os.PathLike | None = None,
 ) -> Connection:
     """:func:`mbdask.deploy.cluster.connect` for running ``plan`` (and what follows it on the same cluster):
     a LocalCluster, where one is started, gets the plan's QC programs imported before its
     workers are forked and a dashboard if the plan is long enough to watch. The keywords are
     :class:`~mbdask.workflows.options.ClusterOptions` (``**cluster.keywords()``)."""
-    local = local_cluster_options(plan, n_workers, threads_per_worker, dashboard) if client is None else {}
+    starts_local = client is None and scheduler_file is None
+    local = local_cluster_options(plan, n_workers, threads_per_worker, dashboard) if starts_local else {}
     return connect(
         client,
         n_workers=n_workers,
         threads_per_worker=threads_per_worker,
         memory_limit=memory_limit,
         security=security,
+        scheduler_file=scheduler_file,
         **local,
     )
 

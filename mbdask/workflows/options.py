@@ -130,6 +130,9 @@ class ClusterOptions:
     #: whether a LocalCluster mbdask starts serves Dask's dashboard
     #: (None: Dask config ``mbdask.local-cluster.dashboard``)
     dashboard: bool | None = None
+    #: the JSON file a scheduler wrote (``dask scheduler --scheduler-file``, dask-mpi), instead of a
+    #: client or address: waited for up to Dask's connect timeout (:mod:`mbdask.deploy.scheduler_file`)
+    scheduler_file: str | os.PathLike | None = None
 
     def keywords(self) -> dict[str, Any]:
         """The options by name (what :func:`~mbdask.workflows.expansion.connect_for` takes)."""
