@@ -15,6 +15,7 @@ table with an ETA from predicted seconds that this needs.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -30,12 +31,14 @@ BAR_WIDTH = 24
 
 @dataclass
 class LevelCount:
-    """Fragment calculations of one model chemistry and n-body order: done and in all."""
+    """Fragment calculations of one model chemistry and n-body order: done, failed and in all."""
 
     model: str
     nbody: int
     done: int = 0
     total: int = 0
+    #: calculations of units that failed or were cancelled (what the metrics call ``failed``)
+    failed: int = 0
 
 
 class Progress:
@@ -56,6 +59,11 @@ class Progress:
         self.rate_window = config.number("mbdask.progress.rate-window")
         #: (time, predicted work done) as the estimate was asked for, over the last ``rate_window`` seconds
         self._samples: deque[tuple[float, float]] = deque()
+        #: held by :meth:`poll`: the display and the metrics feed (:mod:`mbdask.diagnostics.metrics`) poll from
+        #: different threads
+        self.lock = threading.RLock()
+        #: ``time.monotonic()`` of the last :meth:`poll`, so the metrics feed polls only where nobody else does
+        self.polled_at = 0.0
 
     @property
     def elapsed(self) -> float:
@@ -69,17 +77,25 @@ class Progress:
     def total(self) -> int:
         return sum(c.total for c in self.levels.values())
 
+    @property
+    def pending(self) -> int:
+        """Units not finished (nor failed) yet."""
+        return len(self._pending)
+
     def poll(self) -> bool:
         """Count the units finished since the last call; True once nothing is left to wait for."""
-        for future in [f for f in self._pending if f.done()]:
-            unit = self._pending.pop(future)
-            if future.status == "finished":
-                self.levels[(unit.model, unit.nbody)].done += len(unit.jobs)
-                self.predicted_done += unit.seconds
-            else:
-                self.failed = True
-        self._sample(time.monotonic())
-        return not self._pending or self.failed
+        with self.lock:
+            for future in [f for f in self._pending if f.done()]:
+                unit = self._pending.pop(future)
+                if future.status == "finished":
+                    self.levels[(unit.model, unit.nbody)].done += len(unit.jobs)
+                    self.predicted_done += unit.seconds
+                else:
+                    self.levels[(unit.model, unit.nbody)].failed += len(unit.jobs)
+                    self.failed = True
+            self.polled_at = time.monotonic()
+            self._sample(self.polled_at)
+            return not self._pending or self.failed
 
     def _sample(self, now: float) -> None:
         """Remember the predicted work done by ``now``; keep one sample older than the window, drop the rest."""

@@ -46,6 +46,8 @@ from mbdask.deploy.workers import (
     total_cores,
     worker_cores,
 )
+from mbdask.diagnostics.metrics import Run as MetricsRun
+from mbdask.diagnostics.metrics import watch as watch_metrics
 from mbdask.diagnostics.progress import Progress
 from mbdask.errors import FragmentFailedError, NoWorkersError, SchedulerLostError
 from mbdask.graph.build import ExpansionGraph, FragmentResources, build_graph, result_function
@@ -88,6 +90,9 @@ class Submission:
     keep_going: bool = False
     #: seconds :meth:`result` waits for workers when none is left (see :func:`mbdask.deploy.cluster.worker_timeout`)
     worker_timeout: float = field(default_factory=lambda: cluster_worker_timeout())
+    #: the run's figures on the scheduler's Prometheus ``/metrics`` page (with ``progress``; docs/metrics.md),
+    #: None where the scheduler cannot show them; its ``name`` is the ``run`` label
+    metrics: MetricsRun | None = field(default=None, repr=False)
 
     @property
     def client(self) -> Client:
@@ -638,6 +643,7 @@ def _submission(
     levels = {name: by_key[key] for name, key in graph.levels.items()}
     held = {key: by_key[key] for key in graph.units} if options.keep_going else {}
     watch = Progress({by_key[key]: unit for key, unit in graph.units.items()}, started) if options.progress else None
+    metrics = watch_metrics(conn.client, watch, writer) if watch is not None else None
     return Submission(
         found.plan,
         graph,
@@ -651,6 +657,7 @@ def _submission(
         writer,
         keep_going=options.keep_going,
         worker_timeout=0.0 if _forked_here(conn) else cluster_worker_timeout(options.worker_timeout),
+        metrics=metrics,
     )
 
 
@@ -776,6 +783,8 @@ def result_of(sub: Submission, *, keep_going: bool = False, timeout: float | Non
     finally:
         if ended:
             sub.close_store()
+            if sub.metrics is not None:
+                sub.metrics.close()  # the final figures, store writes included, before the client closes
             if not lost and isinstance(sub.graph.context_ref, SharedContext):
                 sub.graph.context_ref.withdraw(sub.client)
     raise SchedulerLostError(
