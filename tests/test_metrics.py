@@ -129,13 +129,29 @@ def test_metrics_on_the_page_of_a_scheduler_in_this_process(tmp_path):
         with pytest.raises(mbdask.FragmentFailedError):
             failing.result(timeout=WAIT)
         page = scrape(port)
-        assert {s.labels["run"] for s in page["mbdask_calculations"]} == {failing.metrics.name}
+        assert not calculations(page, run)  # replaced
         counts = calculations(page, failing.metrics.name)
         assert counts[("sleepy", "3")]["failed"] > 0
         assert counts[("sleepy", "3")]["done"] == 0
         assert all(sum(c.values()) == total for c, total in zip(counts.values(), (6, 15, 20)))
         assert value(page, "mbdask_run_finished", failing.metrics.name) == 1
-        assert "mbdask_store_writes" not in page or not page["mbdask_store_writes"]  # no store: no store figures
+        assert value(page, "mbdask_store_writes", failing.metrics.name) is None  # no store: no store figures
+
+
+def test_two_clusters_in_one_process_each_show_their_own_runs(tmp_path):
+    """A notebook's two LocalClusters: a run on one is not on the other's page."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    with (
+        in_process_client(dashboard_address="127.0.0.1:0") as busy,
+        in_process_client(dashboard_address="127.0.0.1:0") as idle,
+    ):
+        sub = mbdask.start(gated_input(gate), busy, progress=True)
+        sub.result(timeout=WAIT)
+        mbdask.start(gated_input(gate), idle, progress=True).result(timeout=WAIT)  # installed there too
+        idle_page = scrape(idle.cluster.scheduler.http_server.port)
+        assert calculations(idle_page, sub.metrics.name) == {}
+        assert calculations(scrape(busy.cluster.scheduler.http_server.port), sub.metrics.name)
 
 
 @contextmanager
