@@ -62,6 +62,7 @@ KEPT_SECTIONS = (
     "## Screening accuracy and recommended cutoffs",
     "## Energy screening of thousands of waters",
     "## Before and after: two revisions on the hot paths",
+    "## ASE: optimisation, MD and vibrations on MBE forces",
     "## Ab initio expansions at scale: PySCF, dispersion, screening",
     "## Ab initio expansions, read",
     "## DataFrames of a large result's tables",
