@@ -1,4 +1,4 @@
-"""Every place mbdask relies on more of QCEngine, QCElemental or QCManyBody than their public API promises.
+"""Every place mbdask relies on more of QCEngine, QCElemental, QCManyBody or Dask than their public API promises.
 
 Each shim below is small and named for what it does; each says which upstream version it
 was checked against, why it is worth it, and which test in ``tests/test_upstream.py`` fails
@@ -7,7 +7,7 @@ number). Production code calls these and touches no upstream internal itself; wh
 public API does the job (``qcengine.list_all_programs``, ``qcengine.register_program``,
 ``qcengine.get_program``, ``qcengine.get_config``, ``BaseModel.model_copy``), mbdask uses it.
 
-Checked against: qcengine 0.52.0, qcelemental 0.51.4, qcmanybody 0.8.0 (pydantic 2.14).
+Checked against: qcengine 0.52.0, qcelemental 0.51.4, qcmanybody 0.8.0 (pydantic 2.14), distributed 2026.8.0.
 
 A foundation module: it imports upstream packages inside the functions that need them
 (``import mbdask`` stays light) and no mbdask stage.
@@ -229,6 +229,27 @@ def fill_qcengine_machine_info(cpu_brand: str | None) -> None:
             cpuinfo.get_cpu_info = original
 
 
+# --- Dask's /metrics page ------------------------------------------------------------------------------------
+
+
+def scraped_scheduler() -> Any:
+    """The scheduler whose ``/metrics`` page is being served right now, or None where that is not known.
+
+    Dask (distributed 2026.8.0) serves every scheduler's page from ``prometheus_client``'s one
+    global registry, and its page handler points its own collectors at the scraped scheduler
+    before each scrape (``PrometheusHandler._collectors[i].server``, a private attribute). mbdask's
+    collector reads it so that two clusters in one process (a notebook's) each show their own
+    runs; any change there gives None, and the page then shows the runs of every scheduler of the
+    process. Guarded by ``test_upstream.py::test_dasks_metrics_page_names_the_scraped_scheduler``.
+    """
+    try:
+        from distributed.http.scheduler.prometheus.core import PrometheusHandler
+
+        return PrometheusHandler._collectors[0].server if PrometheusHandler._collectors else None
+    except Exception:  # a Dask without that attribute: every scheduler's runs
+        return None
+
+
 __all__ = [
     "QCENGINE_LOCAL_CONFIG",
     "QCENGINE_THREAD_VARIABLES",
@@ -242,4 +263,5 @@ __all__ = [
     "passes_constructor_distance_check",
     "qcengine_compute",
     "qcengine_environment",
+    "scraped_scheduler",
 ]

@@ -1,4 +1,4 @@
-"""mbdask.upstream's shims still do what QCEngine, QCElemental and QCManyBody do: one test (or more) per shim, each
+"""mbdask.upstream's shims still do what QCEngine, QCElemental, QCManyBody and Dask do: one test (or more) per shim, each
 failing when upstream changes what the shim relies on. The fragment factory built on the QCElemental shims is held to
 ``Molecule.get_fragment`` in tests/test_fragments.py, ``ProgramRunner`` to ``qcengine.compute`` on xtb in
 tests/test_engine.py."""
@@ -205,3 +205,36 @@ def test_machine_information_without_py_cpuinfo():
         assert out.returncode == 0, out.stderr[-2000:]
         found.append(json.loads(out.stdout.strip().splitlines()[-1]))
     assert found[0] == found[1]
+
+
+def test_dasks_metrics_page_names_the_scraped_scheduler():
+    """While Dask serves a scheduler's /metrics page, a collector in the global registry can tell which scheduler."""
+    import urllib.request
+
+    import prometheus_client
+    from helpers import in_process_client
+
+    seen: list[Any] = []
+
+    class Recorder:
+        def describe(self) -> list:
+            return []
+
+        def collect(self):
+            seen.append(upstream.scraped_scheduler())
+            return iter(())
+
+    recorder = Recorder()
+    prometheus_client.REGISTRY.register(recorder)
+    try:
+        with (
+            in_process_client(dashboard_address="127.0.0.1:0") as first,
+            in_process_client(dashboard_address="127.0.0.1:0") as second,
+        ):
+            for client in (first, second, first):
+                scheduler = client.cluster.scheduler
+                with urllib.request.urlopen(f"http://127.0.0.1:{scheduler.http_server.port}/metrics", timeout=30):
+                    pass
+                assert seen[-1] is scheduler
+    finally:
+        prometheus_client.REGISTRY.unregister(recorder)

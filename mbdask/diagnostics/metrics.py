@@ -38,6 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mbdask.upstream import scraped_scheduler
+
 if TYPE_CHECKING:
     from distributed import Client
 
@@ -296,28 +298,13 @@ class MbdaskCollector:
         Those of the scheduler whose page is scraped, where Dask says which (two clusters in one
         process, e.g. a notebook's, each show their own runs); else those of every running one.
         """
-        scraped = _scraped_scheduler()
+        scraped = scraped_scheduler()
         schedulers = list(self.schedulers) if scraped is None else [s for s in self.schedulers if s is scraped]
         for scheduler in schedulers:
             if getattr(scheduler.status, "name", "") != "running":
                 continue
             for entry in prune(scheduler.task_metadata.get(METADATA_KEY), set(scheduler.clients)).values():
                 yield from entry["runs"].items()
-
-
-def _scraped_scheduler() -> Any:
-    """The scheduler whose ``/metrics`` page is being served, or None where that is not known.
-
-    Dask's page handler points its own collectors at its scheduler before each scrape (its
-    ``PrometheusHandler._collectors``, a private attribute: any change there leaves None, and
-    the page then shows the runs of every scheduler of the process).
-    """
-    try:
-        from distributed.http.scheduler.prometheus.core import PrometheusHandler
-
-        return PrometheusHandler._collectors[0].server if PrometheusHandler._collectors else None
-    except Exception:  # a Dask without that attribute: every scheduler's runs
-        return None
 
 
 def prune(entries: dict[str, Any] | None, connected: set[str]) -> dict[str, Any]:
