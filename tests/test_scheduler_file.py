@@ -158,6 +158,18 @@ def test_a_bad_scheduler_file_is_one_line_and_exit_2(case, tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_an_address_where_no_scheduler_answers_is_one_line_and_exit_2(tmp_path, capsys):
+    """As a stale scheduler file is: a wrong --scheduler address was an "internal error", exit 1."""
+    out = tmp_path / "result.json"
+    with dask.config.set({"distributed.comm.timeouts.connect": "0.5s"}):
+        code = _exit_code(["run", str(WATER6), "--scheduler", "tcp://127.0.0.1:1", "--no-progress", "-o", str(out)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("mbdask: error:")]
+    assert code == 2, err
+    assert len(errors) == 1 and "no Dask scheduler answered at tcp://127.0.0.1:1" in errors[0], err
+    assert "Traceback" not in err and not out.exists()
+
+
 def test_tls_options_take_a_scheduler_file_as_a_scheduler(tmp_path, capsys):
     """--tls-* needs a scheduler to reach; a scheduler file names one (here one never written)."""
     pem = tmp_path / "x.pem"

@@ -322,7 +322,7 @@ def connect(
     if isinstance(client, Client):
         return Connection(client)
     if isinstance(client, (str, os.PathLike)):
-        return Connection(Client(str(client), set_as_default=False, security=security), owns_client=True)
+        return Connection(client_of(str(client), security), owns_client=True)
     if client is not None:
         raise TypeError(
             f"client must be a distributed.Client, a scheduler address or None, not {type(client).__name__}"
@@ -334,11 +334,25 @@ def connect(
             return Connection(default_client())
         configured = dask.config.get("scheduler-address", None)
         if configured:  # Dask's convention, as Client() follows it: DASK_SCHEDULER_ADDRESS, dask_mpi.initialize()
-            return Connection(Client(configured, set_as_default=False, security=security), owns_client=True)
+            return Connection(client_of(str(configured), security), owns_client=True)
     size = ClusterSize.from_machine(n_workers, threads_per_worker, memory_limit)
     extra = {} if dashboard else {"dashboard_address": None}
     cluster = start_local_cluster(size, worker_imports=worker_imports, **extra)
     return Connection(Client(cluster, set_as_default=False), cluster=cluster, owns_client=True)
+
+
+def client_of(address: str, security: Any) -> Client:
+    """A client of the scheduler at ``address``; one that does not answer within Dask's connect timeout is a
+    :class:`~mbdask.errors.BadInputError` naming it (a wrong address or port is the usual cause), not a traceback."""
+    from mbdask.errors import BadInputError
+
+    try:
+        return Client(address, set_as_default=False, security=security)
+    except (OSError, ValueError) as exc:
+        raise BadInputError(
+            f"no Dask scheduler answered at {address} ({exc}); check the address and port, and that the scheduler "
+            "is running"
+        ) from None
 
 
 def _connect_by_file(client: ClientLike, scheduler_file: str | os.PathLike, security: Any) -> Connection:
