@@ -184,8 +184,15 @@ def test_tls_options_take_a_scheduler_file_as_a_scheduler(tmp_path, capsys):
 def test_no_client_goes_where_dask_config_scheduler_address_says(scheduler_file):
     """Dask's own convention, which ``Client()`` follows (DASK_SCHEDULER_ADDRESS; dask_mpi.initialize() sets it on
     the client rank): mbdask connects there instead of starting a LocalCluster."""
-    from mbdask.deploy.cluster import connected
-
     address = json.loads(scheduler_file.read_text())["address"]
-    with dask.config.set({"scheduler-address": address}), connected() as conn:
-        assert conn.cluster is None and conn.client.scheduler.address == address
+    # in a process of its own: in this one, a test's in-process worker may have left its client as Dask's default
+    # client (a worker's get_client() sets it), which connect() rightly prefers
+    code = (
+        "from mbdask.deploy.cluster import connected\n"
+        "with connected() as conn:\n"
+        "    print(conn.cluster is None, conn.client.scheduler.address)\n"
+    )
+    env = {**os.environ, "DASK_SCHEDULER_ADDRESS": address}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", address]
