@@ -224,3 +224,22 @@ def test_auto_cores_run_gives_the_long_fragment_more_cores_and_the_same_energy()
     in_program = {label: r.extras["ncores"] for label, r in auto.cluster_results.items()}
     assert in_program['["sleepy", [1, 2, 3], [1, 2, 3]]'] == 2 and sorted(in_program.values()) == [1] * 6 + [2]
     assert auto.properties.return_energy == single.properties.return_energy
+
+
+def test_levels_priority_runs_lower_orders_first_also_where_the_longest_unit_is_unknown():
+    """Energy screening's pass prices its units without knowing the longest (it sends them as it decides them):
+    with their seconds as priority, its 0.04 s monomers ran after every 3 s trimer, and the 1-body level came last."""
+    from mbdask.graph.build import TAKING_PRIORITY, _priorities, levels_priority
+    from mbdask.planning.batching import Unit
+    from mbdask.planning.plan import FragmentJob
+
+    monomer = Unit((FragmentJob("hf", (1,), (1,)),), 0.04)
+    trimers = [Unit((FragmentJob("hf", (1, 2, n), (1, 2, n)),), s) for n, s in ((3, 3.0), (4, 30.0))]
+    assert levels_priority(monomer, 3) > levels_priority(trimers[1], 3) > levels_priority(trimers[0], 3)
+    assert levels_priority(trimers[1], 3) < 1.0 and levels_priority(trimers[1], 3, top=30.0) == 1.0
+    # a unit that computes nothing (its outputs come from the store) runs first, whatever its order
+    stored = Unit((FragmentJob("hf", (2, 3, 4), (2, 3, 4)),), 0.0)
+    found = _priorities(
+        {"m": monomer, "t": trimers[0], "s": stored}, "levels", known={stored.jobs[0].label: {"stored": True}}
+    )
+    assert found["s"] == TAKING_PRIORITY and found["m"] > found["t"]

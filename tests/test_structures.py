@@ -171,7 +171,11 @@ def test_the_structures_page_legend_covers_no_line_in_chromium(inprocess_client,
 
 
 def test_structures_run_in_the_order_given(inprocess_client):
-    many = mbdask.start_many({f"s{i}": sleep_structure() for i in range(3)}, inprocess_client)
+    structures = {}
+    for i in range(3):  # three geometries (scaled), so that no structure borrows another's calculations
+        structures[f"s{i}"] = inp = sleep_structure()
+        inp["molecule"]["geometry"] = [x * (1 + 0.01 * i) for x in inp["molecule"]["geometry"]]
+    many = mbdask.start_many(structures, inprocess_client)
     try:
         priorities = []
         for sub in many.submissions.values():

@@ -1,6 +1,6 @@
-"""mbdask.upstream's shims still do what QCEngine, QCElemental, QCManyBody and Dask do: one test (or more) per shim, each
-failing when upstream changes what the shim relies on. The fragment factory built on the QCElemental shims is held to
-``Molecule.get_fragment`` in tests/test_fragments.py, ``ProgramRunner`` to ``qcengine.compute`` on xtb in
+"""mbdask.upstream's shims still do what QCEngine, QCElemental, QCManyBody and Dask do: one test (or more) per shim,
+each failing when upstream changes what the shim relies on. The fragment factory built on the QCElemental shims is
+held to ``Molecule.get_fragment`` in tests/test_fragments.py, ``ProgramRunner`` to ``qcengine.compute`` on xtb in
 tests/test_engine.py."""
 
 from __future__ import annotations

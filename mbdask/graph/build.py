@@ -277,13 +277,34 @@ ORDERS = ("levels", "cost")
 PRIORITY_SPAN = 100.0
 
 
-def _priorities(units: dict[Key, Unit], order: str, offset: float = 0.0) -> dict[Key, float]:
+def levels_priority(unit: Unit, max_nbody: int, top: float | None = None) -> float:
+    """The ``"levels"`` order's priority of ``unit``: lower n-body orders first, ``(max_nbody - nbody) * 2``, plus
+    its seconds over ``top`` (the longest unit's), longest first within an order.
+
+    ``top`` None, where the longest unit is not known (energy screening's pass sends units as it decides them):
+    ``s / (1 + s)``, the same order within ``[0, 1)``. That pass once used the seconds alone, so its monomers
+    (0.04 s) ran after every trimer and the 1-body level, due first, came last.
+    """
+    share = unit.seconds / (1.0 + unit.seconds) if top is None else unit.seconds / top
+    return (max_nbody - unit.nbody) * 2.0 + share
+
+
+#: Dask priority of a unit that computes nothing (it takes its outputs from units already sent, or from the
+#: store): ahead of everything, whatever the expansion. It costs no time, and the increments and the progress
+#: wait for it: behind the queued work of its order, it held back the counts of calculations long finished.
+TAKING_PRIORITY = 2e12
+
+
+def _priorities(
+    units: dict[Key, Unit], order: str, offset: float = 0.0, known: Mapping[str, Any] | None = None
+) -> dict[Key, float]:
     """Dask priorities (higher runs first) from predicted durations, ``offset`` plus less than :data:`PRIORITY_SPAN`.
 
     ``"cost"``: longest first, whatever the order. ``"levels"`` (default): lower n-body
     orders first and longest first within an order, so each n-body level completes (and
     streams to the user) as early as possible while the largest tasks of the last order
-    still start before the small ones.
+    still start before the small ones. Units that compute nothing (``sources``, or every
+    output ``known``) get :data:`TAKING_PRIORITY`.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, not {order!r}")
@@ -291,9 +312,14 @@ def _priorities(units: dict[Key, Unit], order: str, offset: float = 0.0) -> dict
         return {}
     top = max(unit.seconds for unit in units.values()) or 1.0
     if order == "cost":
-        return {key: offset + unit.seconds / top for key, unit in units.items()}
-    max_nbody = max(unit.nbody for unit in units.values())
-    return {key: offset + (max_nbody - unit.nbody) * 2.0 + unit.seconds / top for key, unit in units.items()}
+        found = {key: offset + unit.seconds / top for key, unit in units.items()}
+    else:
+        max_nbody = max(unit.nbody for unit in units.values())
+        found = {key: offset + levels_priority(unit, max_nbody, top) for key, unit in units.items()}
+    for key, unit in units.items():
+        if unit.sources or (known and all(job.label in known for job in unit.jobs)):
+            found[key] = TAKING_PRIORITY
+    return found
 
 
 def _anchor_column(block: IncrementBlock, jobs: Sequence[FragmentJob]) -> int:
@@ -480,7 +506,7 @@ def _build_graph(
 
     unit_keys = {unit_key(unit, index, token): unit for index, unit in enumerate(units)}
     keys = list(unit_keys)
-    priorities = _priorities(unit_keys, order, priority_offset)
+    priorities = _priorities(unit_keys, order, priority_offset, known)
     fragments = fragment_layer(unit_keys, ctx_key, resources, priorities.__getitem__, retries, known)
     unit_of = _unit_of_jobs(plan.jobs, units)
     unit_size = np.array([len(unit.jobs) for unit in units], dtype=np.int64)

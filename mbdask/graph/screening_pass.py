@@ -21,7 +21,7 @@ from distributed import Client, Future, as_completed
 
 from mbdask.calculation.execute import ExpansionContext
 from mbdask.calculation.store import FragmentStore, StoreWriter
-from mbdask.graph.build import FragmentResources, unit_graph
+from mbdask.graph.build import FragmentResources, levels_priority, unit_graph
 from mbdask.planning.batching import Unit, make_units
 from mbdask.planning.cost import CostModel
 from mbdask.planning.energy_screening import CHEAP_LABEL, Cluster, Decisions, cheap_input
@@ -79,6 +79,7 @@ def screen(
         for row, cluster in enumerate(map(tuple, block.clusters.tolist())):
             by_cluster.setdefault(cluster, []).append((b, row))
     decisions = Decisions.for_plan(plan, settings)
+    max_nbody = plan.core.max_nbody  # the expensive units' priorities: lower orders first, as the graph's
     token = uuid.uuid4().hex[:8]
     cheap_ctx_f, ctx_f = client.scatter([cheap_ctx, ctx], broadcast=True, hash=False)
     cheap_resources = FragmentResources(annotate_cores=False)  # a thread slot each, like any single-core fragment
@@ -96,7 +97,7 @@ def screen(
         graphs, keys = [], []
         for units, context, res, kind, priority in (
             (cheap, cheap_ctx_f, cheap_resources, "cheap", lambda unit: CHEAP_PRIORITY),
-            (costly, ctx_f, resources, "frag", lambda unit: unit.seconds),
+            (costly, ctx_f, resources, "frag", lambda unit: levels_priority(unit, max_nbody)),
         ):
             graph, unit_keys = unit_graph(
                 units, token, context, res, priority, retries=retries, kind=kind, first_index=sent
