@@ -41,6 +41,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # helpers.internal_frequencies, the tests' own
 
 #: Title of the benchmarks page's section that this script writes.
 SECTION = "## ASE: optimisation, MD and vibrations on MBE forces"
@@ -223,27 +224,12 @@ def water_dimer():
     return Atoms("OHHOHH", positions=[*positions, [1.9, -0.2, 0.8]])
 
 
-def internal_frequencies(atoms, hessian: np.ndarray) -> np.ndarray:
-    """3N-6 frequencies (cm^-1, imaginary ones negative), translations and rotations projected out (mass-weighted)."""
-    from ase.vibrations import VibrationsData
-
-    root = np.sqrt(np.repeat(atoms.get_masses(), 3))
-    centred = atoms.positions - atoms.get_center_of_mass()
-    rigid = [np.tile(np.eye(3)[k], len(atoms)) for k in range(3)]
-    rigid += [np.cross(np.eye(3)[k], centred).ravel() for k in range(3)]
-    basis, _ = np.linalg.qr(np.array([v * root for v in rigid]).T)
-    project = np.eye(3 * len(atoms)) - basis @ basis.T
-    weighted = project @ (hessian / np.outer(root, root)) @ project
-    frequencies = VibrationsData.from_2d(atoms, weighted * np.outer(root, root)).get_frequencies()
-    signed = np.where(np.abs(frequencies.imag) > 0, -np.abs(frequencies), frequencies.real)
-    return np.sort(signed[np.argsort(np.abs(signed))[6:]])
-
-
 def part_vib(workers: int, scratch: Path) -> dict:
     """Vibrations of the relaxed water dimer, nocp and cp, against the MBE Hessian's frequencies."""
     from ase.optimize import BFGS
     from ase.vibrations import Vibrations
     from distributed import Client
+    from helpers import internal_frequencies
 
     import mbdask
     from mbdask.interfaces.ase import ManyBodyCalculator

@@ -127,3 +127,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("skipped: packages missing (pip install -e '.[test,docs]' installs them)")
         for reason, count in sorted(missing.items()):
             terminalreporter.line(f"{count:4d} test(s): {reason}")
+
+
+@pytest.fixture
+def cluster_starts(monkeypatch):
+    """Every LocalCluster mbdask starts, counted (and closed at the end)."""
+    import mbdask.deploy.cluster
+
+    started = []
+    original = mbdask.deploy.cluster.start_local_cluster
+
+    def counting(*args, **kwargs):
+        started.append(original(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(mbdask.deploy.cluster, "start_local_cluster", counting)
+    yield started
+    for cluster in started:
+        cluster.close()

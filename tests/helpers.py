@@ -116,3 +116,22 @@ def in_process_client(
     options.update(cluster_options)
     with LocalCluster(**options) as cluster, Client(cluster, set_as_default=False) as client:
         yield client
+
+
+def internal_frequencies(atoms: Any, hessian: np.ndarray) -> np.ndarray:
+    """The 3N-6 frequencies (cm^-1, imaginary ones negative) of a Hessian (eV/A^2) with translations and rotations
+    projected out in mass-weighted coordinates: a floppy dimer's lowest modes are tens of cm^-1, where rigid-body
+    motion that finite differences leave in would mix with them. ``atoms``: ASE ``Atoms`` (tests/test_ase.py and
+    benchmarks/bench_ase.py)."""
+    from ase.vibrations import VibrationsData
+
+    root = np.sqrt(np.repeat(atoms.get_masses(), 3))
+    centred = atoms.positions - atoms.get_center_of_mass()
+    rigid = [np.tile(np.eye(3)[k], len(atoms)) for k in range(3)]
+    rigid += [np.cross(np.eye(3)[k], centred).ravel() for k in range(3)]
+    basis, _ = np.linalg.qr(np.array([v * root for v in rigid]).T)
+    project = np.eye(3 * len(atoms)) - basis @ basis.T
+    weighted = project @ (hessian / np.outer(root, root)) @ project
+    frequencies = VibrationsData.from_2d(atoms, weighted * np.outer(root, root)).get_frequencies()
+    signed = np.where(np.abs(frequencies.imag) > 0, -np.abs(frequencies), frequencies.real)
+    return np.sort(signed[np.argsort(np.abs(signed))[6:]])

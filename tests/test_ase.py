@@ -18,6 +18,7 @@ ase = pytest.importorskip("ase", reason="ASE is not installed (pip install 'mbda
 from ase import Atoms, units  # noqa: E402
 from ase.io import read  # noqa: E402
 from conftest import DATA, needs_xtb  # noqa: E402
+from helpers import internal_frequencies  # noqa: E402
 
 import mbdask  # noqa: E402
 import mbdask.deploy.cluster  # noqa: E402
@@ -56,22 +57,6 @@ def xtb_spec(max_nbody: int = 2) -> dict:
         "keywords": {"bsse_type": ["nocp"], "levels": {max_nbody: "gfn2-xtb"}},
         "specification": {"gfn2-xtb": {"program": "xtb", "model": {"method": "gfn2-xtb"}, "keywords": XTB}},
     }
-
-
-@pytest.fixture
-def cluster_starts(monkeypatch):
-    """Every LocalCluster mbdask starts, counted (and closed at the end)."""
-    started = []
-    original = mbdask.deploy.cluster.start_local_cluster
-
-    def counting(*args, **kwargs):
-        started.append(original(*args, **kwargs))
-        return started[-1]
-
-    monkeypatch.setattr(mbdask.deploy.cluster, "start_local_cluster", counting)
-    yield started
-    for cluster in started:
-        cluster.close()
 
 
 def test_import_mbdask_does_not_import_ase():
@@ -246,24 +231,6 @@ def test_hessian_is_mbdask_computes_hessian_in_ase_units_and_order(process_clien
     expected = np.asarray(result.properties.return_hessian).reshape(18, 18) * units.Hartree / units.Bohr**2
     index = np.ravel([[3 * a, 3 * a + 1, 3 * a + 2] for a in (0, 2, 3, 1, 4, 5)])
     np.testing.assert_allclose(hessian[np.ix_(index, index)], expected, rtol=0, atol=1e-8)
-
-
-def internal_frequencies(atoms: Atoms, hessian: np.ndarray) -> np.ndarray:
-    """The 3N-6 frequencies (cm^-1, imaginary ones negative) of a Hessian (eV/A^2) with translations and rotations
-    projected out in mass-weighted coordinates: a floppy dimer's lowest modes are tens of cm^-1, where rigid-body
-    motion that finite differences leave in would mix with them."""
-    from ase.vibrations import VibrationsData
-
-    root = np.sqrt(np.repeat(atoms.get_masses(), 3))
-    centred = atoms.positions - atoms.get_center_of_mass()
-    rigid = [np.tile(np.eye(3)[k], len(atoms)) for k in range(3)]
-    rigid += [np.cross(np.eye(3)[k], centred).ravel() for k in range(3)]
-    basis, _ = np.linalg.qr(np.array([v * root for v in rigid]).T)
-    project = np.eye(3 * len(atoms)) - basis @ basis.T
-    weighted = project @ (hessian / np.outer(root, root)) @ project
-    frequencies = VibrationsData.from_2d(atoms, weighted * np.outer(root, root)).get_frequencies()
-    signed = np.where(np.abs(frequencies.imag) > 0, -np.abs(frequencies), frequencies.real)
-    return np.sort(signed[np.argsort(np.abs(signed))[6:]])
 
 
 @pytest.mark.slow

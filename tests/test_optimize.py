@@ -158,22 +158,6 @@ def geometric_reference(inp: dict, mbe, tmp_path, **kwargs):
 # --- tests ---
 
 
-@pytest.fixture
-def cluster_starts(monkeypatch):
-    """Every LocalCluster mbdask starts, counted (and closed at the end)."""
-    started = []
-    original = mbdask.deploy.cluster.start_local_cluster
-
-    def counting(*args, **kwargs):
-        started.append(original(*args, **kwargs))
-        return started[-1]
-
-    monkeypatch.setattr(mbdask.deploy.cluster, "start_local_cluster", counting)
-    yield started
-    for cluster in started:
-        cluster.close()
-
-
 @needs_xtb
 def test_cluster_started_once_and_max_steps(cluster_starts, tmp_path, monkeypatch, capsys):
     """A LocalCluster for the whole optimisation, started once and closed; stopping at max_steps is not an error."""
