@@ -342,14 +342,23 @@ def test_cli_energy_thresholds_screen_and_report_the_fill_in(tmp_path, capsys):
             str(out),
             "--workers",
             "2",
+            "--profile",
+            str(tmp_path / "profile.json"),
         ]
     )
     assert code == 0
     stdout = capsys.readouterr().out
     assert "mbdask: screened expansion, clusters kept 2-body" in stdout and "(fill-in)" in stdout
-    screening = json.loads(out.read_text())["extras"]["mbdask"]["screening"]
+    result = json.loads(out.read_text())
+    screening = result["extras"]["mbdask"]["screening"]
     assert screening["energy"]["orders"]["3"]["candidates"] >= screening["orders"]["3"]["kept"]
     assert screening["orders"]["3"]["kept"] < 20
+    # the cheap calculations are the run's work too: the zero-overhead bound counts them
+    profile = json.loads((tmp_path / "profile.json").read_text())
+    cheap = screening["energy"]["cheap_seconds"]
+    assert cheap > 0 and profile["screening_cheap_seconds"] == cheap
+    program = result["extras"]["mbdask"]["timing"]["sum_task_seconds"]
+    assert profile["zero_overhead_bound_seconds"] >= (program + cheap) / profile["fragment_span"]["cores"]
 
 
 def test_energy_screening_has_no_barrier_between_orders():

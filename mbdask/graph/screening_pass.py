@@ -141,10 +141,15 @@ def screen(
                     )  # its own reference, released once written
             take_in(stored)
 
+    cheap_seconds = 0.0  # the cheap calculations' own seconds (single-core), for the run's zero-overhead bound
+
     def take_in(outputs: dict[str, dict]) -> None:
         """Cheap energies, by label, into the decisions."""
+        nonlocal cheap_seconds
         for label, output in outputs.items():
             decisions.cheap_energy(tuple(parse_label(label)[1]), output["values"]["energy"])
+            if "stop" in output and not output.get("stored"):
+                cheap_seconds += output["stop"] - output["start"]
 
     decisions.start()
     flush()
@@ -159,6 +164,7 @@ def screen(
         raise RuntimeError(f"energy screening left {len(decisions.waiting)} clusters undecided")
     report = decisions.report(settings.cheap_model)
     report["screening_seconds"] = time.perf_counter() - started
+    report["cheap_seconds"] = cheap_seconds
     expensive = {future.key: future for future in running.values()}.values()  # one per unit sent
     report["expensive_units_done_when_decided"] = f"{sum(f.status == 'finished' for f in expensive)}/{len(expensive)}"
     final = make_plan(plan.input, check_installed=False, screening=decisions.screening(settings, report))

@@ -2,6 +2,6 @@
 
 ``expansion`` (``plan``, ``start``, ``submit``, ``compute``), ``structures`` (many
 structures sharing one cluster and store), ``optimize`` (geomeTRIC on MBE gradients) and
-``options`` (the run options they share). Imports every other stage; only ``mbdask.cli``
-sits above.
+``options`` (the run options they share). Imports every stage before it; above sit
+``interfaces`` (mbdask inside other programs' loops: the ASE calculator), then ``mbdask.cli``.
 """
