@@ -109,26 +109,16 @@ def sampled_run(command: list[str], cwd: Path | None = None, env: dict | None = 
     return SampledRun(proc.returncode, stdout, stderr, wall, sampler)
 
 
+def gfn2_command(subcommand: str, xyz: str | Path, nbody: int, *options: str) -> list[str]:
+    """``python -m mbdask SUBCOMMAND XYZ`` with GFN2-xTB through ``nbody``, then ``options``: the benchmarks'
+    command lines on water clusters, as a user types them."""
+    model = ["--program", "xtb", "--method", "gfn2-xtb", "--max-nbody", str(nbody)]
+    return [sys.executable, "-m", "mbdask", subcommand, str(xyz), *model, *options]
+
+
 def command(geometry: str, nbody: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "mbdask",
-        "run",
-        str(HERE / "data" / f"water64-{geometry}.xyz"),
-        "--program",
-        "xtb",
-        "--method",
-        "gfn2-xtb",
-        "--max-nbody",
-        str(nbody),
-        "--store",
-        "run.sqlite",
-        "-o",
-        "result.json",
-        "--profile",
-        "profile.json",
-    ]
+    xyz = HERE / "data" / f"water64-{geometry}.xyz"
+    return gfn2_command("run", xyz, nbody, "--store", "run.sqlite", "-o", "result.json", "--profile", "profile.json")
 
 
 def _env() -> dict:

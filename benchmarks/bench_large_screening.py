@@ -32,6 +32,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_large import gfn2_command  # noqa: E402
+
 KCAL = 627.5094740631
 
 
@@ -97,25 +100,8 @@ def scan(clusters, values, dist, grid) -> list[dict]:
 def run_screened(cutoffs: dict[int, float], workdir: Path, geometry: str) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     text = ",".join(f"{n}:{r:g}" for n, r in sorted(cutoffs.items()))
-    cmd = [
-        sys.executable,
-        "-m",
-        "mbdask",
-        "run",
-        str(HERE / "data" / f"water64-{geometry}.xyz"),
-        "--program",
-        "xtb",
-        "--method",
-        "gfn2-xtb",
-        "--max-nbody",
-        "4",
-        "--distance-cutoffs",
-        text,
-        "-o",
-        "result.json",
-        "--profile",
-        "profile.json",
-    ]
+    xyz = HERE / "data" / f"water64-{geometry}.xyz"
+    cmd = gfn2_command("run", xyz, 4, "--distance-cutoffs", text, "-o", "result.json", "--profile", "profile.json")
     start = time.perf_counter()
     proc = subprocess.run(
         cmd,

@@ -201,23 +201,7 @@ def run_case(name: str, path: Path, workers: int, repeats: int, work: Path) -> d
     for _ in range(repeats):
         for key, env in (("mbdask", {}), ("mbdask spawned", {"DASK_MBDASK__LOCAL_CLUSTER__WORKERS": "spawn"})):
             out, prof = work / "result.json", work / "profile.json"
-            wall, _ = _timed(
-                [
-                    sys.executable,
-                    "-m",
-                    "mbdask",
-                    "run",
-                    str(path),
-                    "--no-progress",
-                    "--workers",
-                    str(workers),
-                    "-o",
-                    str(out),
-                    "--profile",
-                    str(prof),
-                ],
-                env,
-            )
+            wall, _ = _timed(cli_run_command(path, workers, out, prof), env)
             runs[key].append(wall)
             energies.append(json.loads(out.read_text())["properties"]["return_energy"])
             if key == "mbdask" and wall == min(runs[key]):
@@ -265,25 +249,16 @@ def long_case() -> dict:
     return pyscf_input(16, 3)
 
 
+def cli_run_command(path: Path, workers: int, out: Path, profile: Path) -> list[str]:
+    """``python -m mbdask run PATH`` on ``workers`` workers, no progress, its result and profile written."""
+    outputs = ["-o", str(out), "--profile", str(profile)]
+    return [sys.executable, "-m", "mbdask", "run", str(path), "--no-progress", "--workers", str(workers), *outputs]
+
+
 def long_run(path: Path, workers: int, work: Path) -> dict:
     """The command line on ``path`` once, whole process: wall time, bound and efficiency from its profile."""
     profile_path = work / "long-profile.json"
-    wall, _ = _timed(
-        [
-            sys.executable,
-            "-m",
-            "mbdask",
-            "run",
-            str(path),
-            "--no-progress",
-            "--workers",
-            str(workers),
-            "-o",
-            str(work / "long-result.json"),
-            "--profile",
-            str(profile_path),
-        ]
-    )
+    wall, _ = _timed(cli_run_command(path, workers, work / "long-result.json", profile_path))
     profile = json.loads(profile_path.read_text())
     bound = profile["zero_overhead_bound_seconds"]
     return {

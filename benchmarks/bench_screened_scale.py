@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from bench_large import sampled_run  # noqa: E402
+from bench_large import gfn2_command, sampled_run  # noqa: E402
 from droplets import SPHERE, droplet_xyz  # noqa: E402
 
 SECTION = "## Thousands of fragments: screened plans and runs"
@@ -86,21 +86,7 @@ def plan_row(xyz: Path, nbody: int, cutoffs: str) -> dict:
 
 def cli_plan(xyz: Path, nbody: int, cutoffs: str) -> dict:
     """``python -m mbdask plan`` as a user types it: a whole process, start-up included."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "mbdask",
-        "plan",
-        str(xyz),
-        "--program",
-        "xtb",
-        "--method",
-        "gfn2-xtb",
-        "--max-nbody",
-        str(nbody),
-        "--distance-cutoffs",
-        cutoffs,
-    ]
+    cmd = gfn2_command("plan", xyz, nbody, "--distance-cutoffs", cutoffs)
     done = sampled_run(cmd)
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
@@ -120,31 +106,9 @@ def run_row(nwaters: int, nbody: int, cutoffs: str, workdir: Path, driver: str =
     for name in ("run.sqlite", "run.sqlite-wal", "run.sqlite-shm"):
         (folder / name).unlink(missing_ok=True)
     xyz = droplet_xyz(nwaters, workdir)
-    cmd = [
-        sys.executable,
-        "-m",
-        "mbdask",
-        "run",
-        str(xyz),
-        "--program",
-        "xtb",
-        "--method",
-        "gfn2-xtb",
-        "--max-nbody",
-        str(nbody),
-        "--driver",
-        driver,
-        "--distance-cutoffs",
-        cutoffs,
-        "--store",
-        "run.sqlite",
-        "-o",
-        "result.json",
-        "--profile",
-        "profile.json",
-        "--report",
-        "report.html",
-    ]
+    cmd = gfn2_command(
+        "run", xyz, nbody, "--driver", driver, "--distance-cutoffs", cutoffs, "--store", "run.sqlite"
+    ) + ["-o", "result.json", "--profile", "profile.json", "--report", "report.html"]
     env = {**os.environ, "DASK_MBDASK__PROGRESS__LOG_INTERVAL": "60"}
     done = sampled_run(cmd, folder, env)
     wall, sampler = done.wall_s, done.sampler
