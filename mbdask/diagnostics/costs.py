@@ -26,18 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbdask.diagnostics.profile import column_of
+from mbdask.diagnostics.profile import busy_cores, column_of, lengths_of
 
 
 def _column(fragments: Sequence[dict], name: str) -> np.ndarray:
-    """A numeric column with None (a fragment without a prediction) as NaN."""
-    return np.array([np.nan if v is None else v for v in column_of(fragments, name)], dtype=float)
-
-
-def _lengths(fragments: Sequence[dict], name: str) -> np.ndarray:
-    if hasattr(fragments, "lengths"):
-        return np.asarray(fragments.lengths(name))
-    return np.array([len(f[name]) for f in fragments], dtype=int)
+    """A numeric column with None (a fragment without a prediction) as NaN, as NumPy converts it."""
+    return np.asarray(column_of(fragments, name), dtype=float)
 
 
 @dataclass(frozen=True)
@@ -88,8 +82,8 @@ def costs_by_kind(fragments: Sequence[dict]) -> list[KindCosts]:
     predicted = _column(fragments, "predicted")
     calibrated = _column(fragments, "calibrated")
     calibrated = np.where(np.isfinite(calibrated), calibrated, predicted)  # not calibrated yet: the model's own
-    nbody = _lengths(fragments, "real")
-    ghosts = _lengths(fragments, "basis") > nbody
+    nbody = lengths_of(fragments, "real")
+    ghosts = lengths_of(fragments, "basis") > nbody
     models = np.array(column_of(fragments, "model"), dtype=object)
     kinds = []
     for model, n, ghost in sorted({(m, int(b), bool(g)) for m, b, g in zip(models, nbody, ghosts)}):
@@ -146,7 +140,7 @@ class Tail:
 def tail(fragments: Sequence[dict], cores: int | None, top: int = 5) -> Tail | None:
     """The run's tail on ``cores`` cores (the cluster's; None when unknown: no tail is computed).
 
-    Computed from the busy-cores step function, as the report's utilization plot draws it.
+    Computed from the busy-cores step function the report's utilization plot draws (:func:`busy_cores`).
     """
     if not len(fragments) or not cores:
         return None
@@ -154,13 +148,9 @@ def tail(fragments: Sequence[dict], cores: int | None, top: int = 5) -> Tail | N
     seconds = _column(fragments, "seconds")
     ncores = _column(fragments, "ncores")
     ncores = np.where(ncores > 0, ncores, 1.0)
-    t0 = start.min()
-    stop = start + seconds - t0
-    begin = start - t0
-    when = np.concatenate([begin, stop])
-    delta = np.concatenate([ncores, -ncores])
-    order = np.lexsort((delta, when))  # a stop before a start at the same time
-    times, busy = when[order], np.cumsum(delta[order])
+    begin = start - start.min()
+    stop = begin + seconds
+    times, busy = busy_cores(start, seconds, ncores)
     end = float(stop.max())
     full = np.flatnonzero(busy >= cores - 1e-9)
     # the tail starts when the cores stop being all busy for the last time (the whole span if they never were)

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from mbdask.results.outputs import write_atomic
 
 #: The marks the command line sets, in order, and the phase each one ends.
@@ -118,6 +120,25 @@ def column_of(fragments: Any, name: str) -> list:
     """One field of every fragment record: a table's column at once (large results), else from each dict."""
     column = getattr(fragments, "column", None)
     return column(name) if column is not None else [f.get(name) for f in fragments]
+
+
+def lengths_of(fragments: Any, name: str) -> np.ndarray:
+    """The length of one list field (``real``, ``basis``) of every fragment record: a table's at once, else each
+    dict's; ``len(real)`` is a calculation's n-body order."""
+    lengths = getattr(fragments, "lengths", None)
+    if lengths is not None:
+        return np.asarray(lengths(name))
+    return np.array([len(f[name]) for f in fragments], dtype=np.int64)
+
+
+def busy_cores(start: np.ndarray, seconds: np.ndarray, ncores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The busy-cores step function of calculations (start, seconds, cores each): the times of their starts and
+    stops from the first start, in order (a stop before a start at the same time), and the cores busy from each."""
+    t0 = start.min()
+    when = np.concatenate([start - t0, start + seconds - t0])
+    delta = np.concatenate([ncores, -ncores])
+    order = np.lexsort((delta, when))
+    return when[order], np.cumsum(delta[order])
 
 
 def format_summary(summary: dict) -> str:

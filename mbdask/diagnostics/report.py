@@ -28,7 +28,7 @@ from qcelemental import constants
 
 from mbdask import config
 from mbdask.diagnostics.costs import costs_by_kind, tail
-from mbdask.diagnostics.profile import column_of
+from mbdask.diagnostics.profile import busy_cores, column_of, lengths_of
 from mbdask.errors import plural
 from mbdask.planning.screening import pair_distances
 from mbdask.results.outputs import write_atomic
@@ -63,9 +63,7 @@ def summary_table(result: Any, top: int = 3) -> str:
             f"(all {timing.get('from_store', 0)} fragment calculations loaded from the checkpoint store; "
             "nothing computed)"
         )
-    nbodies = (
-        fragments.lengths("real").tolist() if hasattr(fragments, "lengths") else [len(f["real"]) for f in fragments]
-    )
+    nbodies = lengths_of(fragments, "real").tolist()
     seconds = np.asarray(column_of(fragments, "seconds"), dtype=float)
     start = np.asarray(column_of(fragments, "start"), dtype=float)
     groups: dict[tuple[str, int], list[int]] = defaultdict(list)
@@ -155,15 +153,11 @@ def utilization(fragments: Sequence[dict], cluster_cores: int | None) -> tuple[l
     """
     if not len(fragments):
         return [], [], 0.0
-    start = np.asarray(column_of(fragments, "start"), dtype=float)
     seconds = np.asarray(column_of(fragments, "seconds"), dtype=float)
     ncores = np.asarray(column_of(fragments, "ncores"), dtype=float)
-    t0 = start.min()
-    when = np.concatenate([start - t0, start + seconds - t0])
-    delta = np.concatenate([ncores, -ncores])
-    order = np.lexsort((delta, when))  # by time, a stop before a start at the same time
-    times = [0.0] + when[order].tolist()
-    busy = [0.0] + np.cumsum(delta[order]).tolist()
+    when, cores_busy = busy_cores(np.asarray(column_of(fragments, "start"), dtype=float), seconds, ncores)
+    times = [0.0] + when.tolist()
+    busy = [0.0] + cores_busy.tolist()
     cores = cluster_cores or max(busy) or 1
     span = times[-1] or 1.0
     work = math.fsum((seconds * ncores).tolist())
